@@ -1,0 +1,213 @@
+"""Ingest: calibrated grayscale ultrasound from DICOM, and a low-resolution WSI level.
+
+Only technical attributes are read from DICOM headers (an allow-list below);
+patient and study attributes are never copied anywhere.  The WSI is read
+through its pyramid, tile by tile, and the full-resolution plane is never decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import tifffile
+from skimage.io import imsave
+
+from workflow_scripts.errors import InputError, run_cli
+
+TISSUE, SPATIAL_2D, UNITS_CM = 1, 1, 3
+
+
+# ---------------------------------------------------------------- ultrasound
+
+
+def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
+    """The calibrated 2-D tissue region (the largest, if there are several), validated."""
+    regions = ds.get("SequenceOfUltrasoundRegions")
+    if not regions:
+        raise InputError(
+            "no SequenceOfUltrasoundRegions: the image carries no physical calibration",
+            "export the DICOM from the scanner with calibration, or re-export it as an ultrasound object",
+        )
+    tissue = [
+        (i, r) for i, r in enumerate(regions)
+        if r.get("RegionDataType") == TISSUE and r.get("RegionSpatialFormat") == SPATIAL_2D
+    ]
+    if not tissue:
+        raise InputError(
+            f"none of the {len(regions)} ultrasound regions is a 2-D tissue region (RegionDataType=1, RegionSpatialFormat=1)",
+            "check that this is a B-mode image and not a Doppler or report screen",
+        )
+    area = lambda r: (r.RegionLocationMaxX1 - r.RegionLocationMinX0) * (r.RegionLocationMaxY1 - r.RegionLocationMinY0)  # noqa: E731
+    index, r = max(tissue, key=lambda ir: area(ir[1]))
+    x0, y0, x1, y1 = (int(r.get(k, -1)) for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1"))
+    if not (0 <= x0 < x1 < ds.Columns and 0 <= y0 < y1 < ds.Rows):
+        raise InputError(
+            f"tissue region [{x0},{y0}]-[{x1},{y1}] lies outside the {ds.Columns}x{ds.Rows} image",
+            "the calibration does not belong to this image; re-export it from the scanner",
+        )
+    dx, dy = r.get("PhysicalDeltaX"), r.get("PhysicalDeltaY")
+    ux, uy = r.get("PhysicalUnitsXDirection"), r.get("PhysicalUnitsYDirection")
+    if not dx or not dy or float(dx) <= 0 or float(dy) <= 0:
+        raise InputError("tissue region has no PhysicalDeltaX/PhysicalDeltaY: missing resolution", "re-export with calibration")
+    if ux != UNITS_CM or uy != UNITS_CM:
+        raise InputError(f"tissue region units are {ux}/{uy}, not 3 (cm)", "re-export the image with spatial calibration in cm")
+    return index, {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "mm_per_px": [float(dx) * 10, float(dy) * 10]}
+
+
+def to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
+    """uint8 grayscale from MONOCHROME1/2, RGB or (already converted) YBR pixels."""
+    if frame.ndim == 2:
+        g = frame.astype(float)
+        if photometric == "MONOCHROME1":
+            g = g.max() - g
+    else:
+        g = frame[..., :3].astype(float) @ np.array([0.299, 0.587, 0.114])
+    if g.max() > 255:
+        g = 255 * g / g.max()
+    return np.clip(np.round(g), 0, 255).astype(np.uint8)
+
+
+def pick_frame(n_frames: int, choice: str | int) -> int:
+    """Frame index for a cine: 'last' (the frozen, saved frame; default), 'first' or an index."""
+    if choice == "last":
+        return n_frames - 1
+    if choice == "first":
+        return 0
+    k = int(choice)
+    if not -n_frames <= k < n_frames:
+        raise InputError(f"frame {k} requested but the DICOM has {n_frames} frames", "set ingest.frame to 'last', 'first' or a valid index")
+    return k % n_frames
+
+
+def read_ultrasound(path: str | Path, frame: str | int = "last") -> tuple[np.ndarray, dict]:
+    """Grayscale tissue-region image and its calibration metadata (no header identities)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:  # pydicom raises many types for a broken file
+        raise InputError(f"not a readable DICOM file ({type(e).__name__})", "check the path in biopsies.tsv") from None
+    index, region = tissue_region(ds)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    arr = ds.pixel_array  # pydicom converts YBR_FULL(_422) to RGB here
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    k = pick_frame(n, frame)
+    if n > 1:
+        arr = arr[k]
+    gray = to_gray(arr, photometric)[region["y0"] : region["y1"] + 1, region["x0"] : region["x1"] + 1]
+    meta = {
+        "mm_per_px": region["mm_per_px"],
+        "shape": list(gray.shape),
+        "region_index": index,
+        "region_bounds_xyxy": [region[k] for k in ("x0", "y0", "x1", "y1")],
+        "photometric": photometric,
+        "frames": n,
+        "frame_used": k,
+        "frame_rule": str(frame),
+    }
+    return gray, meta
+
+
+# ----------------------------------------------------------------------- WSI
+
+
+def wsi_um_per_px(tif: tifffile.TiffFile) -> float:
+    """Microns per pixel of the full-resolution level: OME, SVS description or resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+        if m:
+            scale = {"nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
+            return float(m.group(1)) * scale
+    page = tif.pages[0]
+    desc = page.description or ""
+    m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
+    if m:
+        return float(m.group(1))
+    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+    if res and unit and unit.value in (2, 3):
+        num, den = res.value
+        if num > 0 and den > 0:
+            per_unit = num / den  # pixels per inch (2) or per cm (3)
+            return (25400.0 if unit.value == 2 else 10000.0) / per_unit
+    raise InputError(
+        "slide has no resolution: no OME PhysicalSizeX, no SVS MPP and no TIFF resolution tags",
+        "re-export the slide with its scanner metadata (OME-TIFF or SVS)",
+    )
+
+
+def read_region(page: tifffile.TiffPage, y: int, x: int, h: int, w: int) -> np.ndarray:
+    """Read a region of one tiled pyramid level by decoding only the tiles it touches."""
+    th, tw = page.tilelength, page.tilewidth
+    across = -(-page.imagewidth // tw)
+    out = np.zeros((h, w, page.samplesperpixel), page.dtype)
+    decode, tables = page.decode, page.jpegtables  # may read tags: before any seek
+    fh = page.parent.filehandle
+    for ty in range(y // th, (y + h - 1) // th + 1):
+        for tx in range(x // tw, (x + w - 1) // tw + 1):
+            i = ty * across + tx
+            fh.seek(page.dataoffsets[i])
+            tile, _, _ = decode(fh.read(page.databytecounts[i]), i, jpegtables=tables)
+            tile = tile.reshape(th, tw, -1)
+            ys, xs = max(y, ty * th), max(x, tx * tw)
+            ye, xe = min(y + h, (ty + 1) * th), min(x + w, (tx + 1) * tw)
+            out[ys - y : ye - y, xs - x : xe - x] = tile[ys - ty * th : ye - ty * th, xs - tx * tw : xe - tx * tw]
+    return out
+
+
+def read_wsi_level(path: str | Path, target_um_per_px: float) -> tuple[np.ndarray, dict]:
+    """The coarsest pyramid level at least as fine as the target, plus slide metadata."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as e:
+        raise InputError(f"not a readable TIFF/OME-TIFF/SVS slide ({type(e).__name__})", "check the wsi path in biopsies.tsv") from None
+    with tif:
+        um = wsi_um_per_px(tif)
+        levels = tif.series[0].levels
+        shapes = [list(lv.shape[:2]) for lv in levels]
+        ums = [um * shapes[0][1] / s[1] for s in shapes]
+        ok = [i for i, u in enumerate(ums) if u <= target_um_per_px * 1.01] or [0]
+        k = max(ok)
+        if k == 0 and len(levels) == 1 and max(shapes[0]) > 8192:
+            raise InputError("slide has no pyramid levels and is too large to read whole", "convert it to a pyramidal OME-TIFF")
+        page = levels[k].keyframe
+        if not page.is_tiled:
+            img = levels[k].asarray()
+        else:
+            img = read_region(page, 0, 0, page.imagelength, page.imagewidth)
+    meta = {"um_per_px": um, "level": k, "level_um_per_px": ums[k], "level_shapes": shapes, "level_um": ums}
+    return img[..., :3], meta
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="ingest one ultrasound DICOM or one WSI")
+    p.add_argument("kind", choices=["ultrasound", "wsi"])
+    p.add_argument("source")
+    p.add_argument("--image", required=True)
+    p.add_argument("--meta", required=True)
+    p.add_argument("--frame", default="last")
+    p.add_argument("--thumb-um", type=float, default=16.0)
+    p.add_argument("--participant")
+    p.add_argument("--biopsy")
+    a = p.parse_args(argv)
+
+    def go() -> None:
+        if a.kind == "ultrasound":
+            img, meta = read_ultrasound(a.source, a.frame)
+        else:
+            img, meta = read_wsi_level(a.source, a.thumb_um)
+        imsave(a.image, img, check_contrast=False)
+        Path(a.meta).write_text(json.dumps(meta, indent=1))
+        print(f"ingested {a.kind}: {img.shape[1]}x{img.shape[0]} px")
+
+    run_cli(go, a.participant, a.biopsy, a.source)
+
+
+if __name__ == "__main__":
+    main()
