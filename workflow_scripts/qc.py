@@ -1,0 +1,125 @@
+"""Registration QC: a figure per biopsy and a cohort table scored against truth when it exists.
+
+Truth (demo cohort only) is read here and nowhere else in the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import PIL.Image  # noqa: E402
+from skimage.io import imread  # noqa: E402
+
+from workflow_scripts import geometry as geo  # noqa: E402
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks (NaN when both are empty)."""
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else float("nan")
+
+
+def score(tract: dict, orient: dict, label: np.ndarray, truth: dict, truth_mask: np.ndarray) -> dict:
+    """Detected versus true tips (mm), axis angle (deg), orientation and transferred-mask Dice."""
+    mm = np.array(tract["mm_per_px"])
+    err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * mm))  # noqa: E731
+    d_axis = (tract["axis_deg"] - truth["axis_deg"] + 180) % 360 - 180
+    dye = geo.apply(np.array(orient["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+    true_in_crop = geo.warp(truth_mask.astype(float), np.array(tract["crop_to_original"]), label.shape, order=0)
+    return {
+        "tip0_error_mm": err(tract["t0_px"], truth["t0_px"]),
+        "tip1_error_mm": err(tract["t1_px"], truth["t1_px"]),
+        "axis_error_deg": float(abs(d_axis)),
+        "orientation_correct": bool(dye[0] > 0),
+        "dice": dice(label == 1, true_in_crop == 2),
+    }
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Append median and 95th-percentile rows over the numeric columns."""
+    num = table.select_dtypes("number")
+    rows = [{"participant_id": "median", **num.median().to_dict()}, {"participant_id": "p95", **num.quantile(0.95).to_dict()}]
+    if "orientation_correct" in table:
+        for r in rows:
+            r["orientation_correct"] = float(table["orientation_correct"].mean())
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+
+
+def figure(pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray, label: np.ndarray, title: str, out: Path) -> None:
+    """Pre-fire with axis, T0, T1 and crop box; oriented slide with dye end; ROI on the crop."""
+    fig = plt.figure(figsize=(11, 7), constrained_layout=True)
+    gs = fig.add_gridspec(3, 1, height_ratios=[4, 1, 1.2])
+    ax = fig.add_subplot(gs[0])
+    ax.imshow(pre, cmap="gray")
+    t0, t1 = np.array(tract["t0_px"]), np.array(tract["t1_px"])
+    d = (t1 - t0) / np.linalg.norm(t1 - t0)
+    ax.plot(*np.stack([t0 - 400 * d, t1 + 50 * d]).T, "c--", lw=0.8, label="needle axis")
+    h, w = tract["crop_shape"]
+    box = geo.apply(np.array(tract["crop_to_original"]), [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1], [0, 0]])
+    ax.plot(box[:, 0], box[:, 1], "y-", lw=1, label="crop")
+    ax.plot(*t0, "r+", ms=14, mew=2, label="T0 (pre-fire tip)")
+    ax.plot(*t1, "gx", ms=12, mew=2, label="T1 (post-fire tip)")
+    ax.set_xlim(0, pre.shape[1])
+    ax.set_ylim(pre.shape[0], 0)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}: tract {tract['sampled_length_mm']:.1f} mm at {tract['axis_deg']:.1f} deg")
+    ax = fig.add_subplot(gs[1])
+    ax.imshow(oriented)
+    ax.annotate("dye end", xy=(oriented.shape[1] * 0.97, oriented.shape[0] / 2), xytext=(oriented.shape[1] * 0.8, oriented.shape[0] * 0.1),
+                color="k", arrowprops={"arrowstyle": "->"})
+    ax.set_title("WSI in the canonical frame (dye end right)", fontsize=9)
+    ax.axis("off")
+    ax = fig.add_subplot(gs[2])
+    ax.imshow(crop, cmap="gray", aspect="auto")
+    ax.imshow(np.ma.masked_where(label != 1, label), cmap="autumn", alpha=0.45, aspect="auto")
+    ax.contour(label == 255, levels=[0.5], colors="w", linewidths=0.5)
+    ax.set_title("transferred cancer ROI on the crop (white line: edge of the sampled core)", fontsize=9)
+    ax.axis("off")
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="registration QC")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("figure")
+    for k in ("pre", "tract", "oriented", "crop", "label", "out", "title"):
+        f.add_argument(f"--{k}", required=True)
+    t = sub.add_parser("table")
+    for k in ("tract", "orient", "transfer", "label"):
+        t.add_argument(f"--{k}", nargs="+", required=True, help=f"per-biopsy {k} files, in the same biopsy order")
+    t.add_argument("--truth", nargs="*", default=[], help="demo truth JSONs, same biopsy order (scoring only)")
+    t.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.cmd == "figure":
+        load = lambda k: json.loads(Path(getattr(a, k)).read_text())  # noqa: E731
+        figure(imread(a.pre), load("tract"), imread(a.oriented), imread(a.crop), np.array(PIL.Image.open(a.label)), a.title, Path(a.out))
+        return
+    rows = []
+    truths = a.truth or [None] * len(a.tract)
+    for tract_f, orient_f, transfer_f, label_f, truth in zip(a.tract, a.orient, a.transfer, a.label, truths, strict=True):
+        pid, bid = Path(tract_f).parent.name, Path(tract_f).stem  # <results>/tract/<participant>/<biopsy>.json
+        tract, orient, transfer = (json.loads(Path(x).read_text()) for x in (tract_f, orient_f, transfer_f))
+        row = {"participant_id": pid, "biopsy_id": bid, "sampled_length_mm": tract["sampled_length_mm"],
+               "length_flag": tract["length_flag"], "dye_confidence": orient["confidence"], "shrinkage": transfer["shrinkage"],
+               "ignored_objects": transfer["ignored_total"]}
+        if truth:
+            truth = Path(truth)
+            mask = imread(truth.with_name(f"{truth.stem}_mask.png"))
+            row.update(score(tract, orient, np.array(PIL.Image.open(label_f)), json.loads(truth.read_text()), mask))
+        rows.append(row)
+    table = summarise(pd.DataFrame(rows))
+    table.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
+    print(table.tail(2).to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Sample-sheet checks that a JSON schema cannot express, run before any job.
+
+Every problem names the sheet, the line (as a spreadsheet shows it: the header
+is line 1) and the IDs, and says how to fix it.  All problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+FILE_COLUMNS = ("prefire", "postfire", "wsi", "annotation")
+
+
+class SheetError(ValueError):
+    """One or more problems in the sample sheets."""
+
+
+def read_sheet(path: str, id_columns: tuple[str, ...]) -> pd.DataFrame:
+    """A TSV sheet with ID columns as strings and empty cells as NaN."""
+    try:
+        return pd.read_csv(path, sep="\t", dtype={c: str for c in id_columns}, comment=None)
+    except FileNotFoundError:
+        raise SheetError(f"sample sheet {path} does not exist; set samples: in config.yaml") from None
+
+
+def line(i: int) -> int:
+    """Spreadsheet line of data row i (0-based)."""
+    return i + 2
+
+
+def check(participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, str], generated_prefix: str | None = None) -> list[str]:
+    """Problems: duplicate IDs, unknown participants, missing files (except ones the workflow generates)."""
+    pname, bname = names
+    problems = []
+    dup = participants["participant_id"].duplicated(keep="first")
+    for i in dup[dup].index:
+        problems.append(f"{pname} line {line(i)}: duplicate participant_id {participants.at[i, 'participant_id']}; each participant has one row")
+    key = biopsies["participant_id"] + "/" + biopsies["biopsy_id"]
+    dup = key.duplicated(keep="first")
+    for i in dup[dup].index:
+        problems.append(f"{bname} line {line(i)}: duplicate biopsy {key[i]}; biopsy_id must be unique within a participant")
+    known = set(participants["participant_id"])
+    for i in biopsies.index[~biopsies["participant_id"].isin(known)]:
+        problems.append(f"{bname} line {line(i)}: biopsy {key[i]} belongs to participant {biopsies.at[i, 'participant_id']}, "
+                        f"who is not in {pname}; add the participant there")
+    for col in FILE_COLUMNS:
+        for i, path in biopsies[col].items():
+            if generated_prefix and str(path).startswith(generated_prefix):
+                continue
+            if not os.path.exists(path):
+                problems.append(f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} does not exist; fix the path")
+    return problems
+
+
+def overrides(row: pd.Series) -> dict:
+    """The manual override columns present (non-empty) in one biopsies.tsv row."""
+    cols = ("tip_x", "tip_y", "axis_deg", "throw_mm", "dye_end")
+    return {c: row[c] for c in cols if c in row and pd.notna(row[c]) and row[c] != ""}

@@ -1,0 +1,71 @@
+"""Participant-level train/val/test allocation that never moves anyone already allocated.
+
+Participants are allocated in sheet order (enrolment order): each one goes to a
+split drawn with probability proportional to how far that split is behind its
+target ratio, using a random number seeded by the split seed and the
+participant's own ID.  A participant's split therefore depends only on the rows
+above it, so appending participants never changes an earlier allocation.  The
+first three participants fill train, val and test (in a seeded order), so any
+cohort of three or more has every split non-empty.  A ``split`` column in
+participants.tsv wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+def unit_random(seed: int, participant_id: str) -> float:
+    """A number in [0, 1) fixed by the seed and the participant ID alone."""
+    h = hashlib.sha256(f"{seed}:{participant_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def allocate(participant_ids: list[str], ratios: dict[str, float], seed: int, fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """Split of every participant, in sheet order; ``fixed`` splits win and count towards the ratios."""
+    fixed = fixed or {}
+    r = np.array([ratios[s] for s in SPLITS], float)
+    r /= r.sum()
+    counts = np.zeros(3)
+    first = [SPLITS[i] for i in np.argsort([unit_random(seed, f"order{k}") for k in range(3)])]
+    out = {}
+    for i, pid in enumerate(participant_ids):
+        if pid in fixed:
+            split = fixed[pid]
+        elif i < 3:
+            split = first[i]
+        else:
+            deficit = np.clip(r * (i + 1) - counts, 0, None) + 1e-9
+            cum = np.cumsum(deficit / deficit.sum())
+            split = SPLITS[int(np.searchsorted(cum, unit_random(seed, pid), side="right"))]
+        out[pid] = split
+        counts[SPLITS.index(split)] += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="allocate participants to train/val/test")
+    p.add_argument("participants")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.2, 0.1])
+    a = p.parse_args(argv)
+    sheet = pd.read_csv(a.participants, sep="\t", dtype=str)
+    fixed = dict(zip(sheet["participant_id"], sheet["split"])) if "split" in sheet else {}
+    fixed = {k: v for k, v in fixed.items() if isinstance(v, str) and v}
+    splits = allocate(list(sheet["participant_id"]), dict(zip(SPLITS, a.ratios)), a.seed, fixed)
+    table = pd.DataFrame({"participant_id": list(splits), "split": list(splits.values())})
+    table["source"] = ["sheet" if pid in fixed else "allocated" for pid in table["participant_id"]]
+    table["seed"] = a.seed
+    table.to_csv(a.out, sep="\t", index=False)
+    print(table["split"].value_counts().to_string())
+
+
+if __name__ == "__main__":
+    main()

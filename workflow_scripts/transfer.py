@@ -1,0 +1,145 @@
+"""ROI transfer: QuPath GeoJSON tumour outlines -> Labelme JSON on the tract crop.
+
+Vectors are transformed, never rasters: slide px -> canonical um (orientation)
+-> crop px (core length onto tract length, across by physical width).  Holes
+become ``_background_`` polygons of the same group, and pixels outside the
+sampled core become ``__ignore__`` polygons when they are configured as void.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from workflow_scripts import geometry as geo
+from workflow_scripts.errors import InputError, run_cli
+
+LABELME_VERSION = "5.1.0"
+BACKGROUND, IGNORE = "_background_", "__ignore__"
+Polygon = list[np.ndarray]  # exterior ring, then holes, each (N, 2) x/y
+
+
+def geojson_features(doc: object) -> list[dict]:
+    """Features of any QuPath export shape: FeatureCollection, a bare Feature, or an array."""
+    if isinstance(doc, list):
+        return [f for f in doc if isinstance(f, dict)]
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        return list(doc.get("features") or [])
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        return [doc]
+    raise InputError("not a QuPath GeoJSON export (expected a FeatureCollection, a Feature or an array of Features)",
+                     "export the annotations from QuPath with File > Export objects as GeoJSON")
+
+
+def tumour_polygons(features: list[dict], classes: dict[str, str]) -> tuple[list[tuple[str, str, Polygon]], Counter]:
+    """(label, QuPath class, polygon) for tumour annotations; counts of what was ignored, by reason."""
+    kept, ignored = [], Counter()
+    for f in features:
+        props = f.get("properties") or {}
+        kind = props.get("objectType", "annotation")
+        cls = (props.get("classification") or {}).get("name")
+        geom = f.get("geometry") or {}
+        if kind != "annotation":
+            ignored[f"{kind}s"] += 1
+        elif cls not in classes:
+            ignored[f"class {cls or 'unclassified'}"] += 1
+        elif geom.get("type") == "Polygon":
+            kept.append((classes[cls], cls, [np.asarray(r, float)[:, :2] for r in geom["coordinates"]]))
+        elif geom.get("type") == "MultiPolygon":
+            kept += [(classes[cls], cls, [np.asarray(r, float)[:, :2] for r in poly]) for poly in geom["coordinates"]]
+        else:
+            ignored[f"geometry {geom.get('type')}"] += 1
+    return kept, ignored
+
+
+def void_polygons(crop_shape: tuple[int, int], tract_x: tuple[float, float], core_rows: tuple[float, float]) -> list[np.ndarray]:
+    """Rectangles covering the crop outside the sampled core (as 4-point polygons)."""
+    h, w = crop_shape
+    (x0, x1), (r0, r1) = tract_x, core_rows
+    rect = lambda a, b, c, d: np.array([[a, b], [c, b], [c, d], [a, d]], float)  # noqa: E731
+    boxes = [rect(-1, -1, w, r0 - 0.5), rect(-1, r1 + 0.5, w, h), rect(-1, -1, x0 - 0.5, h), rect(x1 + 0.5, -1, w, h)]
+    return [b for b in boxes if (b[:, 0].max() - b[:, 0].min()) > 0.5 and (b[:, 1].max() - b[:, 1].min()) > 0.5]
+
+
+def labelme_shapes(polys: list[tuple[str, str, Polygon]], voids: list[np.ndarray]) -> list[dict]:
+    """Labelme shapes in drawing order: tumour exteriors, their holes, then void."""
+    def shape(label: str, ring: np.ndarray, group: int | None, description: str = "") -> dict:
+        pts = ring[:-1] if len(ring) > 3 and np.allclose(ring[0], ring[-1]) else ring
+        return {"label": label, "points": np.round(pts, 3).tolist(), "group_id": group, "description": description,
+                "shape_type": "polygon", "flags": {}, "mask": None}
+    out = []
+    for g, (label, cls, poly) in enumerate(polys):
+        out.append(shape(label, poly[0], g, f"QuPath class: {cls}"))
+        out += [shape(BACKGROUND, hole, g, f"hole in {cls}") for hole in poly[1:]]
+    out += [shape(IGNORE, v, None, "outside the sampled core: truth unknown") for v in voids]
+    return out
+
+
+def labelme_document(shapes: list[dict], image_name: str, image_bytes: bytes, shape: tuple[int, int]) -> dict:
+    """A Labelme JSON document with the crop image embedded."""
+    return {"version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": image_name,
+            "imageData": base64.b64encode(image_bytes).decode(), "imageHeight": int(shape[0]), "imageWidth": int(shape[1])}
+
+
+def canonical_to_crop(orient: dict, tract: dict, across: str = "physical") -> np.ndarray:
+    """Affine from canonical um to crop px; ``across='shrinkage'`` also undoes shrinkage across the axis."""
+    to_crop = geo.canonical_to_crop(orient["core_x_um"], tract["tract_x_px"], tract["crop_shape"][0], tract["out_mm_per_px"])
+    if across == "shrinkage":
+        (c0, c1), (x0, x1) = orient["core_x_um"], tract["tract_x_px"]
+        factor = (x1 - x0) * tract["out_mm_per_px"] * 1000 / (c1 - c0)
+        cy = (tract["crop_shape"][0] - 1) / 2
+        to_crop = geo.compose(to_crop, geo.translation(0, -cy), geo.scaling(1, factor), geo.translation(0, cy))
+    return to_crop
+
+
+def core_rows(orient: dict, canon_to_crop: np.ndarray) -> tuple[float, float]:
+    """Crop rows of the sampled core's two long edges."""
+    half = orient["core_width_um"] / 2
+    ys = geo.apply(canon_to_crop, [[0.0, -half], [0.0, half]])[:, 1]
+    return float(ys.min()), float(ys.max())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="transfer QuPath tumour outlines onto the tract crop as Labelme JSON")
+    for k in ("annotation", "orient", "tract", "crop", "out", "summary"):
+        p.add_argument(f"--{k}", required=True)
+    p.add_argument("--classes", default="Tumor=cancer,Tumour=cancer", help="QuPath class=label pairs")
+    p.add_argument("--outside-core", choices=["void", "background"], default="void")
+    p.add_argument("--across", choices=["physical", "shrinkage"], default="physical")
+    p.add_argument("--participant")
+    p.add_argument("--biopsy")
+    a = p.parse_args(argv)
+
+    def go() -> None:
+        try:
+            doc = json.loads(Path(a.annotation).read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"annotation file is not valid JSON ({e.msg}, line {e.lineno})", "re-export it from QuPath") from None
+        classes = dict(kv.split("=", 1) for kv in a.classes.split(",") if kv)
+        polys, ignored = tumour_polygons(geojson_features(doc), classes)
+        orient, tract = json.loads(Path(a.orient).read_text()), json.loads(Path(a.tract).read_text())
+        to_crop = canonical_to_crop(orient, tract, a.across)
+        m = geo.compose(np.array(orient["slide_px_to_canonical_um"]), to_crop)
+        polys = [(label, cls, geo.apply_polygons(m, [poly])[0]) for label, cls, poly in polys]
+        voids = void_polygons(tract["crop_shape"], tract["tract_x_px"], core_rows(orient, to_crop)) if a.outside_core == "void" else []
+        shapes = labelme_shapes(polys, voids)
+        crop = Path(a.crop)
+        Path(a.out).write_text(json.dumps(labelme_document(shapes, crop.name, crop.read_bytes(), tract["crop_shape"]), indent=1))
+        shrink = (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000 / tract["sampled_length_mm"]
+        summary = {"tumour_polygons": len(polys), "holes": sum(len(pl) - 1 for _, _, pl in polys), "ignored": dict(ignored),
+                   "ignored_total": sum(ignored.values()), "core_length_mm": (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000,
+                   "tract_length_mm": tract["sampled_length_mm"], "shrinkage": shrink, "shrinkage_plausible": 0.6 <= shrink <= 1.05,
+                   "outside_core": a.outside_core, "across": a.across}
+        Path(a.summary).write_text(json.dumps(summary, indent=1))
+        print(f"transferred {len(polys)} tumour polygons ({summary['holes']} holes); ignored {summary['ignored_total']} objects: {dict(ignored)}; core/tract length {shrink:.2f}")
+
+    run_cli(go, a.participant, a.biopsy, a.annotation)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""VOC conversion: Labelme JSON -> Pascal VOC segmentation (labelme2voc layout), via imgviz.
+
+Layout under the dataset root: JPEGImages/, SegmentationClass/ (palette PNG:
+0 background, 1 cancer, 255 void), SegmentationClassVisualization/,
+class_names.txt and ImageSets/Segmentation/{train,val,test,trainval}.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+from pathlib import Path
+
+import imgviz
+import numpy as np
+import pandas as pd
+import PIL.Image
+import PIL.ImageDraw
+
+from workflow_scripts.errors import InputError, run_cli
+
+CLASS_NAMES = ("_background_", "cancer")
+VOID = 255
+
+
+def label_values(class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, int]:
+    """Label name -> class value; ``__ignore__`` is void."""
+    return {"__ignore__": VOID, **{n: i for i, n in enumerate(class_names)}}
+
+
+def rasterize(shapes: list[dict], shape: tuple[int, int], values: dict[str, int]) -> np.ndarray:
+    """Paint polygon shapes in order (later shapes win), outline included."""
+    canvas = PIL.Image.new("L", (shape[1], shape[0]), 0)
+    draw = PIL.ImageDraw.Draw(canvas)
+    for s in shapes:
+        if s["label"] not in values:
+            raise InputError(f"unknown label {s['label']!r} in Labelme file", f"use one of {sorted(values)}")
+        if s.get("shape_type", "polygon") != "polygon":
+            raise InputError(f"shape type {s['shape_type']!r} is not supported", "draw polygons in Labelme")
+        draw.polygon([tuple(p) for p in s["points"]], fill=values[s["label"]], outline=values[s["label"]])
+    return np.asarray(canvas, np.uint8)
+
+
+def decode_image(doc: dict) -> np.ndarray:
+    """Grayscale crop embedded in a Labelme document."""
+    if not doc.get("imageData"):
+        raise InputError("Labelme file has no embedded imageData", "save it in Labelme with 'Save With Image Data' on")
+    return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(doc["imageData"]))).convert("L"))
+
+
+def save_palette_png(label: np.ndarray, path: Path) -> None:
+    """Save a label as a VOC palette PNG (imgviz colormap, 255 = void)."""
+    img = PIL.Image.fromarray(label, mode="P")
+    cmap = imgviz.label_colormap().copy()  # 256 VOC colours
+    cmap[VOID] = (224, 224, 192)  # the VOC void colour
+    img.putpalette(cmap.flatten().tolist())
+    img.save(path)
+
+
+def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] = CLASS_NAMES) -> np.ndarray:
+    """Write one image's VOC files; returns its label."""
+    image = decode_image(doc)
+    label = rasterize(doc["shapes"], image.shape, label_values(class_names))
+    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassVisualization"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rgb = np.repeat(image[..., None], 3, -1)
+    PIL.Image.fromarray(rgb).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+    save_palette_png(label, root / "SegmentationClass" / f"{image_id}.png")
+    viz = imgviz.label2rgb(np.where(label == VOID, 0, label), np.repeat(image[..., None], 3, -1), label_names=list(class_names), font_size=10, loc="rb")
+    PIL.Image.fromarray(viz).save(root / "SegmentationClassVisualization" / f"{image_id}.jpg")
+    return label
+
+
+def write_sets(images: pd.DataFrame, root: Path, class_names: tuple[str, ...] = CLASS_NAMES) -> None:
+    """ImageSets/Segmentation split lists and class_names.txt; images has image_id and split."""
+    sets = root / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        ids = images.loc[images["split"] == split, "image_id"]
+        (sets / f"{split}.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
+    tv = images.loc[images["split"].isin(["train", "val"]), "image_id"]
+    (sets / "trainval.txt").write_text("".join(f"{i}\n" for i in sorted(tv)))
+    (root / "class_names.txt").write_text("\n".join(class_names) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Labelme JSON -> VOC")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("image")
+    c.add_argument("labelme")
+    c.add_argument("--root", required=True)
+    c.add_argument("--image-id", required=True)
+    c.add_argument("--participant")
+    c.add_argument("--biopsy")
+    s = sub.add_parser("sets")
+    s.add_argument("--splits", required=True, help="participant split table")
+    s.add_argument("--labels", nargs="+", required=True, help="SegmentationClass PNGs named <participant>_<biopsy>.png")
+    s.add_argument("--root", required=True)
+    a = p.parse_args(argv)
+    if a.cmd == "image":
+        def go() -> None:
+            label = convert(json.loads(Path(a.labelme).read_text()), a.image_id, Path(a.root))
+            known = label != VOID
+            print(f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer {(label[known] == 1).mean() if known.any() else 0:.0%} of labelled")
+        run_cli(go, a.participant, a.biopsy, a.labelme)
+    else:
+        splits = pd.read_csv(a.splits, sep="\t", dtype=str)
+        ids = [Path(f).stem for f in a.labels]
+        images = pd.DataFrame({"image_id": ids, "participant_id": [i.split("_", 1)[0] for i in ids]})
+        images = images.merge(splits[["participant_id", "split"]], on="participant_id", how="left")
+        if images["split"].isna().any():
+            raise SystemExit(f"images without a participant split: {list(images.loc[images['split'].isna(), 'image_id'])}")
+        write_sets(images, Path(a.root))
+        print(images.groupby("split").size().to_string())
+
+
+if __name__ == "__main__":
+    main()
