@@ -1,0 +1,21 @@
+# tractmap: register core-needle-biopsy histology onto breast ultrasound and
+# build the segmentation dataset (Yao et al., JMIR Med Inform 2026).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/ingest.smk"
+include: "rules/register.smk"
+include: "rules/dataset.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,123 @@
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from workflow_scripts import sheets as sheetlib
+
+# ------------------------------------------------------------------ config and sheets
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+DEMO = config["demo"]
+GENERATED = f"{DEMO['root']}/data/" if DEMO["enabled"] else None
+# jobs run `python -m workflow_scripts.<step>` with this interpreter, importable from the checkout
+# (a conda env from --sdm conda is activated in front of this)
+_env = dict(os.environ)
+os.environ.update(
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), _env.get("PATH", "")]),
+    PYTHONPATH=os.pathsep.join(p for p in [workflow.basedir, _env.get("PYTHONPATH", "")] if p),
+)
+
+
+def validated_sheet(key, schema, ids):
+    """Read a sheet and validate each row against its schema; errors name sheet and line."""
+    path = config["samples"][key]
+    try:
+        df = sheetlib.read_sheet(path, ids)
+    except sheetlib.SheetError as e:
+        raise WorkflowError(str(e))
+    try:
+        validate(df, schema)
+    except WorkflowError as e:
+        msg = str(e.args[0]) if e.args else str(e)
+        row = int(msg.split("row ")[1].split(" ")[0]) if "row " in msg else -1
+        cause = e.args[1].message if len(e.args) > 1 and hasattr(e.args[1], "message") else msg
+        who = ", ".join(str(df.iloc[row][c]) for c in ids if c in df) if row >= 0 else "?"
+        raise WorkflowError(f"{path} line {sheetlib.line(row)} ({who}): {cause}; see {schema.replace('../', '')}")
+    return df
+
+
+participants = validated_sheet("participants", "../schemas/participants.schema.yaml", ("participant_id",))
+biopsies = validated_sheet("biopsies", "../schemas/biopsies.schema.yaml", ("participant_id", "biopsy_id"))
+_problems = sheetlib.check(
+    participants, biopsies, (config["samples"]["participants"], config["samples"]["biopsies"]), GENERATED
+)
+if _problems:
+    raise WorkflowError("sample sheet problems:\n  " + "\n  ".join(_problems))
+biopsies = biopsies.set_index(["participant_id", "biopsy_id"], drop=False).sort_index()
+
+# IDs: one pattern, from the schema, used as wildcard constraint
+_ID = yaml.safe_load(Path(workflow.basedir, "schemas/biopsies.schema.yaml").read_text())["properties"]["biopsy_id"]["pattern"].strip("^$")
+
+
+wildcard_constraints:
+    participant=_ID,
+    biopsy=_ID,
+    phase="prefire|postfire",
+
+
+# corrected Labelme files: listed once at parse time
+CORRECTIONS = {
+    (p.parent.name, p.stem)
+    for p in Path(config["corrections_dir"]).glob("*/*.json")
+} if Path(config["corrections_dir"]).is_dir() else set()
+
+# ------------------------------------------------------------------ helpers for rules
+
+
+def bx(wildcards):
+    """The biopsies.tsv row of a job's biopsy."""
+    return biopsies.loc[(wildcards.participant, wildcards.biopsy)]
+
+
+def biopsy_file(column):
+    return lambda wildcards: bx(wildcards)[column]
+
+
+def override_args(wildcards):
+    """Command-line override flags from biopsies.tsv for the tract step."""
+    o = sheetlib.overrides(bx(wildcards))
+    args = []
+    if "tip_x" in o:
+        args += ["--tip", str(o["tip_x"]), str(o["tip_y"])]
+    if "axis_deg" in o:
+        args += ["--axis-deg", str(o["axis_deg"])]
+    if "throw_mm" in o:
+        args += ["--override-throw-mm", str(o["throw_mm"])]
+    return " ".join(args)
+
+
+def dye_end(wildcards):
+    return sheetlib.overrides(bx(wildcards)).get("dye_end", "")
+
+
+def labelme_source(wildcards):
+    """A corrected Labelme file wins over the automatic one."""
+    if (wildcards.participant, wildcards.biopsy) in CORRECTIONS:
+        return f"{config['corrections_dir']}/{wildcards.participant}/{wildcards.biopsy}.json"
+    return f"{RESULTS}/transfer/{wildcards.participant}/{wildcards.biopsy}.json"
+
+
+def per_biopsy(pattern):
+    """Expand a {participant}/{biopsy} pattern over every biopsy in the sheet."""
+    return [pattern.format(participant=p, biopsy=b) for p, b in biopsies.index]
+
+
+def ctx(wildcards):
+    """Context flags so errors name the participant and biopsy."""
+    return f"--participant {wildcards.participant} --biopsy {wildcards.biopsy}"
+
+
+def all_targets():
+    return [
+        f"{RESULTS}/qc/registration_qc.tsv",
+        f"{RESULTS}/voc/ImageSets/Segmentation/trainval.txt",
+        *per_biopsy(f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png"),
+    ]

@@ -1,0 +1,41 @@
+# Ingest: one job per image.
+
+
+rule ingest_ultrasound:
+    input:
+        lambda w: bx(w)[w.phase],
+    output:
+        image=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/{{phase}}.png",
+        meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/{{phase}}.json",
+    params:
+        frame=config["ingest"]["frame"],
+        ctx=ctx,
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/ingest_ultrasound/{participant}/{biopsy}_{phase}.log",
+    benchmark:
+        "benchmarks/ingest_ultrasound/{participant}/{biopsy}_{phase}.tsv"
+    shell:
+        "python -m workflow_scripts.ingest ultrasound {input} --image {output.image} --meta {output.meta} "
+        "--frame {params.frame} {params.ctx} > {log} 2>&1"
+
+
+rule ingest_wsi:
+    input:
+        biopsy_file("wsi"),
+    output:
+        image=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.png",
+        meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.json",
+    params:
+        um=config["ingest"]["thumb_um_per_px"],
+        ctx=ctx,
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/ingest_wsi/{participant}/{biopsy}.log",
+    benchmark:
+        "benchmarks/ingest_wsi/{participant}/{biopsy}.tsv"
+    shell:
+        "python -m workflow_scripts.ingest wsi {input} --image {output.image} --meta {output.meta} "
+        "--thumb-um {params.um} {params.ctx} > {log} 2>&1"
