@@ -1,0 +1,150 @@
+"""Ingest: calibration from ultrasound regions, photometrics, frames, WSI pyramid, errors."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+
+from workflow_scripts import demo, ingest
+from workflow_scripts.errors import InputError
+from workflow_scripts.transfer import geojson_features, tumour_polygons
+
+
+@pytest.fixture(scope="module")
+def biopsy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("biopsy")
+    out = {k: d / n for k, n in [("prefire", "pre.dcm"), ("postfire", "post.dcm"), ("wsi", "wsi.ome.tif"),
+                                 ("annotation", "a.geojson"), ("truth", "t.json"), ("truth_mask", "m.png")]}
+    demo.generate_biopsy(5, "P001", "B1", out)
+    return out, json.loads(out["truth"].read_text())
+
+
+def dicom_variant(tmp_path, photometric, frames, seed=3):
+    t = demo.sample_truth(seed, "P009", "B2")
+    t.photometric, t.frames = photometric, frames
+    rng = np.random.default_rng(0)
+    regions = [demo.render_ultrasound(t, tip, noise_seed=k) for k, tip in enumerate(demo.tip_fraction_frames(t))]
+    path = tmp_path / f"{photometric}_{frames}.dcm"
+    demo.write_dicom(t, path, regions, rng)
+    return path, t, regions
+
+
+def test_ultrasound_calibration_equals_truth(biopsy):
+    out, truth = biopsy
+    img, meta = ingest.read_ultrasound(out["prefire"])
+    assert meta["mm_per_px"] == pytest.approx([truth["mm_per_px"]] * 2, rel=1e-9)
+    assert img.shape == (truth["rows"], truth["cols"])
+    assert meta["region_bounds_xyxy"][:2] == [truth["region_x0"], truth["region_y0"]]
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "RGB", "YBR_FULL"])
+def test_photometrics_give_the_same_grayscale(tmp_path, photometric):
+    path, t, regions = dicom_variant(tmp_path, photometric, 1)
+    assert pydicom.dcmread(path).PhotometricInterpretation == photometric
+    img, meta = ingest.read_ultrasound(path)
+    assert img.shape == (t.rows, t.cols)
+    # YBR_FULL round trip through 8 bits loses a grey level at most
+    assert np.abs(img.astype(int) - regions[-1].astype(int)).max() <= 2
+
+
+def test_multiframe_uses_documented_frame(tmp_path):
+    path, t, regions = dicom_variant(tmp_path, "MONOCHROME2", 3)
+    last, meta = ingest.read_ultrasound(path, "last")
+    first, _ = ingest.read_ultrasound(path, "first")
+    assert meta["frames"] == 3 and meta["frame_used"] == 2
+    assert np.array_equal(last, regions[2]) and np.array_equal(first, regions[0])
+    with pytest.raises(InputError, match="frame 5 requested"):
+        ingest.read_ultrasound(path, 5)
+
+
+def broken(tmp_path, src, edit):
+    ds = pydicom.dcmread(src)
+    edit(ds)
+    p = tmp_path / "broken.dcm"
+    ds.save_as(p)
+    return p
+
+
+def test_no_tissue_region_is_a_clear_error(tmp_path, biopsy):
+    def edit(ds):
+        for r in ds.SequenceOfUltrasoundRegions:
+            r.RegionDataType = 2
+    with pytest.raises(InputError, match="2-D tissue region"):
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], edit))
+    with pytest.raises(InputError, match="no SequenceOfUltrasoundRegions"):
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions")))
+
+
+def test_region_out_of_bounds_and_missing_resolution(tmp_path, biopsy):
+    def oob(ds):
+        ds.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 = ds.Columns + 40
+    with pytest.raises(InputError, match="outside the"):
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], oob))
+
+    def nores(ds):
+        del ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX
+    with pytest.raises(InputError, match="missing resolution"):
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], nores))
+
+
+def test_wsi_resolution_and_level_equal_truth(biopsy):
+    out, truth = biopsy
+    img, meta = ingest.read_wsi_level(out["wsi"], 16.0)
+    assert meta["um_per_px"] == pytest.approx(truth["slide_um_per_px"])
+    assert meta["level_shapes"][0] == truth["slide_shape"]
+    assert meta["level_um_per_px"] <= 16.0 * 1.01 and meta["level"] > 0
+    assert img.shape[:2] == tuple(meta["level_shapes"][meta["level"]])
+
+
+def test_region_read_matches_whole_level(biopsy):
+    with tifffile.TiffFile(biopsy[0]["wsi"]) as tif:
+        level = tif.series[0].levels[1]
+        whole = level.asarray()
+        part = ingest.read_region(level.keyframe, 300, 517, 400, 333)
+    np.testing.assert_array_equal(part, whole[300:700, 517:850])
+
+
+def test_wsi_resolution_from_tiff_tags_and_svs(tmp_path):
+    a = tmp_path / "tags.tif"
+    tifffile.imwrite(a, np.zeros((64, 64, 3), np.uint8), resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    with tifffile.TiffFile(a) as tif:
+        assert ingest.wsi_um_per_px(tif) == pytest.approx(0.5)
+    b = tmp_path / "svs.tif"
+    tifffile.imwrite(b, np.zeros((64, 64, 3), np.uint8), description="Aperio Image Library v12|AppMag = 40|MPP = 0.2520")
+    with tifffile.TiffFile(b) as tif:
+        assert ingest.wsi_um_per_px(tif) == pytest.approx(0.252)
+    c = tmp_path / "none.tif"
+    tifffile.imwrite(c, np.zeros((64, 64, 3), np.uint8))
+    with tifffile.TiffFile(c) as tif, pytest.raises(InputError, match="no resolution"):
+        ingest.wsi_um_per_px(tif)
+
+
+def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):
+    doc = json.loads(biopsy[0]["annotation"].read_text())
+    feats = geojson_features(doc)
+    polys, _ = tumour_polygons(feats, {"Tumor": "cancer"})
+    assert polys
+    shapes = {"FeatureCollection": {"type": "FeatureCollection", "features": feats}, "array": feats, "Feature": feats[0]}
+    counts = {k: len(tumour_polygons(geojson_features(copy.deepcopy(v)), {"Tumor": "cancer"})[0]) for k, v in shapes.items()}
+    assert counts["FeatureCollection"] == counts["array"] == len(polys)
+    assert counts["Feature"] >= 1
+    with pytest.raises(InputError, match="not a QuPath GeoJSON"):
+        geojson_features({"type": "Topology"})
+
+
+def test_ignored_objects_are_counted():
+    poly = [[[0, 0], [1, 0], [1, 1], [0, 0]]]
+    feats = [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [poly, poly]}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "detection", "classification": {"name": "Tumor"}}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "annotation"}},
+    ]
+    kept, ignored = tumour_polygons(feats, {"Tumor": "cancer"})
+    assert len(kept) == 3
+    assert ignored == {"class Stroma": 1, "detections": 1, "class unclassified": 1}

@@ -1,0 +1,141 @@
+"""The real workflow on a small synthetic cohort: accuracy, privacy, reruns, corrections, failures."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+import pydicom
+import pytest
+
+from conftest import ROOT, make_cohort, snakemake, write_config
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Job counts by rule from a dry run."""
+    out = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_plans_one_ingest_job_per_image(tmp_path):
+    make_cohort(tmp_path, 6, seed=3)
+    write_config(tmp_path)
+    n = len(pd.read_csv(tmp_path / "sheets/biopsies.tsv", sep="\t"))
+    jobs = planned_jobs(tmp_path)
+    assert jobs["ingest_ultrasound"] == 2 * n and jobs["ingest_wsi"] == n and jobs["demo_biopsy"] == n
+
+
+def test_lint_is_clean():
+    res = snakemake(ROOT, "--lint", check=False) if False else None
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0 and "Lints for" not in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_registration_accuracy_from_the_qc_table(cohort_run):
+    qc = pd.read_csv(cohort_run / "results/qc/registration_qc.tsv", sep="\t")
+    rows = qc[~qc["participant_id"].isin(["median", "p95"])]
+    assert len(rows) == len(pd.read_csv(cohort_run / "sheets/biopsies.tsv", sep="\t"))
+    assert rows["orientation_correct"].astype(bool).all()
+    tips = np.concatenate([rows["tip0_error_mm"], rows["tip1_error_mm"]])
+    assert np.median(tips) < 0.3 and np.percentile(tips, 95) < 1.0
+    assert rows["axis_error_deg"].median() < 1.0
+    assert rows["dice"].median() >= 0.9
+    med = qc[qc["participant_id"] == "median"].iloc[0]
+    assert med["dice"] == pytest.approx(rows["dice"].median())
+
+
+def test_benchmarks_fast_and_small(cohort_run):
+    for rule in ("orient", "tract", "transfer", "ingest_wsi", "ingest_ultrasound", "voc_image"):
+        for f in (cohort_run / "benchmarks" / rule).rglob("*.tsv"):
+            b = pd.read_csv(f, sep="\t")
+            assert b["s"].iloc[0] < 4.0, (f, b["s"].iloc[0])  # < 2 s on an idle core; slack for a loaded CI
+            assert b["max_rss"].iloc[0] < 1024, f
+
+
+def test_no_dicom_header_value_reaches_any_output(cohort_run):
+    canaries = set()
+    for t in (cohort_run / "demo/truth").rglob("*.json"):
+        canaries |= set(json.loads(t.read_text())["canaries"].values())
+    for d in (cohort_run / "demo/data").rglob("*.dcm"):  # the planted values really are in the inputs
+        ds = pydicom.dcmread(d)
+        assert str(ds.PatientName) in canaries and ds.StudyInstanceUID in canaries
+    needles = [c.encode() for c in canaries] + [c.replace("^", " ").encode() for c in canaries]
+    scanned = 0
+    for top in ("results", "logs", "benchmarks", ".snakemake/log"):
+        for f in (cohort_run / top).rglob("*"):
+            if f.is_file():
+                data = f.read_bytes()
+                hit = [n for n in needles if n in data or n in str(f).encode()]
+                assert not hit, (f, hit)
+                scanned += 1
+    assert scanned > 50
+
+
+def test_complete_run_has_nothing_to_do(cohort_run):
+    assert planned_jobs(cohort_run) == {}
+
+
+def test_corrected_labelme_file_wins_and_reruns_only_that_biopsy(copy_run):
+    auto = copy_run / "results/transfer/P001/B1.json"
+    doc = json.loads(auto.read_text())
+    doc["shapes"] = [s for s in doc["shapes"] if s["label"] != "cancer"]  # a reviewer removes the tumour
+    corr = copy_run / "corrections/P001/B1.json"
+    corr.parent.mkdir(parents=True)
+    corr.write_text(json.dumps(doc))
+    jobs = planned_jobs(copy_run)
+    assert jobs.get("labelme") == 1 and jobs.get("voc_image") == 1 and jobs.get("qc_figure") == 1
+    assert "tract" not in jobs and "transfer" not in jobs and "ingest_ultrasound" not in jobs
+    snakemake(copy_run, "--cores", "2")
+    label = np.asarray(PIL.Image.open(copy_run / "results/voc/SegmentationClass/P001_B1.png"))
+    assert not (label == 1).any()
+    assert json.loads((copy_run / "results/labelme/P001/B1.json").read_text())["shapes"] == doc["shapes"]
+    # editing the correction again reruns it again
+    doc["shapes"] = json.loads(auto.read_text())["shapes"]
+    corr.write_text(json.dumps(doc))
+    assert planned_jobs(copy_run).get("voc_image") == 1
+
+
+def test_manual_overrides_are_honoured(copy_run):
+    sheet = copy_run / "sheets/biopsies.tsv"
+    b = pd.read_csv(sheet, sep="\t", dtype=str)
+    b["tip_x"], b["tip_y"], b["axis_deg"], b["throw_mm"] = "", "", "", ""
+    b.loc[0, ["tip_x", "tip_y", "axis_deg", "throw_mm"]] = ["300", "250", "15", "18"]
+    b.to_csv(sheet, sep="\t", index=False)
+    jobs = planned_jobs(copy_run)
+    assert jobs.get("tract") == 1
+    snakemake(copy_run, "--cores", "2")
+    pid, bid = b.loc[0, "participant_id"], b.loc[0, "biopsy_id"]
+    res = json.loads((copy_run / f"results/tract/{pid}/{bid}.json").read_text())
+    meta = json.loads((copy_run / f"results/ingest/{pid}/{bid}/prefire.json").read_text())
+    x0, y0 = meta["region_bounds_xyxy"][:2]
+    np.testing.assert_allclose(res["t0_px"], [300 - x0, 250 - y0])
+    assert res["axis_deg"] == pytest.approx(15.0) and res["sampled_length_mm"] == pytest.approx(18.0)
+
+
+def test_one_bad_biopsy_spares_everyone_else(copy_run):
+    b = pd.read_csv(copy_run / "sheets/biopsies.tsv", sep="\t", dtype=str)
+    bad = copy_run / b.loc[1, "prefire"]
+    ds = pydicom.dcmread(bad)
+    ds.PixelData = np.zeros_like(ds.pixel_array).tobytes() if ds.SamplesPerPixel == 1 else np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+    if "NumberOfFrames" in ds and int(ds.NumberOfFrames) > 1:
+        ds.PixelData = np.zeros((int(ds.NumberOfFrames), ds.Rows, ds.Columns) + ((3,) if ds.SamplesPerPixel == 3 else ()), np.uint8).tobytes()
+    ds.save_as(bad)
+    others = sorted((copy_run / "results/tract").glob("*/*.json"))
+    before = {f: f.read_bytes() for f in others if f.parent.name + "/" + f.stem != f"{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}"}
+    res = snakemake(copy_run, "--cores", "2", "--keep-going", check=False)
+    assert res.returncode != 0
+    log = (copy_run / f"logs/tract/{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}.log").read_text()
+    for s in (f"participant {b.loc[1, 'participant_id']}", f"biopsy {b.loc[1, 'biopsy_id']}", "prefire.png", "no needle", "tip_x/tip_y"):
+        assert s in log, log
+    for f, data in before.items():
+        assert f.read_bytes() == data

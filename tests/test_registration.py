@@ -1,0 +1,95 @@
+"""Registration from pixels: needle tract, dye orientation, overrides and failures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from workflow_scripts import demo, geometry as geo, ingest, orient, tract
+from workflow_scripts.errors import InputError
+
+
+@pytest.fixture(scope="module", params=[("P101", "B1"), ("P102", "B3"), ("P103", "B2")])
+def case(request, tmp_path_factory):
+    pid, bid = request.param
+    d = tmp_path_factory.mktemp(pid)
+    out = {k: d / k for k in ("prefire", "postfire", "wsi", "annotation", "truth")}
+    out["truth_mask"] = d / "m.png"
+    demo.generate_biopsy(21, pid, bid, out)
+    pre, meta = ingest.read_ultrasound(out["prefire"])
+    post, _ = ingest.read_ultrasound(out["postfire"])
+    thumb, wmeta = ingest.read_wsi_level(out["wsi"], 16.0)
+    return pre, post, meta, thumb, wmeta, json.loads(out["truth"].read_text())
+
+
+def test_tract_recovers_tips_and_axis_across_a_cohort():
+    tip_err, axis_err = [], []
+    for i in range(16):  # rendered straight from the forward model: both entry sides, many angles
+        t = demo.sample_truth(300 + i, f"P{i}", "B1")
+        pre = demo.render_ultrasound(t, np.array(t.t0_mm), noise_seed=1)
+        post = demo.render_ultrasound(t, np.array(t.t1_mm), noise_seed=2)
+        res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), 22.0, {})
+        for key, true in (("t0_px", t.t0_mm), ("t1_px", t.t1_mm)):
+            tip_err.append(np.linalg.norm(np.array(res[key]) * t.mm_per_px - true))
+        true_deg = np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], t.t1_mm[0] - t.t0_mm[0]))
+        axis_err.append(abs((res["axis_deg"] - true_deg + 180) % 360 - 180))
+        assert res["sampled_length_mm"] == pytest.approx(t.throw_mm, abs=1.0)
+    assert np.median(tip_err) < 0.3 and np.percentile(tip_err, 95) < 1.0, tip_err
+    assert np.median(axis_err) < 1.0, axis_err
+
+
+def test_orientation_puts_true_dye_end_right(case):
+    *_, thumb, wmeta, truth = case
+    found = orient.find_orientation(thumb)
+    can = orient.canonical(found, wmeta["level_um_per_px"], wmeta["um_per_px"])
+    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+    assert dye[0] == pytest.approx(can["core_x_um"][1], abs=3 * wmeta["level_um_per_px"])
+    assert abs(dye[1]) < 3 * wmeta["level_um_per_px"]
+    assert (can["core_x_um"][1] - can["core_x_um"][0]) / 1000 == pytest.approx(truth["throw_mm"] * truth["shrink"], rel=0.01)
+    assert found["confidence"] > 0.8
+
+
+def test_manual_overrides_win(case):
+    pre, post, meta, _, _, truth = case
+    tip = np.array(truth["t0_px"]) + [5.0, -3.0]
+    res = tract.tract(pre, post, tuple(meta["mm_per_px"]), 22.0, {"tip": tip, "axis_deg": 10.0, "throw_mm": 15.0})
+    np.testing.assert_allclose(res["t0_px"], tip)
+    assert res["axis_deg"] == pytest.approx(10.0)
+    assert res["sampled_length_mm"] == pytest.approx(15.0)
+    assert res["source"] == {"t0": "override", "t1": "override"}
+    assert res["length_flag"]  # 15 mm is far from the configured 22 mm throw
+
+
+def test_dye_end_override_wins(case):
+    *_, thumb, _, _ = case
+    auto = orient.find_orientation(thumb)
+    axis = np.array(auto["axis"])
+    side = "right" if axis[0] > 0 else "left"
+    forced = orient.find_orientation(thumb, override=side)
+    assert forced["dye_at_positive_end"] is True and forced["source"] == "override"
+
+
+def test_blank_image_has_no_needle_and_suggests_overrides():
+    rng = np.random.default_rng(0)
+    blank = np.clip(rng.normal(120, 20, (400, 500)), 0, 255).astype(np.uint8)
+    with pytest.raises(InputError) as e:
+        tract.tract(blank, blank, (0.06, 0.06), 22.0, {})
+    assert "no needle" in e.value.what and "tip_x/tip_y" in e.value.hint
+    msg = e.value.describe("P001", "B2", "pre.dcm")
+    assert all(s in msg for s in ("participant P001", "biopsy B2", "file pre.dcm", "hint"))
+
+
+def test_slide_without_dye_is_a_clear_error(tmp_path):
+    t = demo.sample_truth(4, "P200", "B1")
+    t.dye_length_mm = 0.0
+    demo.place_on_slide(t, np.random.default_rng(0))
+    demo.write_wsi(t, tmp_path / "w.ome.tif")
+    thumb, _ = ingest.read_wsi_level(tmp_path / "w.ome.tif", 16.0)
+    with pytest.raises(InputError) as e:
+        orient.find_orientation(thumb)
+    assert "no dye" in e.value.what and "dye_end" in e.value.hint
+
+
+def test_empty_slide_is_a_clear_error():
+    with pytest.raises(InputError, match="no tissue"):
+        orient.find_orientation(np.full((100, 100, 3), 242, np.uint8))

@@ -1,0 +1,85 @@
+"""Bad sample sheets and config are rejected before any job runs, naming the sheet and line."""
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import make_cohort, snakemake, write_config
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    make_cohort(tmp_path, 3, seed=5)
+    write_config(tmp_path)
+    return tmp_path
+
+
+def edit(workdir, sheet, fn):
+    path = workdir / "sheets" / sheet
+    df = pd.read_csv(path, sep="\t", dtype=str)
+    df = fn(df)
+    df.to_csv(path, sep="\t", index=False)
+
+
+def rejected(workdir, *needles):
+    res = snakemake(workdir, "-n", check=False)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0, text
+    assert "Job stats" not in text  # nothing was planned
+    for n in needles:
+        assert n in text, (n, text[-3000:])
+
+
+def test_good_sheets_plan(workdir):
+    assert "Job stats" in snakemake(workdir, "-n").stdout
+
+
+def test_duplicate_participant(workdir):
+    edit(workdir, "participants.tsv", lambda d: pd.concat([d, d.iloc[[1]]]))
+    rejected(workdir, "participants.tsv line 5", "duplicate participant_id P002")
+
+
+def test_duplicate_biopsy(workdir):
+    edit(workdir, "biopsies.tsv", lambda d: pd.concat([d, d.iloc[[0]]]))
+    n = len(pd.read_csv(workdir / "sheets/biopsies.tsv", sep="\t"))
+    rejected(workdir, f"biopsies.tsv line {n + 1}", "duplicate biopsy P001/B1")
+
+
+def test_unknown_participant(workdir):
+    def f(d):
+        d.loc[0, "participant_id"] = "P999"
+        return d
+    edit(workdir, "biopsies.tsv", f)
+    rejected(workdir, "biopsies.tsv line 2", "P999", "not in sheets/participants.tsv")
+
+
+def test_missing_file(workdir):
+    def f(d):
+        d.loc[1, "wsi"] = "/nonexistent/slide.svs"
+        return d
+    edit(workdir, "biopsies.tsv", f)
+    rejected(workdir, "biopsies.tsv line 3", "wsi file /nonexistent/slide.svs does not exist")
+
+
+def test_malformed_value(workdir):
+    def f(d):
+        d.loc[2, "birads"] = "6"
+        return d
+    edit(workdir, "participants.tsv", f)
+    rejected(workdir, "participants.tsv line 4", "P003", "'6' is not one of")
+
+
+def test_bad_id_and_half_an_override(workdir):
+    def f(d):
+        d["tip_x"] = ""
+        d.loc[0, "tip_x"] = "120"
+        return d
+    edit(workdir, "biopsies.tsv", f)
+    rejected(workdir, "biopsies.tsv line 2", "tip_y")
+
+
+def test_bad_config(workdir):
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["transfer"]["outside_core"] = "maybe"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rejected(workdir, "maybe")
