@@ -29,8 +29,10 @@ os.environ.update(
 def validated_sheet(key, schema, ids):
     """Read a sheet and validate each row against its schema; errors name sheet and line."""
     path = config["samples"][key]
+    props = yaml.safe_load(Path(workflow.basedir, schema.replace("../", "")).read_text())["properties"]
+    numeric = {c for c, p in props.items() if p.get("type") in ("number", "integer")}
     try:
-        df = sheetlib.read_sheet(path, ids)
+        df = sheetlib.read_sheet(path, numeric)
     except sheetlib.SheetError as e:
         raise WorkflowError(str(e))
     try:

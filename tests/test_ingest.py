@@ -148,3 +148,34 @@ def test_ignored_objects_are_counted():
     kept, ignored = tumour_polygons(feats, {"Tumor": "cancer"})
     assert len(kept) == 3
     assert ignored == {"class Stroma": 1, "detections": 1, "class unclassified": 1}
+
+
+def run_measured(cmd: list[str]) -> int:
+    """Run a command; return its peak resident memory in bytes."""
+    import os
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+def test_wsi_ingest_memory_on_the_largest_demo_slide(tmp_path):
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    pid, bid = yaml.safe_load((root / "config.yaml").read_text())["demo"]["large_slide"].split("/")
+    files = {k: tmp_path / k for k in ("prefire", "postfire", "wsi", "annotation", "truth")}
+    files["truth-mask"] = tmp_path / "mask.png"
+    gen = [sys.executable, "-m", "workflow_scripts.demo", "biopsy", "--seed", "2026", "--participant", pid, "--biopsy", bid, "--large-slide"]
+    run_measured(gen + sum([[f"--{k}", str(v)] for k, v in files.items()], []))
+    with tifffile.TiffFile(files["wsi"]) as tif:
+        full = tif.series[0].levels[0].shape
+    assert max(full) >= 40_000
+    raw_gb = full[0] * full[1] * 3 / 1e9
+    peak = run_measured([sys.executable, "-m", "workflow_scripts.ingest", "wsi", str(files["wsi"]),
+                         "--image", str(tmp_path / "w.png"), "--meta", str(tmp_path / "w.json")])
+    assert peak < 1e9, f"peak {peak / 1e6:.0f} MB for a {raw_gb:.1f} GB full-resolution plane"

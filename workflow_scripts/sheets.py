@@ -17,12 +17,28 @@ class SheetError(ValueError):
     """One or more problems in the sample sheets."""
 
 
-def read_sheet(path: str, id_columns: tuple[str, ...]) -> pd.DataFrame:
-    """A TSV sheet with ID columns as strings and empty cells as NaN."""
+def read_sheet(path: str, numeric_columns: set[str]) -> pd.DataFrame:
+    """A TSV sheet read as text (IDs and codes such as BI-RADS "5" stay strings); empty cells are NaN.
+
+    Values of numeric columns are converted where they parse; anything else is left
+    as text so that schema validation rejects it instead of silently dropping it.
+    """
     try:
-        return pd.read_csv(path, sep="\t", dtype={c: str for c in id_columns}, comment=None)
+        df = pd.read_csv(path, sep="\t", dtype=str)
     except FileNotFoundError:
         raise SheetError(f"sample sheet {path} does not exist; set samples: in config.yaml") from None
+    for col in numeric_columns & set(df.columns):
+        df[col] = df[col].map(_number).astype(object)
+    return df
+
+
+def _number(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def line(i: int) -> int:
