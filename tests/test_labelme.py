@@ -36,7 +36,7 @@ def test_labelme_loads_our_file(tmp_path):
     assert [s["label"] for s in lf.shapes][:3] == ["cancer", "_background_", "cancer"]
     assert lf.shapes[1]["group_id"] == lf.shapes[0]["group_id"]  # the hole belongs to its polygon
     assert "Tumor" in lf.shapes[0]["description"]
-    img = labelme.utils.img_data_to_arr(lf.imageData)
+    img = labelme.utils.img_data_to_arr(lf.image_data)
     assert img.shape[:2] == crop.shape
 
 
