@@ -33,7 +33,6 @@ def test_dry_run_plans_one_ingest_job_per_image(tmp_path):
 
 
 def test_lint_is_clean():
-    res = snakemake(ROOT, "--lint", check=False) if False else None
     import subprocess
     import sys
 

@@ -21,6 +21,13 @@ def edit(workdir, sheet, fn):
     df.to_csv(path, sep="\t", index=False)
 
 
+def set_cell(workdir, sheet, row, column, value):
+    def f(d):
+        d.loc[row, column] = value
+        return d
+    edit(workdir, sheet, f)
+
+
 def rejected(workdir, *needles):
     res = snakemake(workdir, "-n", check=False)
     text = res.stdout + res.stderr
@@ -46,35 +53,22 @@ def test_duplicate_biopsy(workdir):
 
 
 def test_unknown_participant(workdir):
-    def f(d):
-        d.loc[0, "participant_id"] = "P999"
-        return d
-    edit(workdir, "biopsies.tsv", f)
+    set_cell(workdir, "biopsies.tsv", 0, "participant_id", "P999")
     rejected(workdir, "biopsies.tsv line 2", "P999", "not in sheets/participants.tsv")
 
 
 def test_missing_file(workdir):
-    def f(d):
-        d.loc[1, "wsi"] = "/nonexistent/slide.svs"
-        return d
-    edit(workdir, "biopsies.tsv", f)
+    set_cell(workdir, "biopsies.tsv", 1, "wsi", "/nonexistent/slide.svs")
     rejected(workdir, "biopsies.tsv line 3", "wsi file /nonexistent/slide.svs does not exist")
 
 
 def test_malformed_value(workdir):
-    def f(d):
-        d.loc[2, "birads"] = "6"
-        return d
-    edit(workdir, "participants.tsv", f)
+    set_cell(workdir, "participants.tsv", 2, "birads", "6")
     rejected(workdir, "participants.tsv line 4", "P003", "'6' is not one of")
 
 
-def test_bad_id_and_half_an_override(workdir):
-    def f(d):
-        d["tip_x"] = ""
-        d.loc[0, "tip_x"] = "120"
-        return d
-    edit(workdir, "biopsies.tsv", f)
+def test_half_an_override(workdir):
+    set_cell(workdir, "biopsies.tsv", 0, "tip_x", "120")
     rejected(workdir, "biopsies.tsv line 2", "tip_y")
 
 
@@ -83,3 +77,8 @@ def test_bad_config(workdir):
     cfg["transfer"]["outside_core"] = "maybe"
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     rejected(workdir, "maybe")
+
+
+def test_bad_id_pattern(workdir):
+    set_cell(workdir, "participants.tsv", 1, "participant_id", "P_2 x")
+    rejected(workdir, "participants.tsv line 3", "does not match")
