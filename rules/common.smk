@@ -1,8 +1,8 @@
+import functools
 import os
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -26,11 +26,16 @@ os.environ.update(
 )
 
 
+@functools.cache
+def schema_properties(schema):
+    """Column definitions of a sheet schema (read once)."""
+    return yaml.safe_load(Path(workflow.basedir, schema.replace("../", "")).read_text())["properties"]
+
+
 def validated_sheet(key, schema, ids):
     """Read a sheet and validate each row against its schema; errors name sheet and line."""
     path = config["samples"][key]
-    props = yaml.safe_load(Path(workflow.basedir, schema.replace("../", "")).read_text())["properties"]
-    numeric = {c for c, p in props.items() if p.get("type") in ("number", "integer")}
+    numeric = {c for c, p in schema_properties(schema).items() if p.get("type") in ("number", "integer")}
     try:
         df = sheetlib.read_sheet(path, numeric)
     except sheetlib.SheetError as e:
@@ -56,7 +61,7 @@ if _problems:
 biopsies = biopsies.set_index(["participant_id", "biopsy_id"], drop=False).sort_index()
 
 # IDs: one pattern, from the schema, used as wildcard constraint
-_ID = yaml.safe_load(Path(workflow.basedir, "schemas/biopsies.schema.yaml").read_text())["properties"]["biopsy_id"]["pattern"].strip("^$")
+_ID = schema_properties("../schemas/biopsies.schema.yaml")["biopsy_id"]["pattern"].strip("^$")
 
 
 wildcard_constraints:

@@ -1,7 +1,6 @@
 """The real workflow on a small synthetic cohort: accuracy, privacy, reruns, corrections, failures."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -21,13 +21,6 @@ def edit(workdir, sheet, fn):
     df.to_csv(path, sep="\t", index=False)
 
 
-def set_cell(workdir, sheet, row, column, value):
-    def f(d):
-        d.loc[row, column] = value
-        return d
-    edit(workdir, sheet, f)
-
-
 def rejected(workdir, *needles):
     res = snakemake(workdir, "-n", check=False)
     text = res.stdout + res.stderr
@@ -52,24 +45,19 @@ def test_duplicate_biopsy(workdir):
     rejected(workdir, f"biopsies.tsv line {n + 1}", "duplicate biopsy P001/B1")
 
 
-def test_unknown_participant(workdir):
-    set_cell(workdir, "biopsies.tsv", 0, "participant_id", "P999")
-    rejected(workdir, "biopsies.tsv line 2", "P999", "not in sheets/participants.tsv")
-
-
-def test_missing_file(workdir):
-    set_cell(workdir, "biopsies.tsv", 1, "wsi", "/nonexistent/slide.svs")
-    rejected(workdir, "biopsies.tsv line 3", "wsi file /nonexistent/slide.svs does not exist")
-
-
-def test_malformed_value(workdir):
-    set_cell(workdir, "participants.tsv", 2, "birads", "6")
-    rejected(workdir, "participants.tsv line 4", "P003", "'6' is not one of")
-
-
-def test_half_an_override(workdir):
-    set_cell(workdir, "biopsies.tsv", 0, "tip_x", "120")
-    rejected(workdir, "biopsies.tsv line 2", "tip_y")
+@pytest.mark.parametrize("sheet, row, column, value, needles", [
+    ("biopsies.tsv", 0, "participant_id", "P999", ["biopsies.tsv line 2", "P999", "not in sheets/participants.tsv"]),
+    ("biopsies.tsv", 1, "wsi", "/nonexistent/slide.svs", ["biopsies.tsv line 3", "wsi file /nonexistent/slide.svs does not exist"]),
+    ("participants.tsv", 2, "birads", "6", ["participants.tsv line 4", "P003", "'6' is not one of"]),
+    ("biopsies.tsv", 0, "tip_x", "120", ["biopsies.tsv line 2", "tip_y"]),  # half an override
+    ("participants.tsv", 1, "participant_id", "P_2 x", ["participants.tsv line 3", "does not match"]),
+], ids=["unknown-participant", "missing-file", "malformed-value", "half-an-override", "bad-id-pattern"])
+def test_bad_cell_is_rejected_naming_sheet_and_line(workdir, sheet, row, column, value, needles):
+    path = workdir / "sheets" / sheet
+    df = pd.read_csv(path, sep="\t", dtype=str)
+    df.loc[row, column] = value
+    df.to_csv(path, sep="\t", index=False)
+    rejected(workdir, *needles)
 
 
 def test_bad_config(workdir):
@@ -78,7 +66,3 @@ def test_bad_config(workdir):
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     rejected(workdir, "maybe")
 
-
-def test_bad_id_pattern(workdir):
-    set_cell(workdir, "participants.tsv", 1, "participant_id", "P_2 x")
-    rejected(workdir, "participants.tsv line 3", "does not match")
