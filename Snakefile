@@ -13,6 +13,7 @@ include: "rules/demo.smk"
 include: "rules/ingest.smk"
 include: "rules/register.smk"
 include: "rules/dataset.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -1,4 +1,5 @@
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from workflow_scripts import sheets as sheetlib
+from workflow_scripts.split import allocate as split_allocate
 
 # ------------------------------------------------------------------ config and sheets
 
@@ -68,7 +70,17 @@ wildcard_constraints:
     participant=_ID,
     biopsy=_ID,
     phase="prefire|postfire",
+    split="train|val|test|trainval",
+    model="|".join(config["train"]["models"]),
 
+
+# participant splits: a pure function of the sheet (cheap), so rules can depend on one split only
+SPLIT = split_allocate(
+    list(participants["participant_id"]),
+    config["split"]["ratios"],
+    config["split"]["seed"],
+    {p: s for p, s in zip(participants["participant_id"], participants.get("split", [None] * len(participants)), strict=True) if isinstance(s, str)},
+)
 
 # corrected Labelme files: listed once at parse time
 CORRECTIONS = {
@@ -122,9 +134,23 @@ def ctx(wildcards):
     return f"--participant {wildcards.participant} --biopsy {wildcards.biopsy}"
 
 
+def voc_files(splits, kind="SegmentationClass", ext="png"):
+    """VOC files of the biopsies whose participant is in one of ``splits``."""
+    return [f"{RESULTS}/voc/{kind}/{p}_{b}.{ext}" for p, b in biopsies.index if SPLIT[p] in splits]
+
+
+def train_settings(wildcards):
+    """JSON training settings of one model: the shared recipe plus the model's entry."""
+    t = config["train"]
+    return json.dumps({**{k: v for k, v in t.items() if k != "models"}, **t["models"][wildcards.model]})
+
+
 def all_targets():
     return [
         f"{RESULTS}/qc/registration_qc.tsv",
-        f"{RESULTS}/voc/ImageSets/Segmentation/trainval.txt",
+        f"{RESULTS}/splits.tsv",
+        f"{RESULTS}/voc/ImageSets/Segmentation/test.txt",
+        f"{RESULTS}/voc/class_names.txt",
+        *expand(f"{RESULTS}/train/{{model}}/model.pt", model=config["train"]["models"]),
         *per_biopsy(f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png"),
     ]

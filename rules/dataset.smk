@@ -43,24 +43,32 @@ rule voc_image:
         "--image-id {wildcards.participant}_{wildcards.biopsy} {params.ctx} > {log} 2>&1"
 
 
-rule voc_sets:
+rule voc_list:
     input:
-        splits=rules.splits.output,
-        labels=per_biopsy(f"{VOC}/SegmentationClass/{{participant}}_{{biopsy}}.png"),
+        lambda w: voc_files(("train", "val") if w.split == "trainval" else (w.split,)),
     output:
-        sets=expand(f"{VOC}/ImageSets/Segmentation/{{s}}.txt", s=["train", "val", "test", "trainval"]),
-        names=f"{VOC}/class_names.txt",
-    params:
-        root=lambda w, output: str(Path(output.names).parent),
+        f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/voc_sets.log",
+        "logs/voc_list/{split}.log",
     benchmark:
-        "benchmarks/voc_sets.tsv"
+        "benchmarks/voc_list/{split}.tsv"
     shell:
-        "python -m workflow_scripts.voc sets --splits {input.splits} --root {params.root} "
-        "--labels {input.labels} > {log} 2>&1"
+        "python -m workflow_scripts.voc list {input} --out {output} > {log} 2>&1"
+
+
+rule voc_class_names:
+    output:
+        f"{VOC}/class_names.txt",
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/voc_class_names.log",
+    benchmark:
+        "benchmarks/voc_class_names.tsv"
+    shell:
+        "python -m workflow_scripts.voc names --out {output} > {log} 2>&1"
 
 
 rule qc_figure:

@@ -20,6 +20,7 @@ def write_config(workdir: Path, **overrides) -> Path:
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["samples"] = {"participants": "sheets/participants.tsv", "biopsies": "sheets/biopsies.tsv"}
     cfg["demo"]["large_slide"] = ""
+    cfg["train"].update(epochs=2, batch_size=2, crop_width=64)  # CPU-small: proves the plumbing, not accuracy
     for key, value in overrides.items():
         cfg[key] = value
     path = workdir / "config.yaml"

@@ -8,6 +8,7 @@ import pandas as pd
 import PIL.Image
 import pydicom
 import pytest
+import torch
 
 from conftest import ROOT, make_cohort, snakemake, write_config
 
@@ -137,3 +138,46 @@ def test_one_bad_biopsy_spares_everyone_else(copy_run):
         assert s in log, log
     for f, data in before.items():
         assert f.read_bytes() == data
+
+
+def test_training_outputs_and_selection_on_validation(cohort_run):
+    splits = pd.read_csv(cohort_run / "results/splits.tsv", sep="\t")
+    assert set(splits["split"]) == {"train", "val", "test"} and splits["participant_id"].is_unique
+    voc = cohort_run / "results/voc/ImageSets/Segmentation"
+    lists = {s: set((voc / f"{s}.txt").read_text().split()) for s in ("train", "val", "test")}
+    assert not (lists["train"] & lists["val"]) and not (lists["train"] | lists["val"]) & lists["test"]
+    for s, ids in lists.items():  # a participant's images all sit in its split
+        assert {i.split("_")[0] for i in ids} == set(splits.loc[splits["split"] == s, "participant_id"])
+    for model in ("fcn_resnet101", "deeplabv3_resnet101"):
+        ck = torch.load(cohort_run / f"results/train/{model}/model.pt", weights_only=False)
+        assert set(ck["train_ids"]) == lists["train"] and set(ck["val_ids"]) == lists["val"]
+        assert ck["selected_on"] == "validation Dice" and ck["config"]["arch"] == model
+        hist = pd.read_csv(cohort_run / f"results/train/{model}/history.tsv", sep="\t")
+        assert list(hist["epoch"]) == [1, 2] and {"val_dice", "images_per_s", "lr"} <= set(hist.columns)
+        assert (cohort_run / f"results/train/{model}/curves.png").stat().st_size > 1000
+        log = (cohort_run / f"logs/train/{model}.log").read_text()
+        assert "ETA" in log and "img/s" in log
+
+
+def add_participant(workdir: Path, pid: str, split: str) -> None:
+    """Append a participant (with a fixed split) and one biopsy to the sheets."""
+    from workflow_scripts import demo
+
+    parts = pd.read_csv(workdir / "sheets/participants.tsv", sep="\t", dtype=str)
+    biops = pd.read_csv(workdir / "sheets/biopsies.tsv", sep="\t", dtype=str)
+    p, b = demo.cohort_sheets(1, 99, "demo/data")
+    p["participant_id"], b["participant_id"] = pid, pid
+    b["prefire"], b["postfire"] = f"demo/data/{pid}/B1_prefire.dcm", f"demo/data/{pid}/B1_postfire.dcm"
+    b["wsi"], b["annotation"] = f"demo/data/{pid}/B1_wsi.ome.tif", f"demo/data/{pid}/B1_annotations.geojson"
+    p["split"] = split
+    pd.concat([parts, p]).to_csv(workdir / "sheets/participants.tsv", sep="\t", index=False)
+    pd.concat([biops, b.iloc[:1]]).to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)
+
+
+def test_new_test_participant_does_not_retrain_but_a_train_participant_does(copy_run):
+    add_participant(copy_run, "P900", "test")
+    jobs = planned_jobs(copy_run)
+    assert "train" not in jobs
+    assert jobs.get("demo_biopsy") == 1 and jobs.get("tract") == 1 and jobs.get("voc_image") == 1
+    add_participant(copy_run, "P901", "train")
+    assert planned_jobs(copy_run).get("train") == 2

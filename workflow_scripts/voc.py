@@ -2,7 +2,8 @@
 
 Layout under the dataset root: JPEGImages/, SegmentationClass/ (palette PNG:
 0 background, 1 cancer, 255 void), SegmentationClassVisualization/,
-class_names.txt and ImageSets/Segmentation/{train,val,test,trainval}.txt.
+class_names.txt and ImageSets/Segmentation/{train,val,test,trainval}.txt (one
+list per split, each depending only on that split's images).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import imgviz
 import numpy as np
-import pandas as pd
 import PIL.Image
 import PIL.ImageDraw
 
@@ -73,18 +73,6 @@ def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] =
     return label
 
 
-def write_sets(images: pd.DataFrame, root: Path, class_names: tuple[str, ...] = CLASS_NAMES) -> None:
-    """ImageSets/Segmentation split lists and class_names.txt; images has image_id and split."""
-    sets = root / "ImageSets" / "Segmentation"
-    sets.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
-        ids = images.loc[images["split"] == split, "image_id"]
-        (sets / f"{split}.txt").write_text("".join(f"{i}\n" for i in sorted(ids)))
-    tv = images.loc[images["split"].isin(["train", "val"]), "image_id"]
-    (sets / "trainval.txt").write_text("".join(f"{i}\n" for i in sorted(tv)))
-    (root / "class_names.txt").write_text("\n".join(class_names) + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Labelme JSON -> VOC")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -94,10 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--image-id", required=True)
     c.add_argument("--participant")
     c.add_argument("--biopsy")
-    s = sub.add_parser("sets")
-    s.add_argument("--splits", required=True, help="participant split table")
-    s.add_argument("--labels", nargs="+", required=True, help="SegmentationClass PNGs named <participant>_<biopsy>.png")
-    s.add_argument("--root", required=True)
+    s = sub.add_parser("list", help="an ImageSets/Segmentation list from the split's label files")
+    s.add_argument("labels", nargs="*", help="SegmentationClass PNGs of the split's images")
+    s.add_argument("--out", required=True)
+    n = sub.add_parser("names", help="class_names.txt")
+    n.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.cmd == "image":
         def go() -> None:
@@ -105,15 +94,12 @@ def main(argv: list[str] | None = None) -> None:
             known = label != VOID
             print(f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer {(label[known] == 1).mean() if known.any() else 0:.0%} of labelled")
         run_cli(go, a.participant, a.biopsy, a.labelme)
+    elif a.cmd == "list":
+        ids = sorted(Path(f).stem for f in a.labels)
+        Path(a.out).write_text("".join(f"{i}\n" for i in ids))
+        print(f"{len(ids)} images in {a.out}")
     else:
-        splits = pd.read_csv(a.splits, sep="\t", dtype=str)
-        ids = [Path(f).stem for f in a.labels]
-        images = pd.DataFrame({"image_id": ids, "participant_id": [i.split("_", 1)[0] for i in ids]})
-        images = images.merge(splits[["participant_id", "split"]], on="participant_id", how="left")
-        if images["split"].isna().any():
-            raise SystemExit(f"images without a participant split: {list(images.loc[images['split'].isna(), 'image_id'])}")
-        write_sets(images, Path(a.root))
-        print(images.groupby("split").size().to_string())
+        Path(a.out).write_text("\n".join(CLASS_NAMES) + "\n")
 
 
 if __name__ == "__main__":

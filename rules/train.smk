@@ -1,0 +1,28 @@
+# Training: one job per model in config train.models; reads the train and val
+# splits only, so adding a test participant never retrains.
+rule train:
+    input:
+        lists=expand(f"{VOC}/ImageSets/Segmentation/{{s}}.txt", s=["train", "val"]),
+        labels=voc_files(("train", "val")),
+        images=voc_files(("train", "val"), "JPEGImages", "jpg"),
+    output:
+        model=f"{RESULTS}/train/{{model}}/model.pt",
+        history=f"{RESULTS}/train/{{model}}/history.tsv",
+        curves=f"{RESULTS}/train/{{model}}/curves.png",
+    params:
+        settings=train_settings,
+        voc=lambda w, input: str(Path(input.lists[0]).parents[2]),
+        state=lambda w, output: str(Path(output.model).parent / "state"),
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/train/{model}.log",
+    benchmark:
+        "benchmarks/train/{model}.tsv"
+    shell:
+        "python -m workflow_scripts.train --voc {params.voc} --config '{params.settings}' "
+        "--model-out {output.model} --history {output.history} --curves {output.curves} "
+        "--state-dir {params.state} --threads {threads} > {log} 2>&1"

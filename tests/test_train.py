@@ -1,0 +1,142 @@
+"""Training: loss values, augmentation alignment, weights errors, resume after a kill."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from workflow_scripts import train
+from workflow_scripts.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def logits_for(p1):
+    """Two-class logits whose softmax gives class-1 probabilities p1."""
+    p1 = torch.tensor(p1, dtype=torch.float64)
+    return torch.stack([torch.log(1 - p1), torch.log(p1)]).unsqueeze(0)  # (1, 2, H, W)
+
+
+def test_weighted_dice_known_value_and_void_ignored():
+    target = torch.tensor([[[1, 1, 0, 255]]])
+    logits = logits_for([[[0.8, 0.6, 0.3, 0.9]]][0])
+    w = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    # by hand (eps = 1): cancer (2*1.4+1)/(1.7+2+1) = 3.8/4.7; background (2*0.7+1)/(1.3+1+1) = 2.4/3.3
+    expected = 1 - (0.3 * 2.4 / 3.3 + 0.7 * 3.8 / 4.7)
+    assert float(train.weighted_dice_loss(logits, target, w)) == pytest.approx(expected, abs=1e-6)
+    other_void = logits_for([[0.8, 0.6, 0.3, 0.01]])
+    assert float(train.weighted_dice_loss(other_void, target, w)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_perfect_prediction_has_zero_loss():
+    target = torch.tensor([[[1, 0, 1, 0]]])
+    logits = torch.tensor([[[[-50.0, 50, -50, 50]], [[50.0, -50, 50, -50]]]])
+    assert float(train.weighted_dice_loss(logits, target, torch.tensor([0.3, 0.7]), eps=1e-9)) == pytest.approx(0, abs=1e-6)
+
+
+def test_cancer_dice_ignores_void():
+    pred = torch.tensor([[1, 1, 0, 1]])
+    target = torch.tensor([[1, 0, 0, 255]])
+    assert train.cancer_dice(pred, target) == pytest.approx(2 * 1 / (2 + 1))
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.zeros(6, 40, 96, dtype=torch.long)
+    for k in range(6):
+        y[k, 10:30, 15 + 5 * k : 50 + 5 * k] = 1
+    y[:, :, 90:] = 255
+    x = (y == 1).float().unsqueeze(1) * 10.0  # image brightness encodes the mask
+    xa, ya = train.geometric(x, y, crop_w=80, max_deg=10, gen=gen)
+    assert xa.shape == (6, 1, 40, 80) and ya.shape == (6, 40, 80)
+    valid = ya != 255
+    agree = ((xa[:, 0] > 5) == (ya == 1))[valid].float().mean()
+    assert agree > 0.98
+    assert (ya == 1).any() and (ya == 0).any()
+    flipped = torch.Generator().manual_seed(1)
+    # rotation 0 and no crop: each sample is either identical or mirrored, image and mask together
+    xb, yb = train.geometric(x, y, crop_w=96, max_deg=0, gen=flipped)
+    for k in range(6):
+        same = torch.equal(yb[k], y[k]) and torch.allclose(xb[k], x[k], atol=1e-4)
+        mirrored = torch.equal(yb[k], y[k].flip(-1)) and torch.allclose(xb[k], x[k].flip(-1), atol=1e-4)
+        assert same or mirrored
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError) as e:
+        train.build_model("fcn_resnet101", False, str(tmp_path / "resnet101.pth"))
+    assert "does not exist" in e.value.what and "backbone_weights" in e.value.hint
+
+
+def test_local_backbone_weights_are_loaded(tmp_path):
+    from torchvision.models import resnet101
+
+    state = resnet101(weights=None).state_dict()
+    state = {k: torch.full_like(v, 0.125) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp_path / "r101.pth")
+    model = train.build_model("deeplabv3_resnet101", True, str(tmp_path / "r101.pth"))
+    assert torch.all(model.backbone.conv1.weight == 0.125)
+
+
+def tiny_voc(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    for sub in ("JPEGImages", "SegmentationClass"):
+        (root / sub).mkdir()
+    ids = {"train": [f"T{i}" for i in range(4)], "val": ["V0", "V1"]}
+    for split, names in ids.items():
+        (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(names) + "\n")
+        for n in names:
+            lab = np.zeros((24, 48), np.uint8)
+            lab[6:18, rng.integers(0, 20) : 30] = 1
+            lab[:2] = 255
+            img = np.where(lab == 1, 60, 180).astype(np.uint8) + rng.integers(0, 20, lab.shape).astype(np.uint8)
+            PIL.Image.fromarray(img).save(root / "JPEGImages" / f"{n}.jpg")
+            PIL.Image.fromarray(lab, mode="P").save(root / "SegmentationClass" / f"{n}.png")
+
+
+def run_until(cmd, epoch_line, sig):
+    """Start training; send ``sig`` once the log shows ``epoch_line``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(epoch_line):
+            proc.send_signal(sig)
+            break
+    proc.wait(timeout=120)
+    return proc.returncode, lines
+
+
+def test_killed_training_resumes_at_the_next_epoch(tmp_path):
+    tiny_voc(tmp_path / "voc")
+    cfg = {"arch": "fcn_resnet101", "aux": False, "epochs": 4, "batch_size": 2, "crop_width": 32, "rotation_deg": 5,
+           "lr": 1e-3, "weight_decay": 1e-4, "class_weights": [0.3, 0.7], "ce_weight": 0.0, "seed": 3}
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "workflow_scripts.train", "--voc", str(tmp_path / "voc"), "--config", json.dumps(cfg),
+           "--model-out", str(out / "model.pt"), "--history", str(out / "h.tsv"), "--curves", str(out / "c.png"),
+           "--state-dir", str(out / "state"), "--threads", "2"]
+    rc, _ = run_until(cmd, "epoch 1/4", signal.SIGKILL)
+    assert rc == -signal.SIGKILL and not (out / "model.pt").exists()
+    rc, lines = run_until(cmd, "epoch 2/4", signal.SIGTERM)  # a preemption
+    assert "resuming after epoch 1" in "".join(lines) and rc == 143
+    assert not any(line.startswith("epoch 1/4") for line in lines)
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "resuming after epoch 2" in res.stdout
+    epochs = [line.split()[1] for line in res.stdout.splitlines() if line.startswith("epoch ")]
+    assert epochs == ["3/4", "4/4"]
+    model = torch.load(out / "model.pt", weights_only=False)
+    assert [h["epoch"] for h in model["history"]] == [1, 2, 3, 4]
+    assert model["seed"] == 3 and "torch" in model["versions"] and model["selected_on"] == "validation Dice"
+    assert model["epoch"] == max(model["history"], key=lambda h: h["val_dice"])["epoch"]
+    assert math.isfinite(model["norm"]["std"]) and model["train_ids"] == [f"T{i}" for i in range(4)]

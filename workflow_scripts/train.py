@@ -1,0 +1,322 @@
+"""Train a torchvision segmentation model on the VOC dataset, resumably.
+
+The recipe is the paper's: weighted Dice loss (optionally plus cross-entropy),
+AdamW with cosine annealing, random horizontal flip, rotation and intensity
+augmentation, and z-score normalisation from the train split only.  The whole
+(small) dataset lives on the device; augmentation runs there too, in batches.
+The best epoch is chosen on validation Dice; the test split is never read.
+
+A checkpoint of the last finished epoch is written atomically after every
+epoch; a rerun with the same configuration and data resumes after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torchvision.models import segmentation
+
+from workflow_scripts.errors import InputError, run_cli
+
+VOID = 255
+ARCHITECTURES = {"fcn_resnet101": segmentation.fcn_resnet101, "deeplabv3_resnet101": segmentation.deeplabv3_resnet101}
+
+
+# ------------------------------------------------------------------ data
+
+
+def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 1, H, W) uint8 and labels (N, H, W) uint8 of one split, padded (void) to a common size."""
+    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    if not ids:
+        raise InputError(f"the {split} split has no images", "add participants, or set their split in participants.tsv")
+    imgs = [np.asarray(PIL.Image.open(root / "JPEGImages" / f"{i}.jpg").convert("L")) for i in ids]
+    labs = [np.asarray(PIL.Image.open(root / "SegmentationClass" / f"{i}.png")) for i in ids]
+    h = max(a.shape[0] for a in imgs)
+    w = max(a.shape[1] for a in imgs)
+    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = np.zeros((len(ids), 1, h, w), np.uint8)
+    y = np.full((len(ids), h, w), VOID, np.uint8)
+    for k, (a, b) in enumerate(zip(imgs, labs, strict=True)):
+        x[k, 0, : a.shape[0], : a.shape[1]] = a
+        y[k, : b.shape[0], : b.shape[1]] = b
+    return torch.from_numpy(x), torch.from_numpy(y), ids
+
+
+def norm_stats(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean and SD of the labelled (non-void) pixels: the z-score statistics."""
+    v = x[:, 0][y != VOID].float()
+    return float(v.mean()), float(v.std().clamp_min(1e-6))
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def geometric(x: torch.Tensor, y: torch.Tensor, crop_w: int, max_deg: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random width crop, horizontal flip and rotation: one geometry for image and mask.
+
+    x: (B, 1, H, W) float; y: (B, H, W) long with VOID (also where rotation leaves the image).
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    if crop_w < w:
+        x0 = torch.randint(0, w - crop_w + 1, (b,), generator=gen).tolist()
+        x = torch.stack([x[i, :, :, s : s + crop_w] for i, s in enumerate(x0)])
+        y = torch.stack([y[i, :, s : s + crop_w] for i, s in enumerate(x0)])
+        w = crop_w
+    flip = torch.rand(b, generator=gen) < 0.5
+    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_deg)
+    cos, sin, sx = torch.cos(ang), torch.sin(ang), torch.where(flip, -1.0, 1.0)
+    aspect = w / h  # rotate in pixel space, not in normalised coordinates
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin / aspect
+    theta[:, 1, 0], theta[:, 1, 1] = sin * aspect * sx, cos
+    grid = F.affine_grid(theta.to(dev, x.dtype), [b, 1, h, w], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = F.grid_sample(torch.ones_like(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    y = F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False).squeeze(1).long()
+    y[inside.squeeze(1) < 0.5] = VOID
+    return x, y
+
+
+def intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random gain (0.8-1.2) and offset (+-0.1 SD) per image."""
+    b = x.shape[0]
+    gain = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=gen)).to(x.device, x.dtype)
+    bias = (0.2 * torch.rand(b, 1, 1, 1, generator=gen) - 0.1).to(x.device, x.dtype)
+    return x * gain + bias
+
+
+# ------------------------------------------------------------------ loss and metric
+
+
+def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - class-weighted soft Dice over the batch; void pixels are ignored."""
+    valid = (target != VOID).unsqueeze(1).to(logits.dtype)
+    prob = logits.float().softmax(1) * valid
+    onehot = F.one_hot(target.clamp_max(logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype) * valid
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = (2 * inter + eps) / (denom + eps)
+    return 1 - (weights * dice).sum() / weights.sum()
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, ce_weight: float) -> torch.Tensor:
+    """Weighted Dice, plus cross-entropy when ``ce_weight`` > 0."""
+    loss = weighted_dice_loss(logits, target, weights)
+    if ce_weight > 0:
+        loss = loss + ce_weight * F.cross_entropy(logits.float(), target, ignore_index=VOID)
+    return loss
+
+
+def cancer_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Pixel-aggregated Dice of class 1 over labelled pixels (NaN when both are empty)."""
+    valid = target != VOID
+    p, t = (pred == 1) & valid, (target == 1) & valid
+    s = int(p.sum() + t.sum())
+    return float(2 * (p & t).sum() / s) if s else float("nan")
+
+
+# ------------------------------------------------------------------ model
+
+
+def build_model(arch: str, aux: bool, backbone_weights: str | None) -> torch.nn.Module:
+    """A randomly initialised torchvision model; optionally ImageNet backbone weights from a local file."""
+    if arch not in ARCHITECTURES:
+        raise InputError(f"unknown architecture {arch!r}", f"use one of {sorted(ARCHITECTURES)} in config train.models")
+    model = ARCHITECTURES[arch](weights=None, weights_backbone=None, num_classes=2, aux_loss=aux)
+    if backbone_weights:
+        path = Path(backbone_weights)
+        if not path.is_file():
+            raise InputError(f"backbone weights file {path} does not exist",
+                             "set train.backbone_weights to a local ResNet-101 state_dict (.pth), or to null for random weights")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        if missing:
+            raise InputError(f"backbone weights file {path} lacks {len(missing)} ResNet-101 tensors (e.g. {missing[0]})", "use torchvision's resnet101 state_dict")
+    return model
+
+
+def forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> dict[str, torch.Tensor]:
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        return model(x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last) if amp else x.expand(-1, 3, -1, -1))
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               weights: torch.Tensor, ce_weight: float, amp: bool) -> float:
+    """One optimisation step on an (already augmented) batch; returns the loss."""
+    outs = forward(model, x, amp)
+    loss = loss_fn(outs["out"], y, weights, ce_weight)
+    if "aux" in outs:
+        loss = loss + 0.5 * loss_fn(outs["aux"], y, weights, ce_weight)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary file, then rename: readers never see a partial file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fingerprint(cfg: dict, train_ids: list[str], val_ids: list[str]) -> str:
+    """What a checkpoint must match to be resumed."""
+    return hashlib.sha256(json.dumps([cfg, train_ids, val_ids], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    pkgs = ("torch", "torchvision", "numpy", "tractmap")
+    out = {"python": sys.version.split()[0]}
+    for p in pkgs:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = "unknown"
+    return out
+
+
+# ------------------------------------------------------------------ loop
+
+
+def train(cfg: dict, voc: Path, out: Path, state_dir: Path, log=print) -> dict:
+    """Train one model; returns the summary. Resumes from ``state_dir/last.pt`` when it matches."""
+    torch.manual_seed(cfg["seed"])
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = dev.type == "cuda"
+    xt, yt, train_ids = load_split(voc, "train")
+    xv, yv, val_ids = load_split(voc, "val")
+    mean, std = norm_stats(xt, yt)
+    xt = ((xt.float() - mean) / std).to(dev)
+    xv = ((xv.float() - mean) / std).to(dev)
+    yt, yv = yt.long().to(dev), yv.long().to(dev)
+    model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights")).to(dev)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+    weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=dev)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    fp = fingerprint(cfg, train_ids, val_ids)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    last = state_dir / "last.pt"
+    start, history, best = 1, [], {"val_dice": -1.0, "epoch": 0}
+    if last.exists():
+        ck = torch.load(last, map_location=dev, weights_only=False)
+        if ck["fingerprint"] == fp:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            gen.set_state(ck["generator"])
+            torch.set_rng_state(ck["torch_rng"])
+            start, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
+            log(f"resuming after epoch {ck['epoch']} from {last}")
+        else:
+            log(f"ignoring {last}: it belongs to another configuration or dataset")
+    meta = {"config": cfg, "seed": cfg["seed"], "versions": versions(), "norm": {"mean": mean, "std": std},
+            "train_ids": train_ids, "val_ids": val_ids, "device": str(dev), "amp_bf16": amp}
+    n, bs, t_start = len(train_ids), cfg["batch_size"], time.time()
+    for epoch in range(start, cfg["epochs"] + 1):
+        t0 = time.time()
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(dev)
+        losses = []
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            if len(idx) < 2:  # batch norm needs two samples
+                continue
+            x, y = geometric(xt[idx], yt[idx], cfg["crop_width"], cfg["rotation_deg"], gen)
+            losses.append(train_step(model, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([forward(model, xv[i : i + bs], amp)["out"].float() for i in range(0, len(val_ids), bs)])
+            val_loss = float(loss_fn(logits, yv, weights, cfg["ce_weight"]))
+            val_dice = cancer_dice(logits.argmax(1), yv)
+        secs = time.time() - t0
+        row = {"epoch": epoch, "train_loss": float(torch.stack(losses).mean()), "val_loss": val_loss, "val_dice": val_dice,
+               "lr": opt.param_groups[0]["lr"], "images_per_s": n / secs, "seconds": secs}
+        history.append(row)
+        if val_dice > best["val_dice"]:
+            best = {"val_dice": val_dice, "val_loss": val_loss, "epoch": epoch}
+            atomic_save({"model": model.state_dict(), **meta, "epoch": epoch, "val_dice": val_dice}, state_dir / "best.pt")
+        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
+                     "best": best, "fingerprint": fp, **meta}, last)
+        done = epoch - start + 1
+        eta = (time.time() - t_start) / done * (cfg["epochs"] - epoch)
+        log(f"epoch {epoch}/{cfg['epochs']} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
+            f"val_dice {val_dice:.4f} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+    return {"best": best, "history": history, **meta}
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
+    a.plot(ep, [h["train_loss"] for h in history], label="train loss")
+    a.plot(ep, [h["val_loss"] for h in history], label="val loss")
+    a.set_xlabel("epoch")
+    a.legend()
+    b.plot(ep, [h["val_dice"] for h in history], "g", label="val Dice (cancer)")
+    b.set_xlabel("epoch")
+    b.set_ylim(0, 1)
+    b.legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="train one segmentation model")
+    p.add_argument("--voc", required=True)
+    p.add_argument("--config", required=True, help="JSON of the model's training settings")
+    p.add_argument("--model-out", required=True)
+    p.add_argument("--history", required=True)
+    p.add_argument("--curves", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    # preemption (SLURM sends SIGTERM): stop now; last.pt holds the last finished epoch
+    signal.signal(signal.SIGTERM, lambda *_: (print("SIGTERM: stopping; rerun resumes from the last checkpoint", flush=True), os._exit(143)))
+
+    def go() -> None:
+        cfg = json.loads(a.config)
+        res = train(cfg, Path(a.voc), Path(a.model_out), Path(a.state_dir), log=lambda m: print(m, flush=True))
+        import pandas as pd
+
+        pd.DataFrame(res["history"]).to_csv(a.history, sep="\t", index=False, float_format="%.5g")
+        plot_curves(res["history"], Path(a.curves), f"{cfg['arch']} (best val Dice {res['best']['val_dice']:.3f} at epoch {res['best']['epoch']})")
+        best = torch.load(Path(a.state_dir) / "best.pt", map_location="cpu", weights_only=False)
+        atomic_save({**best, "selected_on": "validation Dice", "history": res["history"]}, Path(a.model_out))
+        print(f"selected epoch {res['best']['epoch']} on validation: Dice {res['best']['val_dice']:.4f}")
+
+    run_cli(go, file=a.voc)
+
+
+if __name__ == "__main__":
+    main()
