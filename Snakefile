@@ -16,6 +16,13 @@ include: "rules/dataset.smk"
 include: "rules/train.smk"
 
 
+localrules:
+    all,
+    splits,
+    voc_list,
+    voc_class_names,
+
+
 rule all:
     default_target: True
     input:

@@ -32,6 +32,8 @@ rule voc_image:
     params:
         root=lambda w, output: str(Path(output.image).parent.parent),
         ctx=ctx,
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -80,6 +82,8 @@ rule qc_figure:
         label=rules.voc_image.output.label,
     output:
         f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png",
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:

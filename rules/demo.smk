@@ -14,6 +14,8 @@ if DEMO["enabled"]:
         params:
             seed=DEMO["seed"],
             large=lambda w: "--large-slide" if f"{w.participant}/{w.biopsy}" == DEMO.get("large_slide") else "",
+        group:
+            "prep_{participant}"
         conda:
             "../envs/tractmap.yaml"
         log:

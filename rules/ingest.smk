@@ -10,6 +10,8 @@ rule ingest_ultrasound:
     params:
         frame=config["ingest"]["frame"],
         ctx=ctx,
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -30,6 +32,8 @@ rule ingest_wsi:
     params:
         um=config["ingest"]["thumb_um_per_px"],
         ctx=ctx,
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:

@@ -15,6 +15,8 @@ rule orient:
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
         ctx=ctx,
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -40,6 +42,8 @@ rule tract:
         t=config["tract"],
         overrides=override_args,
         ctx=ctx,
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -68,6 +72,8 @@ rule transfer:
         outside=config["transfer"]["outside_core"],
         across=config["transfer"]["across"],
         ctx=ctx,
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -86,6 +92,8 @@ rule labelme:
         labelme_source,
     output:
         f"{RESULTS}/labelme/{{participant}}/{{biopsy}}.json",
+    group:
+        "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:

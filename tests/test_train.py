@@ -70,6 +70,14 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert same or mirrored
 
 
+@pytest.mark.parametrize("n, size", [(1, 8), (5, 2), (6, 2), (9, 8)])
+def test_batches_cover_every_image_and_never_hold_one(n, size):
+    b = train.batches(n, size, torch.Generator().manual_seed(0))
+    assert all(len(x) >= 2 for x in b)
+    assert set(torch.cat(b).tolist()) == set(range(n))
+    assert len(torch.cat(b)) == max(n, 2)
+
+
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(InputError) as e:
         train.build_model("fcn_resnet101", False, str(tmp_path / "resnet101.pth"))

@@ -155,6 +155,19 @@ def forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> dict[str, tor
         return model(x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last) if amp else x.expand(-1, 3, -1, -1))
 
 
+def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled epoch of index batches, none of one sample (batch norm needs two).
+
+    A last single sample joins the previous batch; a one-image train split is
+    used twice per batch (the two copies are augmented differently).
+    """
+    out = list(torch.randperm(n, generator=gen).split(size))
+    if len(out[-1]) < 2:
+        last = out.pop()
+        out.append(torch.cat([out.pop(), last]) if out else last.repeat(2))
+    return out
+
+
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                weights: torch.Tensor, ce_weight: float, amp: bool) -> float:
     """One optimisation step on an (already augmented) batch; returns the loss."""
@@ -233,16 +246,17 @@ def train(cfg: dict, voc: Path, out: Path, state_dir: Path, log=print) -> dict:
             log(f"ignoring {last}: it belongs to another configuration or dataset")
     meta = {"config": cfg, "seed": cfg["seed"], "versions": versions(), "norm": {"mean": mean, "std": std},
             "train_ids": train_ids, "val_ids": val_ids, "device": str(dev), "amp_bf16": amp}
+    if "SLURM_JOB_ID" in os.environ:
+        gpus = {k: v for k, v in os.environ.items() if "GPU" in k and k.startswith("SLURM")}
+        log(f"SLURM job {os.environ['SLURM_JOB_ID']}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}, {gpus}")
+    log(f"device {dev}, {len(train_ids)} train / {len(val_ids)} val images, seed {cfg['seed']}")
     n, bs, t_start = len(train_ids), cfg["batch_size"], time.time()
     for epoch in range(start, cfg["epochs"] + 1):
         t0 = time.time()
         model.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
         losses = []
-        for i in range(0, n, bs):
-            idx = perm[i : i + bs]
-            if len(idx) < 2:  # batch norm needs two samples
-                continue
+        for idx in batches(n, bs, gen):
+            idx = idx.to(dev)
             x, y = geometric(xt[idx], yt[idx], cfg["crop_width"], cfg["rotation_deg"], gen)
             losses.append(train_step(model, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
         sched.step()
