@@ -27,3 +27,13 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# After every run, list the jobs that failed on bad input (with --keep-going the
+# others finish): <results>/failures.tsv, with the reason and the fix.
+onsuccess:
+    shell(f"python -m workflow_scripts.failures --logs logs --out {RESULTS}/failures.tsv")
+
+
+onerror:
+    shell(f"python -m workflow_scripts.failures --logs logs --out {RESULTS}/failures.tsv")

@@ -61,6 +61,8 @@ _problems = sheetlib.check(
 if _problems:
     raise WorkflowError("sample sheet problems:\n  " + "\n  ".join(_problems))
 biopsies = biopsies.set_index(["participant_id", "biopsy_id"], drop=False).sort_index()
+# rows as plain dicts: input functions run once per job, and a dict lookup is ~100x cheaper than .loc
+ROWS = dict(zip(biopsies.index, biopsies.to_dict("records")))
 
 # IDs: one pattern, from the schema, used as wildcard constraint
 _ID = schema_properties("../schemas/biopsies.schema.yaml")["biopsy_id"]["pattern"].strip("^$")
@@ -93,7 +95,7 @@ CORRECTIONS = {
 
 def bx(wildcards):
     """The biopsies.tsv row of a job's biopsy."""
-    return biopsies.loc[(wildcards.participant, wildcards.biopsy)]
+    return ROWS[(wildcards.participant, wildcards.biopsy)]
 
 
 def biopsy_file(column):
@@ -127,11 +129,6 @@ def labelme_source(wildcards):
 def per_biopsy(pattern):
     """Expand a {participant}/{biopsy} pattern over every biopsy in the sheet."""
     return [pattern.format(participant=p, biopsy=b) for p, b in biopsies.index]
-
-
-def ctx(wildcards):
-    """Context flags so errors name the participant and biopsy."""
-    return f"--participant {wildcards.participant} --biopsy {wildcards.biopsy}"
 
 
 def voc_files(splits, kind="SegmentationClass", ext="png"):

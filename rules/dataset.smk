@@ -31,7 +31,6 @@ rule voc_image:
         viz=f"{VOC}/SegmentationClassVisualization/{{participant}}_{{biopsy}}.jpg",
     params:
         root=lambda w, output: str(Path(output.image).parent.parent),
-        ctx=ctx,
     group:
         "prep_{participant}"
     conda:
@@ -42,7 +41,7 @@ rule voc_image:
         "benchmarks/voc_image/{participant}/{biopsy}.tsv"
     shell:
         "python -m workflow_scripts.voc image {input} --root {params.root} "
-        "--image-id {wildcards.participant}_{wildcards.biopsy} {params.ctx} > {log} 2>&1"
+        "--image-id {wildcards.participant}_{wildcards.biopsy} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
 
 
 rule voc_list:

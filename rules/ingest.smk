@@ -9,7 +9,6 @@ rule ingest_ultrasound:
         meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/{{phase}}.json",
     params:
         frame=config["ingest"]["frame"],
-        ctx=ctx,
     group:
         "prep_{participant}"
     conda:
@@ -20,7 +19,7 @@ rule ingest_ultrasound:
         "benchmarks/ingest_ultrasound/{participant}/{biopsy}_{phase}.tsv"
     shell:
         "python -m workflow_scripts.ingest ultrasound {input} --image {output.image} --meta {output.meta} "
-        "--frame {params.frame} {params.ctx} > {log} 2>&1"
+        "--frame {params.frame} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
 
 
 rule ingest_wsi:
@@ -31,7 +30,6 @@ rule ingest_wsi:
         meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.json",
     params:
         um=config["ingest"]["thumb_um_per_px"],
-        ctx=ctx,
     group:
         "prep_{participant}"
     conda:
@@ -42,4 +40,4 @@ rule ingest_wsi:
         "benchmarks/ingest_wsi/{participant}/{biopsy}.tsv"
     shell:
         "python -m workflow_scripts.ingest wsi {input} --image {output.image} --meta {output.meta} "
-        "--thumb-um {params.um} {params.ctx} > {log} 2>&1"
+        "--thumb-um {params.um} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"

@@ -14,7 +14,6 @@ rule orient:
         dye_end=dye_end,
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
-        ctx=ctx,
     group:
         "prep_{participant}"
     conda:
@@ -26,7 +25,7 @@ rule orient:
     shell:
         "python -m workflow_scripts.orient --thumb {input.thumb} --meta {input.meta} --out {output.json} "
         "--oriented {output.oriented} --dye-end '{params.dye_end}' --min-confidence {params.conf} "
-        "--min-dye-fraction {params.frac} {params.ctx} > {log} 2>&1"
+        "--min-dye-fraction {params.frac} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
 
 
 rule tract:
@@ -41,7 +40,6 @@ rule tract:
     params:
         t=config["tract"],
         overrides=override_args,
-        ctx=ctx,
     group:
         "prep_{participant}"
     conda:
@@ -55,7 +53,7 @@ rule tract:
         "--post-meta {input.post_meta} --out {output.json} --crop {output.crop} "
         "--throw-mm {params.t[throw_mm]} --width-mm {params.t[width_mm]} "
         "--margin-mm {params.t[margin_mm]} --out-mm-per-px {params.t[out_mm_per_px]} "
-        "{params.overrides} {params.ctx} > {log} 2>&1"
+        "{params.overrides} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
 
 
 rule transfer:
@@ -71,7 +69,6 @@ rule transfer:
         classes=",".join(f"{k}={v}" for k, v in config["transfer"]["classes"].items()),
         outside=config["transfer"]["outside_core"],
         across=config["transfer"]["across"],
-        ctx=ctx,
     group:
         "prep_{participant}"
     conda:
@@ -84,7 +81,7 @@ rule transfer:
         "python -m workflow_scripts.transfer --annotation {input.annotation} --orient {input.orient} "
         "--tract {input.tract} --crop {input.crop} --out {output.labelme} "
         "--summary {output.summary} --classes '{params.classes}' "
-        "--outside-core {params.outside} --across {params.across} {params.ctx} > {log} 2>&1"
+        "--outside-core {params.outside} --across {params.across} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
 
 
 rule labelme:

@@ -138,6 +138,11 @@ def test_one_bad_biopsy_spares_everyone_else(copy_run):
         assert s in log, log
     for f, data in before.items():
         assert f.read_bytes() == data
+    failures = pd.read_csv(copy_run / "results/failures.tsv", sep="\t", dtype=str)
+    row = failures[failures["step"] == "tract"].iloc[0]
+    assert (row["participant_id"], row["biopsy_id"]) == (b.loc[1, "participant_id"], b.loc[1, "biopsy_id"])
+    assert "no needle" in row["problem"] and "tip_x/tip_y" in row["hint"]
+    assert len(failures) == 1
 
 
 def test_training_outputs_and_selection_on_validation(cohort_run):
@@ -181,3 +186,13 @@ def test_new_test_participant_does_not_retrain_but_a_train_participant_does(copy
     assert jobs.get("demo_biopsy") == 1 and jobs.get("tract") == 1 and jobs.get("voc_image") == 1
     add_participant(copy_run, "P901", "train")
     assert planned_jobs(copy_run).get("train") == 2
+
+
+def test_changing_characteristics_reruns_no_image_processing(copy_run):
+    sheet = copy_run / "sheets/participants.tsv"
+    p = pd.read_csv(sheet, sep="\t", dtype=str)
+    p.loc[0, "age"] = "77"
+    p.loc[1, "vascularity"] = "rim"
+    p.to_csv(sheet, sep="\t", index=False)
+    jobs = planned_jobs(copy_run)
+    assert set(jobs) <= {"splits", "all"}, jobs  # only the split record is rewritten

@@ -70,7 +70,7 @@ def check(participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, 
     return problems
 
 
-def overrides(row: pd.Series) -> dict:
+def overrides(row: dict) -> dict:
     """The manual override columns present (non-empty) in one biopsies.tsv row."""
     cols = ("tip_x", "tip_y", "axis_deg", "throw_mm", "dye_end")
     return {c: row[c] for c in cols if c in row and pd.notna(row[c]) and row[c] != ""}
