@@ -115,7 +115,6 @@ def main() -> None:
             mfu = f"  MFU {r * flops_img / (a.peak_tflops * 1e12):.1%}" if amp else ""
             print(f"{name:22s} {k:13s} {r:8.2f} img/s{mfu}")
         print(f"{name:22s} tractmap / compute-only {rates['tractmap'] / rates['compute-only']:.2f}; tractmap / baseline {rates['tractmap'] / rates['baseline']:.2f}")
-        del model, base, opt, bopt
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ def versions() -> dict[str, str]:
 # ------------------------------------------------------------------ loop
 
 
-def train(cfg: dict, voc: Path, out: Path, state_dir: Path, log=print) -> dict:
+def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
     """Train one model; returns the summary. Resumes from ``state_dir/last.pt`` when it matches."""
     torch.manual_seed(cfg["seed"])
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> None:
         cfg = json.loads(a.config)
-        res = train(cfg, Path(a.voc), Path(a.model_out), Path(a.state_dir), log=lambda m: print(m, flush=True))
+        res = train(cfg, Path(a.voc), Path(a.state_dir), log=lambda m: print(m, flush=True))
         import pandas as pd
 
         pd.DataFrame(res["history"]).to_csv(a.history, sep="\t", index=False, float_format="%.5g")
