@@ -148,3 +148,13 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path):
     assert model["seed"] == 3 and "torch" in model["versions"] and model["selected_on"] == "validation Dice"
     assert model["epoch"] == max(model["history"], key=lambda h: h["val_dice"])["epoch"]
     assert math.isfinite(model["norm"]["std"]) and model["train_ids"] == [f"T{i}" for i in range(4)]
+
+
+def test_checkpoint_is_not_resumed_after_a_label_changes():
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+    y = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    y2 = y.clone()
+    y2[0, 1, 1] = 1
+    cfg = {"seed": 1}
+    assert train.fingerprint(cfg, ["a", "b"], ["c"], x, y) == train.fingerprint(cfg, ["a", "b"], ["c"], x, y.clone())
+    assert train.fingerprint(cfg, ["a", "b"], ["c"], x, y) != train.fingerprint(cfg, ["a", "b"], ["c"], x, y2)

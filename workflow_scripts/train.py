@@ -191,9 +191,12 @@ def atomic_save(obj: object, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def fingerprint(cfg: dict, train_ids: list[str], val_ids: list[str]) -> str:
-    """What a checkpoint must match to be resumed."""
-    return hashlib.sha256(json.dumps([cfg, train_ids, val_ids], sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint(cfg: dict, train_ids: list[str], val_ids: list[str], *data: torch.Tensor) -> str:
+    """What a checkpoint must match to be resumed: settings, image IDs and the pixels and labels themselves."""
+    h = hashlib.sha256(json.dumps([cfg, train_ids, val_ids], sort_keys=True).encode())
+    for t in data:
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def versions() -> dict[str, str]:
@@ -217,6 +220,7 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
     amp = dev.type == "cuda"
     xt, yt, train_ids = load_split(voc, "train")
     xv, yv, val_ids = load_split(voc, "val")
+    fp = fingerprint(cfg, train_ids, val_ids, xt, yt, xv, yv)  # a corrected label must not resume an old run
     mean, std = norm_stats(xt, yt)
     xt = ((xt.float() - mean) / std).to(dev)
     xv = ((xv.float() - mean) / std).to(dev)
@@ -228,7 +232,6 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
     weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=dev)
     gen = torch.Generator().manual_seed(cfg["seed"])
-    fp = fingerprint(cfg, train_ids, val_ids)
     state_dir.mkdir(parents=True, exist_ok=True)
     last = state_dir / "last.pt"
     start, history, best = 1, [], {"val_dice": -1.0, "epoch": 0}
