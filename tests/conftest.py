@@ -63,5 +63,9 @@ def cohort_run(tmp_path_factory) -> Path:
 def copy_run(cohort_run, tmp_path) -> Path:
     """A private copy of the completed run, for tests that change it."""
     dst = tmp_path / "run"
-    shutil.copytree(cohort_run, dst, symlinks=True)
+    # checkpoints are hard-linked: they are only ever replaced (unlink/rename), never written in place
+    def link_or_copy(src: str, dst: str) -> None:
+        os.link(src, dst) if src.endswith(".pt") else shutil.copy2(src, dst)
+
+    shutil.copytree(cohort_run, dst, symlinks=True, copy_function=link_or_copy)
     return dst

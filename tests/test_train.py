@@ -148,6 +148,7 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path):
     assert model["seed"] == 3 and "torch" in model["versions"] and model["selected_on"] == "validation Dice"
     assert model["epoch"] == max(model["history"], key=lambda h: h["val_dice"])["epoch"]
     assert math.isfinite(model["norm"]["std"]) and model["train_ids"] == [f"T{i}" for i in range(4)]
+    assert not (out / "state").exists(), "resume state must be dropped once model.pt exists"
 
 
 def test_checkpoint_is_not_resumed_after_a_label_changes():

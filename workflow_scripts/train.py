@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
+import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import segmentation
 
+from workflow_scripts import provenance
 from workflow_scripts.errors import InputError, run_cli
 
 VOID = 255
@@ -199,17 +199,6 @@ def fingerprint(cfg: dict, train_ids: list[str], val_ids: list[str], *data: torc
     return h.hexdigest()[:16]
 
 
-def versions() -> dict[str, str]:
-    pkgs = ("torch", "torchvision", "numpy", "tractmap")
-    out = {"python": sys.version.split()[0]}
-    for p in pkgs:
-        try:
-            out[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError:
-            out[p] = "unknown"
-    return out
-
-
 # ------------------------------------------------------------------ loop
 
 
@@ -247,7 +236,7 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
             log(f"resuming after epoch {ck['epoch']} from {last}")
         else:
             log(f"ignoring {last}: it belongs to another configuration or dataset")
-    meta = {"config": cfg, "seed": cfg["seed"], "versions": versions(), "norm": {"mean": mean, "std": std},
+    meta = {"config": cfg, "seed": cfg["seed"], "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")), "norm": {"mean": mean, "std": std},
             "train_ids": train_ids, "val_ids": val_ids, "device": str(dev), "amp_bf16": amp}
     if "SLURM_JOB_ID" in os.environ:
         gpus = {k: v for k, v in os.environ.items() if "GPU" in k and k.startswith("SLURM")}
@@ -330,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         plot_curves(res["history"], Path(a.curves), f"{cfg['arch']} (best val Dice {res['best']['val_dice']:.3f} at epoch {res['best']['epoch']})")
         best = torch.load(Path(a.state_dir) / "best.pt", map_location="cpu", weights_only=False)
         atomic_save({**best, "selected_on": "validation Dice", "history": res["history"]}, Path(a.model_out))
+        # the resume state (weights + AdamW moments, ~5x model.pt) is only needed until model.pt exists
+        shutil.rmtree(a.state_dir)
         print(f"selected epoch {res['best']['epoch']} on validation: Dice {res['best']['val_dice']:.4f}")
 
     run_cli(go, file=a.voc)
