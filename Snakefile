@@ -14,6 +14,7 @@ include: "rules/ingest.smk"
 include: "rules/register.smk"
 include: "rules/dataset.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 localrules:
@@ -21,6 +22,9 @@ localrules:
     splits,
     voc_list,
     voc_class_names,
+    evaluate,
+    table1,
+    report,
 
 
 rule all:

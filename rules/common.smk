@@ -55,6 +55,10 @@ def validated_sheet(key, schema, ids):
 
 participants = validated_sheet("participants", "../schemas/participants.schema.yaml", ("participant_id",))
 biopsies = validated_sheet("biopsies", "../schemas/biopsies.schema.yaml", ("participant_id", "biopsy_id"))
+# biopsies excluded by hand (a reason in the `exclude` column): not processed, listed in the report
+_reason = biopsies["exclude"].fillna("").str.strip() if "exclude" in biopsies else biopsies["biopsy_id"].str.slice(0, 0)
+EXCLUDED = [[p, b, r] for p, b, r in zip(biopsies["participant_id"], biopsies["biopsy_id"], _reason, strict=True) if r]
+biopsies = biopsies[_reason == ""]
 _problems = sheetlib.check(
     participants, biopsies, (config["samples"]["participants"], config["samples"]["biopsies"]), GENERATED
 )
@@ -142,8 +146,14 @@ def train_settings(wildcards):
     return json.dumps({**{k: v for k, v in t.items() if k != "models"}, **t["models"][wildcards.model]})
 
 
+# what evaluation writes for each split (name -> extension)
+EVAL_OUTPUTS = {"per_image": "tsv", "summary": "tsv", "confusion": "tsv", "comparison": "tsv", "table2": "tsv",
+                "figure4": "png", "figure5": "png", "settings": "json"}
+
+
 def all_targets():
     return [
+        f"{RESULTS}/report.html",
         f"{RESULTS}/qc/registration_qc.tsv",
         f"{RESULTS}/splits.tsv",
         f"{RESULTS}/voc/ImageSets/Segmentation/test.txt",

@@ -103,7 +103,8 @@ rule qc_table:
         label=per_biopsy(f"{VOC}/SegmentationClass/{{participant}}_{{biopsy}}.png"),
         truth=per_biopsy(f"{config['truth_dir']}/{{participant}}/{{biopsy}}.json") if config.get("truth_dir") and DEMO["enabled"] else [],
     output:
-        f"{RESULTS}/qc/registration_qc.tsv",
+        table=f"{RESULTS}/qc/registration_qc.tsv",
+        figure=f"{RESULTS}/qc/registration_qc.png",
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -113,4 +114,4 @@ rule qc_table:
     shell:
         "python -m workflow_scripts.qc table --tract {input.tract} --orient {input.orient} "
         "--transfer {input.transfer} --label {input.label} --truth {input.truth} "
-        "--out {output} > {log} 2>&1"
+        "--out {output.table} --figure {output.figure} > {log} 2>&1"

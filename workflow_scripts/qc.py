@@ -53,6 +53,24 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
 
 
+def summary_figure(table: pd.DataFrame, out: Path) -> None:
+    """Cohort QC at a glance: a histogram per measure (truth-scored ones only when truth exists)."""
+    cols = [c for c in ("sampled_length_mm", "shrinkage", "dye_confidence", "tip0_error_mm", "tip1_error_mm", "axis_error_deg", "dice")
+            if c in table and table[c].notna().any()]
+    per_biopsy = table[~table["participant_id"].isin(["median", "p95"])]
+    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 2.6), squeeze=False)
+    for ax, c in zip(axes[0], cols, strict=True):
+        v = per_biopsy[c].astype(float).dropna()
+        ax.hist(v, bins=15, color="0.4")
+        ax.axvline(v.median(), color="r", lw=1)
+        ax.set_title(f"{c}\nmedian {v.median():.3g}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Registration QC, {len(per_biopsy)} biopsies (red: median)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def figure(pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray, label: np.ndarray, title: str, out: Path) -> None:
     """Pre-fire with axis, T0, T1 and crop box; oriented slide with dye end; ROI on the crop."""
     fig = plt.figure(figsize=(11, 7), constrained_layout=True)
@@ -98,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument(f"--{k}", nargs="+", required=True, help=f"per-biopsy {k} files, in the same biopsy order")
     t.add_argument("--truth", nargs="*", default=[], help="demo truth JSONs, same biopsy order (scoring only)")
     t.add_argument("--out", required=True)
+    t.add_argument("--figure", help="summary figure PNG")
     a = p.parse_args(argv)
     if a.cmd == "figure":
         load = lambda k: json.loads(Path(getattr(a, k)).read_text())  # noqa: E731
@@ -118,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
     table = summarise(pd.DataFrame(rows))
     table.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
+    if a.figure:
+        summary_figure(table, Path(a.figure))
     print(table.tail(2).to_string())
 
 

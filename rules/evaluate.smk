@@ -1,0 +1,100 @@
+# Evaluation: predictions of the val and test splits, metrics with participant-level
+# bootstrap CIs and paired tests (Table 2, Figures 4-5), Table 1, and the HTML report.
+
+EVAL = f"{RESULTS}/evaluate"
+
+
+rule predict:
+    input:
+        model=rules.train.output.model,
+        images=lambda w: voc_files((w.split,), "JPEGImages", "jpg"),
+        ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
+    output:
+        directory(f"{RESULTS}/predict/{{model}}/{{split}}"),
+    params:
+        voc=lambda w, input: str(Path(input.ids).parents[2]),
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/predict/{model}/{split}.log",
+    benchmark:
+        "benchmarks/predict/{model}/{split}.tsv"
+    shell:
+        "python -m workflow_scripts.predict --model {input.model} --voc {params.voc} --split {wildcards.split} "
+        "--out {output} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        predictions=expand(f"{RESULTS}/predict/{{model}}/{{{{split}}}}", model=config["train"]["models"]),
+        labels=lambda w: voc_files((w.split,)),
+        ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
+    output:
+        **{k: f"{EVAL}/{{split}}/{k}.{ext}" for k, ext in EVAL_OUTPUTS.items()},
+    params:
+        voc=lambda w, input: str(Path(input.ids).parents[2]),
+        pairs=lambda w, input: " ".join(f"{m}={d}" for m, d in zip(config["train"]["models"], input.predictions)),
+        out=lambda w, output: str(Path(output.table2).parent),
+        ev=config["evaluate"],
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/evaluate/{split}.log",
+    benchmark:
+        "benchmarks/evaluate/{split}.tsv"
+    shell:
+        "python -m workflow_scripts.evaluate --voc {params.voc} --split {wildcards.split} --predictions {params.pairs} "
+        "--bootstrap {params.ev[bootstrap]} --seed {params.ev[seed]} --alpha {params.ev[alpha]} --out {params.out} > {log} 2>&1"
+
+
+rule table1:
+    input:
+        participants=config["samples"]["participants"],
+        splits=rules.splits.output,
+        schema=workflow.source_path("../schemas/participants.schema.yaml"),
+    output:
+        f"{EVAL}/table1.tsv",
+    params:
+        seed=config["evaluate"]["seed"],
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/table1.log",
+    benchmark:
+        "benchmarks/table1.tsv"
+    shell:
+        "python -m workflow_scripts.stats --participants {input.participants} --splits {input.splits} "
+        "--schema {input.schema} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        splits=rules.splits.output,
+        table1=rules.table1.output,
+        qc_table=rules.qc_table.output.table,
+        qc_figure=rules.qc_table.output.figure,
+        test=expand(rules.evaluate.output, split="test"),
+        val=expand(rules.evaluate.output, split="val"),
+        curves=expand(rules.train.output.curves, model=config["train"]["models"]),
+        history=expand(rules.train.output.history, model=config["train"]["models"]),
+    output:
+        f"{RESULTS}/report.html",
+    params:
+        config=json.dumps(config, sort_keys=True),
+        exclusions=json.dumps(EXCLUDED),
+        train=lambda w, input: " ".join(f"{m}={c},{h}" for m, c, h in zip(config["train"]["models"], input.curves, input.history)),
+        test=lambda w, input: str(Path(input.test[0]).parent),
+        val=lambda w, input: str(Path(input.val[0]).parent),
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    shell:
+        "python -m workflow_scripts.report --config {params.config:q} --exclusions {params.exclusions:q} "
+        "--splits {input.splits} --table1 {input.table1} --qc-table {input.qc_table} --qc-figure {input.qc_figure} "
+        "--test {params.test} --val {params.val} --train {params.train} --logs logs --out {output} > {log} 2>&1"

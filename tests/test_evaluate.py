@@ -1,0 +1,214 @@
+"""Metrics, the cluster bootstrap and the statistics, against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from sklearn import metrics as skm
+from statsmodels.stats.multitest import multipletests
+
+from workflow_scripts import evaluate, stats
+
+VOID = 255
+
+
+def random_masks(seed: int, shape=(40, 60), p_cancer=0.4, p_void=0.15):
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(shape) < p_cancer).astype(np.uint8)
+    truth[rng.random(shape) < p_void] = VOID
+    pred = np.where(rng.random(shape) < 0.7, truth % VOID, rng.integers(0, 2, shape)).astype(np.uint8)
+    return truth, pred
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_equal_scikit_learn_on_random_masks(seed):
+    truth, pred = random_masks(seed, p_cancer=[0.05, 0.4, 0.9][seed % 3])
+    keep = truth != VOID
+    t, p = truth[keep], pred[keep]
+    cm = evaluate.confusion(truth, pred)
+    np.testing.assert_array_equal(cm, skm.confusion_matrix(t, p, labels=[0, 1]))
+    m = evaluate.image_metrics(cm)
+    assert m["pixel_accuracy"] == pytest.approx(skm.accuracy_score(t, p))
+    assert m["dice"] == pytest.approx(skm.f1_score(t, p))
+    assert m["precision"] == pytest.approx(skm.precision_score(t, p))
+    assert m["recall"] == pytest.approx(skm.recall_score(t, p))
+    assert m["specificity"] == pytest.approx(skm.recall_score(t, p, pos_label=0))
+    assert m["miou"] == pytest.approx(skm.jaccard_score(t, p, average="macro"))
+
+
+def test_undefined_metrics_are_nan_and_counted():
+    truth = np.zeros((10, 10), np.uint8)
+    truth[:, :3] = VOID
+    empty = evaluate.image_metrics(evaluate.confusion(truth, np.zeros_like(truth)))
+    assert empty["pixel_accuracy"] == 1 and empty["specificity"] == 1 and empty["miou"] == 1
+    assert all(math.isnan(empty[k]) for k in ("dice", "precision", "recall"))
+    # sklearn agrees where it defines the value with zero_division=nan
+    t = truth[truth != VOID]
+    assert math.isnan(skm.precision_score(t, t, zero_division=np.nan))
+    df = pd.DataFrame({"model": "m", "participant_id": ["a", "a", "b"], "dice": [0.5, np.nan, 0.7],
+                       **{k: [1.0, 1.0, 1.0] for k in evaluate.METRICS if k != "dice"}})
+    s = evaluate.summarise(df, 200, 1).set_index("metric")
+    assert s.loc["dice", "mean"] == pytest.approx(0.6) and s.loc["dice", "n_defined"] == 2 and s.loc["dice", "n_images"] == 3
+
+
+def clustered_values(seed: int, n_participants=12):
+    """Images of one participant share a participant effect: clustered data."""
+    rng = np.random.default_rng(seed)
+    values, groups = [], []
+    for i in range(n_participants):
+        effect = rng.normal(0, 0.15)
+        k = int(rng.integers(1, 7))
+        values += list(0.7 + effect + rng.normal(0, 0.02, k))
+        groups += [f"P{i}"] * k
+    return np.array(values), np.array(groups)
+
+
+def test_cluster_bootstrap_is_reproducible_contains_the_estimate_and_matches_a_plain_loop():
+    v, g = clustered_values(0)
+    a = evaluate.cluster_bootstrap(v, g, 2000, seed=5)
+    assert a == evaluate.cluster_bootstrap(v, g, 2000, seed=5)
+    assert a != evaluate.cluster_bootstrap(v, g, 2000, seed=6)
+    mean, lo, hi, n = a
+    assert mean == pytest.approx(v.mean()) and n == len(v) and lo < mean < hi
+    # an independent, slow implementation: resample participants, pool their images
+    rng = np.random.default_rng(99)
+    ids = np.unique(g)
+    boot = []
+    for _ in range(4000):
+        pick = rng.choice(ids, len(ids))
+        boot.append(np.concatenate([v[g == p] for p in pick]).mean())
+    ref_lo, ref_hi = np.percentile(boot, [2.5, 97.5])
+    assert lo == pytest.approx(ref_lo, abs=0.02) and hi == pytest.approx(ref_hi, abs=0.02)
+    # resampling images as if independent understates the uncertainty of clustered data
+    naive = sps.bootstrap((v,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(5)).confidence_interval
+    assert (hi - lo) > 1.5 * (naive.high - naive.low)
+
+
+def test_paired_t_when_differences_are_normal_with_known_values():
+    a = np.array([3.0, 5.0, 7.0, 9.0, 11.0])
+    b = a - np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # differences 1..5: mean 3, SD sqrt(2.5)
+    r = stats.paired_test(a, b)
+    assert r["test"] == "paired t" and r["shapiro_p"] >= 0.05 and r["n"] == 5
+    assert r["statistic"] == pytest.approx(3 / (math.sqrt(2.5) / math.sqrt(5)))  # 4.2426
+    assert r["p"] == pytest.approx(sps.ttest_rel(a, b).pvalue) and r["p"] == pytest.approx(0.01324, abs=1e-4)
+    assert r["effect_size"] == pytest.approx(3 / math.sqrt(2.5)) and r["effect"] == "Cohen's d_z"
+
+
+def test_wilcoxon_when_shapiro_rejects_normality():
+    d = np.array([0.01, 0.02, 0.015, 0.012, 0.018, 0.011, 0.6, 0.014, 0.016, 0.013])  # one huge outlier
+    b = np.linspace(0.5, 0.8, len(d))
+    a = b + d
+    assert sps.shapiro(d).pvalue < 0.05
+    r = stats.paired_test(a, b)
+    assert r["test"] == "Wilcoxon signed-rank"
+    ref = sps.wilcoxon(a, b)
+    assert r["p"] == pytest.approx(ref.pvalue) and r["statistic"] == pytest.approx(ref.statistic)
+    assert r["effect_size"] == pytest.approx(1.0) and r["effect"] == "rank-biserial r"  # every difference positive
+
+
+def test_too_few_participants_is_no_test():
+    r = stats.paired_test(np.array([0.5, 0.6]), np.array([0.4, 0.3]))
+    assert r["n"] == 2 and math.isnan(r["p"]) and r["test"].startswith("none")
+
+
+def test_holm_matches_statsmodels_and_known_values():
+    p = [0.01, 0.04, 0.03]
+    assert stats.holm(p) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+    out = stats.holm([0.02, float("nan")])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1])
+
+
+def test_three_models_are_compared_pairwise_with_holm():
+    rng = np.random.default_rng(3)
+    rows = []
+    for model, shift in (("a", 0.0), ("b", 0.05), ("c", 0.1)):
+        for i in range(8):
+            for _ in range(2):
+                rows.append({"model": model, "participant_id": f"P{i}", **{m: 0.6 + shift + rng.normal(0, 0.03) for m in evaluate.METRICS}})
+    cmp = evaluate.compare_models(pd.DataFrame(rows), 0.05)
+    dice = cmp[cmp.metric == "dice"]
+    assert list(zip(dice.model_a, dice.model_b, strict=True)) == [("a", "b"), ("a", "c"), ("b", "c")]
+    assert dice.p_holm.to_numpy() == pytest.approx(multipletests(dice.p.to_numpy(), method="holm")[1])
+    assert (dice.n == 8).all()  # participants, not images
+    table = evaluate.table2(evaluate.summarise(pd.DataFrame(rows), 200, 1), cmp)
+    assert "P value a vs c" in table.columns and len(table) == len(evaluate.METRICS)
+
+
+def exact_rxc_p(table: np.ndarray) -> float:
+    """Fisher-Freeman-Halton P of a 2 x c table by enumerating every table with the same margins."""
+    from itertools import product
+
+    from scipy.special import gammaln
+
+    rows, cols = table.sum(1), table.sum(0)
+    logp = lambda t: gammaln(rows + 1).sum() + gammaln(cols + 1).sum() - gammaln(table.sum() + 1) - gammaln(t + 1).sum()  # noqa: E731
+    p_obs = logp(table)
+    total = 0.0
+    for first in product(*[range(c + 1) for c in cols[:-1]]):
+        last = rows[0] - sum(first)
+        if not 0 <= last <= cols[-1]:
+            continue
+        top = np.array([*first, last])
+        t = np.stack([top, cols - top])
+        if (t < 0).any():
+            continue
+        if logp(t) <= p_obs + 1e-7:
+            total += np.exp(logp(t))
+    return float(total)
+
+
+def test_table1_tests_agree_with_scipy():
+    rng = np.random.default_rng(1)
+    n = 60
+    df = pd.DataFrame({
+        "participant_id": [f"P{i}" for i in range(n)],
+        "age": rng.normal(55, 10, n).round(),
+        "volume_mm3": rng.lognormal(1, 1.2, n),  # skewed: Kruskal-Wallis
+        "side": rng.choice(["left", "right"], n),  # large cells: chi-square
+        "histology": ["DCIS" if i % 12 == 0 else "invasive" for i in range(n)],  # small cells: exact test
+        "margin": ["circumscribed" if i in (0, 1) else "not circumscribed" for i in range(n)],
+    })
+    split = {p: ("train", "val", "test")[i % 3] for i, p in enumerate(df.participant_id)}
+    schema = {"properties": {"participant_id": {}, "age": {"type": "number"}, "volume_mm3": {"type": "number"},
+                             "side": {"type": "string", "enum": ["left", "right"]}, "histology": {"type": "string", "enum": ["invasive", "DCIS"]},
+                             "margin": {"type": "string", "enum": ["circumscribed", "not circumscribed"]}}}
+    t = stats.table1(df, split, schema, seed=4).set_index("Characteristic")
+    groups = lambda c: [df[c][[split[p] == s for p in df.participant_id]].to_numpy() for s in ("train", "val", "test")]  # noqa: E731
+    assert t.loc["age, mean (SD)", "test"] == "ANOVA"
+    assert t.loc["age, mean (SD)", "p"] == pytest.approx(sps.f_oneway(*groups("age")).pvalue)
+    assert t.loc["volume_mm3, mean (SD)", "test"] == "Kruskal-Wallis"
+    assert t.loc["volume_mm3, mean (SD)", "p"] == pytest.approx(sps.kruskal(*groups("volume_mm3")).pvalue)
+    side = pd.crosstab(df.side, [split[p] for p in df.participant_id])[["train", "val", "test"]].to_numpy()
+    assert t.loc["side, n (%)", "test"] == "chi-square"
+    assert t.loc["side, n (%)", "p"] == pytest.approx(sps.chi2_contingency(side, correction=False).pvalue)
+    hist = pd.crosstab(df.histology, [split[p] for p in df.participant_id]).loc[["invasive", "DCIS"], ["train", "val", "test"]].to_numpy()
+    assert t.loc["histology, n (%)", "test"].startswith("Fisher's exact (Monte Carlo")  # 2 x 3, seeded
+    mc = sps.MonteCarloMethod(n_resamples=stats.MC_TABLES, rng=np.random.default_rng(4))
+    assert t.loc["histology, n (%)", "p"] == pytest.approx(sps.fisher_exact(hist, method=mc).pvalue)
+    # the exact 2 x 3 P (enumerated by hand below) is within Monte Carlo error
+    assert t.loc["histology, n (%)", "p"] == pytest.approx(exact_rxc_p(hist), abs=0.002)
+    # two splits only (a 2 x 2 table): the exact test itself
+    two = {p: s if s != "test" else "val" for p, s in split.items()}
+    t2 = stats.table1(df, two, schema).set_index("Characteristic")
+    margin = pd.crosstab(df.margin, [two[p] for p in df.participant_id])[["train", "val"]].to_numpy()
+    assert t2.loc["margin, n (%)", "test"] == "Fisher's exact"
+    assert t2.loc["margin, n (%)", "p"] == pytest.approx(sps.fisher_exact(margin).pvalue)
+    train_n = sum(1 for s in split.values() if s == "train")
+    left = int(((df.side == "left") & (df.participant_id.map(split) == "train")).sum())
+    assert t.loc["  left", f"Training set (n={train_n})"] == f"{left} ({100 * left / train_n:.1f})"
+
+
+def test_tiny_tables_give_a_p_value():
+    for table in ([[2, 0, 0], [0, 1, 1]], [[1, 1, 0], [1, 0, 1]]):
+        test, p = stats.categorical_test(np.array(table), seed=1)
+        assert test.startswith("Fisher's exact") and 0 < p <= 1
+    assert stats.categorical_test(np.array([[3, 2, 1]]))[0].startswith("none")
+
+
+def test_journal_p_value_format():
+    assert [stats.format_p(p) for p in (0.0004, 0.002, 0.0312, 0.8, float("nan"))] == ["<.001", ".002", ".03", ".80", "n/a"]

@@ -1,0 +1,266 @@
+"""Evaluate: per-image metrics with participant-level bootstrap CIs, pixel confusion matrices, Table 2, Figures 4-5.
+
+Metric conventions (binary, cancer positive; void pixels excluded):
+
+* pixel accuracy (TP+TN)/N, Dice 2TP/(2TP+FP+FN), precision TP/(TP+FP),
+  recall TP/(TP+FN), specificity TN/(TN+FP), mean IoU over the two classes.
+* A metric whose denominator is zero is undefined for that image (NaN): e.g.
+  Dice and precision when neither truth nor prediction has cancer, recall when
+  the truth has none.  mIoU averages the classes present in truth or prediction.
+* Image averages are NaN-means; ``n_defined`` reports how many images count.
+* 95% CIs: percentile bootstrap over participants (clusters), seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+from scipy import stats as sps
+
+from workflow_scripts import stats
+from workflow_scripts.errors import InputError, run_cli
+
+VOID = 255
+METRICS = ("pixel_accuracy", "dice", "miou", "precision", "recall", "specificity")
+LABELS = {"pixel_accuracy": "PA", "dice": "DSC", "miou": "mIoU", "precision": "Precision", "recall": "Recall", "specificity": "Specificity"}
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, void: int = VOID) -> np.ndarray:
+    """Pixel counts [[TN, FP], [FN, TP]] (rows truth, columns prediction), void pixels excluded."""
+    keep = truth != void
+    t, p = truth[keep] == 1, pred[keep] == 1
+    return np.array([[np.sum(~t & ~p), np.sum(~t & p)], [np.sum(t & ~p), np.sum(t & p)]], dtype=np.int64)
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / float(b) if b else float("nan")
+
+
+def image_metrics(cm: np.ndarray) -> dict[str, float]:
+    """The six metrics of one confusion matrix; NaN where undefined (see module docstring)."""
+    (tn, fp), (fn, tp) = cm
+    ious = [_ratio(tn, tn + fp + fn), _ratio(tp, tp + fp + fn)]
+    defined = [v for v in ious if not np.isnan(v)]
+    return {
+        "pixel_accuracy": _ratio(tp + tn, cm.sum()),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "miou": float(np.mean(defined)) if defined else float("nan"),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+    }
+
+
+def participant_of(image_id: str) -> str:
+    """VOC image IDs are <participant>_<biopsy>; IDs themselves hold no underscore."""
+    return image_id.split("_", 1)[0]
+
+
+def score_images(voc: Path, pred_dir: Path, ids: list[str]) -> pd.DataFrame:
+    """One row per image: participant, confusion counts and metrics."""
+    rows = []
+    for image_id in ids:
+        truth = np.asarray(PIL.Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
+        path = pred_dir / f"{image_id}.png"
+        if not path.is_file():
+            raise InputError(f"no prediction {path} for image {image_id}", "rerun the predict rule for this model and split")
+        pred = np.asarray(PIL.Image.open(path))
+        if pred.shape != truth.shape:
+            raise InputError(f"prediction {path} is {pred.shape}, label is {truth.shape}", "rerun the predict rule")
+        cm = confusion(truth, pred)
+        rows.append({"image_id": image_id, "participant_id": participant_of(image_id),
+                     "tn": cm[0, 0], "fp": cm[0, 1], "fn": cm[1, 0], "tp": cm[1, 1], **image_metrics(cm)})
+    return pd.DataFrame(rows)
+
+
+def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Image-level NaN-mean and its percentile CI from resampling participants with replacement.
+
+    Each participant contributes (sum, count) of its defined values, so a resample's
+    mean is sum/count over the drawn participants.  Returns (mean, low, high, n_defined).
+    """
+    values = np.asarray(values, float)
+    ok = ~np.isnan(values)
+    if not ok.any():
+        return float("nan"), float("nan"), float("nan"), 0
+    ids, inv = np.unique(np.asarray(clusters)[ok], return_inverse=True)
+    sums = np.bincount(inv, weights=values[ok])
+    counts = np.bincount(inv).astype(float)
+    point = float(sums.sum() / counts.sum())
+    if len(ids) < 2:
+        return point, float("nan"), float("nan"), int(ok.sum())
+    res = sps.bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis) / c.sum(axis), paired=True, vectorized=True,
+                        n_resamples=n_boot, confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    return point, float(res.confidence_interval.low), float(res.confidence_interval.high), int(ok.sum())
+
+
+def summarise(per_image: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per model and metric: image-level mean, cluster-bootstrap 95% CI, n images, n defined."""
+    rows = []
+    for model, df in per_image.groupby("model", sort=False):
+        for m in METRICS:
+            mean, lo, hi, n_def = cluster_bootstrap(df[m].to_numpy(), df["participant_id"].to_numpy(), n_boot, seed)
+            rows.append({"model": model, "metric": m, "mean": mean, "ci_low": lo, "ci_high": hi, "n_images": len(df),
+                         "n_defined": n_def, "n_participants": df["participant_id"].nunique(), "bootstrap": n_boot, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def pixel_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per model: confusion counts summed over all pixels of all images, with pixel-level recall and specificity."""
+    sums = per_image.groupby("model", sort=False)[["tn", "fp", "fn", "tp"]].sum()
+    sums["recall"] = sums.tp / (sums.tp + sums.fn)
+    sums["specificity"] = sums.tn / (sums.tn + sums.fp)
+    return sums.reset_index()
+
+
+def compare_models(per_image: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Participant-level paired comparison of every model pair, metric by metric, Holm-corrected over pairs."""
+    means = per_image.groupby(["model", "participant_id"], sort=False)[list(METRICS)].mean()
+    models = list(dict.fromkeys(per_image["model"]))
+    rows = []
+    for m in METRICS:
+        block = []
+        for a, b in combinations(models, 2):
+            pa, pb = means.loc[a][m], means.loc[b][m]
+            both = pa.index.intersection(pb.index)
+            block.append({"metric": m, "model_a": a, "model_b": b, **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha)})
+        for row, p_holm in zip(block, stats.holm([r["p"] for r in block]), strict=True):
+            row["p_holm"] = p_holm
+        rows += block
+    return pd.DataFrame(rows)
+
+
+def table2(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 2: metric, each model's % (95% CI), and the participant-level P value (Holm)."""
+    rows = []
+    for m in METRICS:
+        row = {"Evaluation metric": LABELS[m]}
+        for r in summary[summary.metric == m].itertuples():
+            ci = f"{100 * r.ci_low:.2f}-{100 * r.ci_high:.2f}" if not np.isnan(r.ci_low) else "n/a"
+            row[f"{r.model}, % (95% CI)"] = f"{100 * r.mean:.2f} ({ci})"
+        cmp = comparison[comparison.metric == m]
+        for r in cmp.itertuples():
+            label = "P value" if len(cmp) == 1 else f"P value {r.model_a} vs {r.model_b}"
+            row[label] = stats.format_p(r.p_holm)
+            row["test" if len(cmp) == 1 else f"test {r.model_a} vs {r.model_b}"] = f"{r.test} (n={r.n})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure4(confusions: pd.DataFrame, path: Path, title: str) -> None:
+    """Figure 4: one pixel confusion matrix per model (raw counts, colour = share of the true class)."""
+    plt = _pyplot()
+    n = len(confusions)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    for ax, r in zip(axes[0], confusions.itertuples(), strict=True):
+        cm = np.array([[r.tn, r.fp], [r.fn, r.tp]], float)
+        share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, f"{int(cm[i, j]):,}\n({100 * share[i, j]:.1f}%)", ha="center", va="center",
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks([0, 1], ["background", "cancer"])
+        ax.set_yticks([0, 1], ["background", "cancer"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("ground truth (WSI)")
+        ax.set_title(f"{r.model}\nrecall {100 * r.recall:.1f}%, specificity {100 * r.specificity:.1f}%", fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], void: np.ndarray | None = None) -> np.ndarray:
+    """RGB of a grayscale image with ``mask`` tinted in ``colour`` and void pixels darkened."""
+    rgb = np.repeat(image[..., None].astype(float), 3, axis=2)
+    rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array(colour)
+    if void is not None:
+        rgb[void] *= 0.4
+    return rgb.astype(np.uint8)
+
+
+def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, split: str = "test") -> None:
+    """Figure 5: per image of the split (grouped by participant) the crop, the ground truth and each model's prediction."""
+    plt = _pyplot()
+    cols = 2 + len(pred_dirs)
+    fig, axes = plt.subplots(max(len(ids), 1), cols, figsize=(3.2 * cols, 1.2 + 0.9 * max(len(ids), 1)), squeeze=False)
+    for r, (row, image_id) in enumerate(zip(axes, sorted(ids, key=lambda i: (participant_of(i), i)), strict=False)):
+        img = np.asarray(PIL.Image.open(voc / "JPEGImages" / f"{image_id}.jpg").convert("L"))
+        truth = np.asarray(PIL.Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
+        void = truth == VOID
+        panels = [("crop", img), ("ground truth", overlay(img, truth == 1, (255, 60, 60), void))]
+        for model, d in pred_dirs.items():
+            panels.append((model, overlay(img, np.asarray(PIL.Image.open(d / f"{image_id}.png")) == 1, (60, 200, 255), void)))
+        for ax, (name, im) in zip(row, panels, strict=True):
+            ax.imshow(im, cmap="gray", vmin=0, vmax=255, aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+        row[0].set_ylabel(image_id, rotation=0, ha="right", va="center", fontsize=8)
+    for ax in axes[len(ids):].ravel():
+        ax.axis("off")
+    fig.suptitle(f"{split} images: crop along the needle tract, ground truth (red) and predictions (blue); void darkened", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="evaluate the models' predictions of one split")
+    p.add_argument("--voc", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--predictions", nargs="+", required=True, help="model=directory pairs")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--out", required=True, help="output directory")
+    a = p.parse_args(argv)
+
+    def go() -> None:
+        voc, out = Path(a.voc), Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        dirs = dict(x.split("=", 1) for x in a.predictions)
+        ids = (voc / "ImageSets" / "Segmentation" / f"{a.split}.txt").read_text().split()
+        per_image = pd.concat([score_images(voc, Path(d), ids).assign(model=m) for m, d in dirs.items()], ignore_index=True)
+        per_image.to_csv(out / "per_image.tsv", sep="\t", index=False, float_format="%.6g")
+        summary = summarise(per_image, a.bootstrap, a.seed)
+        summary.to_csv(out / "summary.tsv", sep="\t", index=False, float_format="%.6g")
+        conf = pixel_confusion(per_image)
+        conf.to_csv(out / "confusion.tsv", sep="\t", index=False, float_format="%.6g")
+        comparison = compare_models(per_image, a.alpha)
+        comparison.to_csv(out / "comparison.tsv", sep="\t", index=False, float_format="%.6g")
+        table2(summary, comparison).to_csv(out / "table2.tsv", sep="\t", index=False)
+        figure4(conf, out / "figure4.png", f"Pixel confusion matrices, {a.split} split ({len(ids)} images)")
+        figure5(voc, {m: Path(d) for m, d in dirs.items()}, ids, out / "figure5.png", a.split)
+        (out / "settings.json").write_text(json.dumps({"bootstrap": a.bootstrap, "seed": a.seed, "alpha": a.alpha, "split": a.split}))
+        print(f"{a.split}: {len(ids)} images of {per_image.participant_id.nunique()} participants, {len(dirs)} models")
+        print(summary.to_string(index=False))
+
+    run_cli(go, file=a.voc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Predict: a trained model's cancer probability for each image of a VOC split.
+
+Writes, per image, ``<id>_prob.npy`` (float32 probability of cancer, the image's
+size) and ``<id>.png`` (palette label: 0 background, 1 cancer).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from workflow_scripts import train, voc
+from workflow_scripts.errors import InputError, run_cli
+
+
+def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The selected checkpoint's model (eval mode) and its metadata."""
+    if not Path(path).is_file():
+        raise InputError(f"model file {path} does not exist", "train it first (snakemake ... results/train/<model>/model.pt)")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ck, dict) or "model" not in ck or "norm" not in ck:
+        raise InputError(f"{path} is not a tractmap model checkpoint", "use results/train/<model>/model.pt")
+    model = train.build_model(ck["config"]["arch"], ck["config"]["aux"], None)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck
+
+
+@torch.no_grad()
+def probability(model: torch.nn.Module, norm: dict, image: np.ndarray, device: torch.device, multiple: int = 8) -> np.ndarray:
+    """Cancer probability (H, W) of one grayscale uint8 image, z-scored with the training statistics."""
+    h, w = image.shape
+    hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = np.zeros((1, 1, hp, wp), np.float32)
+    x[0, 0, :h, :w] = image
+    x = (torch.from_numpy(x).to(device) - norm["mean"]) / norm["std"]
+    logits = train.forward(model, x, amp=device.type == "cuda")["out"].float()
+    return torch.softmax(logits, 1)[0, 1, :h, :w].cpu().numpy()
+
+
+def predict_split(model_path: Path, root: Path, split: str, out: Path, device: torch.device) -> int:
+    """Write probability maps and labels of every image in ``split``; returns the image count."""
+    model, ck = load_model(model_path, device)
+    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    out.mkdir(parents=True, exist_ok=True)
+    for image_id in ids:
+        img = np.asarray(PIL.Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("L"))
+        prob = probability(model, ck["norm"], img, device)
+        np.save(out / f"{image_id}_prob.npy", prob.astype(np.float32))
+        voc.save_palette_png((prob >= 0.5).astype(np.uint8), out / f"{image_id}.png")
+    return len(ids)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--voc", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    def go() -> None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        n = predict_split(Path(a.model), Path(a.voc), a.split, Path(a.out), dev)
+        print(f"predicted {n} {a.split} images with {a.model} on {dev}")
+
+    run_cli(go, file=a.model)
+
+
+if __name__ == "__main__":
+    main()
