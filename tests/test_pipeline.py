@@ -143,6 +143,15 @@ def test_one_bad_biopsy_spares_everyone_else(copy_run):
     assert (row["participant_id"], row["biopsy_id"]) == (b.loc[1, "participant_id"], b.loc[1, "biopsy_id"])
     assert "no needle" in row["problem"] and "tip_x/tip_y" in row["hint"]
     assert len(failures) == 1
+    # the user excludes the biopsy with a reason: the rest of the pipeline completes and the report says why
+    b["exclude"] = ""
+    b.loc[1, "exclude"] = "no needle visible (operator note)"
+    b.to_csv(copy_run / "sheets/biopsies.tsv", sep="\t", index=False)
+    snakemake(copy_run, "--cores", "2")
+    report = (copy_run / "results/report.html").read_text()
+    assert "no needle visible (operator note)" in report and "no needle echo found" in report
+    excluded = f"{b.loc[1, 'participant_id']}_{b.loc[1, 'biopsy_id']}"
+    assert all(excluded not in (copy_run / f"results/voc/ImageSets/Segmentation/{s}.txt").read_text() for s in ("train", "val", "test"))
 
 
 def test_training_outputs_and_selection_on_validation(cohort_run):
@@ -195,4 +204,4 @@ def test_changing_characteristics_reruns_no_image_processing(copy_run):
     p.loc[1, "vascularity"] = "rim"
     p.to_csv(sheet, sep="\t", index=False)
     jobs = planned_jobs(copy_run)
-    assert set(jobs) <= {"splits", "all"}, jobs  # only the split record is rewritten
+    assert set(jobs) <= {"splits", "table1", "report", "all"}, jobs  # the split record, Table 1 and the report

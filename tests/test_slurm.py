@@ -51,7 +51,9 @@ def test_every_remote_job_went_through_sbatch_and_groups_are_per_participant(slu
     assert sorted(re.match(r"group_prep_([^_]+)_", g).group(1) for g in groups) == sorted(participants)  # one each
     assert dirs.count("rule_qc_table") == 1
     assert sorted(d for d in dirs if d.startswith("rule_train")) == ["rule_train/deeplabv3_resnet101", "rule_train/fcn_resnet101"]
-    assert len(dirs) == len(participants) + 3  # nothing else was submitted; local rules ran locally
+    assert sorted(d for d in dirs if d.startswith("rule_predict")) == sorted(
+        f"rule_predict/{m}_{s}" for m in ("deeplabv3_resnet101", "fcn_resnet101") for s in ("test", "val"))
+    assert len(dirs) == len(participants) + 3 + 4  # nothing else was submitted; local rules ran locally
     for jobid, d in subs.items():  # the SLURM job logs exist and show the jobs ran there
         text = (workdir / ".snakemake/slurm_logs" / d / f"{jobid}.log").read_text()
         assert "--executor slurm-jobstep" in text
@@ -64,7 +66,8 @@ def test_every_remote_job_went_through_sbatch_and_groups_are_per_participant(slu
 
 def test_training_jobs_were_allocated_a_gpu(slurm_run):
     workdir, log = slurm_run
-    ids = [j for j, d in submissions(log).items() if d.startswith("rule_train")]
+    ids = [j for j, d in submissions(log).items() if d.startswith(("rule_train", "rule_predict"))]
+    assert len(ids) == 6
     for j in ids:
         info = subprocess.run(["timeout", "-s", "KILL", "20", "scontrol", "show", "job", str(j)], capture_output=True, text=True).stdout
         assert "gres:gpu:1" in info or "gres/gpu=1" in info, info

@@ -84,13 +84,19 @@ def pick_frame(n_frames: int, choice: str | int) -> int:
     return k % n_frames
 
 
-def read_ultrasound(path: str | Path, frame: str | int = "last") -> tuple[np.ndarray, dict]:
-    """Grayscale tissue-region image and its calibration metadata (no header identities)."""
+def read_ultrasound(path: str | Path, frame: str | int = "last", mm_per_px: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+    """Grayscale tissue-region image and its calibration metadata (no header identities).
+
+    ``mm_per_px`` is a manual calibration for a DICOM without one: the whole frame is used.
+    """
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:  # pydicom raises many types for a broken file
         raise InputError(f"not a readable DICOM file ({type(e).__name__})", "check the path in biopsies.tsv") from None
-    index, region = tissue_region(ds)
+    if mm_per_px is None:
+        index, region = tissue_region(ds)
+    else:
+        index, region = -1, {"x0": 0, "y0": 0, "x1": int(ds.Columns) - 1, "y1": int(ds.Rows) - 1, "mm_per_px": [float(v) for v in mm_per_px]}
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     arr = ds.pixel_array  # pydicom converts YBR_FULL(_422) to RGB here
     n = int(ds.get("NumberOfFrames", 1) or 1)

@@ -114,9 +114,13 @@ def detect(img: np.ndarray, skin_rows: int, axis_override_deg: float | None = No
 
 
 def tract(
-    pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], throw_mm: float, overrides: dict
+    pre: np.ndarray, post: np.ndarray | None, mm_per_px: tuple[float, float], throw_mm: float, overrides: dict
 ) -> dict:
-    """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length."""
+    """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length.
+
+    With ``overrides["throw_mm"]`` T1 is T0 + throw along the axis and ``post`` is not read
+    (inference on a new pre-fire image has none).
+    """
     scale = np.array(mm_per_px)
     skin = int(SKIN_MM / scale[1])
     d0 = detect(pre, skin, overrides.get("axis_deg"), overrides.get("tip"))
@@ -143,6 +147,25 @@ def tract(
     }
 
 
+def pixel_overrides(tip: list[float] | None, axis_deg: float | None, origin: list[float], mm_per_px: tuple[float, float]) -> dict:
+    """Manual tip (DICOM frame px) and physical axis angle -> tissue-region px and pixel-space angle."""
+    ov: dict = {"tip": None if tip is None else np.asarray(tip, float) - np.asarray(origin, float), "axis_deg": None}
+    if axis_deg is not None:
+        r = np.deg2rad(axis_deg)
+        ov["axis_deg"] = float(np.degrees(np.arctan2(np.sin(r) / mm_per_px[1], np.cos(r) / mm_per_px[0])))
+    return ov
+
+
+def crop_strip(pre: np.ndarray, res: dict, mm_per_px: tuple[float, float], width_mm: float, out_mm_per_px: float,
+               margin_mm: float) -> tuple[np.ndarray, dict]:
+    """The uint8 crop strip along T0 -> T1 and its frame (crop-to-original affine, shape, tract columns)."""
+    m, shape, xs = geo.tract_crop_frame(np.array(res["t0_px"]), np.array(res["t1_px"]), mm_per_px, width_mm, out_mm_per_px, margin_mm)
+    crop = geo.warp(pre.astype(float), m, shape, order=1)
+    frame = {"crop_to_original": m.tolist(), "crop_shape": list(shape), "tract_x_px": list(xs),
+             "out_mm_per_px": out_mm_per_px, "width_mm": width_mm, "mm_per_px": list(mm_per_px)}
+    return np.clip(np.round(crop), 0, 255).astype(np.uint8), frame
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="detect the needle tract and crop it")
     for k in ("pre", "pre-meta", "post", "post-meta", "out", "crop"):
@@ -162,17 +185,11 @@ def main(argv: list[str] | None = None) -> None:
         pre, post = imread(a.pre), imread(a.post)
         meta = json.loads(Path(a.pre_meta).read_text())
         mm = tuple(meta["mm_per_px"])
-        origin = np.array(meta["region_bounds_xyxy"][:2], float)
-        ov = {"axis_deg": a.axis_deg, "throw_mm": a.override_throw_mm, "tip": None if a.tip is None else np.array(a.tip) - origin}
-        if ov["axis_deg"] is not None:  # the override is physical; convert to pixel direction
-            r = np.deg2rad(ov["axis_deg"])
-            ov["axis_deg"] = float(np.degrees(np.arctan2(np.sin(r) / mm[1], np.cos(r) / mm[0])))
-        res = tract(pre, post, mm, a.throw_mm, ov)
-        m, shape, xs = geo.tract_crop_frame(np.array(res["t0_px"]), np.array(res["t1_px"]), mm, a.width_mm, a.out_mm_per_px, a.margin_mm)
-        crop = geo.warp(pre.astype(float), m, shape, order=1)
-        imsave(a.crop, np.clip(np.round(crop), 0, 255).astype(np.uint8), check_contrast=False)
-        res.update({"crop_to_original": m.tolist(), "crop_shape": list(shape), "tract_x_px": list(xs),
-                    "out_mm_per_px": a.out_mm_per_px, "width_mm": a.width_mm, "mm_per_px": list(mm)})
+        ov = pixel_overrides(a.tip, a.axis_deg, meta["region_bounds_xyxy"][:2], mm)
+        res = tract(pre, post, mm, a.throw_mm, {**ov, "throw_mm": a.override_throw_mm})
+        crop, frame = crop_strip(pre, res, mm, a.width_mm, a.out_mm_per_px, a.margin_mm)
+        imsave(a.crop, crop, check_contrast=False)
+        res.update(frame)
         Path(a.out).write_text(json.dumps(res, indent=1))
         flag = "  (FLAG: far from the configured throw)" if res["length_flag"] else ""
         print(f"tract {res['sampled_length_mm']:.2f} mm at {res['axis_deg']:.1f} deg{flag}")

@@ -1,0 +1,180 @@
+"""Evaluation outputs, the HTML report in a real browser, and inference on never-seen DICOMs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+import pydicom
+import pytest
+from sklearn import metrics as skm
+
+from conftest import ROOT
+from workflow_scripts import demo, evaluate, ingest
+
+MODELS = ("fcn_resnet101", "deeplabv3_resnet101")
+
+
+def test_evaluation_recomputes_from_saved_predictions(cohort_run):
+    voc = cohort_run / "results/voc"
+    for split in ("test", "val"):
+        ids = (voc / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+        per = pd.read_csv(cohort_run / f"results/evaluate/{split}/per_image.tsv", sep="\t")
+        for model in MODELS:
+            rows = per[per.model == model].set_index("image_id")
+            assert sorted(rows.index) == sorted(ids)
+            for image_id in ids:
+                pred_dir = cohort_run / f"results/predict/{model}/{split}"
+                prob = np.load(pred_dir / f"{image_id}_prob.npy")
+                label = np.asarray(PIL.Image.open(pred_dir / f"{image_id}.png"))
+                truth = np.asarray(PIL.Image.open(voc / f"SegmentationClass/{image_id}.png"))
+                assert prob.shape == truth.shape and prob.min() >= 0 and prob.max() <= 1
+                np.testing.assert_array_equal(label, (prob >= 0.5).astype(np.uint8))
+                keep = truth != 255
+                t, p = truth[keep], label[keep]
+                assert rows.loc[image_id, "pixel_accuracy"] == pytest.approx(skm.accuracy_score(t, p))
+                cm = skm.confusion_matrix(t, p, labels=[0, 1])
+                assert [rows.loc[image_id, k] for k in ("tn", "fp", "fn", "tp")] == cm.ravel().tolist()
+        summary = pd.read_csv(cohort_run / f"results/evaluate/{split}/summary.tsv", sep="\t")
+        for r in summary.itertuples():
+            assert r.mean == pytest.approx(per[per.model == r.model][r.metric].mean(), rel=1e-5)  # TSVs hold 6 digits
+            if not np.isnan(r.ci_low):
+                assert r.ci_low <= r.mean <= r.ci_high
+        conf = pd.read_csv(cohort_run / f"results/evaluate/{split}/confusion.tsv", sep="\t").set_index("model")
+        for model in MODELS:
+            assert conf.loc[model, "tp"] == per[per.model == model]["tp"].sum()
+        t2 = pd.read_csv(cohort_run / f"results/evaluate/{split}/table2.tsv", sep="\t")
+        assert list(t2["Evaluation metric"]) == [evaluate.LABELS[m] for m in evaluate.METRICS]
+    t1 = pd.read_csv(cohort_run / "results/evaluate/table1.tsv", sep="\t", dtype=str, keep_default_na=False)
+    n = pd.read_csv(cohort_run / "results/splits.tsv", sep="\t")["split"].value_counts()
+    assert f"Training set (n={n['train']})" in t1.columns and "Age (y), mean (SD)" in set(t1["Characteristic"])
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The chromium binary; installed from Debian (as root) when missing."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["timeout", "-s", "KILL", "300", "apt-get", "update", "-qq"], check=True)
+        subprocess.run(["timeout", "-s", "KILL", "600", "apt-get", "install", "-y", "-qq", "chromium"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+        exe = shutil.which("chromium")
+    assert exe, "the report test needs Debian's chromium: apt-get install chromium"
+    return exe
+
+
+def rendered(chromium: str, html, tmp_path) -> tuple[int, int, str]:
+    """Open the file in headless Chromium; (figures decoded, figures, DOM) after the page's load check."""
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", f"file://{html}"],
+                         capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'id="render-status" data-rendered="(\d+)" data-total="(\d+)"', dom)
+    assert m, dom[:2000]
+    return int(m[1]), int(m[2]), dom
+
+
+def test_report_renders_every_figure_in_headless_chromium(cohort_run, chromium, tmp_path):
+    report = cohort_run / "results/report.html"
+    text = report.read_text()
+    assert "src=\"http" not in text and "<link" not in text  # self-contained: nothing fetched
+    ok, total, dom = rendered(chromium, report, tmp_path)
+    # registration QC, a curve per model, Figures 4 and 5 for test and validation
+    assert total == 1 + len(MODELS) + 4 and ok == total
+    for s in ("Table 1", "Table 2", "Figure 4", "Figure 5", "config digest", "seed: bootstrap", "Failures and exclusions",
+              "Paired comparisons", "version: torch"):
+        assert s in dom, s
+    # negative control: a figure that does not decode is caught
+    broken = tmp_path / "broken.html"
+    broken.write_text(re.sub(r"base64,[A-Za-z0-9+/]{200}", "base64,AAAA", text, count=1))
+    ok2, total2, _ = rendered(chromium, broken, tmp_path)
+    assert (ok2, total2) == (total - 1, total)
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1200,3000", f"file://{report}"], capture_output=True, timeout=120)
+    px = np.asarray(PIL.Image.open(shot).convert("L"))
+    assert (px < 200).mean() > 0.02  # text, tables and figures, not a blank page
+
+
+# ------------------------------------------------------------------ inference
+
+
+def new_prefire(tmp_path, seed=4242):
+    """A pre-fire DICOM of a participant the pipeline has never seen, and its (scoring-only) truth."""
+    t = demo.sample_truth(seed, "Q900", "B1")
+    frames = [demo.render_ultrasound(t, tip, noise_seed=k) for k, tip in enumerate(demo.tip_fraction_frames(t))]
+    path = tmp_path / "new_prefire.dcm"
+    demo.write_dicom(t, path, frames, np.random.default_rng(1))
+    return path, t
+
+
+def infer(cohort_run, dicom, out, *extra):
+    cmd = [sys.executable, "-m", "workflow_scripts.infer", "--model", str(cohort_run / "results/train/fcn_resnet101/model.pt"),
+           "--dicom", str(dicom), "--out", str(out), "--config", str(cohort_run / "config.yaml"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_inference_on_a_never_seen_dicom(cohort_run, tmp_path):
+    dicom, t = new_prefire(tmp_path)
+    res = infer(cohort_run, dicom, tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    image, meta = ingest.read_ultrasound(dicom)
+    geom = json.loads((tmp_path / "out/new_prefire.json").read_text())
+    truth_tip = np.array(t.t0_mm) / t.mm_per_px
+    assert np.linalg.norm((np.array(geom["t0_px"]) - truth_tip) * t.mm_per_px) < 0.5  # mm
+    assert geom["source"]["t0"] == "auto" and geom["sampled_length_mm"] == pytest.approx(geom["throw_mm"])
+    prob = np.load(tmp_path / "out/new_prefire_prob.npy")
+    assert prob.shape == image.shape
+    inside = np.isfinite(prob)
+    assert 0.005 < inside.mean() < 0.5 and prob[inside].min() >= 0 and prob[inside].max() <= 1
+    ys, xs = np.nonzero(inside)  # the strip runs along the needle axis from T0
+    assert np.min(np.hypot(xs - truth_tip[0], ys - truth_tip[1])) < 3
+    heat = PIL.Image.open(tmp_path / "out/new_prefire_heatmap.png")
+    assert heat.size[0] > 300 and np.asarray(heat.convert("RGB")).std() > 10
+
+
+def test_inference_with_a_manual_tip_and_axis(cohort_run, tmp_path):
+    dicom, t = new_prefire(tmp_path, seed=777)
+    image, meta = ingest.read_ultrasound(dicom)
+    x0, y0 = meta["region_bounds_xyxy"][:2]
+    res = infer(cohort_run, dicom, tmp_path / "out", "--tip", str(300 + x0), str(200 + y0), "--axis-deg", "10")
+    assert res.returncode == 0, res.stderr
+    geom = json.loads((tmp_path / "out/new_prefire.json").read_text())
+    assert geom["source"]["t0"] == "override"
+    np.testing.assert_allclose(geom["t0_px"], [300, 200])
+    assert geom["axis_deg"] == pytest.approx(10.0)
+
+
+def fails_saying(res: subprocess.CompletedProcess, *needles: str) -> None:
+    """A clear one-message failure (exit 1, no traceback) that says all of ``needles``."""
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    for s in needles:
+        assert s in res.stderr, res.stderr
+
+
+def test_inference_errors_name_the_file_and_suggest_the_manual_options(cohort_run, tmp_path):
+    dicom, t = new_prefire(tmp_path, seed=99)
+    ds = pydicom.dcmread(dicom)
+    del ds.SequenceOfUltrasoundRegions
+    uncal = tmp_path / "uncalibrated.dcm"
+    ds.save_as(uncal)
+    fails_saying(infer(cohort_run, uncal, tmp_path / "o1"), "uncalibrated.dcm", "no SequenceOfUltrasoundRegions", "--mm-per-px", "--tip")
+
+    ds = pydicom.dcmread(dicom)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    shape = ((frames,) if frames > 1 else ()) + (ds.Rows, ds.Columns) + ((3,) if ds.SamplesPerPixel == 3 else ())
+    ds.PixelData = np.full(shape, 40, np.uint8).tobytes()
+    blank = tmp_path / "no_needle.dcm"
+    ds.save_as(blank)
+    fails_saying(infer(cohort_run, blank, tmp_path / "o2"), "no_needle.dcm", "no needle", "--tip X Y", "--axis-deg")
+    # the manual options are the way out
+    res = infer(cohort_run, blank, tmp_path / "o3", "--tip", "200", "150", "--axis-deg", "5")
+    assert res.returncode == 0, res.stderr
+    res = infer(cohort_run, uncal, tmp_path / "o4", "--mm-per-px", str(t.mm_per_px), str(t.mm_per_px))
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,122 @@
+"""Infer: a trained model's cancer probability along the planned needle tract of a new pre-fire DICOM.
+
+The tract is found as the pipeline finds it (needle tip T0 and axis from the
+pixels, T1 one throw further), or from a tip and axis given by hand.  The strip
+is cropped at the training resolution, predicted, and mapped back onto the
+original image.  Writes ``<name>_heatmap.png`` (the probability over the
+ultrasound image), ``<name>_prob.npy`` (float32, tissue-region pixels, NaN
+outside the strip), ``<name>_prob_crop.npy`` and ``<name>.json`` (geometry).
+
+    tractmap-infer --model results/train/fcn_resnet101/model.pt --dicom new.dcm --out infer/
+    tractmap-infer ... --tip 412 160 --axis-deg 12     # manual tip (DICOM px) and axis
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from workflow_scripts import geometry as geo
+from workflow_scripts import ingest, predict, tract
+from workflow_scripts.errors import InputError, run_cli
+
+MANUAL_HINT = "give the tip and axis by hand: --tip X Y (pre-fire tip, DICOM frame pixels) --axis-deg A"
+
+
+def locate(image: np.ndarray, meta: dict, settings: dict, tip: list[float] | None, axis_deg: float | None) -> dict:
+    """T0, T1 (one throw along the axis) and the crop frame, detected or from the manual tip/axis."""
+    mm = tuple(meta["mm_per_px"])
+    ov = tract.pixel_overrides(tip, axis_deg, meta["region_bounds_xyxy"][:2], mm)
+    try:
+        res = tract.tract(image, None, mm, settings["throw_mm"], {**ov, "throw_mm": settings["throw_mm"]})
+    except InputError as e:
+        raise InputError(e.what, MANUAL_HINT) from None
+    return res
+
+
+def heatmap(image: np.ndarray, prob: np.ndarray, res: dict, path: Path, title: str) -> None:
+    """The probability over the grayscale image, with T0, T1 and a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = image.shape
+    fig, ax = plt.subplots(figsize=(min(14, 2 + w / 60), min(10, 1 + h / 60)))
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    shown = ax.imshow(np.ma.masked_invalid(prob), cmap="jet", vmin=0, vmax=1, alpha=0.55)
+    (x0, y0), (x1, y1) = res["t0_px"], res["t1_px"]
+    ax.plot([x0, x1], [y0, y1], "w--", lw=0.8)
+    ax.plot([x0], [y0], "wo", ms=4)
+    ax.annotate("T0", (x0, y0), color="w", fontsize=8, xytext=(3, -6), textcoords="offset points")
+    ax.annotate("T1", (x1, y1), color="w", fontsize=8, xytext=(3, -6), textcoords="offset points")
+    fig.colorbar(shown, ax=ax, fraction=0.03, label="cancer probability")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def infer(model_path: Path, dicom: Path, out: Path, settings: dict, tip: list[float] | None = None, axis_deg: float | None = None,
+          frame: str = "last", mm_per_px: tuple[float, float] | None = None) -> dict:
+    """Run the whole inference for one DICOM; returns the geometry and output paths."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, ck = predict.load_model(model_path, dev)
+    try:
+        image, meta = ingest.read_ultrasound(dicom, frame, mm_per_px)
+    except InputError as e:
+        raise InputError(e.what, f"{e.hint}; or give the pixel size by hand: --mm-per-px SX SY (and, if no needle is visible, {MANUAL_HINT})") from None
+    res = locate(image, meta, settings, tip, axis_deg)
+    crop, frame_info = tract.crop_strip(image, res, tuple(meta["mm_per_px"]), settings["width_mm"], settings["out_mm_per_px"], settings["margin_mm"])
+    prob_crop = predict.probability(model, ck["norm"], crop, dev)
+    to_crop = geo.invert(np.array(frame_info["crop_to_original"]))
+    prob = geo.warp(prob_crop.astype(float), to_crop, image.shape, order=1, cval=np.nan).astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    name = dicom.stem
+    np.save(out / f"{name}_prob.npy", prob)
+    np.save(out / f"{name}_prob_crop.npy", prob_crop.astype(np.float32))
+    arch = ck["config"]["arch"]
+    heatmap(image, prob, res, out / f"{name}_heatmap.png",
+            f"{arch}: cancer probability along the planned tract ({res['source']['t0']} tip, throw {settings['throw_mm']} mm)")
+    summary = {**res, **frame_info, "model": str(model_path), "arch": arch, "selected_epoch": ck.get("epoch"),
+               "region_bounds_xyxy": meta["region_bounds_xyxy"], "max_probability": float(np.nanmax(prob_crop)),
+               "outputs": [f"{name}_heatmap.png", f"{name}_prob.npy", f"{name}_prob_crop.npy"]}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p.add_argument("--model", required=True, help="results/train/<model>/model.pt")
+    p.add_argument("--dicom", required=True, help="pre-fire ultrasound DICOM")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", default="config.yaml", help="tract settings (throw, width, margin, resolution) of the training run")
+    p.add_argument("--tip", type=float, nargs=2, metavar=("X", "Y"), help="manual pre-fire tip, DICOM frame pixels")
+    p.add_argument("--axis-deg", type=float, help="manual needle advance direction, degrees (x right, y down)")
+    p.add_argument("--mm-per-px", type=float, nargs=2, metavar=("SX", "SY"), help="manual pixel size for a DICOM without calibration")
+    p.add_argument("--frame", default="last")
+    a = p.parse_args(argv)
+
+    def go() -> None:
+        if (a.tip is None) != (a.axis_deg is None):
+            raise InputError("--tip and --axis-deg go together", MANUAL_HINT)
+        cfg = Path(a.config)
+        if not cfg.is_file():
+            raise InputError(f"config file {cfg} not found", "pass --config with the config.yaml the model was trained with")
+        settings = yaml.safe_load(cfg.read_text())["tract"]
+        s = infer(Path(a.model), Path(a.dicom), Path(a.out), settings, a.tip, a.axis_deg, a.frame, a.mm_per_px)
+        print(f"{a.dicom}: tract {s['sampled_length_mm']:.1f} mm at {s['axis_deg']:.1f} deg ({s['source']['t0']} tip); "
+              f"max cancer probability {s['max_probability']:.2f}; wrote {', '.join(s['outputs'])} to {a.out}")
+
+    run_cli(go, file=a.dicom)
+
+
+if __name__ == "__main__":
+    main()
