@@ -104,7 +104,8 @@ def build(a: argparse.Namespace) -> str:
     excl = pd.DataFrame(json.loads(a.exclusions), columns=["participant_id", "biopsy_id", "reason"])
     train_parts = []
     for spec in a.train:
-        model, curves, history = spec.split("=", 1)[0], *spec.split("=", 1)[1].split(",")
+        model, files = spec.split("=", 1)
+        curves, history = files.split(",")
         h = pd.read_csv(history, sep="\t")
         best = h.loc[h["val_dice"].idxmax()]
         train_parts.append(f"<h3>{html.escape(model)}</h3><p>Selected on validation Dice: epoch {int(best.epoch)} of {len(h)}, "
