@@ -146,11 +146,6 @@ def train_settings(wildcards):
     return json.dumps({**{k: v for k, v in t.items() if k != "models"}, **t["models"][wildcards.model]})
 
 
-# what evaluation writes for each split (name -> extension)
-EVAL_OUTPUTS = {"per_image": "tsv", "summary": "tsv", "confusion": "tsv", "comparison": "tsv", "table2": "tsv",
-                "figure4": "png", "figure5": "png", "settings": "json"}
-
-
 def all_targets():
     return [
         f"{RESULTS}/report.html",

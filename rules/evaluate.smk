@@ -2,6 +2,9 @@
 # bootstrap CIs and paired tests (Table 2, Figures 4-5), Table 1, and the HTML report.
 
 EVAL = f"{RESULTS}/evaluate"
+# what evaluation writes for each split (name -> extension)
+EVAL_OUTPUTS = {"per_image": "tsv", "summary": "tsv", "confusion": "tsv", "comparison": "tsv", "table2": "tsv",
+                "figure4": "png", "figure5": "png"}
 
 
 rule predict:

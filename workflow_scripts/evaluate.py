@@ -14,7 +14,6 @@ Metric conventions (binary, cancer positive; void pixels excluded):
 from __future__ import annotations
 
 import argparse
-import json
 from itertools import combinations
 from pathlib import Path
 
@@ -255,7 +254,6 @@ def main(argv: list[str] | None = None) -> None:
         table2(summary, comparison).to_csv(out / "table2.tsv", sep="\t", index=False)
         figure4(conf, out / "figure4.png", f"Pixel confusion matrices, {a.split} split ({len(ids)} images)")
         figure5(voc, {m: Path(d) for m, d in dirs.items()}, ids, out / "figure5.png", a.split)
-        (out / "settings.json").write_text(json.dumps({"bootstrap": a.bootstrap, "seed": a.seed, "alpha": a.alpha, "split": a.split}))
         print(f"{a.split}: {len(ids)} images of {per_image.participant_id.nunique()} participants, {len(dirs)} models")
         print(summary.to_string(index=False))
 

@@ -110,6 +110,12 @@ def line_angle_deg(direction: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(direction[1], direction[0])))
 
 
+def pixel_angle_deg(physical_deg: float, mm_per_px: tuple[float, float]) -> float:
+    """A physical direction (degrees in mm space) as a direction in pixel space (anisotropic pixels)."""
+    r = np.deg2rad(physical_deg)
+    return line_angle_deg(np.array([np.cos(r) / mm_per_px[0], np.sin(r) / mm_per_px[1]]))
+
+
 def warp(image: np.ndarray, out_to_in: Affine, shape: tuple[int, int], order: int = 1, cval: float = 0.0) -> np.ndarray:
     """Resample ``image`` onto a grid of ``shape`` whose px map to input px by ``out_to_in``."""
     from scipy import ndimage

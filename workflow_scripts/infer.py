@@ -29,7 +29,7 @@ MANUAL_HINT = "give the tip and axis by hand: --tip X Y (pre-fire tip, DICOM fra
 
 
 def locate(image: np.ndarray, meta: dict, settings: dict, tip: list[float] | None, axis_deg: float | None) -> dict:
-    """T0, T1 (one throw along the axis) and the crop frame, detected or from the manual tip/axis."""
+    """T0 and T1 (one throw along the axis), detected or from the manual tip/axis."""
     mm = tuple(meta["mm_per_px"])
     ov = tract.pixel_overrides(tip, axis_deg, meta["region_bounds_xyxy"][:2], mm)
     try:
@@ -66,14 +66,14 @@ def heatmap(image: np.ndarray, prob: np.ndarray, res: dict, path: Path, title: s
 def infer(model_path: Path, dicom: Path, out: Path, settings: dict, tip: list[float] | None = None, axis_deg: float | None = None,
           frame: str = "last", mm_per_px: tuple[float, float] | None = None) -> dict:
     """Run the whole inference for one DICOM; returns the geometry and output paths."""
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, ck = predict.load_model(model_path, dev)
     try:
         image, meta = ingest.read_ultrasound(dicom, frame, mm_per_px)
     except InputError as e:
         raise InputError(e.what, f"{e.hint}; or give the pixel size by hand: --mm-per-px SX SY (and, if no needle is visible, {MANUAL_HINT})") from None
     res = locate(image, meta, settings, tip, axis_deg)
     crop, frame_info = tract.crop_strip(image, res, tuple(meta["mm_per_px"]), settings["width_mm"], settings["out_mm_per_px"], settings["margin_mm"])
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, ck = predict.load_model(model_path, dev)  # after the cheap checks: a bad DICOM fails fast
     prob_crop = predict.probability(model, ck["norm"], crop, dev)
     to_crop = geo.invert(np.array(frame_info["crop_to_original"]))
     prob = geo.warp(prob_crop.astype(float), to_crop, image.shape, order=1, cval=np.nan).astype(np.float32)

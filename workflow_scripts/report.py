@@ -74,14 +74,14 @@ def dl(items: dict) -> str:
 
 def evaluation_section(d: Path, split: str) -> str:
     """Table 2, the participant-level comparisons, summary with CIs, Figures 4 and 5 of one split."""
-    settings = json.loads((d / "settings.json").read_text())
     cmp = pd.read_csv(d / "comparison.tsv", sep="\t")
     conf = pd.read_csv(d / "confusion.tsv", sep="\t")
     summ = pd.read_csv(d / "summary.tsv", sep="\t")
+    n_boot, seed = summ["bootstrap"].iloc[0], summ["seed"].iloc[0]
     return "".join([
         f"<h3>Table 2 ({split} split)</h3>",
         '<p class="note">Image-level means, % (95% CI from a participant-level bootstrap, '
-        f"{settings['bootstrap']} resamples, seed {settings['seed']}). P values: participant-level paired tests "
+        f"{n_boot} resamples, seed {seed}). P values: participant-level paired tests "
         "(Shapiro-Wilk on the differences, then paired t or Wilcoxon), Holm-corrected over model pairs.</p>",
         table(pd.read_csv(d / "table2.tsv", sep="\t", dtype=str, keep_default_na=False)),
         "<h3>Paired comparisons, participant level</h3>",

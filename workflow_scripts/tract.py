@@ -149,11 +149,8 @@ def tract(
 
 def pixel_overrides(tip: list[float] | None, axis_deg: float | None, origin: list[float], mm_per_px: tuple[float, float]) -> dict:
     """Manual tip (DICOM frame px) and physical axis angle -> tissue-region px and pixel-space angle."""
-    ov: dict = {"tip": None if tip is None else np.asarray(tip, float) - np.asarray(origin, float), "axis_deg": None}
-    if axis_deg is not None:
-        r = np.deg2rad(axis_deg)
-        ov["axis_deg"] = float(np.degrees(np.arctan2(np.sin(r) / mm_per_px[1], np.cos(r) / mm_per_px[0])))
-    return ov
+    return {"tip": None if tip is None else np.asarray(tip, float) - np.asarray(origin, float),
+            "axis_deg": None if axis_deg is None else geo.pixel_angle_deg(axis_deg, mm_per_px)}
 
 
 def crop_strip(pre: np.ndarray, res: dict, mm_per_px: tuple[float, float], width_mm: float, out_mm_per_px: float,
