@@ -1,6 +1,10 @@
 # tractmap: register core-needle-biopsy histology onto breast ultrasound and
 # build the segmentation dataset (Yao et al., JMIR Med Inform 2026).
+from pathlib import Path
+
 from snakemake.utils import min_version
+
+from workflow_scripts import failures
 
 min_version("9.0")
 
@@ -35,9 +39,10 @@ rule all:
 
 # After every run, list the jobs that failed on bad input (with --keep-going the
 # others finish): <results>/failures.tsv, with the reason and the fix.
+# Called in-process: no shell sees the configured results path.
 onsuccess:
-    shell(f"python -m workflow_scripts.failures --logs logs --out {RESULTS}/failures.tsv")
+    failures.write(Path("logs"), Path(RESULTS, "failures.tsv"))
 
 
 onerror:
-    shell(f"python -m workflow_scripts.failures --logs logs --out {RESULTS}/failures.tsv")
+    failures.write(Path("logs"), Path(RESULTS, "failures.tsv"))

@@ -116,7 +116,7 @@ def override_args(wildcards):
         args += ["--axis-deg", str(o["axis_deg"])]
     if "throw_mm" in o:
         args += ["--override-throw-mm", str(o["throw_mm"])]
-    return " ".join(args)
+    return args
 
 
 def dye_end(wildcards):

@@ -18,8 +18,8 @@ rule splits:
     benchmark:
         "benchmarks/splits.tsv"
     shell:
-        "python -m workflow_scripts.split {input} --out {output} --seed {params.seed} "
-        "--ratios {params.r[train]} {params.r[val]} {params.r[test]} > {log} 2>&1"
+        "python -m workflow_scripts.split --out={output:q} --seed={params.seed:q} "
+        "--ratios {params.r[train]:q} {params.r[val]:q} {params.r[test]:q} -- {input:q} > {log:q} 2>&1"
 
 
 rule voc_image:
@@ -40,8 +40,8 @@ rule voc_image:
     benchmark:
         "benchmarks/voc_image/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.voc image {input} --root {params.root} "
-        "--image-id {wildcards.participant}_{wildcards.biopsy} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
+        "python -m workflow_scripts.voc image --root={params.root:q} --image-id={wildcards.participant:q}_{wildcards.biopsy:q} "
+        "--participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} -- {input:q} > {log:q} 2>&1"
 
 
 rule voc_list:
@@ -56,7 +56,7 @@ rule voc_list:
     benchmark:
         "benchmarks/voc_list/{split}.tsv"
     shell:
-        "python -m workflow_scripts.voc list {input} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.voc list --out={output:q} -- {input:q} > {log:q} 2>&1"
 
 
 rule voc_class_names:
@@ -69,7 +69,7 @@ rule voc_class_names:
     benchmark:
         "benchmarks/voc_class_names.tsv"
     shell:
-        "python -m workflow_scripts.voc names --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.voc names --out={output:q} > {log:q} 2>&1"
 
 
 rule qc_figure:
@@ -90,9 +90,9 @@ rule qc_figure:
     benchmark:
         "benchmarks/qc_figure/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.qc figure --pre {input.pre} --tract {input.tract} "
-        "--oriented {input.oriented} --crop {input.crop} --label {input.label} --out {output} "
-        "--title '{wildcards.participant}/{wildcards.biopsy}' > {log} 2>&1"
+        "python -m workflow_scripts.qc figure --pre={input.pre:q} --tract={input.tract:q} "
+        "--oriented={input.oriented:q} --crop={input.crop:q} --label={input.label:q} --out={output:q} "
+        "--title={wildcards.participant:q}/{wildcards.biopsy:q} > {log:q} 2>&1"
 
 
 rule qc_table:
@@ -112,6 +112,6 @@ rule qc_table:
     benchmark:
         "benchmarks/qc_table.tsv"
     shell:
-        "python -m workflow_scripts.qc table --tract {input.tract} --orient {input.orient} "
-        "--transfer {input.transfer} --label {input.label} --truth {input.truth} "
-        "--out {output.table} --figure {output.figure} > {log} 2>&1"
+        "python -m workflow_scripts.qc table --tract {input.tract:q} --orient {input.orient:q} "
+        "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} "
+        "--out={output.table:q} --figure={output.figure:q} > {log:q} 2>&1"

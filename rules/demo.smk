@@ -13,7 +13,7 @@ if DEMO["enabled"]:
             truth_mask=f"{DEMO['root']}/truth/{{participant}}/{{biopsy}}_mask.png",
         params:
             seed=DEMO["seed"],
-            large=lambda w: "--large-slide" if f"{w.participant}/{w.biopsy}" == DEMO.get("large_slide") else "",
+            large=lambda w: ["--large-slide"] if f"{w.participant}/{w.biopsy}" == DEMO.get("large_slide") else [],
         group:
             "prep_{participant}"
         conda:
@@ -23,7 +23,7 @@ if DEMO["enabled"]:
         benchmark:
             "benchmarks/demo_biopsy/{participant}/{biopsy}.tsv"
         shell:
-            "python -m workflow_scripts.demo biopsy --seed {params.seed} --participant {wildcards.participant} "
-            "--biopsy {wildcards.biopsy} {params.large} --prefire {output.prefire} "
-            "--postfire {output.postfire} --wsi {output.wsi} --annotation {output.annotation} "
-            "--truth {output.truth} --truth-mask {output.truth_mask} > {log} 2>&1"
+            "python -m workflow_scripts.demo biopsy --seed={params.seed:q} --participant={wildcards.participant:q} "
+            "--biopsy={wildcards.biopsy:q} {params.large:q} --prefire={output.prefire:q} "
+            "--postfire={output.postfire:q} --wsi={output.wsi:q} --annotation={output.annotation:q} "
+            "--truth={output.truth:q} --truth-mask={output.truth_mask:q} > {log:q} 2>&1"

@@ -26,8 +26,8 @@ rule predict:
     benchmark:
         "benchmarks/predict/{model}/{split}.tsv"
     shell:
-        "python -m workflow_scripts.predict --model {input.model} --voc {params.voc} --split {wildcards.split} "
-        "--out {output} --threads {threads} > {log} 2>&1"
+        "python -m workflow_scripts.predict --model={input.model:q} --voc={params.voc:q} --split={wildcards.split:q} "
+        "--out={output:q} --threads={threads} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -39,7 +39,7 @@ rule evaluate:
         **{k: f"{EVAL}/{{split}}/{k}.{ext}" for k, ext in EVAL_OUTPUTS.items()},
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
-        pairs=lambda w, input: " ".join(f"{m}={d}" for m, d in zip(config["train"]["models"], input.predictions)),
+        pairs=lambda w, input: [f"{m}={d}" for m, d in zip(config["train"]["models"], input.predictions)],
         out=lambda w, output: str(Path(output.table2).parent),
         ev=config["evaluate"],
     conda:
@@ -49,8 +49,9 @@ rule evaluate:
     benchmark:
         "benchmarks/evaluate/{split}.tsv"
     shell:
-        "python -m workflow_scripts.evaluate --voc {params.voc} --split {wildcards.split} --predictions {params.pairs} "
-        "--bootstrap {params.ev[bootstrap]} --seed {params.ev[seed]} --alpha {params.ev[alpha]} --out {params.out} > {log} 2>&1"
+        "python -m workflow_scripts.evaluate --voc={params.voc:q} --split={wildcards.split:q} --predictions {params.pairs:q} "
+        "--bootstrap={params.ev[bootstrap]:q} --seed={params.ev[seed]:q} --alpha={params.ev[alpha]:q} --out={params.out:q} "
+        "> {log:q} 2>&1"
 
 
 rule table1:
@@ -69,8 +70,8 @@ rule table1:
     benchmark:
         "benchmarks/table1.tsv"
     shell:
-        "python -m workflow_scripts.stats --participants {input.participants} --splits {input.splits} "
-        "--schema {input.schema} --seed {params.seed} --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.stats --participants={input.participants:q} --splits={input.splits:q} "
+        "--schema={input.schema:q} --seed={params.seed:q} --out={output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -88,7 +89,7 @@ rule report:
     params:
         config=json.dumps(config, sort_keys=True),
         exclusions=json.dumps(EXCLUDED),
-        train=lambda w, input: " ".join(f"{m}={c},{h}" for m, c, h in zip(config["train"]["models"], input.curves, input.history)),
+        train=lambda w, input: json.dumps({m: [c, h] for m, c, h in zip(config["train"]["models"], input.curves, input.history)}),
         test=lambda w, input: str(Path(input.test[0]).parent),
         val=lambda w, input: str(Path(input.val[0]).parent),
     conda:
@@ -98,6 +99,6 @@ rule report:
     benchmark:
         "benchmarks/report.tsv"
     shell:
-        "python -m workflow_scripts.report --config {params.config:q} --exclusions {params.exclusions:q} "
-        "--splits {input.splits} --table1 {input.table1} --qc-table {input.qc_table} --qc-figure {input.qc_figure} "
-        "--test {params.test} --val {params.val} --train {params.train} --logs logs --out {output} > {log} 2>&1"
+        "python -m workflow_scripts.report --config={params.config:q} --exclusions={params.exclusions:q} "
+        "--splits={input.splits:q} --table1={input.table1:q} --qc-table={input.qc_table:q} --qc-figure={input.qc_figure:q} "
+        "--test={params.test:q} --val={params.val:q} --train={params.train:q} --logs=logs --out={output:q} > {log:q} 2>&1"

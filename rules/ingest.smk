@@ -18,8 +18,9 @@ rule ingest_ultrasound:
     benchmark:
         "benchmarks/ingest_ultrasound/{participant}/{biopsy}_{phase}.tsv"
     shell:
-        "python -m workflow_scripts.ingest ultrasound {input} --image {output.image} --meta {output.meta} "
-        "--frame {params.frame} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
+        "python -m workflow_scripts.ingest ultrasound --image={output.image:q} --meta={output.meta:q} "
+        "--frame={params.frame:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "-- {input:q} > {log:q} 2>&1"
 
 
 rule ingest_wsi:
@@ -39,5 +40,6 @@ rule ingest_wsi:
     benchmark:
         "benchmarks/ingest_wsi/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.ingest wsi {input} --image {output.image} --meta {output.meta} "
-        "--thumb-um {params.um} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
+        "python -m workflow_scripts.ingest wsi --image={output.image:q} --meta={output.meta:q} "
+        "--thumb-um={params.um:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "-- {input:q} > {log:q} 2>&1"

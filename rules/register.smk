@@ -23,9 +23,10 @@ rule orient:
     benchmark:
         "benchmarks/orient/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.orient --thumb {input.thumb} --meta {input.meta} --out {output.json} "
-        "--oriented {output.oriented} --dye-end '{params.dye_end}' --min-confidence {params.conf} "
-        "--min-dye-fraction {params.frac} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
+        "python -m workflow_scripts.orient --thumb={input.thumb:q} --meta={input.meta:q} --out={output.json:q} "
+        "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --min-confidence={params.conf:q} "
+        "--min-dye-fraction={params.frac:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "> {log:q} 2>&1"
 
 
 rule tract:
@@ -49,11 +50,11 @@ rule tract:
     benchmark:
         "benchmarks/tract/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.tract --pre {input.pre} --pre-meta {input.pre_meta} --post {input.post} "
-        "--post-meta {input.post_meta} --out {output.json} --crop {output.crop} "
-        "--throw-mm {params.t[throw_mm]} --width-mm {params.t[width_mm]} "
-        "--margin-mm {params.t[margin_mm]} --out-mm-per-px {params.t[out_mm_per_px]} "
-        "{params.overrides} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
+        "python -m workflow_scripts.tract --pre={input.pre:q} --pre-meta={input.pre_meta:q} --post={input.post:q} "
+        "--post-meta={input.post_meta:q} --out={output.json:q} --crop={output.crop:q} "
+        "--throw-mm={params.t[throw_mm]:q} --width-mm={params.t[width_mm]:q} "
+        "--margin-mm={params.t[margin_mm]:q} --out-mm-per-px={params.t[out_mm_per_px]:q} "
+        "{params.overrides:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
 
 rule transfer:
@@ -66,7 +67,7 @@ rule transfer:
         labelme=f"{RESULTS}/transfer/{{participant}}/{{biopsy}}.json",
         summary=f"{RESULTS}/transfer/{{participant}}/{{biopsy}}_summary.json",
     params:
-        classes=",".join(f"{k}={v}" for k, v in config["transfer"]["classes"].items()),
+        classes=json.dumps(config["transfer"]["classes"]),
         outside=config["transfer"]["outside_core"],
         across=config["transfer"]["across"],
     group:
@@ -78,10 +79,10 @@ rule transfer:
     benchmark:
         "benchmarks/transfer/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.transfer --annotation {input.annotation} --orient {input.orient} "
-        "--tract {input.tract} --crop {input.crop} --out {output.labelme} "
-        "--summary {output.summary} --classes '{params.classes}' "
-        "--outside-core {params.outside} --across {params.across} --participant {wildcards.participant} --biopsy {wildcards.biopsy} > {log} 2>&1"
+        "python -m workflow_scripts.transfer --annotation={input.annotation:q} --orient={input.orient:q} "
+        "--tract={input.tract:q} --crop={input.crop:q} --out={output.labelme:q} "
+        "--summary={output.summary:q} --classes={params.classes:q} --outside-core={params.outside:q} "
+        "--across={params.across:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
 
 rule labelme:
@@ -98,4 +99,4 @@ rule labelme:
     benchmark:
         "benchmarks/labelme/{participant}/{biopsy}.tsv"
     shell:
-        "cp {input} {output} && echo 'labelme source: {input}' > {log}"
+        "cp -- {input:q} {output:q} && printf 'labelme source: %s\\n' {input:q} > {log:q}"

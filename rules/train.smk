@@ -23,6 +23,6 @@ rule train:
     benchmark:
         "benchmarks/train/{model}.tsv"
     shell:
-        "python -m workflow_scripts.train --voc {params.voc} --config '{params.settings}' "
-        "--model-out {output.model} --history {output.history} --curves {output.curves} "
-        "--state-dir {params.state} --threads {threads} > {log} 2>&1"
+        "python -m workflow_scripts.train --voc={params.voc:q} --config={params.settings:q} "
+        "--model-out={output.model:q} --history={output.history:q} --curves={output.curves:q} "
+        "--state-dir={params.state:q} --threads={threads} > {log:q} 2>&1"

@@ -51,7 +51,8 @@ def test_duplicate_biopsy(workdir):
     ("participants.tsv", 2, "birads", "6", ["participants.tsv line 4", "P003", "'6' is not one of"]),
     ("biopsies.tsv", 0, "tip_x", "120", ["biopsies.tsv line 2", "tip_y"]),  # half an override
     ("participants.tsv", 1, "participant_id", "P_2 x", ["participants.tsv line 3", "does not match"]),
-], ids=["unknown-participant", "missing-file", "malformed-value", "half-an-override", "bad-id-pattern"])
+    ("biopsies.tsv", 1, "annotation", "/data/{sample}/a.geojson", ["biopsies.tsv line 3", "reads as a wildcard"]),
+], ids=["unknown-participant", "missing-file", "malformed-value", "half-an-override", "bad-id-pattern", "wildcard-in-path"])
 def test_bad_cell_is_rejected_naming_sheet_and_line(workdir, sheet, row, column, value, needles):
     path = workdir / "sheets" / sheet
     df = pd.read_csv(path, sep="\t", dtype=str)

@@ -7,7 +7,9 @@ so every message a user sees names all four.
 
 from __future__ import annotations
 
+import json
 import sys
+import traceback
 from collections.abc import Callable
 
 
@@ -27,10 +29,28 @@ class InputError(Exception):
         return f"{msg}\n  hint: {self.hint}" if self.hint else msg
 
 
+RECORD = "tractmap failure record: "  # prefix of the machine-readable line that failures.py collects
+
+
 def run_cli(fn: Callable[[], None], participant: str | None = None, biopsy: str | None = None, file: str | None = None) -> None:
-    """Run an entry point; turn an InputError into one clear line on stderr and exit 1."""
+    """Run an entry point; turn any error into one clear line on stderr and exit 1.
+
+    An :class:`InputError` is the user's data; anything else is unexpected, so its
+    traceback goes to stderr (the job's log) first.  Both end in the human line and a
+    JSON record of participant, biopsy, file, problem and hint, so that a path with
+    spaces or colons survives the trip to ``failures.tsv``.
+    """
     try:
         fn()
-    except InputError as e:
-        print(f"tractmap error: {e.describe(participant, biopsy, file)}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - every failure must end in the one-line error
+        if isinstance(exc, InputError):
+            err = exc
+        else:
+            traceback.print_exc()
+            err = InputError(f"unexpected error ({type(exc).__name__}: {exc})",
+                             "the file may be damaged or of a kind tractmap cannot read; the traceback is in this log")
+        print(f"tractmap error: {err.describe(participant, biopsy, file)}", file=sys.stderr)
+        record = {"participant": participant or "", "biopsy": biopsy or "", "file": str(err.file or file or ""),
+                  "problem": err.what, "hint": err.hint}
+        print(RECORD + json.dumps(record, ensure_ascii=False), file=sys.stderr)
         sys.exit(1)

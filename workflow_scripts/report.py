@@ -103,9 +103,7 @@ def build(a: argparse.Namespace) -> str:
     fails = failures.collect(Path(a.logs))
     excl = pd.DataFrame(json.loads(a.exclusions), columns=["participant_id", "biopsy_id", "reason"])
     train_parts = []
-    for spec in a.train:
-        model, files = spec.split("=", 1)
-        curves, history = files.split(",")
+    for model, (curves, history) in json.loads(a.train).items():
         h = pd.read_csv(history, sep="\t")
         best = h.loc[h["val_dice"].idxmax()]
         train_parts.append(f"<h3>{html.escape(model)}</h3><p>Selected on validation Dice: epoch {int(best.epoch)} of {len(h)}, "
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for k in ("splits", "table1", "qc-table", "qc-figure", "test", "val", "out"):
         p.add_argument(f"--{k}", required=True)
-    p.add_argument("--train", nargs="+", required=True, help="model=curves.png,history.tsv")
+    p.add_argument("--train", required=True, help='JSON {model: [curves.png, history.tsv]}')
     p.add_argument("--config", required=True, help="the run's configuration as JSON")
     p.add_argument("--logs", default="logs")
     p.add_argument("--exclusions", default="[]", help="JSON list of [participant, biopsy, reason]")

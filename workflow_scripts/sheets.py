@@ -7,10 +7,13 @@ is line 1) and the IDs, and says how to fix it.  All problems are reported at on
 from __future__ import annotations
 
 import os
+import re
 
 import pandas as pd
 
 FILE_COLUMNS = ("prefire", "postfire", "wsi", "annotation")
+# what Snakemake takes for a wildcard in a file path, e.g. {sample} or {x,[0-9]+}; it has no escape for input paths
+WILDCARD = re.compile(r"\{\s*[.\w]+\s*(,[^{}]*)?\}")
 
 
 class SheetError(ValueError):
@@ -65,7 +68,10 @@ def check(participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, 
         for i, path in biopsies[col].items():
             if generated_prefix and str(path).startswith(generated_prefix):
                 continue
-            if not os.path.exists(path):
+            if WILDCARD.search(str(path)):
+                problems.append(f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} holds '{{name}}', which Snakemake "
+                                "reads as a wildcard; rename that file or folder (braces around text with a space are fine)")
+            elif not os.path.exists(path):
                 problems.append(f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} does not exist; fix the path")
     return problems
 

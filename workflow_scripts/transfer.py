@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="transfer QuPath tumour outlines onto the tract crop as Labelme JSON")
     for k in ("annotation", "orient", "tract", "crop", "out", "summary"):
         p.add_argument(f"--{k}", required=True)
-    p.add_argument("--classes", default="Tumor=cancer,Tumour=cancer", help="QuPath class=label pairs")
+    p.add_argument("--classes", default='{"Tumor": "cancer", "Tumour": "cancer"}', help="JSON {QuPath class: label}")
     p.add_argument("--outside-core", choices=["void", "background"], default="void")
     p.add_argument("--across", choices=["physical", "shrinkage"], default="physical")
     p.add_argument("--participant")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             doc = json.loads(Path(a.annotation).read_text())
         except json.JSONDecodeError as e:
             raise InputError(f"annotation file is not valid JSON ({e.msg}, line {e.lineno})", "re-export it from QuPath") from None
-        classes = dict(kv.split("=", 1) for kv in a.classes.split(",") if kv)
+        classes = json.loads(a.classes)
         polys, ignored = tumour_polygons(geojson_features(doc), classes)
         orient, tract = json.loads(Path(a.orient).read_text()), json.loads(Path(a.tract).read_text())
         to_crop = canonical_to_crop(orient, tract, a.across)
