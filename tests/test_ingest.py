@@ -190,3 +190,26 @@ def test_wsi_ingest_memory_on_the_largest_demo_slide(tmp_path):
     raw_gb = full[0] * full[1] * 3 / 1e9
     peak = run_measured("workflow_scripts.ingest", ["wsi", str(files["wsi"]), "--image", str(tmp_path / "w.png"), "--meta", str(tmp_path / "w.json")])
     assert 20e6 < peak < 1e9, f"peak {peak / 1e6:.0f} MB for a {raw_gb:.1f} GB full-resolution plane"
+
+
+def test_qupath_02_03_04_dialects_and_invalid_geometry():
+    square = [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]
+    bowtie = [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]  # self-intersecting
+    line = [[[0, 0], [5, 5], [0, 0]]]  # a 2-point "polygon"
+    tumor = {"name": "Tumor", "colorRGB": -3670016}
+    feats = [
+        {"type": "Feature", "id": "PathAnnotationObject", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"classification": tumor}},
+        {"type": "Feature", "id": "PathDetectionObject", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"classification": tumor}},
+        {"type": "Feature", "id": "PathCellObject", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"classification": tumor}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"object_type": "detection", "classification": tumor}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": bowtie}, "properties": {"object_type": "annotation", "classification": tumor}},
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": line}, "properties": {"objectType": "annotation", "classification": "Tumor"}},
+        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 3]]}, "properties": {"objectType": "annotation", "classification": tumor}},
+    ]
+    kept, counts = tumour_polygons(feats, {"Tumor": "cancer"})
+    assert counts == {"detections": 2, "cells": 1, "invalid polygons repaired": 1, "degenerate polygons dropped": 1, "geometry LineString": 1}
+    from shapely.geometry import Polygon as P
+
+    assert len(kept) == 3  # the 0.2 annotation and the bow-tie's two valid triangles
+    assert all(P(rings[0], rings[1:]).is_valid for _, _, rings in kept)
+    assert sum(P(r[0]).area for _, _, r in kept[1:]) == pytest.approx(50.0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import tifffile
+from pydicom.pixels import apply_color_lut, pixel_array
 from skimage.io import imsave
 
 from workflow_scripts.errors import InputError, run_cli
@@ -43,8 +44,13 @@ def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
             "check that this is a B-mode image and not a Doppler or report screen",
         )
     area = lambda r: (r.RegionLocationMaxX1 - r.RegionLocationMinX0) * (r.RegionLocationMaxY1 - r.RegionLocationMinY0)  # noqa: E731
-    index, r = max(tissue, key=lambda ir: area(ir[1]))
+    # the largest; equal views (a dual-view screen): the leftmost, then the topmost
+    index, r = min(tissue, key=lambda ir: (-area(ir[1]), ir[1].RegionLocationMinX0, ir[1].RegionLocationMinY0))
+    ties = sum(area(t) == area(r) for _, t in tissue)
     x0, y0, x1, y1 = (int(r.get(k, -1)) for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1"))
+    # several vendors write the max bounds inclusive of one pixel past the image: clamp that, reject more
+    clamped = (x1 == ds.Columns) or (y1 == ds.Rows)
+    x1, y1 = (x1 - 1 if x1 == ds.Columns else x1), (y1 - 1 if y1 == ds.Rows else y1)
     if not (0 <= x0 < x1 < ds.Columns and 0 <= y0 < y1 < ds.Rows):
         raise InputError(
             f"tissue region [{x0},{y0}]-[{x1},{y1}] lies outside the {ds.Columns}x{ds.Rows} image",
@@ -56,7 +62,9 @@ def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
         raise InputError("tissue region has no PhysicalDeltaX/PhysicalDeltaY: missing resolution", "re-export with calibration")
     if ux != UNITS_CM or uy != UNITS_CM:
         raise InputError(f"tissue region units are {ux}/{uy}, not 3 (cm)", "re-export the image with spatial calibration in cm")
-    return index, {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "mm_per_px": [float(dx) * 10, float(dy) * 10]}
+    return index, {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "mm_per_px": [float(dx) * 10, float(dy) * 10],
+                   "bounds_clamped": clamped, "tissue_regions": len(tissue), "equal_views": ties,
+                   "region_rule": "largest tissue region; equal views: the leftmost, then the topmost"}
 
 
 def to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
@@ -70,6 +78,22 @@ def to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
     if g.max() > 255:
         g = 255 * g / g.max()
     return np.clip(np.round(g), 0, 255).astype(np.uint8)
+
+
+def decode_frame(ds: pydicom.Dataset, index: int | None) -> np.ndarray:
+    """One frame's pixels (only that frame is decoded; YBR becomes RGB), through pydicom's pixel plugins.
+
+    Compressed transfer syntaxes (JPEG baseline/lossless, JPEG-LS, JPEG 2000, RLE) decode through
+    the pylibjpeg plugins that tractmap installs; a syntax none can decode is a clear error.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID", "unknown") if meta is not None else "unknown"
+    try:
+        return pixel_array(ds, index=index)
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        name = getattr(syntax, "name", str(syntax))
+        raise InputError(f"cannot decode the pixel data (transfer syntax {name}: {str(e).splitlines()[0][:160]})",
+                         "re-export the image uncompressed or as JPEG baseline/lossless, JPEG-LS, JPEG 2000 or RLE") from None
 
 
 def pick_frame(n_frames: int, choice: str | int) -> int:
@@ -98,17 +122,19 @@ def read_ultrasound(path: str | Path, frame: str | int = "last", mm_per_px: tupl
     else:
         index, region = -1, {"x0": 0, "y0": 0, "x1": int(ds.Columns) - 1, "y1": int(ds.Rows) - 1, "mm_per_px": [float(v) for v in mm_per_px]}
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    arr = ds.pixel_array  # pydicom converts YBR_FULL(_422) to RGB here
     n = int(ds.get("NumberOfFrames", 1) or 1)
     k = pick_frame(n, frame)
-    if n > 1:
-        arr = arr[k]
+    arr = decode_frame(ds, k if n > 1 else None)
+    if photometric == "PALETTE COLOR":  # indices through the LUT to RGB; a 16-bit LUT to 8 bits
+        rgb = apply_color_lut(arr, ds)
+        arr = rgb / 257.0 if rgb.dtype == np.uint16 else rgb
     gray = to_gray(arr, photometric)[region["y0"] : region["y1"] + 1, region["x0"] : region["x1"] + 1]
     meta = {
         "mm_per_px": region["mm_per_px"],
         "shape": list(gray.shape),
         "region_index": index,
         "region_bounds_xyxy": [region[k] for k in ("x0", "y0", "x1", "y1")],
+        **{k: region[k] for k in ("bounds_clamped", "tissue_regions", "equal_views", "region_rule") if k in region},
         "photometric": photometric,
         "frames": n,
         "frame_used": k,

@@ -36,22 +36,64 @@ def geojson_features(doc: object) -> list[dict]:
                      "export the annotations from QuPath with File > Export objects as GeoJSON")
 
 
+QUPATH_02_KINDS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection", "PathCellObject": "cell",
+                   "PathTileObject": "tile", "PathTMACoreObject": "tma_core", "PathRootObject": "root"}
+
+
+def object_kind(feature: dict) -> str:
+    """The QuPath object type in any export dialect: 0.4+ ``objectType``, 0.3 ``object_type``, 0.2 ``id``."""
+    props = feature.get("properties") or {}
+    kind = props.get("objectType") or props.get("object_type")
+    if kind is None and isinstance(feature.get("id"), str) and feature["id"] in QUPATH_02_KINDS:
+        kind = QUPATH_02_KINDS[feature["id"]]
+    return str(kind or "annotation").lower()
+
+
+def class_name(feature: dict) -> str | None:
+    """The QuPath classification name: a dict with ``name`` (every version) or a bare string."""
+    c = (feature.get("properties") or {}).get("classification")
+    return c.get("name") if isinstance(c, dict) else (c if isinstance(c, str) else None)
+
+
+REPAIRS = ("invalid polygons repaired", "degenerate polygons dropped", "degenerate holes dropped")
+
+
+def repaired(rings: list, counts: Counter) -> list[Polygon]:
+    """Valid polygons from GeoJSON rings: degenerate rings dropped, self-intersections repaired (shapely make_valid)."""
+    from shapely import make_valid
+    from shapely.geometry import MultiPolygon as SMulti, Polygon as SPoly
+
+    arrs = [np.asarray(r, float)[:, :2] for r in rings if len(r)]
+    arrs = [r for r in arrs if len(np.unique(r, axis=0)) >= 3]
+    if not arrs or len(np.unique(np.asarray(rings[0], float)[:, :2], axis=0)) < 3:
+        counts["degenerate polygons dropped"] += 1
+        return []
+    if len(arrs) < len(rings):
+        counts["degenerate holes dropped"] += len(rings) - len(arrs)
+    poly = SPoly(arrs[0], arrs[1:])
+    if poly.is_valid:
+        return [arrs]
+    fixed = make_valid(poly)
+    parts = [g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, (SPoly, SMulti))]
+    out = [[np.asarray(q.exterior.coords), *(np.asarray(h.coords) for h in q.interiors)]
+           for g in parts for q in getattr(g, "geoms", [g]) if q.area > 0]
+    counts["invalid polygons repaired" if out else "degenerate polygons dropped"] += 1
+    return out
+
+
 def tumour_polygons(features: list[dict], classes: dict[str, str]) -> tuple[list[tuple[str, str, Polygon]], Counter]:
-    """(label, QuPath class, polygon) for tumour annotations; counts of what was ignored, by reason."""
+    """(label, QuPath class, polygon) for tumour annotations; counts of what was ignored or repaired, by reason."""
     kept, ignored = [], Counter()
     for f in features:
-        props = f.get("properties") or {}
-        kind = props.get("objectType", "annotation")
-        cls = (props.get("classification") or {}).get("name")
+        kind, cls = object_kind(f), class_name(f)
         geom = f.get("geometry") or {}
         if kind != "annotation":
             ignored[f"{kind}s"] += 1
         elif cls not in classes:
             ignored[f"class {cls or 'unclassified'}"] += 1
-        elif geom.get("type") == "Polygon":
-            kept.append((classes[cls], cls, [np.asarray(r, float)[:, :2] for r in geom["coordinates"]]))
-        elif geom.get("type") == "MultiPolygon":
-            kept += [(classes[cls], cls, [np.asarray(r, float)[:, :2] for r in poly]) for poly in geom["coordinates"]]
+        elif geom.get("type") in ("Polygon", "MultiPolygon"):
+            polys = [geom["coordinates"]] if geom["type"] == "Polygon" else geom["coordinates"]
+            kept += [(classes[cls], cls, rings) for poly in polys for rings in repaired(poly, ignored)]
         else:
             ignored[f"geometry {geom.get('type')}"] += 1
     return kept, ignored
@@ -131,8 +173,10 @@ def main(argv: list[str] | None = None) -> None:
         crop = Path(a.crop)
         Path(a.out).write_text(json.dumps(labelme_document(shapes, crop.name, crop.read_bytes(), tract["crop_shape"]), indent=1))
         shrink = (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000 / tract["sampled_length_mm"]
+        fixes = {k: v for k, v in ignored.items() if k in REPAIRS}
+        ignored = Counter({k: v for k, v in ignored.items() if k not in REPAIRS})
         summary = {"tumour_polygons": len(polys), "holes": sum(len(pl) - 1 for _, _, pl in polys), "ignored": dict(ignored),
-                   "ignored_total": sum(ignored.values()), "core_length_mm": (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000,
+                   "ignored_total": sum(ignored.values()), "repaired": fixes, "core_length_mm": (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000,
                    "tract_length_mm": tract["sampled_length_mm"], "shrinkage": shrink, "shrinkage_plausible": 0.6 <= shrink <= 1.05,
                    "outside_core": a.outside_core, "across": a.across}
         Path(a.summary).write_text(json.dumps(summary, indent=1))
