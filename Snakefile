@@ -28,6 +28,7 @@ localrules:
     voc_class_names,
     evaluate,
     table1,
+    review,
     report,
 
 

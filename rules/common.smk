@@ -140,6 +140,15 @@ def voc_files(splits, kind="SegmentationClass", ext="png"):
     return [f"{RESULTS}/voc/{kind}/{p}_{b}.{ext}" for p, b in biopsies.index if SPLIT[p] in splits]
 
 
+def split_files(splits, step):
+    """<results>/<step>/<participant>/<biopsy>.json of the biopsies in ``splits``, in voc_files order."""
+    return [f"{RESULTS}/{step}/{p}/{b}.json" for p, b in biopsies.index if SPLIT[p] in splits]
+
+
+def list_splits(wildcards):
+    return ("train", "val") if wildcards.split == "trainval" else (wildcards.split,)
+
+
 def train_settings(wildcards):
     """JSON training settings of one model: the shared recipe plus the model's entry."""
     t = config["train"]
@@ -150,6 +159,7 @@ def all_targets():
     return [
         f"{RESULTS}/report.html",
         f"{RESULTS}/qc/registration_qc.tsv",
+        f"{RESULTS}/review.tsv",
         f"{RESULTS}/splits.tsv",
         f"{RESULTS}/voc/ImageSets/Segmentation/test.txt",
         f"{RESULTS}/voc/class_names.txt",

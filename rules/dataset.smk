@@ -24,7 +24,8 @@ rule splits:
 
 rule voc_image:
     input:
-        rules.labelme.output,
+        labelme=rules.labelme.output[0],
+        crop=rules.tract.output.crop,
     output:
         image=f"{VOC}/JPEGImages/{{participant}}_{{biopsy}}.jpg",
         label=f"{VOC}/SegmentationClass/{{participant}}_{{biopsy}}.png",
@@ -41,12 +42,15 @@ rule voc_image:
         "benchmarks/voc_image/{participant}/{biopsy}.tsv"
     shell:
         "python -m workflow_scripts.voc image --root={params.root:q} --image-id={wildcards.participant:q}_{wildcards.biopsy:q} "
-        "--participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} -- {input:q} > {log:q} 2>&1"
+        "--crop={input.crop:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} -- {input.labelme:q} "
+        "> {log:q} 2>&1"
 
 
 rule voc_list:
     input:
-        lambda w: voc_files(("train", "val") if w.split == "trainval" else (w.split,)),
+        labels=lambda w: voc_files(list_splits(w)),
+        orient=lambda w: split_files(list_splits(w), "orient"),
+        tract=lambda w: split_files(list_splits(w), "tract"),
     output:
         f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     conda:
@@ -56,7 +60,8 @@ rule voc_list:
     benchmark:
         "benchmarks/voc_list/{split}.tsv"
     shell:
-        "python -m workflow_scripts.voc list --out={output:q} -- {input:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.voc list --out={output:q} --orient {input.orient:q} --tract {input.tract:q} "
+        "-- {input.labels:q} > {log:q} 2>&1"
 
 
 rule voc_class_names:
@@ -115,3 +120,22 @@ rule qc_table:
         "python -m workflow_scripts.qc table --tract {input.tract:q} --orient {input.orient:q} "
         "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} "
         "--out={output.table:q} --figure={output.figure:q} > {log:q} 2>&1"
+
+
+rule review:
+    input:
+        orient=per_biopsy(f"{RESULTS}/orient/{{participant}}/{{biopsy}}.json"),
+        tract=per_biopsy(f"{RESULTS}/tract/{{participant}}/{{biopsy}}.json"),
+        prefire=per_biopsy(f"{ING}/prefire.json"),
+        qc=per_biopsy(f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png"),
+    output:
+        f"{RESULTS}/review.tsv",
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        "logs/review.log",
+    benchmark:
+        "benchmarks/review.tsv"
+    shell:
+        "python -m workflow_scripts.review --orient {input.orient:q} --tract {input.tract:q} --prefire {input.prefire:q} "
+        "--qc {input.qc:q} --out={output:q} > {log:q} 2>&1"

@@ -14,6 +14,7 @@ if DEMO["enabled"]:
         params:
             seed=DEMO["seed"],
             large=lambda w: ["--large-slide"] if f"{w.participant}/{w.biopsy}" == DEMO.get("large_slide") else [],
+            varied=["--varied"] if DEMO.get("varied") else [],
         group:
             "prep_{participant}"
         conda:
@@ -24,6 +25,6 @@ if DEMO["enabled"]:
             "benchmarks/demo_biopsy/{participant}/{biopsy}.tsv"
         shell:
             "python -m workflow_scripts.demo biopsy --seed={params.seed:q} --participant={wildcards.participant:q} "
-            "--biopsy={wildcards.biopsy:q} {params.large:q} --prefire={output.prefire:q} "
+            "--biopsy={wildcards.biopsy:q} {params.large:q} {params.varied:q} --prefire={output.prefire:q} "
             "--postfire={output.postfire:q} --wsi={output.wsi:q} --annotation={output.annotation:q} "
             "--truth={output.truth:q} --truth-mask={output.truth_mask:q} > {log:q} 2>&1"

@@ -80,6 +80,7 @@ rule report:
         table1=rules.table1.output,
         qc_table=rules.qc_table.output.table,
         qc_figure=rules.qc_table.output.figure,
+        review=rules.review.output,
         test=expand(rules.evaluate.output, split="test"),
         val=expand(rules.evaluate.output, split="val"),
         curves=expand(rules.train.output.curves, model=config["train"]["models"]),
@@ -100,5 +101,5 @@ rule report:
         "benchmarks/report.tsv"
     shell:
         "python -m workflow_scripts.report --config={params.config:q} --exclusions={params.exclusions:q} "
-        "--splits={input.splits:q} --table1={input.table1:q} --qc-table={input.qc_table:q} --qc-figure={input.qc_figure:q} "
+        "--splits={input.splits:q} --table1={input.table1:q} --qc-table={input.qc_table:q} --qc-figure={input.qc_figure:q} --review={input.review:q} "
         "--test={params.test:q} --val={params.val:q} --train={params.train:q} --logs=logs --out={output:q} > {log:q} 2>&1"

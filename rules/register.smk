@@ -12,6 +12,7 @@ rule orient:
         oriented=f"{RESULTS}/orient/{{participant}}/{{biopsy}}_oriented.png",
     params:
         dye_end=dye_end,
+        accept=config["orient"]["accept_confidence"],
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
     group:
@@ -24,7 +25,7 @@ rule orient:
         "benchmarks/orient/{participant}/{biopsy}.tsv"
     shell:
         "python -m workflow_scripts.orient --thumb={input.thumb:q} --meta={input.meta:q} --out={output.json:q} "
-        "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --min-confidence={params.conf:q} "
+        "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} --min-confidence={params.conf:q} "
         "--min-dye-fraction={params.frac:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "> {log:q} 2>&1"
 
@@ -53,7 +54,7 @@ rule tract:
         "python -m workflow_scripts.tract --pre={input.pre:q} --pre-meta={input.pre_meta:q} --post={input.post:q} "
         "--post-meta={input.post_meta:q} --out={output.json:q} --crop={output.crop:q} "
         "--throw-mm={params.t[throw_mm]:q} --width-mm={params.t[width_mm]:q} "
-        "--margin-mm={params.t[margin_mm]:q} --out-mm-per-px={params.t[out_mm_per_px]:q} "
+        "--margin-mm={params.t[margin_mm]:q} --out-mm-per-px={params.t[out_mm_per_px]:q} --min-confidence={params.t[min_confidence]:q} "
         "{params.overrides:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-labelme = pytest.importorskip("labelme")
+import labelme  # noqa: E402  a hard dependency: a missing install must fail, not skip
 from labelme.utils import shapes_to_label  # noqa: E402
 
 from workflow_scripts import transfer, voc  # noqa: E402
@@ -64,3 +64,16 @@ def test_real_transfer_output_loads_in_labelme(cohort_run):
 
         ours = np.asarray(PIL.Image.open(voc_png))
         assert np.array_equal(ours, np.where(theirs == -1, 255, theirs))
+
+
+def test_correction_saved_without_image_data_uses_the_crop(tmp_path):
+    from workflow_scripts.errors import InputError
+
+    path, crop = synthetic_document(tmp_path)
+    doc = json.loads(path.read_text())
+    with_data = voc.convert(doc, "A_B1", tmp_path / "a")
+    doc["imageData"] = None  # Labelme's "Save With Image Data" unchecked
+    without = voc.convert(doc, "B_B1", tmp_path / "b", crop=tmp_path / "crop.png")
+    assert np.array_equal(with_data, without)
+    with pytest.raises(InputError, match="no embedded imageData"):
+        voc.convert(doc, "C_B1", tmp_path / "c")

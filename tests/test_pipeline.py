@@ -205,3 +205,37 @@ def test_changing_characteristics_reruns_no_image_processing(copy_run):
     p.to_csv(sheet, sep="\t", index=False)
     jobs = planned_jobs(copy_run)
     assert set(jobs) <= {"splits", "table1", "report", "all"}, jobs  # the split record, Table 1 and the report
+
+
+def test_uncertain_orientation_waits_for_review_and_a_confirmation_reruns_only_that_biopsy(copy_run):
+    import yaml
+
+    cfg = yaml.safe_load((copy_run / "config.yaml").read_text())
+    cfg["orient"]["accept_confidence"] = 0.99  # nothing is sure enough: every orientation needs a person
+    (copy_run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lists = "results/voc/ImageSets/Segmentation"
+    snakemake(copy_run, "--cores", "2", "results/review.tsv", f"{lists}/train.txt", f"{lists}/val.txt")
+    sheet = pd.read_csv(copy_run / "sheets/biopsies.tsv", sep="\t", dtype=str)
+    review = pd.read_csv(copy_run / "results/review.tsv", sep="\t", dtype=str)
+    assert (review["step"] == "orient").sum() == len(sheet)  # every orientation (a tract may be listed too)
+    assert (copy_run / f"{lists}/train.txt").read_text() == ""  # held out of the dataset until confirmed
+    splits = pd.read_csv(copy_run / "results/splits.tsv", sep="\t", dtype=str)
+    train = set(splits.loc[splits["split"] == "train", "participant_id"])
+    held = {(r.participant_id, r.biopsy_id) for r in review.itertuples() if r.step == "tract"}
+    row = next(r for _, r in review.iterrows() if r["step"] == "orient" and r["participant_id"] in train
+               and (r["participant_id"], r["biopsy_id"]) not in held)
+    pid = row["participant_id"]
+    assert Path(copy_run, row["qc_figure"]).is_file()
+    # the reviewer agrees with the QC figure and pastes the confirm override into biopsies.tsv
+    key, value = row["confirm"].split("=")
+    sheet[key] = ""
+    sheet.loc[(sheet["participant_id"] == pid) & (sheet["biopsy_id"] == row["biopsy_id"]), key] = value
+    sheet.to_csv(copy_run / "sheets/biopsies.tsv", sep="\t", index=False)
+    jobs = planned_jobs(copy_run)
+    assert jobs.get("orient") == 1 and jobs.get("transfer") == 1 and "tract" not in jobs, jobs
+    snakemake(copy_run, "--cores", "2", "results/review.tsv", f"{lists}/train.txt")
+    assert f"{pid}_{row['biopsy_id']}" in (copy_run / f"{lists}/train.txt").read_text().split()
+    after = pd.read_csv(copy_run / "results/review.tsv", sep="\t", dtype=str)
+    assert len(after) == len(review) - 1
+    assert not ((after["participant_id"] == pid) & (after["biopsy_id"] == row["biopsy_id"]) & (after["step"] == "orient")).any()
+    assert json.loads((copy_run / f"results/orient/{pid}/{row['biopsy_id']}.json").read_text())["state"] == "override"

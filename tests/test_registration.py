@@ -7,6 +7,7 @@ import pytest
 
 from workflow_scripts import demo, geometry as geo, ingest, orient, tract
 from workflow_scripts.errors import InputError
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module", params=[("P101", "B1"), ("P102", "B3"), ("P103", "B2")])
@@ -93,3 +94,80 @@ def test_slide_without_dye_is_a_clear_error(tmp_path):
 def test_empty_slide_is_a_clear_error():
     with pytest.raises(InputError, match="no tissue"):
         orient.find_orientation(np.full((100, 100, 3), 242, np.uint8))
+
+
+def varied_biopsy(seed: int, pid: str):
+    """One biopsy of the varied (domain-randomised) cohort as pixels, with its truth."""
+    t = demo.sample_truth(seed, pid, "B1", varied=True)
+    demo.place_on_slide(t, demo.biopsy_rng(seed + 1, pid, "B1"))
+    shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
+    thumb = demo.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0)
+    return t, thumb, demo.truth_record(t)
+
+
+def test_varied_cohort_orientation_never_accepts_a_wrong_end():
+    """A small sample of the varied cohort (the benchmark sweeps hundreds): stains, dyes, artefacts, dense tumour."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["orient"]
+    states, wrong = [], []
+    for i in range(24):
+        t, thumb, truth = varied_biopsy(41, f"V{i:03d}")
+        try:
+            found = orient.find_orientation(thumb, cfg["min_dye_fraction"], cfg["accept_confidence"], cfg["min_confidence"])
+        except InputError as e:
+            assert "dye_end" in e.hint
+            states.append("failed")
+            continue
+        states.append(found["state"])
+        can = orient.canonical(found, 16.0, t.slide_um_per_px)
+        dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+        if found["state"] == "accepted" and dye[0] <= 0:
+            wrong.append((t.participant_id, t.dye))
+    assert not wrong, wrong
+    assert states.count("accepted") >= 16, states  # most are decided, none wrongly
+
+
+def test_varied_cohort_tract_accepts_only_good_tips():
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["tract"]
+    accepted = []
+    for i in range(10):
+        t = demo.sample_truth(43, f"V{i:03d}", "B1", varied=True)
+        pre = demo.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
+        post = demo.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
+        res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), cfg["throw_mm"], {}, cfg["min_confidence"])
+        assert res["state"] in ("accepted", "review") and set(res["confidence"]) == {"t0", "t1", "axis"}
+        if res["state"] == "accepted":
+            err = max(np.linalg.norm(np.array(res[k]) * t.mm_per_px - np.array(v)) for k, v in (("t0_px", t.t0_mm), ("t1_px", t.t1_mm)))
+            accepted.append(err)
+    assert len(accepted) >= 6 and max(accepted) < 1.0, accepted
+
+
+def test_dense_tumour_at_one_end_is_not_dye():
+    """Dense haematoxylin-rich tissue at the undyed end: on the slide's own H-E line, so never dye."""
+    t = demo.sample_truth(5, "V900", "B1", varied=True)
+    t.nuisance.update(dense=[[0.3, 0.0, 1.0, 1.0], [1.0, 0.2, 0.8, 1.0]], gaps=[], folds=[], bubbles=[], pen=[], dye="green",
+                      dye_cover="full", h_scale=1.5)
+    t.dye = "green"
+    demo.place_on_slide(t, np.random.default_rng(1))
+    shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
+    found = orient.find_orientation(demo.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
+    can = orient.canonical(found, 16.0, t.slide_um_per_px)
+    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [demo.truth_record(t)["dye_end_slide_px"]])[0]
+    assert found["state"] == "accepted" and dye[0] > 0
+    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the dense end holds no dye
+
+
+def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():
+    from workflow_scripts import review
+
+    o = {"state": "review", "axis": [0.0, -1.0], "dye_at_positive_end": True, "confidence": 0.4, "evidence": "novelty",
+         "dye_mass_px": [0.0, 30.0]}
+    t = {"state": "accepted", "t0_px": [10.0, 20.0], "axis_deg": 15.0, "sampled_length_mm": 21.5, "length_flag": False,
+         "confidence": {"t0": 0.9, "t1": 0.9, "axis": 0.9}}
+    rows = review.entries("P001", "B1", o, t, [100, 50, 600, 500], "qc.png")
+    assert [(r["step"], r["confirm"], r["correct"]) for r in rows] == [("orient", "dye_end=top", "dye_end=bottom")]
+    rows = review.entries("P001", "B1", {**o, "state": "accepted"}, {**t, "state": "review"}, [100, 50, 600, 500], "qc.png")
+    assert rows[0]["step"] == "tract" and rows[0]["confirm"].startswith("tip_x=110.0 tip_y=70.0 axis_deg=15.00")

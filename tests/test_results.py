@@ -85,8 +85,10 @@ def test_report_renders_every_figure_in_headless_chromium(cohort_run, chromium, 
     text = report.read_text()
     assert "src=\"http" not in text and "<link" not in text  # self-contained: nothing fetched
     ok, total, dom = rendered(chromium, report, tmp_path)
-    # registration QC, a curve per model, Figures 4 and 5 for test and validation
-    assert total == 1 + len(MODELS) + 4 and ok == total
+    # registration QC, a curve per model, Figures 4 and 5 for test and validation, a QC figure per review item
+    n_review = len(pd.read_csv(cohort_run / "results/review.tsv", sep="\t"))
+    assert total == 1 + len(MODELS) + 4 + n_review and ok == total
+    assert "Needs review" in dom
     for s in ("Table 1", "Table 2", "Figure 4", "Figure 5", "config digest", "seed: bootstrap", "Failures and exclusions",
               "Paired comparisons", "version: torch"):
         assert s in dom, s

@@ -43,6 +43,18 @@ DYES = {  # tissue-marking dyes; colours lie outside the H&E stain plane
 TILE = 256
 
 
+def _od(rgb: tuple[int, int, int]) -> np.ndarray:
+    return -np.log(np.array(rgb) / 255.0)
+
+
+# The varied cohort's dyes, as the inks labs use, two of them close to haematoxylin.
+VARIED_DYES = {
+    "black": _od((45, 45, 50)), "blue": _od((40, 90, 190)), "green": _od((40, 150, 70)), "red": _od((200, 40, 45)),
+    "orange": _od((240, 125, 35)), "yellow": _od((235, 205, 40)), "violet": _od((120, 60, 160)),
+    "blue_near_h": _od((95, 110, 185)), "violet_near_h": _od((125, 95, 175)),
+}
+
+
 @dataclass
 class BiopsyTruth:
     """Hidden ground truth of one synthetic biopsy (mm unless stated)."""
@@ -78,6 +90,8 @@ class BiopsyTruth:
     dye_length_mm: float = 1.0
     geojson_shape: str = "FeatureCollection"
     canaries: dict = field(default_factory=dict)
+    # domain randomisation (the varied cohort); empty for the demo, whose rendering it leaves unchanged
+    nuisance: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------
@@ -93,18 +107,28 @@ def biopsy_rng(seed: int, participant_id: str, biopsy_id: str) -> np.random.Gene
 
 
 def sample_truth(
-    seed: int, participant_id: str, biopsy_id: str, large_slide: bool = False
+    seed: int, participant_id: str, biopsy_id: str, large_slide: bool = False, varied: bool = False
 ) -> BiopsyTruth:
-    """Draw every hidden parameter of one biopsy."""
+    """Draw every hidden parameter of one biopsy (``varied``: with the nuisances of real data)."""
     rng = biopsy_rng(seed, participant_id, biopsy_id)
     rows = int(rng.integers(420, 560))
     cols = int(rng.integers(560, 760))
     mm_per_px = float(rng.uniform(36.0, 44.0) / cols)
-    depth = rows * mm_per_px
-    width = cols * mm_per_px
     throw = float(22.0 * rng.uniform(0.97, 1.0))
     angle = np.deg2rad(rng.uniform(8.0, 28.0))
     side = "left" if rng.random() < 0.5 else "right"
+    nuisance: dict = {}
+    if varied:  # a separate stream, so that the demo's draws stay as they were
+        vr = biopsy_rng(seed + 7919, participant_id, biopsy_id)
+        nuisance = sample_nuisance(vr)
+        angle = np.deg2rad(vr.uniform(5.0, 45.0))
+        mm_per_px = float(np.exp(vr.uniform(np.log(0.02), np.log(0.1))))
+        half_x, half_y = throw / 2 * np.cos(angle), throw / 2 * np.sin(angle)
+        width = max(vr.uniform(30.0, 45.0), 2 * half_x + 12.0)
+        depth = max(vr.uniform(20.0, 35.0), 2 * half_y + 11.0)
+        cols, rows = int(width / mm_per_px), int(depth / mm_per_px)
+    depth = rows * mm_per_px
+    width = cols * mm_per_px
     d = np.array([np.cos(angle) if side == "left" else -np.cos(angle), np.sin(angle)])
     half = throw / 2 * np.abs(d)
     cx = rng.uniform(max(width * 0.35, half[0] + 6.0), min(width * 0.65, width - half[0] - 3.0))
@@ -167,11 +191,49 @@ def sample_truth(
         shrink=float(rng.uniform(0.82, 0.95)),
         slide_um_per_px=um,
         slide_rotation_deg=rot,
-        dye=str(rng.choice(list(DYES))),
-        dye_length_mm=float(rng.uniform(0.8, 1.5)),
+        dye=nuisance["dye"] if varied else str(rng.choice(list(DYES))),
+        dye_length_mm=nuisance["dye_length_mm"] if varied else float(rng.uniform(0.8, 1.5)),
         geojson_shape=str(rng.choice(["FeatureCollection", "array", "Feature"])),
         canaries=canaries,
+        nuisance=nuisance,
     )
+
+
+def sample_nuisance(rng: np.random.Generator) -> dict:
+    """Nuisances of real data: stain and dye variation, slide artefacts, ultrasound artefacts."""
+    lam = rng.uniform()
+    h = (1 - lam) * np.array([0.80, 0.55, 0.22]) + lam * np.array([0.55, 0.80, 0.28]) + rng.normal(0, 0.03, 3)  # blue..purple
+    lam = rng.uniform()
+    e = (1 - lam) * np.array([0.05, 0.99, 0.20]) + lam * np.array([0.30, 0.95, 0.05]) + rng.normal(0, 0.02, 3)  # pale pink..magenta
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    throw = 22.0
+    return {
+        # slide
+        "h_vec": np.abs(h).tolist(), "e_vec": np.abs(e).tolist(), "h_scale": u(0.45, 1.6), "e_scale": u(0.4, 1.5),
+        "background": (242 + rng.integers(-14, 9, 3)).tolist(),
+        "dye": str(rng.choice(list(VARIED_DYES))), "dye_length_mm": u(0.3, 1.5), "dye_density": u(0.6, 1.4),
+        "dye_cover": str(rng.choice(["full", "full", "partial", "bleed"])), "dye_cover_frac": u(0.4, 0.75),
+        "bleed_mm": u(1.5, 5.0), "bleed_side": float(rng.choice([-1.0, 1.0])),
+        "dense": [[u(0.0, throw), u(-0.4, 0.4), u(0.3, 1.2), u(0.5, 1.0)] for _ in range(int(rng.integers(0, 4)))],
+        "fat": [[u(0.0, throw), u(-0.5, 0.5), u(0.05, 0.25)] for _ in range(int(rng.integers(0, 12)))],
+        "stroma_freq": u(0.004, 0.02), "stroma_amp": u(0.0, 0.35),
+        "gaps": [[u(0.15, 0.85) * throw, u(0.1, 0.6)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
+        "folds": [[u(0.1, 0.9) * throw, u(0.1, 0.4), u(-0.5, 0.5)] for _ in range(int(rng.choice([0, 0, 1])))],
+        "bubbles": [[u(-0.1, 1.1), u(-2.5, 2.5), u(0.2, 0.8)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
+        "pen": [[u(0.0, 1.0), float(rng.choice([-1.0, 1.0])) * u(1.8, 3.0), u(2.0, 6.0), u(-0.6, 0.6), u(0.1, 0.3),
+                 int(rng.integers(0, 3))] for _ in range(int(rng.choice([0, 0, 1])))],
+        # ultrasound
+        "shaft_amp": u(2.0, 6.0), "reverb": [u(0.25, 0.9) * 0.8**k for k in range(int(rng.integers(0, 5)))],
+        "reverb_mm": u(0.15, 1.4), "shadow": u(0.5, 1.0), "visible_mm": u(2.0, 6.0) if rng.random() < 0.3 else None,
+        "ligaments": [[u(0.0, 1.0), u(0.1, 0.9), u(-70, 70), u(4.0, 15.0), u(0.8, 2.5), u(-0.08, 0.08)]
+                      for _ in range(int(rng.integers(1, 6)))],
+        "fascia": [u(0.75, 0.95), u(-6, 6), u(1.2, 3.0)] if rng.random() < 0.6 else None,
+        "calcs": [[u(0, 1), u(0.1, 1), u(2.0, 5.0)] for _ in range(int(rng.integers(0, 25)))],
+        "psf": u(0.7, 1.5), "gain_db": u(-16, -4), "range_db": u(40, 60), "tgc": [u(-5, 5), u(-5, 5)],
+        "shift_mm": [u(-0.2, 0.2), u(-0.2, 0.2)] if rng.random() < 0.5 else [0.0, 0.0],
+        "calipers": [[u(0.1, 0.9), u(0.1, 0.9)] for _ in range(int(rng.integers(0, 4)))],
+        "border": float(rng.choice([0.0, 160.0, 255.0])),
+    }
 
 
 # --------------------------------------------------------------------------
@@ -246,17 +308,48 @@ def _echogenicity(t: BiopsyTruth, xx: np.ndarray, yy: np.ndarray, rng: np.random
     return e
 
 
-def render_ultrasound(t: BiopsyTruth, tip_mm: np.ndarray, noise_seed: int) -> np.ndarray:
-    """B-mode uint8 image of the tissue region with the needle tip at ``tip_mm``."""
+def _distractors(t: BiopsyTruth, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Bright structures that are not the needle: Cooper's ligaments, pectoral fascia, microcalcifications."""
+    nz, w, h = t.nuisance, t.cols * t.mm_per_px, t.rows * t.mm_per_px
+    out = np.zeros_like(xx)
+    for fx, fy, deg, length, amp, curve in nz["ligaments"]:
+        a = np.deg2rad(deg)
+        cx, cy = fx * w, 2.0 + fy * (h - 2.0)
+        u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+        v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a) - curve * u**2
+        out += amp * np.exp(-(v**2) / (2 * 0.12**2)) * (np.abs(u) < length / 2)
+    if nz["fascia"]:
+        fy, deg, amp = nz["fascia"]
+        v = yy - fy * h - np.tan(np.deg2rad(deg)) * (xx - w / 2)
+        out += amp * np.exp(-(v**2) / (2 * 0.2**2))
+    for fx, fy, amp in nz["calcs"]:
+        out += amp * np.exp(-((xx - fx * w) ** 2 + (yy - fy * h) ** 2) / (2 * 0.08**2))
+    return out
+
+
+def render_ultrasound(t: BiopsyTruth, tip_mm: np.ndarray, noise_seed: int, shift_mm: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """B-mode uint8 image of the tissue region with the needle tip at ``tip_mm``.
+
+    ``shift_mm`` moves the whole scene (tissue and needle) by that much, as a
+    probe or patient that moved between pre- and post-fire would.
+    """
     rng = np.random.default_rng([*t.seed, zlib.crc32(t.biopsy_id.encode()), zlib.crc32(t.participant_id.encode()), 7])
+    nz = t.nuisance
     yy, xx = np.mgrid[0 : t.rows, 0 : t.cols].astype(float) * t.mm_per_px
+    sx, sy = shift_mm
+    xx, yy = xx - sx, yy - sy
     e = _echogenicity(t, xx, yy, rng)
+    if nz:
+        e = e + _distractors(t, xx, yy)
     # speckle: complex scatterers through an anisotropic point-spread function;
     # mostly the same scatterers in pre- and post-fire, partly decorrelated
     base = rng.normal(size=(2, t.rows, t.cols))
+    if sx or sy:
+        base = ndimage.shift(base, (0, sy / t.mm_per_px, sx / t.mm_per_px), order=1, mode="nearest")
     fresh = np.random.default_rng(noise_seed).normal(size=(2, t.rows, t.cols))
     sc = 0.9 * base + 0.44 * fresh
-    psf = (0.12 / t.mm_per_px, 0.25 / t.mm_per_px)
+    k = nz.get("psf", 1.0)
+    psf = (k * 0.12 / t.mm_per_px, k * 0.25 / t.mm_per_px)
     env = np.hypot(ndimage.gaussian_filter(sc[0], psf), ndimage.gaussian_filter(sc[1], psf))
     env /= env.mean()
     img = e * env
@@ -270,13 +363,42 @@ def render_ultrasound(t: BiopsyTruth, tip_mm: np.ndarray, noise_seed: int) -> np
     v = (xx - tip_mm[0]) * n[0] + (yy - tip_mm[1]) * n[1]
     shaft = u <= 0
     needle = np.zeros_like(img)
-    for k, amp in enumerate((5.0, 1.1, 0.5)):
-        needle += amp * np.exp(-((v - 0.9 * k) ** 2) / (2 * 0.18**2))
+    if not nz:
+        for k, amp in enumerate((5.0, 1.1, 0.5)):
+            needle += amp * np.exp(-((v - 0.9 * k) ** 2) / (2 * 0.18**2))
+    else:
+        if nz["visible_mm"]:  # partly out of plane: only the part near the tip echoes
+            shaft &= (xx - t0[0]) * d[0] + (yy - t0[1]) * d[1] >= -nz["visible_mm"]
+        needle += nz["shaft_amp"] * np.exp(-(v**2) / (2 * 0.18**2))
+        for k, amp in enumerate(nz["reverb"], 1):  # reverberation copies below the shaft (comet tail when close)
+            needle += nz["shaft_amp"] * amp * np.exp(-((v - k * nz["reverb_mm"] * n[1]) ** 2) / (2 * 0.15**2))
+        # acoustic shadow under the shaft, along the beam (down)
+        img = img * np.where((v > 0.3) & shaft, nz["shadow"], 1.0)
     img = img + needle * shaft * (1 + 0.08 * fresh[0])
     img = ndimage.gaussian_filter(img, (0.05 / t.mm_per_px, 0.08 / t.mm_per_px))
-    img *= np.exp(-0.025 * yy)  # residual depth attenuation after TGC
-    db = 20 * np.log10(np.maximum(img, 1e-6) / 1.8)
-    return (np.clip((db + 45.0) / 45.0, 0, 1) * 255).astype(np.uint8)
+    if not nz:
+        img *= np.exp(-0.025 * yy)  # residual depth attenuation after TGC
+        db = 20 * np.log10(np.maximum(img, 1e-6) / 1.8)
+        return (np.clip((db + 45.0) / 45.0, 0, 1) * 255).astype(np.uint8)
+    depth = yy / (t.rows * t.mm_per_px)
+    tgc_db = nz["tgc"][0] * depth + nz["tgc"][1] * depth**2 - 0.2 * yy  # imperfect time-gain compensation
+    db = 20 * np.log10(np.maximum(img, 1e-6) / 1.8) + tgc_db + nz["gain_db"]
+    out = np.clip((db + nz["range_db"]) / nz["range_db"], 0, 1) * 255
+    return _overlays(t, out).astype(np.uint8)
+
+
+def _overlays(t: BiopsyTruth, img: np.ndarray) -> np.ndarray:
+    """Scanner furniture inside the tissue region: caliper crosses and a border line."""
+    img = img.copy()
+    h, w = img.shape
+    arm = max(int(1.0 / t.mm_per_px), 3)
+    for fx, fy in t.nuisance["calipers"]:
+        x, y = int(fx * w), int(fy * h)
+        img[y, max(x - arm, 0) : x + arm] = 235
+        img[max(y - arm, 0) : y + arm, x] = 235
+    if t.nuisance["border"]:
+        img[:2], img[-2:], img[:, :2], img[:, -2:] = (t.nuisance["border"],) * 4
+    return img
 
 
 def _frame(t: BiopsyTruth, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -384,9 +506,10 @@ def place_on_slide(t: BiopsyTruth, rng: np.random.Generator) -> None:
     corners = np.array([[0, -width / 2], [0, width / 2], [length, -width / 2], [length, width / 2]])
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     pts = corners @ rot.T
-    margin = np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)])
+    room = 3500.0 if t.nuisance else 0.0  # the varied cohort's pen marks and bubbles lie beside the core
+    margin = np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)]) + room
     lo = pts.min(axis=0)
-    size = pts.max(axis=0) - lo + margin + np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)])
+    size = pts.max(axis=0) - lo + margin + np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)]) + room
     t.core_origin_um = (-lo + margin).tolist()
     t.slide_shape = [int(size[1] / t.slide_um_per_px), int(size[0] / t.slide_um_per_px)]
 
@@ -416,6 +539,8 @@ def render_slide_tile(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_p
     yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(float)
     u, v = slide_to_core(t, (xx + 0.5) * um_per_px, (yy + 0.5) * um_per_px)
     inside = (u >= 0) & (u <= t.throw_mm) & (np.abs(v) <= t.core_width_mm / 2 * _edge_wobble(t, u))
+    if t.nuisance:
+        return _render_varied_tile(t, u, v, inside, um_per_px)
     out = np.full((h, w, 3), 242, np.uint8)
     if not inside.any():
         return out
@@ -436,6 +561,57 @@ def render_slide_tile(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_p
     rgb = 255 * np.exp(-od)
     out[inside] = np.clip(rgb[inside], 0, 255).astype(np.uint8)
     return out
+
+
+def _render_varied_tile(t: BiopsyTruth, u: np.ndarray, v: np.ndarray, inside: np.ndarray, um_per_px: float) -> np.ndarray:
+    """A tile with the varied cohort's stains, dyes and slide artefacts (u, v: core mm of each pixel)."""
+    nz = t.nuisance
+    for g0, gw in nz["gaps"]:  # tissue lost between fragments
+        inside &= ~((u > g0) & (u < g0 + gw))
+    od = np.zeros(u.shape + (3,))
+    if inside.any():
+        x_us, y_us = core_to_us(t, u, v)
+        cancer = cancer_inside(t, x_us, y_us)
+        xu, yu = u * 1000, v * 1000
+        blur = np.exp(-((um_per_px / 6.0) ** 2))
+        noise = (np.sin(xu * 0.71 + np.sin(yu * 0.37) * 3) * np.sin(yu * 0.83 + np.sin(xu * 0.29) * 3)) * blur
+        stroma = nz["stroma_amp"] * np.sin(xu * nz["stroma_freq"] + np.sin(yu * 0.01) * 2)
+        ch = np.where(cancer, 0.3 + 0.8 * np.clip(0.55 + 0.6 * noise, 0, 1), 0.12 + 0.3 * np.clip(0.3 + 0.5 * noise, 0, 1))
+        ce = np.where(cancer, 0.35, 0.55 + stroma)
+        for cu, cv, r, gain in nz["dense"]:  # dense cellular tumour anywhere, the ends included
+            m = np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * r * r))
+            ch = ch + gain * m
+            ce = ce - 0.2 * m
+        for cu, cv, r in nz["fat"]:  # fat: nearly empty vacuoles
+            f = np.hypot(u - cu, v - cv) < r
+            ch, ce = np.where(f, 0.03, ch), np.where(f, 0.05, ce)
+        hv, ev = np.array(nz["h_vec"]), np.array(nz["e_vec"])
+        od = (nz["h_scale"] * ch)[..., None] * hv / np.linalg.norm(hv) + (nz["e_scale"] * np.maximum(ce, 0.05))[..., None] * ev / np.linalg.norm(ev)
+        for fu, fw, tilt in nz["folds"]:  # a fold doubles the tissue
+            od *= np.where((np.abs(u - fu - tilt * v) < fw / 2)[..., None], 2.0, 1.0)
+        dye_vec = VARIED_DYES[t.dye] / np.linalg.norm(VARIED_DYES[t.dye]) * 1.44 * nz["dye_density"]
+        end = u > t.throw_mm - t.dye_length_mm
+        half = t.core_width_mm / 2
+        if nz["dye_cover"] == "partial":
+            end &= v * nz["bleed_side"] > half - nz["dye_cover_frac"] * 2 * half
+        elif nz["dye_cover"] == "bleed":
+            end |= (u > t.throw_mm - nz["bleed_mm"]) & (v * nz["bleed_side"] > half * 0.75)
+        od = np.where(end[..., None], od * 0.4 + dye_vec, od)
+        od = np.where(inside[..., None], od, 0.0)
+    x_mm, y_mm = u * t.shrink, v * t.shrink  # slide mm, in the core's frame
+    length = t.throw_mm * t.shrink
+    for fu, fv, r in nz["bubbles"]:  # air bubbles: a dark rim, a slightly lighter inside
+        d = np.hypot(x_mm - fu * length, y_mm - fv)
+        od = od * np.where((d < r)[..., None], 0.7, 1.0) + (np.abs(d - r) < 0.03)[..., None] * 0.35
+    for fu, fv, plen, curve, width, colour in nz["pen"]:  # pen marks beside the tissue
+        a = x_mm - fu * length
+        along = np.abs(a) < plen / 2
+        mark = along & (np.abs(y_mm - fv - curve * (a / max(plen, 1e-3)) ** 2 * plen) < width / 2)
+        ink = [VARIED_DYES["blue"], VARIED_DYES["green"], VARIED_DYES["black"]][colour]
+        od = np.where(mark[..., None], od + ink / np.linalg.norm(ink) * 1.2, od)
+    background = np.array(nz["background"], float)
+    rgb = background * np.exp(-od)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def write_wsi(t: BiopsyTruth, path: Path) -> None:
@@ -557,25 +733,32 @@ def tip_fraction_frames(t: BiopsyTruth) -> list[np.ndarray]:
     return [t0 - (t.frames - 1 - k) * 3.0 * d for k in range(t.frames)]
 
 
-def generate_biopsy(seed: int, participant_id: str, biopsy_id: str, out: dict[str, Path], large_slide: bool = False) -> BiopsyTruth:
+def generate_biopsy(seed: int, participant_id: str, biopsy_id: str, out: dict[str, Path], large_slide: bool = False,
+                    varied: bool = False) -> BiopsyTruth:
     """Render every file of one biopsy and its truth."""
-    t = sample_truth(seed, participant_id, biopsy_id, large_slide)
+    t = sample_truth(seed, participant_id, biopsy_id, large_slide, varied)
     rng = biopsy_rng(seed + 1, participant_id, biopsy_id)
     place_on_slide(t, rng)
     pre = [render_ultrasound(t, tip, noise_seed=100 + k) for k, tip in enumerate(tip_fraction_frames(t))]
     write_dicom(t, out["prefire"], pre, rng)
     post_t = BiopsyTruth(**{**asdict(t), "frames": 1})
-    write_dicom(post_t, out["postfire"], [render_ultrasound(t, np.array(t.t1_mm), noise_seed=200)], rng)
+    shift = tuple(t.nuisance.get("shift_mm", (0.0, 0.0)))
+    write_dicom(post_t, out["postfire"], [render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)], rng)
     write_wsi(t, out["wsi"])
     write_geojson(t, out["annotation"], rng)
     out["truth_mask"].parent.mkdir(parents=True, exist_ok=True)
     from skimage.io import imsave
 
     imsave(out["truth_mask"], truth_label(t), check_contrast=False)
-    dye_u = t.throw_mm
-    dx, dy = core_to_slide_px(t, np.array([dye_u]), np.array([0.0]))
+    out["truth"].write_text(json.dumps(truth_record(t), indent=1))
+    return t
+
+
+def truth_record(t: BiopsyTruth) -> dict:
+    """The truth as scoring reads it: every hidden parameter plus tips, axis and dye end in pixels."""
+    dx, dy = core_to_slide_px(t, np.array([t.throw_mm]), np.array([0.0]))
     px = lambda p: [p[0] / t.mm_per_px, p[1] / t.mm_per_px]  # noqa: E731
-    truth = {
+    return {
         **asdict(t),
         "t0_px": px(t.t0_mm),
         "t1_px": px(t.t1_mm),
@@ -583,8 +766,6 @@ def generate_biopsy(seed: int, participant_id: str, biopsy_id: str, out: dict[st
         "dye_end_slide_px": [float(dx[0]), float(dy[0])],
         "mask_values": {"0": "outside core", "1": "benign core", "2": "cancer core"},
     }
-    out["truth"].write_text(json.dumps(truth, indent=1))
-    return t
 
 
 def cohort_sheets(n: int, seed: int, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -634,6 +815,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--participant", required=True)
     b.add_argument("--biopsy", required=True)
     b.add_argument("--large-slide", action="store_true")
+    b.add_argument("--varied", action="store_true", help="domain-randomised: the nuisances of real data")
     for k in ("prefire", "postfire", "wsi", "annotation", "truth", "truth_mask"):
         b.add_argument(f"--{k.replace('_', '-')}", required=True, type=Path)
     a = p.parse_args(argv)
@@ -644,7 +826,7 @@ def main(argv: list[str] | None = None) -> None:
         biops.to_csv(Path(a.outdir) / "biopsies.tsv", sep="\t", index=False)
     else:
         out = {k: getattr(a, k) for k in ("prefire", "postfire", "wsi", "annotation", "truth", "truth_mask")}
-        t = generate_biopsy(a.seed, a.participant, a.biopsy, out, a.large_slide)
+        t = generate_biopsy(a.seed, a.participant, a.biopsy, out, a.large_slide, a.varied)
         print(f"rendered {a.participant}/{a.biopsy}: slide {t.slide_shape[1]}x{t.slide_shape[0]} px at {t.slide_um_per_px} um/px")
 
 

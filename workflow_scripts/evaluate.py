@@ -243,8 +243,11 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         dirs = dict(x.split("=", 1) for x in a.predictions)
         ids = (voc / "ImageSets" / "Segmentation" / f"{a.split}.txt").read_text().split()
+        if not ids:
+            raise InputError(f"the {a.split} split has no images to evaluate",
+                             "confirm the biopsies listed in results/review.tsv, or add participants to this split")
         per_image = pd.concat([score_images(voc, Path(d), ids).assign(model=m) for m, d in dirs.items()], ignore_index=True)
-        per_image.to_csv(out / "per_image.tsv", sep="\t", index=False, float_format="%.6g")
+        per_image.to_csv(out / "per_image.tsv", sep="\t", index=False, float_format="%.10g")  # enough digits to recompute
         summary = summarise(per_image, a.bootstrap, a.seed)
         summary.to_csv(out / "summary.tsv", sep="\t", index=False, float_format="%.6g")
         conf = pixel_confusion(per_image)

@@ -1,8 +1,14 @@
 """Dye-tip orientation: find the core on a low-resolution WSI level and its dyed end.
 
-The tissue strip is segmented by optical density, its long axis by PCA, and
-the dye by colour deconvolution: tissue-marking dye absorbs outside the plane
-spanned by the haematoxylin and eosin optical-density vectors.
+Everything adapts to the slide itself.  Optical density is taken against the
+slide's own background (so a tinted scan is fine).  The core is the largest
+tissue component plus the fragments in line with it (pen marks and bubbles
+beside it are not).  The slide's H&E is learnt from the middle of the core:
+in chromaticity (optical density divided by its sum) every mixture of two
+stains lies on one straight line, so the middle's pixels fit the H-E mixing
+line, and dense tumour (more haematoxylin) lies on that same line.  Dye is the
+colour population *off* this line.  The two ends are compared with each other:
+the dye mass in from each end, and the confidence is their contrast.
 """
 
 from __future__ import annotations
@@ -18,76 +24,179 @@ from skimage.io import imread, imsave
 from workflow_scripts import geometry as geo
 from workflow_scripts.errors import InputError, run_cli
 
-STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])  # H, E optical-density vectors (Ruifrok)
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
+DYE_HINT = "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv"
+MIN_OD = 0.25  # summed optical density below which a pixel's colour is too faint to judge
+CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
+NOVELTY = 6.0  # Mahalanobis distance from the middle's colours beyond which a pixel is unlike the tissue
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Per-pixel optical density (H, W, 3)."""
-    return -np.log((rgb[..., :3].astype(float) + 1.0) / 256.0)
+def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """Per-pixel optical density (H, W, 3) against the slide's background colour (its brightest mode)."""
+    px = rgb[..., :3].astype(float)
+    if background is None:
+        bright = px.reshape(-1, 3)[px.reshape(-1, 3).sum(1) >= np.percentile(px.sum(-1), 60)]
+        background = np.median(bright, axis=0)
+    return np.clip(-np.log((px + 1.0) / (np.asarray(background, float) + 1.0)), 0, None)
 
 
-def tissue_mask(od: np.ndarray, threshold: float = 0.2) -> np.ndarray:
-    """The core: large connected components of absorbing pixels."""
+def tissue_mask(od: np.ndarray, threshold: float = 0.15, max_gap_px: float = 60.0) -> np.ndarray:
+    """The core: the largest absorbing component and the fragments in line with it."""
     mask = ndimage.binary_closing(od.max(axis=-1) > threshold, iterations=2)
+    mask = ndimage.binary_opening(mask, structure=np.ones((7, 7), bool))  # drops thin rims (bubbles) touching the core
     lab, n = ndimage.label(mask)
     if n == 0:
         raise InputError("no tissue found on the slide", "check that the WSI shows the core (not an empty or overexposed scan)")
     sizes = ndimage.sum(mask, lab, range(1, n + 1))
-    return np.isin(lab, 1 + np.flatnonzero(sizes >= 0.1 * sizes.max()))
+    big = 1 + int(np.argmax(sizes))
+    ys, xs = np.nonzero(lab == big)
+    c, axis, width = _axis(np.stack([xs, ys], 1).astype(float))
+    keep = [big]
+    for i in np.flatnonzero(sizes >= 0.01 * sizes.max()) + 1:
+        if i == big:
+            continue
+        ys, xs = np.nonzero(lab == i)
+        d = np.abs((np.stack([xs, ys], 1) - c) @ np.array([-axis[1], axis[0]]))
+        if np.median(d) < max(0.75 * width, 3.0):  # in line with the core: a fragment, not a pen mark beside it
+            keep.append(i)
+    return np.isin(lab, keep)
 
 
-def dye_score(od: np.ndarray) -> np.ndarray:
-    """Fraction of each pixel's optical density that lies outside the H&E stain plane."""
-    basis = STAINS / np.linalg.norm(STAINS, axis=1, keepdims=True)
-    q, _ = np.linalg.qr(basis.T)  # orthonormal basis of the H&E plane
-    flat = od.reshape(-1, 3)
-    resid = flat - (flat @ q) @ q.T
-    coef = np.linalg.lstsq(basis.T, flat.T, rcond=None)[0].T
-    norm = np.linalg.norm(flat, axis=1) + 1e-9
-    score = np.linalg.norm(resid, axis=1) / norm + np.clip(-coef.min(axis=1), 0, None) / norm
-    return score.reshape(od.shape[:2])
+def _axis(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centroid, long-axis unit vector and width (1-99 % across) of a point cloud."""
+    c = pts.mean(axis=0)
+    evals, evecs = np.linalg.eigh(np.cov((pts - c).T))
+    axis = evecs[:, np.argmax(evals)]
+    across = (pts - c) @ np.array([-axis[1], axis[0]])
+    return c, axis, float(np.percentile(across, 99) - np.percentile(across, 1)) + 1.0
+
+
+def chromaticity(od: np.ndarray) -> np.ndarray:
+    """Optical density divided by its sum: (N, 2) of the first two components (the third is implied)."""
+    return od[:, :2] / np.maximum(od.sum(axis=1, keepdims=True), 1e-9)
+
+
+# Ruifrok's H and E optical densities: only a weak prior on the direction of the slide's own mixing line,
+# which wins when the tissue's colours barely vary (all benign, say) and the line is otherwise undetermined
+RUIFROK_H, RUIFROK_E = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])
+PRIOR_SPAN = 0.03  # chromaticity extent along the prior direction that the data must exceed to overrule it
+SMOOTH_PX = 3.0  # colour is judged on optical density smoothed this much (px of the ~16 um/px level)
+
+
+def mixing_line(chroma: np.ndarray, keep: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The slide's H-E mixing line in chromaticity (point, unit direction), robust to the dye's pixels.
+
+    A trimmed principal axis (the ``keep`` share nearest the line, twice), regularised towards the
+    Ruifrok H-E direction: every H&E mixture, dense tumour included, lies on this one line.
+    """
+    prior = chromaticity(RUIFROK_H[None])[0] - chromaticity(RUIFROK_E[None])[0]
+    prior = prior / np.linalg.norm(prior)
+    pts = chroma
+    for _ in range(3):
+        c = np.median(pts, axis=0)
+        cov = np.cov((pts - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
+        d = np.linalg.eigh(cov)[1][:, -1]
+        off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
+        pts = chroma[off <= np.quantile(off, keep)]
+    return c, d
+
+
+def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: float = 3.0) -> tuple[float, float]:
+    """Dye in from each end: summed dyed fraction of the end bins, walking inwards while bins stay dyed."""
+    edges = np.arange(lo, hi + bin_px, bin_px)
+    idx = np.clip(np.digitize(t, edges) - 1, 0, len(edges) - 2)
+    n = np.bincount(idx, minlength=len(edges) - 1)
+    frac = np.bincount(idx, weights=dyed.astype(float), minlength=len(edges) - 1) / np.maximum(n, 1)
+    frac[n < 3] = np.nan  # gaps between fragments: skip, do not stop
+
+    def walk(f: np.ndarray) -> float:
+        total, weak, started = 0.0, 0, False
+        for v in f:
+            if np.isnan(v):
+                continue
+            if v < 0.15:  # the rounded, eroded tip may start undyed for a few bins; inside, two weak bins end the dye
+                weak += 1
+                if weak > (2 if started else 5):
+                    break
+                continue
+            weak, started = 0, True
+            total += v
+        return total * bin_px
+
+    return walk(frac), walk(frac[::-1])
 
 
 def find_orientation(
-    rgb: np.ndarray, min_dye_fraction: float = 0.15, min_confidence: float = 0.5, dye_threshold: float = 0.3, end_fraction: float = 0.1,
+    rgb: np.ndarray, min_dye_fraction: float = 0.15, accept_confidence: float = 0.7, min_confidence: float = 0.2,
     override: str | None = None,
 ) -> dict:
-    """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px)."""
+    """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px).
+
+    ``state`` is ``accepted`` (confidence >= accept_confidence), ``review`` (between the two
+    thresholds: a person confirms with dye_end) or ``override``.  No dye at either end, or
+    a confidence below ``min_confidence``, is an error.  ``min_dye_fraction`` is the dye at
+    the dyed end, as a fraction of the core's width times its length (in px).
+    """
     od = optical_density(rgb)
     mask = tissue_mask(od)
     ys, xs = np.nonzero(mask)
     pts = np.stack([xs, ys], 1).astype(float)
-    centroid = pts.mean(axis=0)
-    evals, evecs = np.linalg.eigh(np.cov((pts - centroid).T))
-    axis = evecs[:, np.argmax(evals)]
+    centroid, axis, width = _axis(pts)
     t = (pts - centroid) @ axis
-    across = (pts - centroid) @ np.array([-axis[1], axis[0]])
     lo, hi = t.min() - 0.5, t.max() + 0.5
-    seg = end_fraction * (hi - lo)
-    dye = dye_score(od)[ys, xs] > dye_threshold
-    f_neg, f_pos = float(dye[t < lo + seg].mean()), float(dye[t > hi - seg].mean())
-    conf = abs(f_pos - f_neg) / (f_pos + f_neg + 1e-9)
+    px = od[ys, xs]
+    solid = px.sum(axis=1) > MIN_OD
+    # colour from optical density smoothed over ~2 px: compression noise and nuclei average out, a dye band stays
+    smooth = np.stack([ndimage.gaussian_filter(od[..., k], SMOOTH_PX) for k in range(3)], -1)[ys, xs]
+    middle = solid & (t > lo + 0.2 * (hi - lo)) & (t < hi - 0.2 * (hi - lo))
+    if middle.sum() < 20:
+        raise InputError("too little tissue in the middle of the core to learn its stain", DYE_HINT)
+    chroma = chromaticity(smooth)
+    c, d = mixing_line(chroma[middle])
+    off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
+    spread = float(np.percentile(off[middle], 95))  # the tissue's own scatter about its line, away from the ends
+    scale = max(width * min_dye_fraction, 1.0)  # dye mass (px along the axis) that counts as a dyed end
+    # 1. chromatic dye: off the slide's own H-E line; thin rims (bubbles, folds' edges) removed by an opening
+    dyed = _solid_only(solid & (off > max(2.5 * spread, CHROMA_FLOOR)), ys, xs, mask.shape)
+    m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
+    evidence = "colour"
+    if max(m_pos, m_neg) < scale:
+        # 2. no dye off the H-E line (a dye close to haematoxylin, say): what is unlike the middle at
+        #    all, density included.  Dense tumour is unlike it too, so this never decides alone.
+        novel = _solid_only(solid & (_novelty(px, middle) > NOVELTY), ys, xs, mask.shape)
+        m_neg, m_pos = end_dye_mass(novel, t, lo, hi)
+        evidence = "novelty"
+    conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
+    res = {"centroid": centroid.tolist(), "axis": axis.tolist(), "extent": [float(lo), float(hi)], "width": width,
+           "dye_mass_px": [m_neg, m_pos], "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)], "confidence": float(conf),
+           "evidence": evidence, "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread}}
     if override:
         v = np.array(DIRECTIONS[override], float)
-        positive, source = bool(axis @ v > 0), "override"
-    else:
-        if max(f_pos, f_neg) < min_dye_fraction:
-            raise InputError(
-                f"no dye found at either end of the core (dyed fraction {f_neg:.2f} / {f_pos:.2f}, need {min_dye_fraction})",
-                "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv",
-            )
-        if conf < min_confidence:
-            raise InputError(
-                f"dyed end is ambiguous (confidence {conf:.2f} < {min_confidence}; dyed fraction {f_neg:.2f} / {f_pos:.2f})",
-                "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv",
-            )
-        positive, source = f_pos > f_neg, "auto"
-    return {
-        "centroid": centroid.tolist(), "axis": axis.tolist(), "extent": [float(lo), float(hi)],
-        "width": float(np.percentile(across, 99) - np.percentile(across, 1)) + 1.0,
-        "dye_at_positive_end": positive, "dye_fraction": [f_neg, f_pos], "confidence": float(conf), "source": source,
-    }
+        return {**res, "dye_at_positive_end": bool(axis @ v > 0), "source": "override", "state": "override"}
+    if max(m_pos, m_neg) < scale:
+        raise InputError(f"no dye found at either end of the core (dye {m_neg:.1f} / {m_pos:.1f} px in from the ends, "
+                         f"need {scale:.1f}: min_dye_fraction {min_dye_fraction} of the core width)", DYE_HINT)
+    if conf < min_confidence:
+        raise InputError(f"dyed end is ambiguous (confidence {conf:.2f} < {min_confidence}; "
+                         f"dye {m_neg:.1f} / {m_pos:.1f} px in from the ends)", DYE_HINT)
+    state = "accepted" if conf >= accept_confidence and evidence == "colour" else "review"
+    return {**res, "dye_at_positive_end": bool(m_pos > m_neg), "source": "auto", "state": state}
+
+
+def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-pixel flags with structures thinner than ~5 px (rims, edges, single pixels) removed."""
+    img = np.zeros(shape[:2], bool)
+    img[ys, xs] = flags
+    return ndimage.binary_opening(img, structure=np.ones((5, 5), bool))[ys, xs]
+
+
+def _novelty(px: np.ndarray, middle: np.ndarray) -> np.ndarray:
+    """Robust Mahalanobis distance of each pixel's optical density from the middle of the core."""
+    ref = px[middle]
+    med = np.median(ref, axis=0)
+    cov = np.cov((ref - med).T) + 1e-4 * np.eye(3)
+    diff = px - med
+    return np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
 
 
 def canonical(found: dict, level_um: float, slide_um: float) -> dict:
@@ -108,8 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--oriented", required=True, help="PNG of the level in the canonical frame")
     p.add_argument("--dye-end", default="", help="manual override: left/right/top/bottom")
-    p.add_argument("--min-confidence", type=float, default=0.5)
-    p.add_argument("--min-dye-fraction", type=float, default=0.15)
+    p.add_argument("--accept-confidence", type=float, required=True, help="at or above: accepted; below: needs review")
+    p.add_argument("--min-confidence", type=float, required=True, help="below: an error")
+    p.add_argument("--min-dye-fraction", type=float, required=True)
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     a = p.parse_args(argv)
@@ -117,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> None:
         rgb = imread(a.thumb)
         meta = json.loads(Path(a.meta).read_text())
-        found = find_orientation(rgb, a.min_dye_fraction, a.min_confidence, override=a.dye_end or None)
+        found = find_orientation(rgb, a.min_dye_fraction, a.accept_confidence, a.min_confidence, override=a.dye_end or None)
         res = {**found, **canonical(found, meta["level_um_per_px"], meta["um_per_px"])}
         Path(a.out).write_text(json.dumps(res, indent=1))
         # the level in the canonical frame, for QC: canonical um -> level px
@@ -128,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         out_to_canon = geo.compose(geo.scaling(px), geo.translation(x0 - pad, -h / 2))
         shape = (int(h / px), int((x1 - x0 + 2 * pad) / px))
         imsave(a.oriented, geo.warp(rgb, geo.compose(out_to_canon, lvl), shape, cval=242).astype(np.uint8), check_contrast=False)
-        print(f"dye end found ({res['source']}), confidence {res['confidence']:.2f}, core {(x1 - x0) / 1000:.2f} mm")
+        print(f"dye end found ({res['source']}, {res['state']}), confidence {res['confidence']:.2f}, core {(x1 - x0) / 1000:.2f} mm")
 
     run_cli(go, a.participant, a.biopsy, a.thumb)
 

@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         tract, orient, transfer = (json.loads(Path(x).read_text()) for x in (tract_f, orient_f, transfer_f))
         row = {"participant_id": pid, "biopsy_id": bid, "sampled_length_mm": tract["sampled_length_mm"],
                "length_flag": tract["length_flag"], "dye_confidence": orient["confidence"], "shrinkage": transfer["shrinkage"],
+               "orient_state": orient.get("state", ""), "tract_state": tract.get("state", ""),
+               **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
                "ignored_objects": transfer["ignored_total"]}
         if truth:
             truth = Path(truth)

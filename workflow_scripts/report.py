@@ -96,6 +96,19 @@ def evaluation_section(d: Path, split: str) -> str:
     ])
 
 
+def review_section(rev: pd.DataFrame) -> str:
+    """Biopsies held out of the dataset until a person confirms them, each with its QC figure and override."""
+    parts = ["<h2>Needs review</h2>",
+             f'<p class="note">{len(rev)} automatic decision(s) below the accept threshold. These biopsies are left out of '
+             "the VOC split lists (so of training and evaluation) until confirmed: add the <b>confirm</b> override to "
+             "biopsies.tsv if the QC figure agrees, or the <b>correct</b> one if it does not; only that biopsy reruns. "
+             "The same list is in review.tsv.</p>", table(rev.drop(columns=["qc_figure"]))]
+    for r in rev.itertuples():
+        if Path(r.qc_figure).is_file():
+            parts.append(figure(Path(r.qc_figure), f"{r.participant_id}/{r.biopsy_id} ({r.step}): {r.reason}. Confirm: {r.confirm}"))
+    return "".join(parts)
+
+
 def build(a: argparse.Namespace) -> str:
     config = json.loads(a.config)
     splits = pd.read_csv(a.splits, sep="\t")
@@ -127,6 +140,7 @@ def build(a: argparse.Namespace) -> str:
         table(qc[qc["participant_id"].isin(["median", "p95"])]),
         figure(Path(a.qc_figure), "Registration QC over all biopsies."),
         "<details><summary>per-biopsy QC</summary>" + table(qc[~qc["participant_id"].isin(["median", "p95"])]) + "</details>",
+        review_section(pd.read_csv(a.review, sep="\t", dtype=str, keep_default_na=False)),
         "<h2>Training</h2>", *train_parts,
         "<h2>Test results</h2>", evaluation_section(Path(a.test), "test"),
         "<h2>Validation results</h2>", evaluation_section(Path(a.val), "validation"),
@@ -142,7 +156,7 @@ def build(a: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for k in ("splits", "table1", "qc-table", "qc-figure", "test", "val", "out"):
+    for k in ("splits", "table1", "qc-table", "qc-figure", "review", "test", "val", "out"):
         p.add_argument(f"--{k}", required=True)
     p.add_argument("--train", required=True, help='JSON {model: [curves.png, history.tsv]}')
     p.add_argument("--config", required=True, help="the run's configuration as JSON")

@@ -1,20 +1,30 @@
 """Needle tract: detect the needle axis and tips, and crop the strip around T0 -> T1.
 
-The needle is a bright, straight, specular echo.  We ridge-filter the image,
-vote for the dominant line with a Hough transform, refine it by a weighted
-total-least-squares fit, and find the tip where the intensity along the axis
-drops from needle to tissue level (half-way crossing, sub-pixel).
+With both frames, the needle's advance is the signal: between pre- and post-fire
+only the needle moved, so after aligning the two frames (phase correlation) the
+difference image holds the segment T0 -> T1 and its reverberations, while skin,
+ligaments, fascia, calcifications and scanner furniture cancel.  A Hough vote on
+the difference, the shallowest of near-parallel lines (reverberations lie below
+the shaft), and a trimmed weighted total-least-squares fit give the axis and its
+residuals.  T0 is where the pre-fire echo drops along that axis, T1 where the
+post-fire echo does (half-way crossings, sub-pixel).  Each of T0, T1 and the
+axis gets a confidence; a biopsy below ``min_confidence`` on any goes to review.
+
+With one frame (inference, or a throw override) the needle is the dominant
+bright line: Hough vote, weighted TLS refinement, and the tip at the end of the
+bright run away from the entry edge.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from skimage import filters, measure, transform
+from skimage import filters, measure, registration, transform
 from skimage.io import imread, imsave
 
 from workflow_scripts import geometry as geo
@@ -113,15 +123,273 @@ def detect(img: np.ndarray, skin_rows: int, axis_override_deg: float | None = No
     return {"tip": tip, "direction": advance, "source": "auto", **info}
 
 
+WORK_MM = 0.08  # working resolution of the line search
+
+
+def _align(pre: np.ndarray, post: np.ndarray, f: int) -> np.ndarray:
+    """Shift (dx, dy) in full-resolution px that maps pre-fire positions into the post-fire frame."""
+    a, b = (transform.downscale_local_mean(x.astype(float), (f, f)) for x in (pre, post))
+    with warnings.catch_warnings():  # a blank frame: no shift, and the needle check below says what is wrong
+        warnings.simplefilter("ignore")
+        shift, _, _ = registration.phase_cross_correlation(a, b, upsample_factor=8, normalization=None)
+    return -np.array([shift[1], shift[0]]) * f
+
+
+def _tls(pts: np.ndarray, w: np.ndarray, point: np.ndarray, direction: np.ndarray, band: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Weighted total least squares on points within ``band`` of a line, trimmed at 2.5 sigma; with its residuals."""
+    for _ in range(3):
+        normal = np.array([-direction[1], direction[0]])
+        d = (pts - point) @ normal
+        keep = np.abs(d) < band
+        if keep.sum() < 10:
+            break
+        q, ww = pts[keep], w[keep]
+        point = (q * ww[:, None]).sum(0) / ww.sum()
+        evals, evecs = np.linalg.eigh(np.cov((q - point).T, aweights=ww))
+        direction = evecs[:, -1]
+        rms = float(np.sqrt(max(evals[0], 1e-12)))
+        band = max(2.5 * rms, 1.0)
+    n_eff = float(ww.sum() ** 2 / (ww**2).sum())
+    sigma_deg = float(np.degrees(np.sqrt(max(evals[0], 1e-12) / max(evals[1], 1e-12) / n_eff)))
+    return point, direction / np.linalg.norm(direction), {"rms_px": rms, "sigma_deg": sigma_deg, "n": int(keep.sum())}
+
+
+def _step(prof: np.ndarray, s: np.ndarray, lo: float, hi: float, step: float) -> tuple[float, float]:
+    """Best single step (least squares) of a profile within [lo, hi]: sub-pixel edge position and its height over the noise."""
+    sel = np.flatnonzero((s >= lo) & (s <= hi))
+    if len(sel) < 8:
+        return float("nan"), 0.0
+    y = prof[sel]
+    n = np.arange(1, len(y))
+    c1, c2 = np.cumsum(y)[:-1], np.cumsum(y**2)[:-1]
+    t1, t2 = y.sum(), (y**2).sum()
+    sse = (c2 - c1**2 / n) + ((t2 - c2) - (t1 - c1) ** 2 / (len(y) - n))
+    k = int(np.argmin(sse[2:-2])) + 2
+    m_a, m_b = y[:k].mean(), y[k:].mean()
+    resid = np.concatenate([y[:k] - m_a, y[k:] - m_b])
+    noise = 1.4826 * float(np.median(np.abs(resid))) + 1e-6
+    half = (m_a + m_b) / 2
+    # the half-level crossing nearest the split
+    cross = np.flatnonzero(np.diff(np.sign(y - half)) != 0)
+    if len(cross) == 0:
+        return float(s[sel[k]]), abs(m_a - m_b) / noise
+    j = cross[np.argmin(np.abs(cross - (k - 1)))]
+    frac = (y[j] - half) / (y[j] - y[j + 1]) if y[j] != y[j + 1] else 0.0
+    return float(s[sel[j]] + frac * step), float(abs(m_a - m_b) / noise)
+
+
+def _onset(prof: np.ndarray, s: np.ndarray, ref_lo: float, ref_hi: float, stop: float, min_len: float, step: float) -> float:
+    """First position after ``ref_hi`` where a profile rises above its level in [ref_lo, ref_hi] and stays there.
+
+    The reference stretch is where nothing changed between the frames (the shaft in both,
+    or tissue in both); the onset is where the change starts, however small, so that
+    bright tissue just past a tip does not push the tip forward.
+    """
+    ref = prof[(s > ref_lo) & (s < ref_hi)]
+    if len(ref) < 8:
+        return float("nan")
+    base = float(np.median(ref))
+    noise = 1.4826 * float(np.median(np.abs(ref - base)))
+    spread = float(np.percentile(prof[(s > ref_hi) & (s < stop)], 90)) - base if ((s > ref_hi) & (s < stop)).any() else 0.0
+    thr = base + max(4 * noise, 0.1 * spread, 1.0)
+    above = (prof > thr) & (s > ref_hi) & (s < stop)
+    lab, n = ndimage.label(ndimage.binary_closing(above, iterations=max(1, int(0.15 / step * min_len))))
+    for k in range(1, n + 1):
+        idx = np.flatnonzero(lab == k)
+        if (idx[-1] - idx[0]) * step >= min_len:
+            return float(s[idx[0]])
+    return float("nan")
+
+
+def _echo_end(prof: np.ndarray, s: np.ndarray, start: float, guess: float, reach: float, bridge: float, step: float) -> tuple[float, float]:
+    """Where a needle echo that runs through ``start`` ends: the first fall below half-way between its level and
+    the tissue just beyond ``guess`` (so bright tissue past the tip does not lengthen it), sub-pixel; and the edge's SNR."""
+    inside = prof[(s > start) & (s < guess)]
+    beyond = prof[(s > guess) & (s < guess + reach)]
+    if len(inside) < 4 or len(beyond) < 4:
+        return float("nan"), 0.0
+    level, tissue = float(np.median(inside)), float(np.median(beyond))
+    half = (level + tissue) / 2
+    i = int(np.searchsorted(s, start))
+    gap, n_bridge = 0, max(1, int(bridge / step))
+    while i + 1 < len(prof) and s[i] < guess + reach:
+        gap = gap + 1 if prof[i + 1] <= half else 0
+        if gap > n_bridge:
+            break
+        i += 1
+    j = i - gap  # last sample above half
+    if j + 1 >= len(prof) or s[j] >= guess + reach:
+        return float("nan"), 0.0
+    frac = (prof[j] - half) / (prof[j] - prof[j + 1]) if prof[j] != prof[j + 1] else 0.0
+    noise = 1.4826 * float(np.median(np.abs(beyond - tissue))) + 1e-6
+    return float(s[j] + frac * step), float((level - tissue) / noise)
+
+
+def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.ndarray, mm: float) -> dict:
+    """Along one axis: the advance direction, T0 and T1 (signed positions from ``point``) and their evidence.
+
+    The profiles of both frames along the axis, and their difference, which is zero behind T0
+    (the shaft in both frames), positive from T0 to T1 (needle against tissue) and zero beyond
+    T1 (tissue in both).  T0 is the difference's onset; T1 is where the post-fire echo ends.
+    Each has a second estimate (the pre-fire echo's end; the difference's fall) whose
+    agreement, with the edge's contrast over the tissue noise, makes the confidence.
+    """
+    span = float(np.hypot(*pre.shape))
+    step = 0.25
+    s = np.arange(-span, span, step)
+    xy = point[None] + s[:, None] * direction[None]
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= pre.shape[1] - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= pre.shape[0] - 1)
+    s = s[inside]
+    hw = max(1, int(round(0.05 / mm)))
+    sm = 0.05 / mm / step
+
+    def ridge(img: np.ndarray) -> np.ndarray:
+        """The echo along the axis, following the needle's ridge: the brightest of lateral offsets up to 0.3 mm."""
+        return ndimage.gaussian_filter1d(geo.profile(img, point, direction, s, half_width=hw), sm)
+
+    r_pre, r_post = ridge(pre), ridge(post_a)
+    r_diff = r_post - r_pre
+    noise = 1.4826 * float(np.median(np.abs(r_diff - np.median(r_diff)))) + 1e-6  # most of the line: no change
+    top = np.percentile(r_diff, 99)
+    run = r_diff > min(max(4 * noise, 0.1 * top), 0.3 * top)
+    if not run.any():
+        raise InputError("needle line found but no advance along it", NO_NEEDLE_HINT)
+    # the advance: the longest run, bridging gaps of up to 3 mm (bright tissue in the pre-fire frame dims it)
+    lab, n = ndimage.label(ndimage.binary_closing(run, iterations=int(1.5 / mm / step) + 1))
+    r = np.argmax(ndimage.sum(run, lab, range(1, n + 1))) + 1
+    idx = np.flatnonzero(lab == r)
+    a0, a1 = s[idx[0]], s[idx[-1]]
+    # the advance direction: the pre-fire shaft lies behind T0, tissue lies beyond T1
+    mm2 = 2.0 / mm
+    before, beyond = r_pre[(s > a0 - mm2) & (s < a0)], r_pre[(s > a1) & (s < a1 + mm2)]
+    sign = 1.0 if (np.mean(before) if len(before) else 0) >= (np.mean(beyond) if len(beyond) else 0) else -1.0
+    sd, pre_d, post_d, diff_d = (s, r_pre, r_post, r_diff) if sign > 0 else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1])
+    g0, g1 = (a0, a1) if sign > 0 else (-a1, -a0)
+    inner = (sd > g0 + 1 / mm) & (sd < g1 - 1 / mm)
+    if inner.sum() < 4:
+        raise InputError(f"needle advance too short ({(g1 - g0) * mm:.1f} mm)", NO_NEEDLE_HINT)
+
+    def window(a: float, b: float, prof: np.ndarray) -> np.ndarray:
+        w = prof[(sd > a) & (sd < b)]
+        return w if len(w) > 3 else prof[inner]
+
+    shaft_pre = np.median(window(g0 - 2 / mm, g0 - 0.3 / mm, pre_d))
+    tissue_pre = np.median(pre_d[inner])
+    needle_post = np.median(post_d[inner])
+    after_post = window(g1 + 0.3 / mm, g1 + 3 / mm, post_d)
+    tissue_post = np.median(after_post)
+    level = np.median(diff_d[inner]) / 2
+    # T0 and T1: the steps of the difference (zero behind T0 where both frames show the shaft, and
+    # beyond T1 where both show tissue), each searched within 3 mm of the advance run's ends
+    w = 3 / mm
+    c0 = _onset(diff_d, sd, g0 - 6 / mm, g0 - 2 / mm, (g0 + g1) / 2, 1 / mm, step)
+    c0 = g0 if np.isnan(c0) else c0
+    s0, snr0 = _step(diff_d, sd, c0 - 1 / mm, c0 + 1.5 / mm, step)
+    s1, snr1 = _step(diff_d, sd, max(g1 - w, (g0 + g1) / 2), g1 + 2 / mm, step)
+    if np.isnan(s0) or np.isnan(s1):
+        raise InputError("needle tip not found along the needle line", NO_NEEDLE_HINT)
+    # T1 itself is where the post-fire echo ends (needle against the tissue beyond it): the difference's
+    # fall can come early where the pre-fire tissue is bright.  T0's second estimate: the pre-fire echo's end.
+    p1, snr1 = _echo_end(post_d, sd, (s0 + s1) / 2, s1, 3 / mm, 0.1 / mm, step)
+    s1, d1 = (s1, s1) if np.isnan(p1) else (p1, s1)
+    d0, _ = _step(pre_d, sd, s0 - w, min(s0 + w, (s0 + s1) / 2), step)
+    snr = [snr0, snr1]
+    return {"u": direction * sign, "s0": s0, "s1": s1, "d0": d0, "d1": d1, "snr": snr,
+            "needle_post_raw": float(np.median(geo.profile(post_a, point, direction, s[inner] if sign > 0 else s[inner[::-1]], half_width=hw)))}
+
+
+def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float]) -> dict:
+    """Axis, T0 and T1 (pre-fire px) from the needle's advance between the two frames, with confidences."""
+    mm = float(np.mean(mm_per_px))
+    for name, img in (("pre-fire", pre), ("post-fire", post)):
+        if float(np.std(img)) < 1.0:
+            raise InputError(f"no needle echo found in the {name} image: it is blank (one grey level)", NO_NEEDLE_HINT)
+    f = max(1, int(round(WORK_MM / mm)))
+    shift = _align(pre, post, f) if pre.shape == post.shape else np.zeros(2)
+    # post-fire resampled into the pre-fire frame, then the difference at the working resolution
+    yy, xx = np.mgrid[0 : pre.shape[0], 0 : pre.shape[1]].astype(float)
+    post_a = ndimage.map_coordinates(post.astype(float), [yy + shift[1], xx + shift[0]], order=1, mode="nearest")
+    del yy, xx
+    diff = ndimage.gaussian_filter(post_a - pre.astype(float), 0.08 / mm)
+    small = transform.downscale_local_mean(diff, (f, f))
+    noise = 1.4826 * np.median(np.abs(small - np.median(small))) + 1e-6
+    strong = small > max(np.percentile(small, 99.0), 4 * noise)
+    if strong.sum() < 10 / f:
+        raise InputError("no needle advance found between the pre- and post-fire images", NO_NEEDLE_HINT)
+    h, theta, dist = transform.hough_line(strong, theta=np.linspace(-np.pi / 2, np.pi / 2, 360, endpoint=False))
+    votes, angles, dists = transform.hough_line_peaks(h, theta, dist, num_peaks=6, min_distance=3, min_angle=2)
+    min_len = 3.0 / (mm * f)  # a needle advance shorter than 3 mm is not one
+    ok = votes >= max(0.4 * votes.max(), min_len * 0.3)
+    if not ok.any() or votes.max() < min_len * 0.3:
+        raise InputError(f"no straight needle advance found (longest line {votes.max() * mm * f:.1f} mm)", NO_NEEDLE_HINT)
+    # among lines parallel to the strongest, the shallowest: reverberations lie below the shaft
+    best = int(np.argmax(votes))
+    par = [k for k in np.flatnonzero(ok) if abs(np.sin(angles[k] - angles[best])) < np.sin(np.deg2rad(4))]
+    cx = small.shape[1] / 2
+
+    def depth(k: int) -> float:  # row of line k at the image's middle column
+        c, sn = np.cos(angles[k]), np.sin(angles[k])
+        return (dists[k] - cx * c) / sn if abs(sn) > 1e-6 else dists[k]
+
+    k = min(par, key=depth)
+    normal = np.array([np.cos(angles[k]), np.sin(angles[k])])
+    point = dists[k] * normal * f + (f - 1) / 2
+    direction = np.array([-normal[1], normal[0]])
+    # refine at full resolution on the difference's positive pixels near the line
+    band = 0.4 / mm
+    ys, xs = np.nonzero(diff > 4 * noise)
+    pts = np.stack([xs, ys], 1).astype(float)
+    near = np.abs((pts - point) @ normal) < band
+    if near.sum() < 10:
+        raise InputError("needle advance too faint to fit a line", NO_NEEDLE_HINT)
+    point, direction, fit = _tls(pts[near], diff[ys[near], xs[near]], point, direction, band)
+    advance_axis = direction
+    tip = _tips(pre, post_a, point, direction, mm)
+    # final axis: the post-fire shaft's bright pixels (entry to T1: the longest baseline) near the line
+    u = tip["u"]
+    half_post = (tip["needle_post_raw"] + float(np.median(post_a))) / 2
+    ys, xs = np.nonzero(post_a > half_post)
+    pts = np.stack([xs, ys], 1).astype(float)
+    sel = (np.abs((pts - point) @ np.array([-u[1], u[0]])) < 0.3 / mm) & ((pts - point) @ u < tip["s1"] - 0.3 / mm)
+    if sel.sum() > 20:
+        p2, d2, fit2 = _tls(pts[sel], post_a[ys[sel], xs[sel]] - half_post, point, u, 0.3 / mm)
+        if fit2["sigma_deg"] < fit["sigma_deg"]:
+            point, direction, fit = p2, d2, fit2
+            tip = _tips(pre, post_a, point, direction, mm)
+    u, s0, s1 = tip["u"], tip["s0"], tip["s1"]
+    agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
+    clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
+    conf = {"t0": agree(s0, tip["d0"]) * clear(tip["snr"][0]), "t1": agree(s1, tip["d1"]) * clear(tip["snr"][1]),
+            "axis": float(np.exp(-fit["sigma_deg"] / 0.5)) * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
+            * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0))}  # the two fits agree
+    return {"t0": point + s0 * u, "t1": point + s1 * u, "direction": u, "shift_px": shift.tolist(), "confidence": conf,
+            "fit": {**fit, "t0_diff_px": float(s0 - tip["d0"]), "t1_diff_px": float(s1 - tip["d1"]), "snr": tip["snr"]}}
+
+
 def tract(
-    pre: np.ndarray, post: np.ndarray | None, mm_per_px: tuple[float, float], throw_mm: float, overrides: dict
+    pre: np.ndarray, post: np.ndarray | None, mm_per_px: tuple[float, float], throw_mm: float, overrides: dict,
+    min_confidence: float = 0.5,
 ) -> dict:
     """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length.
 
-    With ``overrides["throw_mm"]`` T1 is T0 + throw along the axis and ``post`` is not read
+    With both frames and no tip/axis override, both come from the needle's advance
+    (``two_frame``); ``state`` is ``accepted`` when every confidence reaches
+    ``min_confidence`` and the length is plausible, else ``review``.  With
+    ``overrides["throw_mm"]`` T1 is T0 + throw along the axis and ``post`` is not read
     (inference on a new pre-fire image has none).
     """
     scale = np.array(mm_per_px)
+    if post is not None and all(overrides.get(k) is None for k in ("tip", "axis_deg", "throw_mm")):
+        r = two_frame(pre, post, mm_per_px)
+        length = float(np.linalg.norm((r["t1"] - r["t0"]) * scale))
+        flag = abs(length - throw_mm) > 0.25 * throw_mm
+        ok = min(r["confidence"].values()) >= min_confidence and not flag
+        return {
+            "t0_px": r["t0"].tolist(), "t1_px": r["t1"].tolist(), "axis_deg": geo.line_angle_deg(r["direction"] * scale),
+            "sampled_length_mm": length, "throw_mm": throw_mm, "length_flag": flag, "confidence": r["confidence"],
+            "fit": r["fit"], "post_shift_px": r["shift_px"], "state": "accepted" if ok else "review",
+            "source": {"t0": "auto", "t1": "auto"},
+        }
     skin = int(SKIN_MM / scale[1])
     d0 = detect(pre, skin, overrides.get("axis_deg"), overrides.get("tip"))
     direction = d0["direction"]
@@ -139,11 +407,12 @@ def tract(
         t1 = d0["tip"] + ((d1["tip"] - d0["tip"]) @ direction) * direction  # project onto the pre-fire axis
         source1 = "auto"
     length = float(np.linalg.norm((t1 - d0["tip"]) * scale))
+    manual = "override" in (d0["source"], source1)
     return {
         "t0_px": d0["tip"].tolist(), "t1_px": t1.tolist(),
         "axis_deg": geo.line_angle_deg(direction * scale), "sampled_length_mm": length,
         "throw_mm": throw_mm, "length_flag": abs(length - throw_mm) > 0.25 * throw_mm,
-        "source": {"t0": d0["source"], "t1": source1},
+        "state": "override" if manual else "accepted", "source": {"t0": d0["source"], "t1": source1},
     }
 
 
@@ -171,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width-mm", type=float, default=2.0)
     p.add_argument("--margin-mm", type=float, default=0.5)
     p.add_argument("--out-mm-per-px", type=float, default=0.05)
+    p.add_argument("--min-confidence", type=float, default=0.5, help="below, on T0, T1 or the axis: needs review")
     p.add_argument("--tip", type=float, nargs=2, help="override: pre-fire tip, DICOM frame px")
     p.add_argument("--axis-deg", type=float, help="override: needle advance direction")
     p.add_argument("--override-throw-mm", type=float, help="override: sampled length")
@@ -183,13 +453,13 @@ def main(argv: list[str] | None = None) -> None:
         meta = json.loads(Path(a.pre_meta).read_text())
         mm = tuple(meta["mm_per_px"])
         ov = pixel_overrides(a.tip, a.axis_deg, meta["region_bounds_xyxy"][:2], mm)
-        res = tract(pre, post, mm, a.throw_mm, {**ov, "throw_mm": a.override_throw_mm})
+        res = tract(pre, post, mm, a.throw_mm, {**ov, "throw_mm": a.override_throw_mm}, a.min_confidence)
         crop, frame = crop_strip(pre, res, mm, a.width_mm, a.out_mm_per_px, a.margin_mm)
         imsave(a.crop, crop, check_contrast=False)
         res.update(frame)
         Path(a.out).write_text(json.dumps(res, indent=1))
         flag = "  (FLAG: far from the configured throw)" if res["length_flag"] else ""
-        print(f"tract {res['sampled_length_mm']:.2f} mm at {res['axis_deg']:.1f} deg{flag}")
+        print(f"tract {res['sampled_length_mm']:.2f} mm at {res['axis_deg']:.1f} deg{flag}; {res['state']}")
 
     run_cli(go, a.participant, a.biopsy, a.pre)
 

@@ -20,6 +20,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.review import needs_review
 
 CLASS_NAMES = ("_background_", "cancer")
 VOID = 255
@@ -43,11 +44,17 @@ def rasterize(shapes: list[dict], shape: tuple[int, int], values: dict[str, int]
     return np.asarray(canvas, np.uint8)
 
 
-def decode_image(doc: dict) -> np.ndarray:
-    """Grayscale crop embedded in a Labelme document."""
-    if not doc.get("imageData"):
-        raise InputError("Labelme file has no embedded imageData", "save it in Labelme with 'Save With Image Data' on")
-    return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(doc["imageData"]))).convert("L"))
+def decode_image(doc: dict, crop: Path | None = None) -> np.ndarray:
+    """Grayscale crop embedded in a Labelme document; without one (Labelme's "Save With Image Data" off), the crop."""
+    if doc.get("imageData"):
+        return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(doc["imageData"]))).convert("L"))
+    if crop is not None and Path(crop).is_file():
+        image = np.asarray(PIL.Image.open(crop).convert("L"))
+        if (doc.get("imageHeight"), doc.get("imageWidth")) in ((None, None), image.shape):
+            return image
+        raise InputError(f"Labelme file has no imageData and is {doc.get('imageWidth')}x{doc.get('imageHeight')} px, "
+                         f"but the tract crop is {image.shape[1]}x{image.shape[0]}", "re-save the correction from the automatic file")
+    raise InputError("Labelme file has no embedded imageData", "save it in Labelme with 'Save With Image Data' on")
 
 
 def save_palette_png(label: np.ndarray, path: Path) -> None:
@@ -59,9 +66,9 @@ def save_palette_png(label: np.ndarray, path: Path) -> None:
     img.save(path)
 
 
-def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] = CLASS_NAMES) -> np.ndarray:
+def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] = CLASS_NAMES, crop: Path | None = None) -> np.ndarray:
     """Write one image's VOC files; returns its label."""
-    image = decode_image(doc)
+    image = decode_image(doc, crop)
     label = rasterize(doc["shapes"], image.shape, label_values(class_names))
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassVisualization"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -80,24 +87,30 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("labelme")
     c.add_argument("--root", required=True)
     c.add_argument("--image-id", required=True)
+    c.add_argument("--crop", help="the tract crop: the image when the Labelme file holds none")
     c.add_argument("--participant")
     c.add_argument("--biopsy")
     s = sub.add_parser("list", help="an ImageSets/Segmentation list from the split's label files")
     s.add_argument("labels", nargs="*", help="SegmentationClass PNGs of the split's images")
+    s.add_argument("--orient", nargs="*", default=[], help="orient JSONs, same order as the labels")
+    s.add_argument("--tract", nargs="*", default=[], help="tract JSONs, same order as the labels")
     s.add_argument("--out", required=True)
     n = sub.add_parser("names", help="class_names.txt")
     n.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.cmd == "image":
         def go() -> None:
-            label = convert(json.loads(Path(a.labelme).read_text()), a.image_id, Path(a.root))
+            label = convert(json.loads(Path(a.labelme).read_text()), a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None)
             known = label != VOID
             print(f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer {(label[known] == 1).mean() if known.any() else 0:.0%} of labelled")
         run_cli(go, a.participant, a.biopsy, a.labelme)
     elif a.cmd == "list":
-        ids = sorted(Path(f).stem for f in a.labels)
+        states = zip(a.orient or [None] * len(a.labels), a.tract or [None] * len(a.labels), strict=True)
+        held = {Path(f).stem for f, (o, t) in zip(a.labels, states, strict=True)
+                if o and t and needs_review(json.loads(Path(o).read_text()), json.loads(Path(t).read_text()))}
+        ids = sorted(Path(f).stem for f in a.labels if Path(f).stem not in held)
         Path(a.out).write_text("".join(f"{i}\n" for i in ids))
-        print(f"{len(ids)} images in {a.out}")
+        print(f"{len(ids)} images in {a.out}" + (f"; {len(held)} held for review: {' '.join(sorted(held))}" if held else ""))
     else:
         Path(a.out).write_text("\n".join(CLASS_NAMES) + "\n")
 
