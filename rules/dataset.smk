@@ -81,6 +81,7 @@ rule qc_figure:
     input:
         pre=f"{ING}/prefire.png",
         tract=rules.tract.output.json,
+        orient=rules.orient.output.json,
         oriented=rules.orient.output.oriented,
         crop=rules.tract.output.crop,
         label=rules.voc_image.output.label,
@@ -95,7 +96,7 @@ rule qc_figure:
     benchmark:
         "benchmarks/qc_figure/{participant}/{biopsy}.tsv"
     shell:
-        "python -m workflow_scripts.qc figure --pre={input.pre:q} --tract={input.tract:q} "
+        "python -m workflow_scripts.qc figure --pre={input.pre:q} --tract={input.tract:q} --orient={input.orient:q} "
         "--oriented={input.oriented:q} --crop={input.crop:q} --label={input.label:q} --out={output:q} "
         "--title={wildcards.participant:q}/{wildcards.biopsy:q} > {log:q} 2>&1"
 

@@ -71,6 +71,13 @@ def summary_figure(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
+def decisions(orient: dict, tract: dict) -> str:
+    """The two automatic decisions and their confidences, for a figure title."""
+    conf = ", ".join(f"{k} {v:.2f}" for k, v in tract.get("confidence", {}).items())
+    return (f"dye end: {orient.get('state', '?')} ({orient['confidence']:.2f}); "
+            f"needle: {tract.get('state', '?')}" + (f" ({conf})" if conf else ""))
+
+
 def figure(pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray, label: np.ndarray, title: str, out: Path) -> None:
     """Pre-fire with axis, T0, T1 and crop box; oriented slide with dye end; ROI on the crop."""
     fig = plt.figure(figsize=(11, 7), constrained_layout=True)
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="registration QC")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("figure")
-    for k in ("pre", "tract", "oriented", "crop", "label", "out", "title"):
+    for k in ("pre", "tract", "orient", "oriented", "crop", "label", "out", "title"):
         f.add_argument(f"--{k}", required=True)
     t = sub.add_parser("table")
     for k in ("tract", "orient", "transfer", "label"):
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "figure":
         load = lambda k: json.loads(Path(getattr(a, k)).read_text())  # noqa: E731
-        figure(imread(a.pre), load("tract"), imread(a.oriented), imread(a.crop), np.array(PIL.Image.open(a.label)), a.title, Path(a.out))
+        title = f"{a.title} [{decisions(load('orient'), load('tract'))}]"
+        figure(imread(a.pre), load("tract"), imread(a.oriented), imread(a.crop), np.array(PIL.Image.open(a.label)), title, Path(a.out))
         return
     rows = []
     truths = a.truth or [None] * len(a.tract)
