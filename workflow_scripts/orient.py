@@ -83,22 +83,17 @@ PRIOR_SPAN = 0.03  # chromaticity extent along the prior direction that the data
 SMOOTH_PX = 3.0  # colour is judged on optical density smoothed this much (px of the ~16 um/px level)
 
 
-def mixing_line(chroma: np.ndarray, keep: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """The slide's H-E mixing line in chromaticity (point, unit direction), robust to the dye's pixels.
+def mixing_line(chroma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The slide's H-E mixing line in chromaticity (point, unit direction) from the middle of the core.
 
-    A trimmed principal axis (the ``keep`` share nearest the line, twice), regularised towards the
-    Ruifrok H-E direction: every H&E mixture, dense tumour included, lies on this one line.
+    Its principal axis, regularised towards the Ruifrok H-E direction: every H&E mixture, dense
+    tumour included, lies on this one line, and the prior only decides when the colours barely vary.
     """
     prior = chromaticity(RUIFROK_H[None])[0] - chromaticity(RUIFROK_E[None])[0]
     prior = prior / np.linalg.norm(prior)
-    pts = chroma
-    for _ in range(3):
-        c = np.median(pts, axis=0)
-        cov = np.cov((pts - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
-        d = np.linalg.eigh(cov)[1][:, -1]
-        off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
-        pts = chroma[off <= np.quantile(off, keep)]
-    return c, d
+    c = np.median(chroma, axis=0)
+    cov = np.cov((chroma - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
+    return c, np.linalg.eigh(cov)[1][:, -1]
 
 
 def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: float = 3.0) -> tuple[float, float]:

@@ -243,11 +243,11 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     hw = max(1, int(round(0.05 / mm)))
     sm = 0.05 / mm / step
 
-    def ridge(img: np.ndarray) -> np.ndarray:
-        """The echo along the axis, following the needle's ridge: the brightest of lateral offsets up to 0.3 mm."""
+    def along(img: np.ndarray) -> np.ndarray:
+        """The echo along the axis, averaged over a narrow band and smoothed by 0.05 mm."""
         return ndimage.gaussian_filter1d(geo.profile(img, point, direction, s, half_width=hw), sm)
 
-    r_pre, r_post = ridge(pre), ridge(post_a)
+    r_pre, r_post = along(pre), along(post_a)
     r_diff = r_post - r_pre
     noise = 1.4826 * float(np.median(np.abs(r_diff - np.median(r_diff)))) + 1e-6  # most of the line: no change
     top = np.percentile(r_diff, 99)
@@ -269,16 +269,6 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     if inner.sum() < 4:
         raise InputError(f"needle advance too short ({(g1 - g0) * mm:.1f} mm)", NO_NEEDLE_HINT)
 
-    def window(a: float, b: float, prof: np.ndarray) -> np.ndarray:
-        w = prof[(sd > a) & (sd < b)]
-        return w if len(w) > 3 else prof[inner]
-
-    shaft_pre = np.median(window(g0 - 2 / mm, g0 - 0.3 / mm, pre_d))
-    tissue_pre = np.median(pre_d[inner])
-    needle_post = np.median(post_d[inner])
-    after_post = window(g1 + 0.3 / mm, g1 + 3 / mm, post_d)
-    tissue_post = np.median(after_post)
-    level = np.median(diff_d[inner]) / 2
     # T0 and T1: the steps of the difference (zero behind T0 where both frames show the shaft, and
     # beyond T1 where both show tissue), each searched within 3 mm of the advance run's ends
     w = 3 / mm
@@ -295,7 +285,7 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     d0, _ = _step(pre_d, sd, s0 - w, min(s0 + w, (s0 + s1) / 2), step)
     snr = [snr0, snr1]
     return {"u": direction * sign, "s0": s0, "s1": s1, "d0": d0, "d1": d1, "snr": snr,
-            "needle_post_raw": float(np.median(geo.profile(post_a, point, direction, s[inner] if sign > 0 else s[inner[::-1]], half_width=hw)))}
+            "needle_post": float(np.median(post_d[inner]))}
 
 
 def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float]) -> dict:
@@ -347,7 +337,7 @@ def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float])
     tip = _tips(pre, post_a, point, direction, mm)
     # final axis: the post-fire shaft's bright pixels (entry to T1: the longest baseline) near the line
     u = tip["u"]
-    half_post = (tip["needle_post_raw"] + float(np.median(post_a))) / 2
+    half_post = (tip["needle_post"] + float(np.median(post_a))) / 2
     ys, xs = np.nonzero(post_a > half_post)
     pts = np.stack([xs, ys], 1).astype(float)
     sel = (np.abs((pts - point) @ np.array([-u[1], u[0]])) < 0.3 / mm) & ((pts - point) @ u < tip["s1"] - 0.3 / mm)
