@@ -29,52 +29,52 @@ os.environ.update(
 
 
 @functools.cache
+def schema_document(schema):
+    """A sheet schema (read once)."""
+    return yaml.safe_load(Path(workflow.basedir, schema.replace("../", "")).read_text())
+
+
 def schema_properties(schema):
-    """Column definitions of a sheet schema (read once)."""
-    return yaml.safe_load(Path(workflow.basedir, schema.replace("../", "")).read_text())["properties"]
+    """Column definitions of a sheet schema."""
+    return schema_document(schema)["properties"]
 
 
-def validated_sheet(key, schema, ids):
-    """Read a sheet and validate each row against its schema; errors name sheet and line."""
+def read_sheet(key, schema, ids):
+    """Read a sheet; return it with every schema problem of every row (named by sheet and line)."""
     path = config["samples"][key]
-    numeric = {c for c, p in schema_properties(schema).items() if p.get("type") in ("number", "integer")}
+    props = schema_properties(schema)
+    numeric = {c for c, p in props.items() if p.get("type") in ("number", "integer")}
     try:
         df = sheetlib.read_sheet(path, numeric)
     except sheetlib.SheetError as e:
         raise WorkflowError(str(e))
-    try:
-        validate(df, schema)
-    except WorkflowError as e:
-        msg = str(e.args[0]) if e.args else str(e)
-        row = int(msg.split("row ")[1].split(" ")[0]) if "row " in msg else -1
-        cause = e.args[1].message if len(e.args) > 1 and hasattr(e.args[1], "message") else msg
-        who = ", ".join(str(df.iloc[row][c]) for c in ids if c in df) if row >= 0 else "?"
-        raise WorkflowError(f"{path} line {sheetlib.line(row)} ({who}): {cause}; see {schema.replace('../', '')}")
-    return df
+    return df, sheetlib.schema_problems(df, schema_document(schema), path, ids)
 
 
-participants = validated_sheet("participants", "../schemas/participants.schema.yaml", ("participant_id",))
-biopsies = validated_sheet("biopsies", "../schemas/biopsies.schema.yaml", ("participant_id", "biopsy_id"))
+participants, _problems = read_sheet("participants", "../schemas/participants.schema.yaml", ("participant_id",))
+biopsies, _bproblems = read_sheet("biopsies", "../schemas/biopsies.schema.yaml", ("participant_id", "biopsy_id"))
+_problems += _bproblems
 # biopsies excluded by hand (a reason in the `exclude` column): not processed, listed in the report
 _reason = biopsies["exclude"].fillna("").str.strip() if "exclude" in biopsies else biopsies["biopsy_id"].str.slice(0, 0)
 EXCLUDED = [[p, b, r] for p, b, r in zip(biopsies["participant_id"], biopsies["biopsy_id"], _reason, strict=True) if r]
 biopsies = biopsies[_reason == ""]
-_problems = sheetlib.check(
+_problems += sheetlib.check(
     participants, biopsies, (config["samples"]["participants"], config["samples"]["biopsies"]), GENERATED
 )
 if _problems:
-    raise WorkflowError("sample sheet problems:\n  " + "\n  ".join(_problems))
+    raise WorkflowError(f"{len(_problems)} sample sheet problem(s); nothing was run:\n  " + "\n  ".join(_problems))
 biopsies = biopsies.set_index(["participant_id", "biopsy_id"], drop=False).sort_index()
 # rows as plain dicts: input functions run once per job, and a dict lookup is ~100x cheaper than .loc
 ROWS = dict(zip(biopsies.index, biopsies.to_dict("records")))
 
-# IDs: one pattern, from the schema, used as wildcard constraint
-_ID = schema_properties("../schemas/biopsies.schema.yaml")["biopsy_id"]["pattern"].strip("^$")
+# IDs: the schema's patterns, used as wildcard constraints (participant IDs hold no '_',
+# so the VOC image ID <participant>_<biopsy> splits at its first '_')
+_ID = {c: schema_properties("../schemas/biopsies.schema.yaml")[c]["pattern"].strip("^$") for c in ("participant_id", "biopsy_id")}
 
 
 wildcard_constraints:
-    participant=_ID,
-    biopsy=_ID,
+    participant=_ID["participant_id"],
+    biopsy=_ID["biopsy_id"],
     phase="prefire|postfire",
     split="train|val|test|trainval",
     model="|".join(config["train"]["models"]),
@@ -104,6 +104,16 @@ def bx(wildcards):
 
 def biopsy_file(column):
     return lambda wildcards: bx(wildcards)[column]
+
+
+def sheet_value(column):
+    """A job's optional biopsies.tsv value as text ("" when the column or cell is empty)."""
+
+    def value(wildcards):
+        v = bx(wildcards).get(column)
+        return "" if v is None or (isinstance(v, float) and v != v) else str(v)
+
+    return value
 
 
 def override_args(wildcards):

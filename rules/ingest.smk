@@ -31,6 +31,7 @@ rule ingest_wsi:
         meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.json",
     params:
         um=config["ingest"]["thumb_um_per_px"],
+        sheet_um=sheet_value("wsi_um_per_px"),
     group:
         "prep_{participant}"
     conda:
@@ -41,5 +42,5 @@ rule ingest_wsi:
         "benchmarks/ingest_wsi/{participant}/{biopsy}.tsv"
     shell:
         "python -m workflow_scripts.ingest wsi --image={output.image:q} --meta={output.meta:q} "
-        "--thumb-um={params.um:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "--thumb-um={params.um:q} --um-per-px={params.sheet_um:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "-- {input:q} > {log:q} 2>&1"

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 import tifffile
 
-from workflow_scripts import demo, ingest
+from workflow_scripts import demo, ingest, slide
 from workflow_scripts.errors import InputError
 from workflow_scripts.transfer import geojson_features, tumour_polygons
 
@@ -93,34 +93,51 @@ def test_region_out_of_bounds_and_missing_resolution(tmp_path, biopsy):
 
 def test_wsi_resolution_and_level_equal_truth(biopsy):
     out, truth = biopsy
-    img, meta = ingest.read_wsi_level(out["wsi"], 16.0)
+    img, meta = slide.read_slide(out["wsi"], 16.0)
     assert meta["um_per_px"] == pytest.approx(truth["slide_um_per_px"])
     assert meta["level_shapes"][0] == truth["slide_shape"]
     assert meta["level_um_per_px"] <= 16.0 * 1.01 and meta["level"] > 0
     assert img.shape[:2] == tuple(meta["level_shapes"][meta["level"]])
 
 
-def test_region_read_matches_whole_level(biopsy):
+def test_level_read_tile_by_tile_matches_the_whole_level(biopsy):
+    img, meta = slide.read_slide(biopsy[0]["wsi"], 16.0)
     with tifffile.TiffFile(biopsy[0]["wsi"]) as tif:
-        level = tif.series[0].levels[1]
-        whole = level.asarray()
-        part = ingest.read_region(level.keyframe, 300, 517, 400, 333)
-    np.testing.assert_array_equal(part, whole[300:700, 517:850])
+        whole = tif.series[0].levels[meta["level"]].asarray()
+    assert meta["reader"] == "tifffile" and meta["um_source"] == "OME PhysicalSizeX"
+    np.testing.assert_array_equal(img, whole)
+
+
+def test_a_slide_without_a_fine_enough_level_is_averaged_down_tile_by_tile(tmp_path):
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 256, (700, 900, 3), np.uint8)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, full, tile=(128, 128), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    img, meta = slide.read_slide(path, 4.0)  # 8 x 8 blocks; the last row and column of blocks are partial
+    assert meta["averaged"] == 8 and meta["level_um_per_px"] == pytest.approx(4.0) and img.shape == (88, 113, 3)
+    ref = np.zeros((88, 113, 3))
+    for i in range(88):
+        for j in range(113):
+            ref[i, j] = full[i * 8 : i * 8 + 8, j * 8 : j * 8 + 8].reshape(-1, 3).mean(axis=0)
+    assert np.abs(img - ref).max() <= 0.5
 
 
 def test_wsi_resolution_from_tiff_tags_and_svs(tmp_path):
     a = tmp_path / "tags.tif"
     tifffile.imwrite(a, np.zeros((64, 64, 3), np.uint8), resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
     with tifffile.TiffFile(a) as tif:
-        assert ingest.wsi_um_per_px(tif) == pytest.approx(0.5)
+        assert slide.tiff_um_per_px(tif) == (pytest.approx(0.5), "TIFF resolution tags")
     b = tmp_path / "svs.tif"
     tifffile.imwrite(b, np.zeros((64, 64, 3), np.uint8), description="Aperio Image Library v12|AppMag = 40|MPP = 0.2520")
     with tifffile.TiffFile(b) as tif:
-        assert ingest.wsi_um_per_px(tif) == pytest.approx(0.252)
-    c = tmp_path / "none.tif"
-    tifffile.imwrite(c, np.zeros((64, 64, 3), np.uint8))
-    with tifffile.TiffFile(c) as tif, pytest.raises(InputError, match="no resolution"):
-        ingest.wsi_um_per_px(tif)
+        assert slide.tiff_um_per_px(tif)[0] == pytest.approx(0.252)
+    for dpi, why in ((None, "no resolution tags|without a physical unit"), (72, "72 dpi.*software default"), (1, "1 dpi"),
+                     (254, "outside the 0.05-20")):
+        c = tmp_path / f"res{dpi}.tif"
+        kw = {"resolution": (dpi, dpi), "resolutionunit": "INCH"} if dpi else {}
+        tifffile.imwrite(c, np.zeros((64, 64, 3), np.uint8), **kw)
+        with pytest.raises(InputError, match=why):
+            slide.read_slide(c, 16.0)
 
 
 def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):

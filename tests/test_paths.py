@@ -58,6 +58,8 @@ HOSTILE = [  # one folder per biopsy: what shared drives and several hands put i
 def test_hostile_paths_run_through_registration_and_voc(tmp_path):
     from workflow_scripts import demo
 
+    BID = "HX01_B1"  # biopsy IDs as users write them, underscore included
+
     owned = tmp_path / "owned"
     folders = [*HOSTILE, f"$(touch {owned})"]
     parts, rows = [], []
@@ -66,9 +68,9 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
         d = Path(folder) if folder.startswith("-") else tmp_path / "data" / folder  # a relative path that starts with '-'
         files = {"prefire": d / "pre fire.dcm", "postfire": d / "post'fire.dcm", "wsi": d / "slide (1).ome.tif",
                  "annotation": d / "ann$x.geojson", "truth": tmp_path / "truth" / f"{pid}.json", "truth_mask": tmp_path / "truth" / f"{pid}.png"}
-        demo.generate_biopsy(31, pid, "B1", {k: tmp_path / v if not v.is_absolute() else v for k, v in files.items()})
+        demo.generate_biopsy(31, pid, BID, {k: tmp_path / v if not v.is_absolute() else v for k, v in files.items()})
         parts.append({"participant_id": pid})
-        rows.append({"participant_id": pid, "biopsy_id": "B1", **{k: str(files[k]) for k in ("prefire", "postfire", "wsi", "annotation")}})
+        rows.append({"participant_id": pid, "biopsy_id": BID, **{k: str(files[k]) for k in ("prefire", "postfire", "wsi", "annotation")}})
     (tmp_path / "sheets").mkdir()
     pd.DataFrame(parts).to_csv(tmp_path / "sheets/participants.tsv", sep="\t", index=False)
     pd.DataFrame(rows).to_csv(tmp_path / "sheets/biopsies.tsv", sep="\t", index=False)
@@ -76,15 +78,15 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
     write_config(tmp_path, results=results, truth_dir=None,
                  demo={"enabled": False, "root": "demo", "seed": 1, "large_slide": ""},
                  transfer={"classes": {"Tumor": "cancer", "it's a $(class), \"x\"": "cancer"}, "outside_core": "void", "across": "shrinkage"})
-    targets = [f"{results}/qc/registration_qc.tsv", *(f"{results}/qc/P{i:03d}/B1.png" for i in range(1, len(folders) + 1))]
+    targets = [f"{results}/qc/registration_qc.tsv", *(f"{results}/qc/P{i:03d}/{BID}.png" for i in range(1, len(folders) + 1))]
     snakemake(tmp_path, "--cores", "2", *targets)
 
     qc = pd.read_csv(tmp_path / results / "qc/registration_qc.tsv", sep="\t")
     assert len(qc[qc["participant_id"].str.startswith("P")]) == len(folders)  # every biopsy registered
     for i in range(1, len(folders) + 1):
-        labelme = json.loads((tmp_path / results / f"labelme/P{i:03d}/B1.json").read_text())
+        labelme = json.loads((tmp_path / results / f"labelme/P{i:03d}/{BID}.json").read_text())
         assert "cancer" in {s["label"] for s in labelme["shapes"]}  # the class map (with quotes in a key) was read
-        assert (tmp_path / results / f"voc/SegmentationClass/P{i:03d}_B1.png").stat().st_size > 0
+        assert (tmp_path / results / f"voc/SegmentationClass/P{i:03d}_{BID}.png").stat().st_size > 0
     # nothing in a path ran: no file made by $(...) or backticks, anywhere
     assert not owned.exists()
     assert not list(tmp_path.rglob("BACKTICK_OWNED")) and not list(tmp_path.rglob("OWNED2"))

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from workflow_scripts import demo, geometry as geo, ingest, orient, tract
+from workflow_scripts import demo, geometry as geo, ingest, orient, slide, tract
 from workflow_scripts.errors import InputError
 from conftest import ROOT
 
@@ -19,7 +19,7 @@ def case(request, tmp_path_factory):
     demo.generate_biopsy(21, pid, bid, out)
     pre, meta = ingest.read_ultrasound(out["prefire"])
     post, _ = ingest.read_ultrasound(out["postfire"])
-    thumb, wmeta = ingest.read_wsi_level(out["wsi"], 16.0)
+    thumb, wmeta = slide.read_slide(out["wsi"], 16.0)
     return pre, post, meta, thumb, wmeta, json.loads(out["truth"].read_text())
 
 
@@ -85,7 +85,7 @@ def test_slide_without_dye_is_a_clear_error(tmp_path):
     t.dye_length_mm = 0.0
     demo.place_on_slide(t, np.random.default_rng(0))
     demo.write_wsi(t, tmp_path / "w.ome.tif")
-    thumb, _ = ingest.read_wsi_level(tmp_path / "w.ome.tif", 16.0)
+    thumb, _ = slide.read_slide(tmp_path / "w.ome.tif", 16.0)
     with pytest.raises(InputError) as e:
         orient.find_orientation(thumb)
     assert "no dye" in e.value.what and "dye_end" in e.value.hint

@@ -61,6 +61,28 @@ def test_bad_cell_is_rejected_naming_sheet_and_line(workdir, sheet, row, column,
     rejected(workdir, *needles)
 
 
+def test_every_problem_of_every_row_is_reported_at_once(workdir):
+    edit(workdir, "participants.tsv", lambda d: d.assign(birads=["6", "4a", "7"][: len(d)]))
+    def bad_biopsies(d):
+        d.loc[0, "participant_id"] = "P_1"
+        d.loc[1, "tip_x"] = "12"
+        d.loc[2, "wsi"] = "/nowhere/s.svs"
+        return d
+    edit(workdir, "biopsies.tsv", bad_biopsies)
+    rejected(workdir, "sample sheet problem(s)", "participants.tsv line 2 (P001): column birads: '6' is not one of",
+             "participants.tsv line 4 (P003): column birads: '7' is not one of",
+             "biopsies.tsv line 2 (P_1, B1): column participant_id", "VOC image IDs are <participant>_<biopsy>",
+             "biopsies.tsv line 3", "'tip_y' is a dependency of 'tip_x'",
+             "biopsies.tsv line 4", "wsi file /nowhere/s.svs does not exist")
+
+
+def test_underscored_biopsy_ids_and_a_sheet_pixel_size_plan(workdir):
+    edit(workdir, "biopsies.tsv", lambda d: d.assign(biopsy_id=d["participant_id"] + "_" + d["biopsy_id"], wsi_um_per_px="0.25"))
+    out = snakemake(workdir, "-n", "-p").stdout
+    assert "Job stats" in out and "SegmentationClass/P001_B1.png" not in out
+    assert "--um-per-px=0.25" in out and "voc/SegmentationClass/P001_P001_B1.png" in out
+
+
 def test_bad_config(workdir):
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["transfer"]["outside_core"] = "maybe"

@@ -1,24 +1,23 @@
-"""Ingest: calibrated grayscale ultrasound from DICOM, and a low-resolution WSI level.
+"""Ingest: calibrated grayscale ultrasound from DICOM, and a low-resolution WSI view.
 
 Only technical attributes are read from DICOM headers (an allow-list below);
-patient and study attributes are never copied anywhere.  The WSI is read
-through its pyramid, tile by tile, and the full-resolution plane is never decoded.
+patient and study attributes are never copied anywhere.  Slides are read by
+:mod:`workflow_scripts.slide` (OpenSlide or tifffile), tile by tile.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import tifffile
 from pydicom.pixels import apply_color_lut, pixel_array
 from skimage.io import imsave
 
 from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.slide import read_slide
 
 TISSUE, SPATIAL_2D, UNITS_CM = 1, 1, 3
 
@@ -143,77 +142,6 @@ def read_ultrasound(path: str | Path, frame: str | int = "last", mm_per_px: tupl
     return gray, meta
 
 
-# ----------------------------------------------------------------------- WSI
-
-
-def wsi_um_per_px(tif: tifffile.TiffFile) -> float:
-    """Microns per pixel of the full-resolution level: OME, SVS description or resolution tags."""
-    if tif.is_ome and tif.ome_metadata:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-        if m:
-            scale = {"nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
-            return float(m.group(1)) * scale
-    page = tif.pages[0]
-    desc = page.description or ""
-    m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
-    if m:
-        return float(m.group(1))
-    res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
-    if res and unit and unit.value in (2, 3):
-        num, den = res.value
-        if num > 0 and den > 0:
-            per_unit = num / den  # pixels per inch (2) or per cm (3)
-            return (25400.0 if unit.value == 2 else 10000.0) / per_unit
-    raise InputError(
-        "slide has no resolution: no OME PhysicalSizeX, no SVS MPP and no TIFF resolution tags",
-        "re-export the slide with its scanner metadata (OME-TIFF or SVS)",
-    )
-
-
-def read_region(page: tifffile.TiffPage, y: int, x: int, h: int, w: int) -> np.ndarray:
-    """Read a region of one tiled pyramid level by decoding only the tiles it touches."""
-    th, tw = page.tilelength, page.tilewidth
-    across = -(-page.imagewidth // tw)
-    out = np.zeros((h, w, page.samplesperpixel), page.dtype)
-    decode, tables = page.decode, page.jpegtables  # may read tags: before any seek
-    fh = page.parent.filehandle
-    for ty in range(y // th, (y + h - 1) // th + 1):
-        for tx in range(x // tw, (x + w - 1) // tw + 1):
-            i = ty * across + tx
-            fh.seek(page.dataoffsets[i])
-            tile, _, _ = decode(fh.read(page.databytecounts[i]), i, jpegtables=tables)
-            tile = tile.reshape(th, tw, -1)
-            ys, xs = max(y, ty * th), max(x, tx * tw)
-            ye, xe = min(y + h, (ty + 1) * th), min(x + w, (tx + 1) * tw)
-            out[ys - y : ye - y, xs - x : xe - x] = tile[ys - ty * th : ye - ty * th, xs - tx * tw : xe - tx * tw]
-    return out
-
-
-def read_wsi_level(path: str | Path, target_um_per_px: float) -> tuple[np.ndarray, dict]:
-    """The coarsest pyramid level at least as fine as the target, plus slide metadata."""
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as e:
-        raise InputError(f"not a readable TIFF/OME-TIFF/SVS slide ({type(e).__name__})", "check the wsi path in biopsies.tsv") from None
-    with tif:
-        um = wsi_um_per_px(tif)
-        levels = tif.series[0].levels
-        shapes = [list(lv.shape[:2]) for lv in levels]
-        ums = [um * shapes[0][1] / s[1] for s in shapes]
-        ok = [i for i, u in enumerate(ums) if u <= target_um_per_px * 1.01] or [0]
-        k = max(ok)
-        if k == 0 and len(levels) == 1 and max(shapes[0]) > 8192:
-            raise InputError("slide has no pyramid levels and is too large to read whole", "convert it to a pyramidal OME-TIFF")
-        page = levels[k].keyframe
-        if not page.is_tiled:
-            img = levels[k].asarray()
-        else:
-            img = read_region(page, 0, 0, page.imagelength, page.imagewidth)
-    meta = {"um_per_px": um, "level": k, "level_um_per_px": ums[k], "level_shapes": shapes, "level_um": ums}
-    return img[..., :3], meta
-
-
 # ---------------------------------------------------------------- entry point
 
 
@@ -225,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta", required=True)
     p.add_argument("--frame", default="last")
     p.add_argument("--thumb-um", type=float, default=16.0)
+    p.add_argument("--um-per-px", default="", help="slide pixel size from the sheet (overrides the file's); empty: from the file")
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     a = p.parse_args(argv)
@@ -233,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.kind == "ultrasound":
             img, meta = read_ultrasound(a.source, a.frame)
         else:
-            img, meta = read_wsi_level(a.source, a.thumb_um)
+            img, meta = read_slide(a.source, a.thumb_um, float(a.um_per_px) if a.um_per_px else None)
         imsave(a.image, img, check_contrast=False)
         Path(a.meta).write_text(json.dumps(meta, indent=1))
         print(f"ingested {a.kind}: {img.shape[1]}x{img.shape[0]} px")

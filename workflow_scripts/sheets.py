@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+import jsonschema
 import pandas as pd
 
 FILE_COLUMNS = ("prefire", "postfire", "wsi", "annotation")
@@ -44,6 +45,26 @@ def _number(value: object) -> object:
         return value
 
 
+def schema_problems(df: pd.DataFrame, schema: dict, sheet: str, ids: tuple[str, ...]) -> list[str]:
+    """Every schema violation of every row (not only the first), naming sheet, line and IDs.
+
+    A violated ``pattern`` also quotes the column's description, which says what
+    the column accepts and why.
+    """
+    validator = jsonschema.Draft202012Validator(schema)
+    props = schema.get("properties", {})
+    problems = []
+    for i, record in enumerate(df.to_dict("records")):
+        row = {k: v for k, v in record.items() if not (isinstance(v, float) and v != v)}
+        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.absolute_path)):
+            col = err.absolute_path[0] if err.absolute_path else None
+            who = ", ".join(str(row[c]) for c in ids if c in row)
+            why = props.get(col, {}).get("description", "") if err.validator == "pattern" else ""
+            where = f"column {col}: " if col else ""
+            problems.append(f"{sheet} line {line(i)} ({who}): {where}{err.message}" + (f" ({why})" if why else ""))
+    return problems
+
+
 def line(i: int) -> int:
     """Spreadsheet line of data row i (0-based)."""
     return i + 2
@@ -52,7 +73,9 @@ def line(i: int) -> int:
 def check(participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, str], generated_prefix: str | None = None) -> list[str]:
     """Problems: duplicate IDs, unknown participants, missing files (except ones the workflow generates)."""
     pname, bname = names
-    problems = []
+    problems: list[str] = []
+    if "participant_id" not in participants or not {"participant_id", "biopsy_id", *FILE_COLUMNS} <= set(biopsies):
+        return problems  # the schema check has named the missing columns
     dup = participants["participant_id"].duplicated(keep="first")
     for i in dup[dup].index:
         problems.append(f"{pname} line {line(i)}: duplicate participant_id {participants.at[i, 'participant_id']}; each participant has one row")
