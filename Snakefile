@@ -46,4 +46,4 @@ onsuccess:
 
 
 onerror:
-    failures.write(Path("logs"), Path(RESULTS, "failures.tsv"))
+    failures.write(Path("logs"), Path(RESULTS, "failures.tsv"), log)

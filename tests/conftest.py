@@ -38,11 +38,12 @@ def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     biops.to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """Run the real workflow in workdir."""
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200,
+              pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
+    """Run the real workflow in workdir (``pythonpath``: folders put before the checkout)."""
     cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}")

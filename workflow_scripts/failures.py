@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from workflow_scripts.errors import RECORD
+
+
+COLUMNS = ["step", "participant_id", "biopsy_id", "file", "problem", "hint", "log"]
+FAILED_LOG = re.compile(r"^\s*log: (.+) \(check log file\(s\) for error details\)$")  # Snakemake's error block
+PHASE = re.compile(r"_(prefire|postfire)$")
 
 
 def collect(logs: Path) -> pd.DataFrame:
@@ -25,12 +31,44 @@ def collect(logs: Path) -> pd.DataFrame:
             r = json.loads(records[-1])
             rows.append({"step": log.relative_to(logs).parts[0], "participant_id": r["participant"], "biopsy_id": r["biopsy"],
                          "file": r["file"], "problem": r["problem"], "hint": r["hint"], "log": str(log)})
-    return pd.DataFrame(rows, columns=["step", "participant_id", "biopsy_id", "file", "problem", "hint", "log"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def write(logs: Path, out: Path) -> pd.DataFrame:
-    """Collect the failures into ``out`` (TSV) and print them."""
+def failed_job_logs(run_logs: list[str]) -> list[Path]:
+    """Job logs that Snakemake's own run log lists as belonging to failed jobs."""
+    found = []
+    for run_log in run_logs:
+        text = Path(run_log).read_text(errors="replace") if Path(run_log).is_file() else ""
+        for ln in text.splitlines():
+            m = FAILED_LOG.match(ln)
+            if m:
+                found += [Path(p) for p in m.group(1).split(", ")]
+    return list(dict.fromkeys(found))
+
+
+def unrecorded(failed: list[Path], logs: Path, recorded: set[str]) -> pd.DataFrame:
+    """Rows for failed jobs whose log holds no failure record: killed, out of memory, or a crash outside Python."""
+    rows = []
+    for log in failed:
+        if str(log) in recorded:
+            continue
+        parts = log.relative_to(logs).parts if log.is_relative_to(logs) else log.parts
+        who = [*parts[1:-1], PHASE.sub("", Path(parts[-1]).stem)] if len(parts) >= 3 else ["", ""]
+        rows.append({"step": parts[0], "participant_id": who[0], "biopsy_id": who[1] if len(who) > 1 else "", "file": "",
+                     "problem": "the job failed without a tractmap error (killed, out of memory or time, or a crash outside Python)",
+                     "hint": f"read {log}{'' if log.is_file() else ' (not written)'} and the cluster's job log; rerun with more resources", "log": str(log)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write(logs: Path, out: Path, run_logs: list[str] | None = None) -> pd.DataFrame:
+    """Collect the failures into ``out`` (TSV) and print them.
+
+    ``run_logs`` are Snakemake's own logs of this run; a failed job they name whose
+    log holds no tractmap record is listed too, so every failed job has a row.
+    """
     table = collect(logs)
+    extra = unrecorded(failed_job_logs(run_logs or []), logs, set(table["log"]))
+    table = pd.concat([table, extra], ignore_index=True) if len(extra) else table
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False)
     if len(table):
