@@ -77,3 +77,54 @@ def test_correction_saved_without_image_data_uses_the_crop(tmp_path):
     assert np.array_equal(with_data, without)
     with pytest.raises(InputError, match="no embedded imageData"):
         voc.convert(doc, "C_B1", tmp_path / "c")
+
+
+# ---------------------------------------------------------------- Labelme's own examples (real files)
+
+EXAMPLES = "examples/semantic_segmentation"
+
+
+@pytest.fixture(scope="module")
+def labelme_examples():
+    from realfiles import fetch
+
+    return fetch("labelme") / EXAMPLES
+
+
+@pytest.mark.parametrize("stem", ["2011_000003", "2011_000006", "2011_000025"])
+def test_labelmes_own_examples_convert_exactly_as_labelme2voc_did(labelme_examples, tmp_path, stem):
+    """Real Labelme files, saved without image data: our VOC label equals the one Labelme's labelme2voc shipped."""
+    import PIL.Image
+
+    names = tuple((labelme_examples / "labels.txt").read_text().splitlines()[1:])  # after __ignore__
+    src = labelme_examples / "data_annotated" / f"{stem}.json"
+    doc = json.loads(src.read_text())
+    assert not doc.get("imageData")  # the image comes from imagePath, next to the file
+    label = voc.convert(doc, stem, tmp_path, class_names=names, base=src.parent)
+    values = voc.label_values(names)
+    now, _ = shapes_to_label(label.shape, doc["shapes"], {k: (-1 if v == voc.VOID else v) for k, v in values.items()})
+    np.testing.assert_array_equal(label, np.where(now == -1, voc.VOID, now))  # the installed Labelme, exactly
+    shipped = np.asarray(PIL.Image.open(labelme_examples / "data_dataset_voc/SegmentationClass" / f"{stem}.png"))
+    assert (label == shipped).mean() > 0.9999  # the release's labelme2voc output (an older Labelme drew it)
+    assert len(np.unique(label)) >= 3
+    ours = np.asarray(PIL.Image.open(tmp_path / "JPEGImages" / f"{stem}.jpg").convert("L"))
+    jpg = np.asarray(PIL.Image.open(src.parent / doc["imagePath"]).convert("L"))
+    assert ours.shape == jpg.shape and np.abs(ours.astype(int) - jpg).mean() < 2
+
+
+def test_labelme_primitives_that_enclose_no_pixels_are_a_clear_error(labelme_examples, tmp_path):
+    import subprocess
+    import sys
+
+    src = labelme_examples.parent / "primitives/primitives.json"
+    doc = json.loads(src.read_text())
+    values = {s["label"]: 1 for s in doc["shapes"]}
+    areas = [s for s in doc["shapes"] if s["shape_type"] in voc.AREAS]
+    assert {s["shape_type"] for s in areas} == {"rectangle", "circle", "polygon"}
+    label = voc.rasterize(areas, (doc["imageHeight"], doc["imageWidth"]), values)
+    theirs, _ = shapes_to_label((doc["imageHeight"], doc["imageWidth"]), areas, values)
+    np.testing.assert_array_equal(label, theirs)
+    res = subprocess.run([sys.executable, "-m", "workflow_scripts.voc", "image", f"--root={tmp_path}", "--image-id=x",
+                          "--participant=P001", "--biopsy=B1", str(src)], capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "tractmap error: participant P001, biopsy B1" in res.stderr and "unknown label 'rectangle' (shape 1)" in res.stderr

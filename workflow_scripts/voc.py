@@ -17,7 +17,7 @@ from pathlib import Path
 import imgviz
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
+from labelme.utils import shape_to_mask
 
 from workflow_scripts.errors import InputError, run_cli
 from workflow_scripts.review import needs_review
@@ -31,30 +31,44 @@ def label_values(class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, int]:
     return {"__ignore__": VOID, **{n: i for i, n in enumerate(class_names)}}
 
 
+AREAS = ("polygon", "rectangle", "circle", "oriented_rectangle")  # Labelme shapes that enclose pixels
+
+
 def rasterize(shapes: list[dict], shape: tuple[int, int], values: dict[str, int]) -> np.ndarray:
-    """Paint polygon shapes in order (later shapes win), outline included."""
-    canvas = PIL.Image.new("L", (shape[1], shape[0]), 0)
-    draw = PIL.ImageDraw.Draw(canvas)
-    for s in shapes:
+    """Paint Labelme's area shapes in order (later shapes win), drawn by Labelme's own shape_to_mask."""
+    canvas = np.zeros(shape[:2], np.uint8)
+    for i, s in enumerate(shapes, 1):
+        kind = s.get("shape_type") or "polygon"
         if s["label"] not in values:
-            raise InputError(f"unknown label {s['label']!r} in Labelme file", f"use one of {sorted(values)}")
-        if s.get("shape_type", "polygon") != "polygon":
-            raise InputError(f"shape type {s['shape_type']!r} is not supported", "draw polygons in Labelme")
-        draw.polygon([tuple(p) for p in s["points"]], fill=values[s["label"]], outline=values[s["label"]])
-    return np.asarray(canvas, np.uint8)
+            raise InputError(f"unknown label {s['label']!r} (shape {i}) in Labelme file", f"use one of {sorted(values)}")
+        if kind not in AREAS:
+            raise InputError(f"shape {i} is a {kind}, which encloses no pixels", f"draw labels as one of {', '.join(AREAS)}")
+        try:
+            mask = shape_to_mask(shape[:2], s["points"], kind)
+        except (AssertionError, ValueError) as e:
+            raise InputError(f"shape {i} ({kind} {s['label']!r}) is malformed: {e}", "redraw that shape in Labelme") from None
+        canvas[mask] = values[s["label"]]
+    return canvas
 
 
-def decode_image(doc: dict, crop: Path | None = None) -> np.ndarray:
-    """Grayscale crop embedded in a Labelme document; without one (Labelme's "Save With Image Data" off), the crop."""
+def decode_image(doc: dict, crop: Path | None = None, base: Path | None = None) -> np.ndarray:
+    """The grayscale image of a Labelme document.
+
+    Embedded imageData first; without it (Labelme's "Save With Image Data" off), the
+    file named by imagePath (relative to the Labelme file's folder ``base``), else the crop.
+    """
     if doc.get("imageData"):
         return np.asarray(PIL.Image.open(io.BytesIO(base64.b64decode(doc["imageData"]))).convert("L"))
-    if crop is not None and Path(crop).is_file():
-        image = np.asarray(PIL.Image.open(crop).convert("L"))
+    named = Path(base or ".", doc["imagePath"]) if doc.get("imagePath") else None
+    source = named if named is not None and named.is_file() else crop
+    if source is not None and Path(source).is_file():
+        image = np.asarray(PIL.Image.open(source).convert("L"))
         if (doc.get("imageHeight"), doc.get("imageWidth")) in ((None, None), image.shape):
             return image
         raise InputError(f"Labelme file has no imageData and is {doc.get('imageWidth')}x{doc.get('imageHeight')} px, "
-                         f"but the tract crop is {image.shape[1]}x{image.shape[0]}", "re-save the correction from the automatic file")
-    raise InputError("Labelme file has no embedded imageData", "save it in Labelme with 'Save With Image Data' on")
+                         f"but {source} is {image.shape[1]}x{image.shape[0]}", "re-save the correction from the automatic file")
+    raise InputError("Labelme file has no embedded imageData and its imagePath "
+                     f"{doc.get('imagePath')!r} is not found", "save it in Labelme with 'Save With Image Data' on")
 
 
 def save_palette_png(label: np.ndarray, path: Path) -> None:
@@ -66,9 +80,10 @@ def save_palette_png(label: np.ndarray, path: Path) -> None:
     img.save(path)
 
 
-def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] = CLASS_NAMES, crop: Path | None = None) -> np.ndarray:
+def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] = CLASS_NAMES, crop: Path | None = None,
+            base: Path | None = None) -> np.ndarray:
     """Write one image's VOC files; returns its label."""
-    image = decode_image(doc, crop)
+    image = decode_image(doc, crop, base)
     label = rasterize(doc["shapes"], image.shape, label_values(class_names))
     for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassVisualization"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -100,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "image":
         def go() -> None:
-            label = convert(json.loads(Path(a.labelme).read_text()), a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None)
+            label = convert(json.loads(Path(a.labelme).read_text()), a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None,
+                            base=Path(a.labelme).parent)
             known = label != VOID
             print(f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer {(label[known] == 1).mean() if known.any() else 0:.0%} of labelled")
         run_cli(go, a.participant, a.biopsy, a.labelme)
