@@ -57,3 +57,24 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
     for log in (tmp_path / "logs").rglob("*.log"):
         text = log.read_text()
         assert "Traceback" not in text or "tractmap error:" in text, log
+
+
+@pytest.mark.parametrize("step, args", [
+    ("ingest", ["ultrasound", "--image={o}/i.png", "--meta={o}/i.json"]),
+    ("ingest", ["wsi", "--image={o}/i.png", "--meta={o}/i.json"]),
+    ("transfer", ["--annotation={bad}", "--orient={o}/x.json", "--tract={o}/x.json", "--crop={o}/c.png", "--out={o}/l.json", "--summary={o}/s.json"]),
+    ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1"]),
+], ids=["ingest-ultrasound", "ingest-wsi", "transfer", "voc"])
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, b"{\"type\": \"Feature"], ids=["binary", "cut-json"])
+def test_each_step_on_a_bad_user_file_prints_one_line_and_no_traceback(tmp_path, step, args, content):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad file"
+    bad.write_bytes(content)
+    argv = [a.format(o=tmp_path, bad=bad) for a in args] + ["--participant=P001", "--biopsy=B1"]
+    argv += [] if any("{bad}" in a for a in args) else ["--", str(bad)]
+    res = subprocess.run([sys.executable, "-m", f"workflow_scripts.{step}", *argv], capture_output=True, text=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"tractmap error: participant P001, biopsy B1, file {bad}:" in res.stderr and "hint:" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad file"]  # nothing written

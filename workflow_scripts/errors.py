@@ -29,6 +29,16 @@ class InputError(Exception):
         return f"{msg}\n  hint: {self.hint}" if self.hint else msg
 
 
+def read_json(path: str, what: str, hint: str) -> object:
+    """A user's JSON file; a damaged or non-JSON file is an :class:`InputError` naming ``what`` it should be."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f", line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise InputError(f"{what} is not valid JSON ({type(e).__name__}{where})", hint) from None
+
+
 RECORD = "tractmap failure record: "  # prefix of the machine-readable line that failures.py collects
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts import geometry as geo
-from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.errors import InputError, read_json, run_cli
 
 LABELME_VERSION = "5.1.0"
 BACKGROUND, IGNORE = "_background_", "__ignore__"
@@ -158,10 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     def go() -> None:
-        try:
-            doc = json.loads(Path(a.annotation).read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"annotation file is not valid JSON ({e.msg}, line {e.lineno})", "re-export it from QuPath") from None
+        doc = read_json(a.annotation, "the annotation file", "re-export it from QuPath as GeoJSON")
         classes = json.loads(a.classes)
         polys, ignored = tumour_polygons(geojson_features(doc), classes)
         orient, tract = json.loads(Path(a.orient).read_text()), json.loads(Path(a.tract).read_text())

@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 from labelme.utils import shape_to_mask
 
-from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.errors import InputError, read_json, run_cli
 from workflow_scripts.review import needs_review
 
 CLASS_NAMES = ("_background_", "cancer")
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "image":
         def go() -> None:
-            label = convert(json.loads(Path(a.labelme).read_text()), a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None,
+            doc = read_json(a.labelme, "the Labelme file", "re-save it in Labelme, or delete it to use the automatic one")
+            label = convert(doc, a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None,
                             base=Path(a.labelme).parent)
             known = label != VOID
             print(f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer {(label[known] == 1).mean() if known.any() else 0:.0%} of labelled")
