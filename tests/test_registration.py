@@ -156,8 +156,11 @@ def test_dense_tumour_at_one_end_is_not_dye():
     found = orient.find_orientation(demo.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
     can = orient.canonical(found, 16.0, t.slide_um_per_px)
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [demo.truth_record(t)["dye_end_slide_px"]])[0]
-    assert found["state"] == "accepted" and dye[0] > 0
+    assert dye[0] > 0  # the right end
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the dense end holds no dye
+    # nearly all of this core is one dense colour, so the tissue barely fixes the stain line's direction:
+    # the (right) call waits for a person rather than trusting the prior
+    assert found["stain_line"]["span"] < orient.MIN_SPAN and found["state"] == "review"
 
 
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():

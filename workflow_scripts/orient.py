@@ -3,12 +3,15 @@
 Everything adapts to the slide itself.  Optical density is taken against the
 slide's own background (so a tinted scan is fine).  The core is the largest
 tissue component plus the fragments in line with it (pen marks and bubbles
-beside it are not).  The slide's H&E is learnt from the middle of the core:
-in chromaticity (optical density divided by its sum) every mixture of two
-stains lies on one straight line, so the middle's pixels fit the H-E mixing
-line, and dense tumour (more haematoxylin) lies on that same line.  Dye is the
-colour population *off* this line.  The two ends are compared with each other:
-the dye mass in from each end, and the confidence is their contrast.
+beside it are not).  The slide's H&E is learnt from the whole core: in
+chromaticity (optical density divided by its sum) every mixture of two stains
+lies on one straight line, so the core's pixels fit the H-E mixing line by a
+trimmed principal axis (a dye, a minority at one end, is trimmed away), and
+dense tumour (more haematoxylin) lies on that same line.  Dye is the colour
+population *off* this line.  The two ends are compared with each other: the dye
+mass in from each end, and the confidence is their contrast.  A call is only
+accepted when the colour is off the line, the tissue spans enough of the line to
+fix its direction, and the "dye" colour is not also found at the other end.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)
 DYE_HINT = "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv"
 MIN_OD = 0.25  # summed optical density below which a pixel's colour is too faint to judge
 CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
+SHARED_RADIUS = 0.008  # chromaticity distance within which two pixels are "the same colour" for that check
+MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
+SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
 NOVELTY = 6.0  # Mahalanobis distance from the middle's colours beyond which a pixel is unlike the tissue
 
 
@@ -83,17 +89,27 @@ PRIOR_SPAN = 0.03  # chromaticity extent along the prior direction that the data
 SMOOTH_PX = 3.0  # colour is judged on optical density smoothed this much (px of the ~16 um/px level)
 
 
-def mixing_line(chroma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The slide's H-E mixing line in chromaticity (point, unit direction) from the middle of the core.
+TRIM = 0.3  # share of the core's pixels farthest from the line left out of each refit (dye is a minority at one end)
 
-    Its principal axis, regularised towards the Ruifrok H-E direction: every H&E mixture, dense
-    tumour included, lies on this one line, and the prior only decides when the colours barely vary.
+
+def mixing_line(chroma: np.ndarray, iterations: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The slide's H-E mixing line in chromaticity (point, unit direction) and its inliers, from the whole core.
+
+    A trimmed principal axis: refit on the pixels nearest the line, so a dye (a minority, at
+    one end) does not pull it.  Regularised towards the Ruifrok H-E direction, which only
+    decides when the tissue's colours barely vary.  Every H&E mixture, dense tumour included,
+    lies on this one line.
     """
     prior = chromaticity(RUIFROK_H[None])[0] - chromaticity(RUIFROK_E[None])[0]
     prior = prior / np.linalg.norm(prior)
-    c = np.median(chroma, axis=0)
-    cov = np.cov((chroma - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
-    return c, np.linalg.eigh(cov)[1][:, -1]
+    keep = np.ones(len(chroma), bool)
+    for _ in range(iterations):
+        c = np.median(chroma[keep], axis=0)
+        cov = np.cov((chroma[keep] - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
+        d = np.linalg.eigh(cov)[1][:, -1]
+        off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
+        keep = off <= np.quantile(off, 1.0 - TRIM)
+    return c, d, keep
 
 
 def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: float = 3.0) -> tuple[float, float]:
@@ -147,14 +163,16 @@ def find_orientation(
     if middle.sum() < 20:
         raise InputError("too little tissue in the middle of the core to learn its stain", DYE_HINT)
     chroma = chromaticity(smooth)
-    c, d = mixing_line(chroma[middle])
+    c, d, inlier = mixing_line(chroma[solid])
     off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
-    spread = float(np.percentile(off[middle], 95))  # the tissue's own scatter about its line, away from the ends
+    spread = float(np.percentile(off[solid][inlier], 95))  # the tissue's own scatter about its line
+    along = (chroma[solid][inlier] - c) @ d
+    span = float(np.percentile(along, 97.5) - np.percentile(along, 2.5))  # how far the tissue's colours run along it
     scale = max(width * min_dye_fraction, 1.0)  # dye mass (px along the axis) that counts as a dyed end
     # 1. chromatic dye: off the slide's own H-E line; thin rims (bubbles, folds' edges) removed by an opening
     dyed = _solid_only(solid & (off > max(2.5 * spread, CHROMA_FLOOR)), ys, xs, mask.shape)
     m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
-    evidence = "colour"
+    evidence, novel = "colour", dyed
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): what is unlike the middle at
         #    all, density included.  Dense tumour is unlike it too, so this never decides alone.
@@ -164,7 +182,7 @@ def find_orientation(
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
     res = {"centroid": centroid.tolist(), "axis": axis.tolist(), "extent": [float(lo), float(hi)], "width": width,
            "dye_mass_px": [m_neg, m_pos], "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)], "confidence": float(conf),
-           "evidence": evidence, "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread}}
+           "evidence": evidence, "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread, "span": span}}
     if override:
         v = np.array(DIRECTIONS[override], float)
         return {**res, "dye_at_positive_end": bool(axis @ v > 0), "source": "override", "state": "override"}
@@ -174,8 +192,32 @@ def find_orientation(
     if conf < min_confidence:
         raise InputError(f"dyed end is ambiguous (confidence {conf:.2f} < {min_confidence}; "
                          f"dye {m_neg:.1f} / {m_pos:.1f} px in from the ends)", DYE_HINT)
-    state = "accepted" if conf >= accept_confidence and evidence == "colour" else "review"
-    return {**res, "dye_at_positive_end": bool(m_pos > m_neg), "source": "auto", "state": state}
+    pos = bool(m_pos > m_neg)
+    zone = 0.25 * (hi - lo)
+    win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
+    flagged = dyed if evidence == "colour" else novel
+    shared = _shared_colour(chroma[win & flagged], chroma[other & solid], max(2.5 * spread, SHARED_RADIUS))
+    res["shared_with_other_end"] = shared
+    # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone
+    # a line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
+    # tissue population off it: such a decision is not accepted alone either
+    state = "accepted" if (conf >= accept_confidence and evidence == "colour" and shared < SHARED_MAX
+                           and span >= MIN_SPAN) else "review"
+    return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
+
+
+def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float) -> float:
+    """Share of the dye pixels whose chromaticity also occurs (within about ``radius``) at the other end."""
+    if len(dye) == 0 or len(other) == 0:
+        return 0.0
+    lo = np.minimum(dye.min(axis=0), other.min(axis=0)) - radius
+    bins = lambda ch: np.floor((ch - lo) / radius).astype(np.int64) + 1  # noqa: E731 - one radius per bin
+    kd, ko = bins(dye), bins(other)
+    shape = np.maximum(kd.max(axis=0), ko.max(axis=0)) + 2
+    hist = np.zeros(shape, np.int64)
+    np.add.at(hist, (ko[:, 0], ko[:, 1]), 1)
+    present = ndimage.maximum_filter((hist >= max(10, 0.02 * len(other))).astype(np.uint8), size=3) > 0
+    return float(present[kd[:, 0], kd[:, 1]].mean())
 
 
 def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
