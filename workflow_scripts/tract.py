@@ -6,8 +6,11 @@ difference image holds the segment T0 -> T1 and its reverberations, while skin,
 ligaments, fascia, calcifications and scanner furniture cancel.  A Hough vote on
 the difference, the shallowest of near-parallel lines (reverberations lie below
 the shaft), and a trimmed weighted total-least-squares fit give the axis and its
-residuals.  T0 is where the pre-fire echo drops along that axis, T1 where the
-post-fire echo does (half-way crossings, sub-pixel).  Each of T0, T1 and the
+residuals.  T0 is where the difference first rises along that axis (bright
+tissue just past the pre-fire tip makes it rise in two steps; the first is the
+tip), T1 where the post-fire echo ends (half-way crossings, sub-pixel); where
+bright pre-fire tissue dims the difference, the post-fire needle's ridge over
+the tissue just above it says how far the needle runs.  Each of T0, T1 and the
 axis gets a confidence; a biopsy below ``min_confidence`` on any goes to review.
 
 With one frame (inference, or a throw override) the needle is the dominant
@@ -225,6 +228,44 @@ def _echo_end(prof: np.ndarray, s: np.ndarray, start: float, guess: float, reach
     return float(s[j] + frac * step), float((level - tissue) / noise)
 
 
+def _first_rise(diff: np.ndarray, s: np.ndarray, s0: float, reach: float, gap: float, step: float) -> float:
+    """T0 moved back to an earlier rise of the difference, if the stretch before ``s0`` already changed.
+
+    Bright tissue just past the pre-fire tip makes the difference rise in two steps: a small one
+    at the tip (needle now, bright tissue before) and a big one where that tissue ends.  The
+    biggest step is the second; the tip is the first, if it is a clear rise above the unchanged level.
+    """
+    e, snr = _step(diff, s, s0 - reach, s0 - gap, step)
+    if np.isnan(e) or snr < 4:
+        return s0
+    before, between, after = diff[(s > s0 - reach) & (s < e)], diff[(s > e) & (s < s0)], diff[(s > s0) & (s < s0 + reach / 2)]
+    if len(before) < 8 or len(between) < 8 or len(after) < 8:
+        return s0
+    noise = 1.4826 * float(np.median(np.abs(before - np.median(before)))) + 1e-6
+    rise, level = float(np.median(between) - np.median(before)), float(np.median(between))
+    # a real first step: clear of the noise, and a good part of the needle's own contrast (not the shaft's start)
+    return e if rise > 4 * noise and level > 0.25 * float(np.median(after)) else s0
+
+
+def _run_end(prof: np.ndarray, s: np.ndarray, start: float, stop: float, bridge: float) -> float:
+    """End of the run of a profile above half its level in [start, stop], bridging dips shorter than ``bridge``."""
+    ref = prof[(s > start) & (s < stop)]
+    if len(ref) < 8:
+        return float("nan")
+    high = prof > 0.5 * float(np.median(ref))
+    i = int(np.searchsorted(s, start))
+    last, gap_start = i, None
+    while i < len(prof):
+        if high[i]:
+            last, gap_start = i, None
+        elif gap_start is None:
+            gap_start = s[i]
+        elif s[i] - gap_start > bridge:
+            break
+        i += 1
+    return float(s[last])
+
+
 def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.ndarray, mm: float) -> dict:
     """Along one axis: the advance direction, T0 and T1 (signed positions from ``point``) and their evidence.
 
@@ -243,11 +284,14 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     hw = max(1, int(round(0.05 / mm)))
     sm = 0.05 / mm / step
 
-    def along(img: np.ndarray) -> np.ndarray:
-        """The echo along the axis, averaged over a narrow band and smoothed by 0.05 mm."""
-        return ndimage.gaussian_filter1d(geo.profile(img, point, direction, s, half_width=hw), sm)
+    def along(img: np.ndarray, offset: float = 0.0) -> np.ndarray:
+        """The echo along the axis (or a parallel line ``offset`` px shallower), over a narrow band, smoothed by 0.05 mm."""
+        up = np.array([-direction[1], direction[0]])
+        up = -up if up[1] > 0 else up  # towards the probe: reverberations and shadow lie the other way
+        return ndimage.gaussian_filter1d(geo.profile(img, point + offset * up, direction, s, half_width=hw), sm)
 
     r_pre, r_post = along(pre), along(post_a)
+    r_ridge = r_post - along(post_a, 0.6 / mm)  # the post-fire needle over the tissue just above it
     r_diff = r_post - r_pre
     noise = 1.4826 * float(np.median(np.abs(r_diff - np.median(r_diff)))) + 1e-6  # most of the line: no change
     top = np.percentile(r_diff, 99)
@@ -263,7 +307,8 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     mm2 = 2.0 / mm
     before, beyond = r_pre[(s > a0 - mm2) & (s < a0)], r_pre[(s > a1) & (s < a1 + mm2)]
     sign = 1.0 if (np.mean(before) if len(before) else 0) >= (np.mean(beyond) if len(beyond) else 0) else -1.0
-    sd, pre_d, post_d, diff_d = (s, r_pre, r_post, r_diff) if sign > 0 else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1])
+    sd, pre_d, post_d, diff_d, ridge_d = ((s, r_pre, r_post, r_diff, r_ridge) if sign > 0
+                                          else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1], r_ridge[::-1]))
     g0, g1 = (a0, a1) if sign > 0 else (-a1, -a0)
     inner = (sd > g0 + 1 / mm) & (sd < g1 - 1 / mm)
     if inner.sum() < 4:
@@ -278,11 +323,20 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     s1, snr1 = _step(diff_d, sd, max(g1 - w, (g0 + g1) / 2), g1 + 2 / mm, step)
     if np.isnan(s0) or np.isnan(s1):
         raise InputError("needle tip not found along the needle line", NO_NEEDLE_HINT)
+    s0 = _first_rise(diff_d, sd, s0, 4 / mm, 0.3 / mm, step)
     # T1 itself is where the post-fire echo ends (needle against the tissue beyond it): the difference's
-    # fall can come early where the pre-fire tissue is bright.  T0's second estimate: the pre-fire echo's end.
+    # fall can come early where the pre-fire tissue is bright.  T0's second estimate: where the pre-fire
+    # shaft's echo first falls (bright tissue just past the tip does not lengthen it).
+    # where the difference dims (bright pre-fire tissue), the post-fire needle still stands out over the
+    # tissue just above it: if that ridge runs on well past the difference's fall, T1 is searched there
+    ridge_end = _run_end(ridge_d, sd, s0 + 1 / mm, s1, 1 / mm)
+    if ridge_end > s1 + 1.5 / mm:
+        s1 = ridge_end
     p1, snr1 = _echo_end(post_d, sd, (s0 + s1) / 2, s1, 3 / mm, 0.1 / mm, step)
     s1, d1 = (s1, s1) if np.isnan(p1) else (p1, s1)
-    d0, _ = _step(pre_d, sd, s0 - w, min(s0 + w, (s0 + s1) / 2), step)
+    d0, _ = _echo_end(pre_d, sd, s0 - 1 / mm, s0, 3 / mm, 0.1 / mm, step)
+    if np.isnan(d0):
+        d0, _ = _step(pre_d, sd, s0 - w, min(s0 + w, (s0 + s1) / 2), step)
     snr = [snr0, snr1]
     return {"u": direction * sign, "s0": s0, "s1": s1, "d0": d0, "d1": d1, "snr": snr,
             "needle_post": float(np.median(post_d[inner]))}
