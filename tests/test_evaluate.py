@@ -212,3 +212,4 @@ def test_tiny_tables_give_a_p_value():
 
 def test_journal_p_value_format():
     assert [stats.format_p(p) for p in (0.0004, 0.002, 0.0312, 0.8, float("nan"))] == ["<.001", ".002", ".03", ".80", "n/a"]
+    assert [stats.format_p(p) for p in (0.0496, 0.0504, 0.0449, 0.055)] == [".050", ".050", ".04", ".06"]

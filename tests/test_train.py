@@ -94,6 +94,31 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     assert torch.all(model.backbone.conv1.weight == 0.125)
 
 
+def test_imagenet_backbone_comes_from_torchvisions_cache(tmp_path, monkeypatch):
+    """train.backbone_weights: imagenet reads the file torchvision caches; written here, so no network is used."""
+    from torchvision.models import resnet101
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = train.imagenet_file()
+    assert path.parent == tmp_path / "torch/hub/checkpoints" and path.name == "resnet101-63fe2227.pth"
+    path.parent.mkdir(parents=True)
+    state = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in resnet101(weights=None).state_dict().items()}
+    torch.save(state, path)
+    model = train.build_model("fcn_resnet101", False, "imagenet")
+    assert torch.all(model.backbone.layer4[2].conv3.weight == 0.25)
+
+
+def test_imagenet_backbone_without_cache_or_network_names_the_file_and_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # a closed port: the download fails at once
+    with pytest.raises(InputError) as e:
+        train.build_model("fcn_resnet101", False, "imagenet")
+    assert "not cached" in e.value.what
+    assert "https://download.pytorch.org/models/resnet101-63fe2227.pth" in e.value.hint
+    assert str(tmp_path / "torch/hub/checkpoints/resnet101-63fe2227.pth") in e.value.hint
+
+
 def tiny_voc(root: Path) -> None:
     rng = np.random.default_rng(0)
     (root / "ImageSets/Segmentation").mkdir(parents=True)

@@ -59,10 +59,17 @@ def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> dict:
 
 
 def format_p(p: float) -> str:
-    """P values as in the journal: <.001, .002, .03, .80; n/a when no test was possible."""
+    """P values as in the journal: <.001, .002, .03, .80; n/a when no test was possible.
+
+    Three digits below .01, and also where two would round onto .05 (.0496 is .050, not .05),
+    so that a P value never reads as if it sat on the other side of alpha.
+    """
     if np.isnan(p):
         return "n/a"
-    return "<.001" if p < 0.001 else f"{p:.3f}".lstrip("0") if p < 0.01 else f"{p:.2f}".lstrip("0")
+    if p < 0.001:
+        return "<.001"
+    three = p < 0.01 or round(p, 2) == 0.05
+    return (f"{p:.3f}" if three else f"{p:.2f}").lstrip("0")
 
 
 def holm(pvalues: list[float]) -> list[float]:

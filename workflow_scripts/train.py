@@ -26,7 +26,7 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from torchvision.models import segmentation
+from torchvision.models import ResNet101_Weights, segmentation
 
 from workflow_scripts import provenance
 from workflow_scripts.errors import InputError, run_cli
@@ -133,20 +133,45 @@ def cancer_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
 # ------------------------------------------------------------------ model
 
 
+IMAGENET = "imagenet"  # train.backbone_weights: torchvision's ImageNet ResNet-101, as the paper's configs start from
+IMAGENET_WEIGHTS = ResNet101_Weights.IMAGENET1K_V1
+
+
+def imagenet_file() -> Path:
+    """Where torchvision caches the ImageNet ResNet-101 weights ($TORCH_HOME/hub/checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
+
+
+def backbone_state(backbone_weights: str) -> dict[str, torch.Tensor]:
+    """A ResNet-101 state_dict: torchvision's ImageNet weights (cached, else downloaded) or a local file."""
+    if backbone_weights == IMAGENET:
+        path = imagenet_file()
+        if not path.is_file():
+            try:
+                torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS.url, progress=False, check_hash=True)
+            except Exception as e:  # noqa: BLE001 - no network, a proxy, a partial download: all mean "not here"
+                raise InputError(f"the ImageNet ResNet-101 weights are not cached and could not be downloaded ({type(e).__name__})",
+                                 f"download {IMAGENET_WEIGHTS.url} and put it at {path}, "
+                                 "or set train.backbone_weights to a local file or null") from None
+    else:
+        path = Path(backbone_weights)
+        if not path.is_file():
+            raise InputError(f"backbone weights file {path} does not exist",
+                             "set train.backbone_weights to imagenet, a local ResNet-101 state_dict (.pth), or null for random weights")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def build_model(arch: str, aux: bool, backbone_weights: str | None) -> torch.nn.Module:
-    """A randomly initialised torchvision model; optionally ImageNet backbone weights from a local file."""
+    """A torchvision model: random weights, or an ImageNet ResNet-101 backbone (``imagenet`` or a local file)."""
     if arch not in ARCHITECTURES:
         raise InputError(f"unknown architecture {arch!r}", f"use one of {sorted(ARCHITECTURES)} in config train.models")
     model = ARCHITECTURES[arch](weights=None, weights_backbone=None, num_classes=2, aux_loss=aux)
     if backbone_weights:
-        path = Path(backbone_weights)
-        if not path.is_file():
-            raise InputError(f"backbone weights file {path} does not exist",
-                             "set train.backbone_weights to a local ResNet-101 state_dict (.pth), or to null for random weights")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        state = backbone_state(backbone_weights)
+        missing, _ = model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
         if missing:
-            raise InputError(f"backbone weights file {path} lacks {len(missing)} ResNet-101 tensors (e.g. {missing[0]})", "use torchvision's resnet101 state_dict")
+            raise InputError(f"backbone weights {backbone_weights} lack {len(missing)} ResNet-101 tensors (e.g. {missing[0]})",
+                             "use torchvision's resnet101 state_dict")
     return model
 
 
