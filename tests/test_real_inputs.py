@@ -62,7 +62,8 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
 @pytest.mark.parametrize("step, args", [
     ("ingest", ["ultrasound", "--image={o}/i.png", "--meta={o}/i.json"]),
     ("ingest", ["wsi", "--image={o}/i.png", "--meta={o}/i.json"]),
-    ("transfer", ["--annotation={bad}", "--orient={o}/x.json", "--tract={o}/x.json", "--crop={o}/c.png", "--out={o}/l.json", "--summary={o}/s.json"]),
+    ("transfer", ["--annotation={bad}", "--orient={o}/x.json", "--tract={o}/x.json", "--crop={o}/c.png", "--out={o}/l.json",
+                  "--summary={o}/s.json", '--classes={{"Tumor": "cancer"}}', "--outside-core=void", "--across=shrinkage"]),
     ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1"]),
 ], ids=["ingest-ultrasound", "ingest-wsi", "transfer", "voc"])
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, b"{\"type\": \"Feature"], ids=["binary", "cut-json"])

@@ -19,6 +19,8 @@ from sklearn import metrics as skm
 from conftest import ROOT
 from workflow_scripts import demo, evaluate, ingest
 
+pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
+
 MODELS = ("fcn_resnet101", "deeplabv3_resnet101")
 
 

@@ -10,6 +10,9 @@ import pytest
 
 from conftest import ROOT, make_cohort, write_config
 
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
 HARNESS = ROOT / "tests/slurm/harness.sh"
 
 

@@ -24,8 +24,8 @@ from scipy import stats as sps
 
 from workflow_scripts import stats
 from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.voc import VOID
 
-VOID = 255
 METRICS = ("pixel_accuracy", "dice", "miou", "precision", "recall", "specificity")
 LABELS = {"pixel_accuracy": "PA", "dice": "DSC", "miou": "mIoU", "precision": "Precision", "recall": "Recall", "specificity": "Specificity"}
 
@@ -232,9 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--voc", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--predictions", nargs="+", required=True, help="model=directory pairs")
-    p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap")
+    p.add_argument("--seed", type=int, required=True, help="config evaluate.seed")
+    p.add_argument("--alpha", type=float, required=True, help="config evaluate.alpha")
     p.add_argument("--out", required=True, help="output directory")
     a = p.parse_args(argv)
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("participants")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--ratios", type=float, nargs=3, default=[0.7, 0.2, 0.1])
+    p.add_argument("--ratios", type=float, nargs=3, required=True, help="train val test (config split.ratios)")
     a = p.parse_args(argv)
     sheet = pd.read_csv(a.participants, sep="\t", dtype=str)
     fixed = dict(zip(sheet["participant_id"], sheet["split"])) if "split" in sheet else {}

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--participants", required=True)
     p.add_argument("--splits", required=True, help="splits.tsv")
     p.add_argument("--schema", required=True, help="participants schema (characteristics and levels)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo exact tests")
+    p.add_argument("--seed", type=int, required=True, help="seed of the Monte Carlo exact tests (config evaluate.seed)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 

@@ -30,8 +30,8 @@ from torchvision.models import ResNet101_Weights, segmentation
 
 from workflow_scripts import provenance
 from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.voc import VOID
 
-VOID = 255
 ARCHITECTURES = {"fcn_resnet101": segmentation.fcn_resnet101, "deeplabv3_resnet101": segmentation.deeplabv3_resnet101}
 
 

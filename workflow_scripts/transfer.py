@@ -150,9 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="transfer QuPath tumour outlines onto the tract crop as Labelme JSON")
     for k in ("annotation", "orient", "tract", "crop", "out", "summary"):
         p.add_argument(f"--{k}", required=True)
-    p.add_argument("--classes", default='{"Tumor": "cancer", "Tumour": "cancer"}', help="JSON {QuPath class: label}")
-    p.add_argument("--outside-core", choices=["void", "background"], default="void")
-    p.add_argument("--across", choices=["physical", "shrinkage"], default="physical")
+    # settings that config.yaml carries have no second default here: the rule always passes them
+    p.add_argument("--classes", required=True, help="JSON {QuPath class: label} (config transfer.classes)")
+    p.add_argument("--outside-core", choices=["void", "background"], required=True, help="config transfer.outside_core")
+    p.add_argument("--across", choices=["physical", "shrinkage"], required=True, help="config transfer.across")
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     a = p.parse_args(argv)

@@ -23,7 +23,7 @@ from workflow_scripts.errors import InputError, read_json, run_cli
 from workflow_scripts.review import needs_review
 
 CLASS_NAMES = ("_background_", "cancer")
-VOID = 255
+VOID = 255  # the label value of unknown pixels: the one definition (train and evaluate import it)
 
 
 def label_values(class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, int]:
