@@ -31,7 +31,6 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)
 DYE_HINT = "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv"
 MIN_OD = 0.25  # summed optical density below which a pixel's colour is too faint to judge
 CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
-SHARED_RADIUS = 0.008  # chromaticity distance within which two pixels are "the same colour" for that check
 MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
 SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
 NOVELTY = 6.0  # Mahalanobis distance from the middle's colours beyond which a pixel is unlike the tissue
@@ -172,12 +171,12 @@ def find_orientation(
     # 1. chromatic dye: off the slide's own H-E line; thin rims (bubbles, folds' edges) removed by an opening
     dyed = _solid_only(solid & (off > max(2.5 * spread, CHROMA_FLOOR)), ys, xs, mask.shape)
     m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
-    evidence, novel = "colour", dyed
+    evidence, flagged = "colour", dyed
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): what is unlike the middle at
         #    all, density included.  Dense tumour is unlike it too, so this never decides alone.
-        novel = _solid_only(solid & (_novelty(px, middle) > NOVELTY), ys, xs, mask.shape)
-        m_neg, m_pos = end_dye_mass(novel, t, lo, hi)
+        flagged = _solid_only(solid & (_novelty(px, middle) > NOVELTY), ys, xs, mask.shape)
+        m_neg, m_pos = end_dye_mass(flagged, t, lo, hi)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
     res = {"centroid": centroid.tolist(), "axis": axis.tolist(), "extent": [float(lo), float(hi)], "width": width,
@@ -195,8 +194,7 @@ def find_orientation(
     pos = bool(m_pos > m_neg)
     zone = 0.25 * (hi - lo)
     win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
-    flagged = dyed if evidence == "colour" else novel
-    shared = _shared_colour(chroma[win & flagged], chroma[other & solid], max(2.5 * spread, SHARED_RADIUS))
+    shared = _shared_colour(chroma[win & flagged], chroma[other & solid], max(2.5 * spread, CHROMA_FLOOR))
     res["shared_with_other_end"] = shared
     # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone
     # a line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
