@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 # The same rules, files and wildcards as tractmap, without validation, helpers or scripts.
-BARE = r'''
+BARE = r"""
 import pandas as pd
 B = pd.read_csv("sheets/biopsies.tsv", sep="\t", dtype=str)
 P = pd.read_csv("sheets/participants.tsv", sep="\t", dtype=str)
@@ -89,7 +89,7 @@ rule qc_table:
     input: pb(R + "/tract/{participant}/{biopsy}.json"), pb(R + "/orient/{participant}/{biopsy}.json"), pb(R + "/transfer/{participant}/{biopsy}_summary.json"), pb(R + "/voc/SegmentationClass/{participant}_{biopsy}.png")
     output: R + "/qc/registration_qc.tsv"
     shell: "touch {output}"
-'''
+"""
 
 
 def make(workdir: Path, n: int, per: int) -> None:
@@ -100,8 +100,16 @@ def make(workdir: Path, n: int, per: int) -> None:
     for pid in parts["participant_id"]:
         for b in range(1, per + 1):
             stem = f"data/{pid}/B{b}"
-            rows.append({"participant_id": pid, "biopsy_id": f"B{b}", "prefire": f"{stem}_prefire.dcm",
-                         "postfire": f"{stem}_postfire.dcm", "wsi": f"{stem}_wsi.ome.tif", "annotation": f"{stem}_annotations.geojson"})
+            rows.append(
+                {
+                    "participant_id": pid,
+                    "biopsy_id": f"B{b}",
+                    "prefire": f"{stem}_prefire.dcm",
+                    "postfire": f"{stem}_postfire.dcm",
+                    "wsi": f"{stem}_wsi.ome.tif",
+                    "annotation": f"{stem}_annotations.geojson",
+                }
+            )
     biops = pd.DataFrame(rows)
     (workdir / "sheets").mkdir(parents=True)
     parts.to_csv(workdir / "sheets/participants.tsv", sep="\t", index=False)
@@ -119,7 +127,19 @@ def make(workdir: Path, n: int, per: int) -> None:
 
 def dry_run(workdir: Path, snakefile: Path, extra: list[str]) -> tuple[float, float, int]:
     """Wall seconds, peak RSS (MB) of the snakemake process, and planned job count of one dry run."""
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--snakefile", str(snakefile), "--directory", str(workdir), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "rules",
+        "--snakefile",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        *extra,
+    ]
     with tempfile.TemporaryFile("w+") as out:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})

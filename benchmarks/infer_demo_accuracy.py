@@ -52,12 +52,17 @@ def main() -> None:
             tip_err = float(np.linalg.norm(t0 * t.mm_per_px - np.array(t.t0_mm)))
             inter = (truth & pred).sum()
             dice = 2 * inter / (truth.sum() + pred.sum()) if truth.sum() + pred.sum() else float("nan")
-            rows.append({"case": k, "tip_error_mm": tip_err, "dice": dice, "truth_cancer_fraction": float(truth.mean())})
+            rows.append(
+                {"case": k, "tip_error_mm": tip_err, "dice": dice, "truth_cancer_fraction": float(truth.mean())}
+            )
             print(json.dumps(rows[-1]))
     dices = np.array([r["dice"] for r in rows])
     tips = np.array([r["tip_error_mm"] for r in rows])
-    print(f"{a.n} new DICOMs: median tip error {np.median(tips):.3f} mm, median Dice along the tract {np.nanmedian(dices):.3f} "
-          f"(min {np.nanmin(dices):.3f})")
+    print(
+        f"{a.n} new DICOMs: median tip error {np.median(tips):.3f} mm, median Dice along the tract "
+        f"{np.nanmedian(dices):.3f} "
+        f"(min {np.nanmin(dices):.3f})"
+    )
 
 
 if __name__ == "__main__":

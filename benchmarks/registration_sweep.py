@@ -22,7 +22,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import demo, geometry as geo, orient, qc, tract, transfer, voc  # noqa: E402
+from workflow_scripts import demo, orient, qc, tract, transfer, voc  # noqa: E402
+from workflow_scripts import geometry as geo
 from workflow_scripts.errors import InputError  # noqa: E402
 
 LEVEL_UM = 16.0
@@ -58,12 +59,20 @@ def factors(t: demo.BiopsyTruth) -> dict:
     ends = [d for d in nz["dense"] if d[0] < 2.0 or d[0] > t.throw_mm - 2.0]
     angle = abs(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], abs(t.t1_mm[0] - t.t0_mm[0]))))
     return {
-        "dye": t.dye, "dye_cover": nz["dye_cover"], "dense_at_end": bool(ends), "pen_or_bubble": bool(nz["pen"] or nz["bubbles"]),
-        "gaps_or_folds": bool(nz["gaps"] or nz["folds"]), "stain_h_scale": "faded" if nz["h_scale"] < 0.8 else ("over" if nz["h_scale"] > 1.3 else "normal"),
+        "dye": t.dye,
+        "dye_cover": nz["dye_cover"],
+        "dense_at_end": bool(ends),
+        "pen_or_bubble": bool(nz["pen"] or nz["bubbles"]),
+        "gaps_or_folds": bool(nz["gaps"] or nz["folds"]),
+        "stain_h_scale": "faded" if nz["h_scale"] < 0.8 else ("over" if nz["h_scale"] > 1.3 else "normal"),
         "spacing_mm": "0.02-0.04" if t.mm_per_px < 0.04 else ("0.04-0.07" if t.mm_per_px < 0.07 else "0.07-0.10"),
-        "angle_deg": "5-15" if angle < 15 else ("15-30" if angle < 30 else "30-45"), "entry": t.entry_side,
-        "short_shaft": nz["visible_mm"] is not None, "reverb": len(nz["reverb"]) > 0, "fascia": nz["fascia"] is not None,
-        "moved": any(nz["shift_mm"]), "border": nz["border"] > 0,
+        "angle_deg": "5-15" if angle < 15 else ("15-30" if angle < 30 else "30-45"),
+        "entry": t.entry_side,
+        "short_shaft": nz["visible_mm"] is not None,
+        "reverb": len(nz["reverb"]) > 0,
+        "fascia": nz["fascia"] is not None,
+        "moved": any(nz["shift_mm"]),
+        "border": nz["border"] > 0,
     }
 
 
@@ -77,8 +86,9 @@ def register_one(args: tuple[int, str]) -> dict:
     c = CONFIG
     t_start = time.process_time()
     try:
-        found = orient.find_orientation(thumb, c["orient"]["min_dye_fraction"], c["orient"]["accept_confidence"],
-                                       c["orient"]["min_confidence"])
+        found = orient.find_orientation(
+            thumb, c["orient"]["min_dye_fraction"], c["orient"]["accept_confidence"], c["orient"]["min_confidence"]
+        )
         row["orient_state"] = found["state"]
         can = orient.canonical(found, LEVEL_UM, t.slide_um_per_px)
         res_o = {**found, **can}
@@ -90,10 +100,16 @@ def register_one(args: tuple[int, str]) -> dict:
     try:
         res_t = tract.tract(pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
         row["tract_state"] = res_t["state"]
-        crop, frame = tract.crop_strip(pre, res_t, mm, c["tract"]["width_mm"], c["tract"]["out_mm_per_px"], c["tract"]["margin_mm"])
+        crop, frame = tract.crop_strip(
+            pre, res_t, mm, c["tract"]["width_mm"], c["tract"]["out_mm_per_px"], c["tract"]["margin_mm"]
+        )
         res_t.update(frame)
         row.update({f"conf_{k}": v for k, v in res_t["confidence"].items()})
-        row.update({f"fit_{k}": v for k, v in res_t["fit"].items() if np.isscalar(v)}, snr_t0=res_t["fit"]["snr"][0], snr_t1=res_t["fit"]["snr"][1])
+        row.update(
+            {f"fit_{k}": v for k, v in res_t["fit"].items() if np.isscalar(v)},
+            snr_t0=res_t["fit"]["snr"][0],
+            snr_t1=res_t["fit"]["snr"][1],
+        )
     except InputError as e:
         row.update(tract_state="failed", tract_error=e.what)
         res_t = None
@@ -128,11 +144,20 @@ def summary(df: pd.DataFrame) -> dict:
     review = (df["orient_state"] == "review") | (df["tract_state"] == "review")
     q = lambda c, p: float(np.nanpercentile(df[c], p)) if c in df and df[c].notna().any() else float("nan")  # noqa: E731
     return {
-        "n": n, "orient_auto_correct_%": 100 * float((acc_o & correct).mean()), "orient_wrong_accepted": int((acc_o & ~correct).sum()),
-        "orient_review": int((df["orient_state"] == "review").sum()), "orient_failed": int((df["orient_state"] == "failed").sum()),
-        "tract_review": int((df["tract_state"] == "review").sum()), "tract_failed": int((df["tract_state"] == "failed").sum()),
-        "T0_med": q("t0_mm", 50), "T0_p95": q("t0_mm", 95), "T1_med": q("t1_mm", 50), "T1_p95": q("t1_mm", 95),
-        "axis_med": q("axis_deg", 50), "axis_p95": q("axis_deg", 95), "dice_med": q("dice", 50),
+        "n": n,
+        "orient_auto_correct_%": 100 * float((acc_o & correct).mean()),
+        "orient_wrong_accepted": int((acc_o & ~correct).sum()),
+        "orient_review": int((df["orient_state"] == "review").sum()),
+        "orient_failed": int((df["orient_state"] == "failed").sum()),
+        "tract_review": int((df["tract_state"] == "review").sum()),
+        "tract_failed": int((df["tract_state"] == "failed").sum()),
+        "T0_med": q("t0_mm", 50),
+        "T0_p95": q("t0_mm", 95),
+        "T1_med": q("t1_mm", 50),
+        "T1_p95": q("t1_mm", 95),
+        "axis_med": q("axis_deg", 50),
+        "axis_p95": q("axis_deg", 95),
+        "dice_med": q("dice", 50),
         "review_%": 100 * float(review.mean()),
     }
 
@@ -152,7 +177,11 @@ def main() -> None:
             rows.append(r)
             if k % 20 == 0:
                 el = time.time() - t0
-                print(f"  {k}/{len(jobs)} biopsies, {el:.0f} s, ETA {el / k * (len(jobs) - k):.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  {k}/{len(jobs)} biopsies, {el:.0f} s, ETA {el / k * (len(jobs) - k):.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     df = pd.DataFrame(rows)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
@@ -161,13 +190,32 @@ def main() -> None:
     print(f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, {time.time() - t0:.0f} s\n")
     print("OVERALL")
     print(fmt(pd.DataFrame([summary(df)])))
-    for f in ("dye", "dye_cover", "dense_at_end", "pen_or_bubble", "gaps_or_folds", "stain_h_scale", "spacing_mm", "angle_deg",
-              "entry", "short_shaft", "reverb", "fascia", "moved", "border"):
+    for f in (
+        "dye",
+        "dye_cover",
+        "dense_at_end",
+        "pen_or_bubble",
+        "gaps_or_folds",
+        "stain_h_scale",
+        "spacing_mm",
+        "angle_deg",
+        "entry",
+        "short_shaft",
+        "reverb",
+        "fascia",
+        "moved",
+        "border",
+    ):
         print(f"\nBY {f}")
         print(fmt(pd.DataFrame([{f: k, **summary(g)} for k, g in df.groupby(f)])))
-    print(f"\nCPU seconds per biopsy: orient median {df['orient_s'].median():.2f} max {df['orient_s'].max():.2f}; "
-          f"tract median {df['tract_s'].median():.2f} max {df['tract_s'].max():.2f}")
-    bad = df[(df["orient_state"] == "accepted") & ~df.get("orient_correct", pd.Series(True, index=df.index)).fillna(True).astype(bool)]
+    print(
+        f"\nCPU seconds per biopsy: orient median {df['orient_s'].median():.2f} max {df['orient_s'].max():.2f}; "
+        f"tract median {df['tract_s'].median():.2f} max {df['tract_s'].max():.2f}"
+    )
+    bad = df[
+        (df["orient_state"] == "accepted")
+        & ~df.get("orient_correct", pd.Series(True, index=df.index)).fillna(True).astype(bool)
+    ]
     if len(bad):
         print("\nWRONG BUT ACCEPTED orientations:\n" + fmt(bad[["seed", "biopsy", "dye", "dye_cover", "dense_at_end"]]))
 

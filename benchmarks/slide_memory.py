@@ -39,9 +39,17 @@ def write(path: Path, px: int, factors: list[int]) -> None:
         for i, f in enumerate(factors):
             n = -(-px // f)
             count = (-(-n // TILE)) ** 2
-            tw.write((variants[k % 8] for k in range(count)), shape=(n, n, 3), dtype=np.uint8, tile=(TILE, TILE),
-                     compression="jpeg", photometric="rgb", subfiletype=0 if i == 0 else 1,
-                     resolution=(1e4 / (UM * f), 1e4 / (UM * f)), resolutionunit="CENTIMETER")
+            tw.write(
+                (variants[k % 8] for k in range(count)),
+                shape=(n, n, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                compression="jpeg",
+                photometric="rgb",
+                subfiletype=0 if i == 0 else 1,
+                resolution=(1e4 / (UM * f), 1e4 / (UM * f)),
+                resolutionunit="CENTIMETER",
+            )
 
 
 CHILD = """
@@ -62,8 +70,10 @@ def main() -> None:
     p.add_argument("--px", type=int, default=100_000)
     a = p.parse_args()
     a.dir.mkdir(parents=True, exist_ok=True)
-    files = {"full pyramid (to 16 µm/px)": (a.dir / "full.tif", [1, 4, 16, 64]),
-             "shallow pyramid (to 1 µm/px)": (a.dir / "shallow.tif", [1, 4])}
+    files = {
+        "full pyramid (to 16 µm/px)": (a.dir / "full.tif", [1, 4, 16, 64]),
+        "shallow pyramid (to 1 µm/px)": (a.dir / "shallow.tif", [1, 4]),
+    }
     print(f"slide: {a.px} x {a.px} px at {UM} µm/px, JPEG tiles {TILE} px; target 16 µm/px")
     print(f"{'file':30s} {'reader':9s} {'level':>5s} {'avg':>4s} {'output':>12s} {'time s':>7s} {'peak RSS MB':>12s}")
     for name, (path, factors) in files.items():
@@ -72,11 +82,18 @@ def main() -> None:
             write(path, a.px, factors)
             print(f"  (wrote {path.name}: {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.0f} s)")
         for reader in ("tifffile", "openslide"):
-            res = subprocess.run([sys.executable, "-c", CHILD, str(path), reader], capture_output=True, text=True,
-                                 cwd=Path(__file__).resolve().parents[1], check=True)
+            res = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path), reader],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parents[1],
+                check=True,
+            )
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"{name:30s} {reader:9s} {r['level']:5d} {r['averaged']:4d} {'x'.join(map(str, r['out'][:2])):>12s} "
-                  f"{r['s']:7.1f} {r['peak_mb']:12.0f}")
+            print(
+                f"{name:30s} {reader:9s} {r['level']:5d} {r['averaged']:4d} {'x'.join(map(str, r['out'][:2])):>12s} "
+                f"{r['s']:7.1f} {r['peak_mb']:12.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights, FCN_Res
 
 from workflow_scripts import train
 
-GMACS_520 = {"fcn_resnet101": FCN_ResNet101_Weights.DEFAULT.meta["_ops"], "deeplabv3_resnet101": DeepLabV3_ResNet101_Weights.DEFAULT.meta["_ops"]}
+GMACS_520 = {
+    "fcn_resnet101": FCN_ResNet101_Weights.DEFAULT.meta["_ops"],
+    "deeplabv3_resnet101": DeepLabV3_ResNet101_Weights.DEFAULT.meta["_ops"],
+}
 
 
 def sync(dev: torch.device) -> None:
@@ -52,9 +55,70 @@ class CpuAugmented(torch.utils.data.Dataset):
         from torchvision import tv_tensors
 
         img, mask = tv_tensors.Image(self.x[i]), tv_tensors.Mask(self.y[i])
-        aug = T.Compose([T.RandomCrop(self.size), T.RandomHorizontalFlip(), T.RandomRotation(self.deg, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255})])
+        aug = T.Compose(
+            [
+                T.RandomCrop(self.size),
+                T.RandomHorizontalFlip(),
+                T.RandomRotation(self.deg, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}),
+            ]
+        )
         img, mask = aug(img, mask)
         return img.float() * (0.8 + 0.4 * torch.rand(1)), mask.long()
+
+
+def measure(
+    name: str, a: argparse.Namespace, dev: torch.device, x_cpu: torch.Tensor, y_cpu: torch.Tensor
+) -> dict[str, float]:
+    """Images/s of the three loops for one model."""
+    amp = dev.type == "cuda"
+    s = a.size
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.tensor([0.3, 0.7], device=dev)
+    rates = {}
+    # tractmap: compute only, then the full loop with on-device augmentation
+    model = train.build_model(name, False, None).to(dev)
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    xd, yd = x_cpu.to(dev), y_cpu.to(dev)
+    xb, yb = xd[: a.batch, :, :s, :s].contiguous(), yd[: a.batch, :s, :s].contiguous()
+    rates["compute-only"] = (
+        a.batch
+        * a.steps
+        / timed(lambda: train.train_step(model, opt, xb, yb, weights, 0.0, amp), a.steps, a.warmup, dev)
+    )
+
+    def full_step():
+        idx = torch.randint(0, a.images, (a.batch,), generator=gen).to(dev)
+        xa, ya = train.geometric(xd[idx], yd[idx], s, 10.0, gen)
+        train.train_step(model, opt, train.intensity(xa[..., :s, :], gen), ya[:, :s], weights, 0.0, amp)
+
+    rates["tractmap"] = a.batch * a.steps / timed(full_step, a.steps, a.warmup, dev)
+    # conventional baseline: fp32, NCHW, CPU DataLoader augmentation
+    base = train.build_model(name, False, None).to(dev)
+    bopt = torch.optim.AdamW(base.parameters(), 1e-4)
+    loader = torch.utils.data.DataLoader(
+        CpuAugmented(x_cpu, y_cpu, s, 10.0),
+        batch_size=a.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=a.workers,
+        pin_memory=amp,
+        persistent_workers=a.workers > 0,
+    )
+    it = iter(loader)
+
+    def base_step():
+        nonlocal it
+        try:
+            xc, yc = next(it)
+        except StopIteration:
+            it = iter(loader)
+            xc, yc = next(it)
+        train.train_step(base, bopt, xc.to(dev, non_blocking=True), yc.to(dev, non_blocking=True), weights, 0.0, False)
+
+    rates["baseline"] = a.batch * a.steps / timed(base_step, a.steps, a.warmup, dev)
+    return rates
 
 
 def main() -> None:
@@ -74,47 +138,20 @@ def main() -> None:
     s = a.size
     x_cpu = torch.randn(a.images, 1, s + 32, s + 32, generator=gen)
     y_cpu = (torch.rand(a.images, s + 32, s + 32, generator=gen) > 0.5).long()
-    weights = torch.tensor([0.3, 0.7], device=dev)
-    print(f"device {dev} ({torch.cuda.get_device_name() if amp else 'cpu'}), torch {torch.__version__}, {s}x{s}, batch {a.batch}")
+    print(
+        f"device {dev} ({torch.cuda.get_device_name() if amp else 'cpu'}), torch {torch.__version__}, "
+        f"{s}x{s}, batch {a.batch}"
+    )
     for name in a.models:
         flops_img = 6 * GMACS_520[name] * 1e9 * (s * s) / (520 * 520)
-        rates = {}
-        # tractmap: compute only, then the full loop with on-device augmentation
-        model = train.build_model(name, False, None).to(dev)
-        if amp:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), 1e-4)
-        xd, yd = x_cpu.to(dev), y_cpu.to(dev)
-        xb, yb = xd[: a.batch, :, :s, :s].contiguous(), yd[: a.batch, :s, :s].contiguous()
-        rates["compute-only"] = a.batch * a.steps / timed(lambda: train.train_step(model, opt, xb, yb, weights, 0.0, amp), a.steps, a.warmup, dev)
-
-        def full_step():
-            idx = torch.randint(0, a.images, (a.batch,), generator=gen).to(dev)
-            xa, ya = train.geometric(xd[idx], yd[idx], s, 10.0, gen)
-            train.train_step(model, opt, train.intensity(xa[..., :s, :], gen), ya[:, :s], weights, 0.0, amp)
-
-        rates["tractmap"] = a.batch * a.steps / timed(full_step, a.steps, a.warmup, dev)
-        # conventional baseline: fp32, NCHW, CPU DataLoader augmentation
-        base = train.build_model(name, False, None).to(dev)
-        bopt = torch.optim.AdamW(base.parameters(), 1e-4)
-        loader = torch.utils.data.DataLoader(CpuAugmented(x_cpu, y_cpu, s, 10.0), batch_size=a.batch, shuffle=True, drop_last=True,
-                                             num_workers=a.workers, pin_memory=amp, persistent_workers=a.workers > 0)
-        it = iter(loader)
-
-        def base_step():
-            nonlocal it
-            try:
-                xc, yc = next(it)
-            except StopIteration:
-                it = iter(loader)
-                xc, yc = next(it)
-            train.train_step(base, bopt, xc.to(dev, non_blocking=True), yc.to(dev, non_blocking=True), weights, 0.0, False)
-
-        rates["baseline"] = a.batch * a.steps / timed(base_step, a.steps, a.warmup, dev)
+        rates = measure(name, a, dev, x_cpu, y_cpu)
         for k, r in rates.items():
             mfu = f"  MFU {r * flops_img / (a.peak_tflops * 1e12):.1%}" if amp else ""
             print(f"{name:22s} {k:13s} {r:8.2f} img/s{mfu}")
-        print(f"{name:22s} tractmap / compute-only {rates['tractmap'] / rates['compute-only']:.2f}; tractmap / baseline {rates['tractmap'] / rates['baseline']:.2f}")
+        print(
+            f"{name:22s} tractmap / compute-only {rates['tractmap'] / rates['compute-only']:.2f}; "
+            f"tractmap / baseline {rates['tractmap'] / rates['baseline']:.2f}"
+        )
 
 
 if __name__ == "__main__":

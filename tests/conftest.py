@@ -38,11 +38,20 @@ def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     biops.to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200,
-              pythonpath: list[Path] = ()) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 1200, pythonpath: list[Path] = ()
+) -> subprocess.CompletedProcess:
     """Run the real workflow in workdir (``pythonpath``: folders put before the checkout)."""
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
+    cmd = [
+        *SNAKEMAKE,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:
@@ -64,6 +73,7 @@ def cohort_run(tmp_path_factory) -> Path:
 def copy_run(cohort_run, tmp_path) -> Path:
     """A private copy of the completed run, for tests that change it."""
     dst = tmp_path / "run"
+
     # checkpoints are hard-linked: they are only ever replaced (unlink/rename), never written in place
     def link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst) if src.endswith(".pt") else shutil.copy2(src, dst)

@@ -49,10 +49,20 @@ def test_undefined_metrics_are_nan_and_counted():
     # sklearn agrees where it defines the value with zero_division=nan
     t = truth[truth != VOID]
     assert math.isnan(skm.precision_score(t, t, zero_division=np.nan))
-    df = pd.DataFrame({"model": "m", "participant_id": ["a", "a", "b"], "dice": [0.5, np.nan, 0.7],
-                       **{k: [1.0, 1.0, 1.0] for k in evaluate.METRICS if k != "dice"}})
+    df = pd.DataFrame(
+        {
+            "model": "m",
+            "participant_id": ["a", "a", "b"],
+            "dice": [0.5, np.nan, 0.7],
+            **{k: [1.0, 1.0, 1.0] for k in evaluate.METRICS if k != "dice"},
+        }
+    )
     s = evaluate.summarise(df, 200, 1).set_index("metric")
-    assert s.loc["dice", "mean"] == pytest.approx(0.6) and s.loc["dice", "n_defined"] == 2 and s.loc["dice", "n_images"] == 3
+    assert (
+        s.loc["dice", "mean"] == pytest.approx(0.6)
+        and s.loc["dice", "n_defined"] == 2
+        and s.loc["dice", "n_images"] == 3
+    )
 
 
 def clustered_values(seed: int, n_participants=12):
@@ -84,7 +94,9 @@ def test_cluster_bootstrap_is_reproducible_contains_the_estimate_and_matches_a_p
     ref_lo, ref_hi = np.percentile(boot, [2.5, 97.5])
     assert lo == pytest.approx(ref_lo, abs=0.02) and hi == pytest.approx(ref_hi, abs=0.02)
     # resampling images as if independent understates the uncertainty of clustered data
-    naive = sps.bootstrap((v,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(5)).confidence_interval
+    naive = sps.bootstrap(
+        (v,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(5)
+    ).confidence_interval
     assert (hi - lo) > 1.5 * (naive.high - naive.low)
 
 
@@ -129,7 +141,13 @@ def test_three_models_are_compared_pairwise_with_holm():
     for model, shift in (("a", 0.0), ("b", 0.05), ("c", 0.1)):
         for i in range(8):
             for _ in range(2):
-                rows.append({"model": model, "participant_id": f"P{i}", **{m: 0.6 + shift + rng.normal(0, 0.03) for m in evaluate.METRICS}})
+                rows.append(
+                    {
+                        "model": model,
+                        "participant_id": f"P{i}",
+                        **{m: 0.6 + shift + rng.normal(0, 0.03) for m in evaluate.METRICS},
+                    }
+                )
     cmp = evaluate.compare_models(pd.DataFrame(rows), 0.05)
     dice = cmp[cmp.metric == "dice"]
     assert list(zip(dice.model_a, dice.model_b, strict=True)) == [("a", "b"), ("a", "c"), ("b", "c")]
@@ -165,18 +183,27 @@ def exact_rxc_p(table: np.ndarray) -> float:
 def test_table1_tests_agree_with_scipy():
     rng = np.random.default_rng(1)
     n = 60
-    df = pd.DataFrame({
-        "participant_id": [f"P{i}" for i in range(n)],
-        "age": rng.normal(55, 10, n).round(),
-        "volume_mm3": rng.lognormal(1, 1.2, n),  # skewed: Kruskal-Wallis
-        "side": rng.choice(["left", "right"], n),  # large cells: chi-square
-        "histology": ["DCIS" if i % 12 == 0 else "invasive" for i in range(n)],  # small cells: exact test
-        "margin": ["circumscribed" if i in (0, 1) else "not circumscribed" for i in range(n)],
-    })
+    df = pd.DataFrame(
+        {
+            "participant_id": [f"P{i}" for i in range(n)],
+            "age": rng.normal(55, 10, n).round(),
+            "volume_mm3": rng.lognormal(1, 1.2, n),  # skewed: Kruskal-Wallis
+            "side": rng.choice(["left", "right"], n),  # large cells: chi-square
+            "histology": ["DCIS" if i % 12 == 0 else "invasive" for i in range(n)],  # small cells: exact test
+            "margin": ["circumscribed" if i in (0, 1) else "not circumscribed" for i in range(n)],
+        }
+    )
     split = {p: ("train", "val", "test")[i % 3] for i, p in enumerate(df.participant_id)}
-    schema = {"properties": {"participant_id": {}, "age": {"type": "number"}, "volume_mm3": {"type": "number"},
-                             "side": {"type": "string", "enum": ["left", "right"]}, "histology": {"type": "string", "enum": ["invasive", "DCIS"]},
-                             "margin": {"type": "string", "enum": ["circumscribed", "not circumscribed"]}}}
+    schema = {
+        "properties": {
+            "participant_id": {},
+            "age": {"type": "number"},
+            "volume_mm3": {"type": "number"},
+            "side": {"type": "string", "enum": ["left", "right"]},
+            "histology": {"type": "string", "enum": ["invasive", "DCIS"]},
+            "margin": {"type": "string", "enum": ["circumscribed", "not circumscribed"]},
+        }
+    }
     t = stats.table1(df, split, schema, seed=4).set_index("Characteristic")
     groups = lambda c: [df[c][[split[p] == s for p in df.participant_id]].to_numpy() for s in ("train", "val", "test")]  # noqa: E731
     assert t.loc["age, mean (SD)", "test"] == "ANOVA"
@@ -186,7 +213,11 @@ def test_table1_tests_agree_with_scipy():
     side = pd.crosstab(df.side, [split[p] for p in df.participant_id])[["train", "val", "test"]].to_numpy()
     assert t.loc["side, n (%)", "test"] == "chi-square"
     assert t.loc["side, n (%)", "p"] == pytest.approx(sps.chi2_contingency(side, correction=False).pvalue)
-    hist = pd.crosstab(df.histology, [split[p] for p in df.participant_id]).loc[["invasive", "DCIS"], ["train", "val", "test"]].to_numpy()
+    hist = (
+        pd.crosstab(df.histology, [split[p] for p in df.participant_id])
+        .loc[["invasive", "DCIS"], ["train", "val", "test"]]
+        .to_numpy()
+    )
     assert t.loc["histology, n (%)", "test"].startswith("Fisher's exact (Monte Carlo")  # 2 x 3, seeded
     mc = sps.MonteCarloMethod(n_resamples=stats.MC_TABLES, rng=np.random.default_rng(4))
     assert t.loc["histology, n (%)", "p"] == pytest.approx(sps.fisher_exact(hist, method=mc).pvalue)
@@ -211,5 +242,11 @@ def test_tiny_tables_give_a_p_value():
 
 
 def test_journal_p_value_format():
-    assert [stats.format_p(p) for p in (0.0004, 0.002, 0.0312, 0.8, float("nan"))] == ["<.001", ".002", ".03", ".80", "n/a"]
+    assert [stats.format_p(p) for p in (0.0004, 0.002, 0.0312, 0.8, float("nan"))] == [
+        "<.001",
+        ".002",
+        ".03",
+        ".80",
+        "n/a",
+    ]
     assert [stats.format_p(p) for p in (0.0496, 0.0504, 0.0449, 0.055)] == [".050", ".050", ".04", ".06"]

@@ -7,8 +7,11 @@ from workflow_scripts import geometry as geo
 
 
 def random_affine(rng):
-    return geo.compose(geo.rotation(rng.uniform(-3, 3)), geo.scaling(rng.uniform(0.1, 5), rng.uniform(0.1, 5)),
-                       geo.translation(*rng.uniform(-100, 100, 2)))
+    return geo.compose(
+        geo.rotation(rng.uniform(-3, 3)),
+        geo.scaling(rng.uniform(0.1, 5), rng.uniform(0.1, 5)),
+        geo.translation(*rng.uniform(-100, 100, 2)),
+    )
 
 
 def test_affine_round_trip():
@@ -49,7 +52,7 @@ def test_polygon_with_holes_round_trip():
     m = random_affine(rng)
     back = geo.apply_polygons(geo.invert(m), geo.apply_polygons(m, polys))
     assert [len(p) for p in back] == [2, 1]
-    for a, b in zip(sum(polys, []), sum(back, [])):
+    for a, b in zip(sum(polys, []), sum(back, []), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-9)
 
 
@@ -66,7 +69,9 @@ def test_canonical_frame_puts_dye_end_right(dye_positive):
 
 def test_canonical_to_crop_maps_core_ends_to_tract_ends():
     m = geo.canonical_to_crop((-9000.0, 9500.0), (10.0, 450.0), 41, 0.05)
-    np.testing.assert_allclose(geo.apply(m, [[-9000, 0], [9500, 0], [-9000, 500]]), [[10, 20], [450, 20], [10, 30]], atol=1e-9)
+    np.testing.assert_allclose(
+        geo.apply(m, [[-9000, 0], [9500, 0], [-9000, 500]]), [[10, 20], [450, 20], [10, 30]], atol=1e-9
+    )
 
 
 def test_warp_samples_through_the_affine():

@@ -17,8 +17,17 @@ from workflow_scripts.transfer import geojson_features, tumour_polygons
 @pytest.fixture(scope="module")
 def biopsy(tmp_path_factory):
     d = tmp_path_factory.mktemp("biopsy")
-    out = {k: d / n for k, n in [("prefire", "pre.dcm"), ("postfire", "post.dcm"), ("wsi", "wsi.ome.tif"),
-                                 ("annotation", "a.geojson"), ("truth", "t.json"), ("truth_mask", "m.png")]}
+    out = {
+        k: d / n
+        for k, n in [
+            ("prefire", "pre.dcm"),
+            ("postfire", "post.dcm"),
+            ("wsi", "wsi.ome.tif"),
+            ("annotation", "a.geojson"),
+            ("truth", "t.json"),
+            ("truth_mask", "m.png"),
+        ]
+    }
     demo.generate_biopsy(5, "P001", "B1", out)
     return out, json.loads(out["truth"].read_text())
 
@@ -73,20 +82,25 @@ def test_no_tissue_region_is_a_clear_error(tmp_path, biopsy):
     def edit(ds):
         for r in ds.SequenceOfUltrasoundRegions:
             r.RegionDataType = 2
+
     with pytest.raises(InputError, match="2-D tissue region"):
         ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], edit))
     with pytest.raises(InputError, match="no SequenceOfUltrasoundRegions"):
-        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions")))
+        ingest.read_ultrasound(
+            broken(tmp_path, biopsy[0]["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions"))
+        )
 
 
 def test_region_out_of_bounds_and_missing_resolution(tmp_path, biopsy):
     def oob(ds):
         ds.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 = ds.Columns + 40
+
     with pytest.raises(InputError, match="outside the"):
         ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], oob))
 
     def nores(ds):
         del ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX
+
     with pytest.raises(InputError, match="missing resolution"):
         ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], nores))
 
@@ -112,7 +126,9 @@ def test_a_slide_without_a_fine_enough_level_is_averaged_down_tile_by_tile(tmp_p
     rng = np.random.default_rng(0)
     full = rng.integers(0, 256, (700, 900, 3), np.uint8)
     path = tmp_path / "flat.tif"
-    tifffile.imwrite(path, full, tile=(128, 128), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, full, tile=(128, 128), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER"
+    )
     img, meta = slide.read_slide(path, 4.0)  # 8 x 8 blocks; the last row and column of blocks are partial
     assert meta["averaged"] == 8 and meta["level_um_per_px"] == pytest.approx(4.0) and img.shape == (88, 113, 3)
     ref = np.zeros((88, 113, 3))
@@ -128,11 +144,17 @@ def test_wsi_resolution_from_tiff_tags_and_svs(tmp_path):
     with tifffile.TiffFile(a) as tif:
         assert slide.tiff_um_per_px(tif) == (pytest.approx(0.5), "TIFF resolution tags")
     b = tmp_path / "svs.tif"
-    tifffile.imwrite(b, np.zeros((64, 64, 3), np.uint8), description="Aperio Image Library v12|AppMag = 40|MPP = 0.2520")
+    tifffile.imwrite(
+        b, np.zeros((64, 64, 3), np.uint8), description="Aperio Image Library v12|AppMag = 40|MPP = 0.2520"
+    )
     with tifffile.TiffFile(b) as tif:
         assert slide.tiff_um_per_px(tif)[0] == pytest.approx(0.252)
-    for dpi, why in ((None, "no resolution tags|without a physical unit"), (72, "72 dpi.*software default"), (1, "1 dpi"),
-                     (254, "outside the 0.05-20")):
+    for dpi, why in (
+        (None, "no resolution tags|without a physical unit"),
+        (72, "72 dpi.*software default"),
+        (1, "1 dpi"),
+        (254, "outside the 0.05-20"),
+    ):
         c = tmp_path / f"res{dpi}.tif"
         kw = {"resolution": (dpi, dpi), "resolutionunit": "INCH"} if dpi else {}
         tifffile.imwrite(c, np.zeros((64, 64, 3), np.uint8), **kw)
@@ -145,8 +167,14 @@ def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):
     feats = geojson_features(doc)
     polys, _ = tumour_polygons(feats, {"Tumor": "cancer"})
     assert polys
-    shapes = {"FeatureCollection": {"type": "FeatureCollection", "features": feats}, "array": feats, "Feature": feats[0]}
-    counts = {k: len(tumour_polygons(geojson_features(copy.deepcopy(v)), {"Tumor": "cancer"})[0]) for k, v in shapes.items()}
+    shapes = {
+        "FeatureCollection": {"type": "FeatureCollection", "features": feats},
+        "array": feats,
+        "Feature": feats[0],
+    }
+    counts = {
+        k: len(tumour_polygons(geojson_features(copy.deepcopy(v)), {"Tumor": "cancer"})[0]) for k, v in shapes.items()
+    }
     assert counts["FeatureCollection"] == counts["array"] == len(polys)
     assert counts["Feature"] >= 1
     with pytest.raises(InputError, match="not a QuPath GeoJSON"):
@@ -156,11 +184,31 @@ def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):
 def test_ignored_objects_are_counted():
     poly = [[[0, 0], [1, 0], [1, 1], [0, 0]]]
     feats = [
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
-        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [poly, poly]}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "detection", "classification": {"name": "Tumor"}}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": poly}, "properties": {"objectType": "annotation"}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": poly},
+            "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPolygon", "coordinates": [poly, poly]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": poly},
+            "properties": {"objectType": "annotation", "classification": {"name": "Stroma"}},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": poly},
+            "properties": {"objectType": "detection", "classification": {"name": "Tumor"}},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": poly},
+            "properties": {"objectType": "annotation"},
+        },
     ]
     kept, ignored = tumour_polygons(feats, {"Tumor": "cancer"})
     assert len(kept) == 3
@@ -177,16 +225,22 @@ def run_measured(module: str, args: list[str]) -> int:
     import subprocess
     import sys
 
-    code = "\n".join([
-        "import runpy, sys",
-        "sys.argv = sys.argv[1:]",
-        "try:",
-        "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)",
-        "finally:",
-        "    print([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0], file=sys.stderr)",
-    ])
-    res = subprocess.run([sys.executable, "-c", code, module, *args], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            "sys.argv = sys.argv[1:]",
+            "try:",
+            "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)",
+            "finally:",
+            "    print([x for x in open('/proc/self/status') if x.startswith('VmHWM')][0], file=sys.stderr)",
+        ]
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, module, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert res.returncode == 0, res.stderr
     kib = int(res.stderr.strip().splitlines()[-1].split()[1])
     return kib * 1024
@@ -205,7 +259,10 @@ def test_wsi_ingest_memory_on_the_largest_demo_slide(tmp_path):
         full = tif.series[0].levels[0].shape
     assert max(full) >= 40_000
     raw_gb = full[0] * full[1] * 3 / 1e9
-    peak = run_measured("workflow_scripts.ingest", ["wsi", str(files["wsi"]), "--image", str(tmp_path / "w.png"), "--meta", str(tmp_path / "w.json")])
+    peak = run_measured(
+        "workflow_scripts.ingest",
+        ["wsi", str(files["wsi"]), "--image", str(tmp_path / "w.png"), "--meta", str(tmp_path / "w.json")],
+    )
     assert 20e6 < peak < 1e9, f"peak {peak / 1e6:.0f} MB for a {raw_gb:.1f} GB full-resolution plane"
 
 
@@ -215,16 +272,53 @@ def test_qupath_02_03_04_dialects_and_invalid_geometry():
     line = [[[0, 0], [5, 5], [0, 0]]]  # a 2-point "polygon"
     tumor = {"name": "Tumor", "colorRGB": -3670016}
     feats = [
-        {"type": "Feature", "id": "PathAnnotationObject", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"classification": tumor}},
-        {"type": "Feature", "id": "PathDetectionObject", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"classification": tumor}},
-        {"type": "Feature", "id": "PathCellObject", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"classification": tumor}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {"object_type": "detection", "classification": tumor}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": bowtie}, "properties": {"object_type": "annotation", "classification": tumor}},
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": line}, "properties": {"objectType": "annotation", "classification": "Tumor"}},
-        {"type": "Feature", "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 3]]}, "properties": {"objectType": "annotation", "classification": tumor}},
+        {
+            "type": "Feature",
+            "id": "PathAnnotationObject",
+            "geometry": {"type": "Polygon", "coordinates": square},
+            "properties": {"classification": tumor},
+        },
+        {
+            "type": "Feature",
+            "id": "PathDetectionObject",
+            "geometry": {"type": "Polygon", "coordinates": square},
+            "properties": {"classification": tumor},
+        },
+        {
+            "type": "Feature",
+            "id": "PathCellObject",
+            "geometry": {"type": "Polygon", "coordinates": square},
+            "properties": {"classification": tumor},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": square},
+            "properties": {"object_type": "detection", "classification": tumor},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": bowtie},
+            "properties": {"object_type": "annotation", "classification": tumor},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": line},
+            "properties": {"objectType": "annotation", "classification": "Tumor"},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 3]]},
+            "properties": {"objectType": "annotation", "classification": tumor},
+        },
     ]
     kept, counts = tumour_polygons(feats, {"Tumor": "cancer"})
-    assert counts == {"detections": 2, "cells": 1, "invalid polygons repaired": 1, "degenerate polygons dropped": 1, "geometry LineString": 1}
+    assert counts == {
+        "detections": 2,
+        "cells": 1,
+        "invalid polygons repaired": 1,
+        "degenerate polygons dropped": 1,
+        "geometry LineString": 1,
+    }
     from shapely.geometry import Polygon as P
 
     assert len(kept) == 3  # the 0.2 annotation and the bow-tie's two valid triangles

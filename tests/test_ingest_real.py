@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import ROOT
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.sequence import Sequence
 
-from conftest import ROOT
 from workflow_scripts import ingest
 from workflow_scripts.errors import InputError
 
@@ -58,15 +58,18 @@ def test_palette_color_goes_through_its_lut(tmp_path):
     assert meta["photometric"] == "PALETTE COLOR"
 
 
-@pytest.mark.parametrize("compressed, reference", [
-    ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),
-    ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
-    ("MR_small_RLE.dcm", "MR_small.dcm"),
-    ("SC_rgb_rle.dcm", "SC_rgb_rle.dcm"),
-    ("JPEG2000.dcm", None),
-    ("SC_rgb_jpeg_dcmtk.dcm", None),
-    ("JPEGLSNearLossless_08.dcm", None),
-])
+@pytest.mark.parametrize(
+    "compressed, reference",
+    [
+        ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),
+        ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
+        ("MR_small_RLE.dcm", "MR_small.dcm"),
+        ("SC_rgb_rle.dcm", "SC_rgb_rle.dcm"),
+        ("JPEG2000.dcm", None),
+        ("SC_rgb_jpeg_dcmtk.dcm", None),
+        ("JPEGLSNearLossless_08.dcm", None),
+    ],
+)
 def test_compressed_transfer_syntaxes_decode(tmp_path, compressed, reference):
     gray, meta = ingest.read_ultrasound(as_ultrasound(real(compressed), tmp_path / "c.dcm"))
     ds = pydicom.dcmread(real(compressed))
@@ -99,9 +102,23 @@ def test_truncated_file_is_one_clear_line(tmp_path):
     src = as_ultrasound(real("MR_small.dcm"), tmp_path / "t.dcm")
     data = src.read_bytes()
     src.write_bytes(data[: len(data) - 3000])  # pixel data cut short
-    res = subprocess.run([sys.executable, "-m", "workflow_scripts.ingest", "ultrasound", f"--image={tmp_path / 'o.png'}",
-                          f"--meta={tmp_path / 'o.json'}", "--participant=P001", "--biopsy=B1", "--", str(src)],
-                         capture_output=True, text=True, cwd=ROOT)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.ingest",
+            "ultrasound",
+            f"--image={tmp_path / 'o.png'}",
+            f"--meta={tmp_path / 'o.json'}",
+            "--participant=P001",
+            "--biopsy=B1",
+            "--",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert res.returncode == 1
     assert "tractmap error: participant P001, biopsy B1, file" in res.stderr and "hint:" in res.stderr
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.json").exists()

@@ -24,7 +24,9 @@ def synthetic_document(tmp_path):
     part = np.array([[200, 15], [240, 16], [238, 26], [205, 25], [200, 15]], float)
     polys = [("cancer", "Tumor", [ring, hole]), ("cancer", "Tumor", [part])]
     voids = transfer.void_polygons((41, 300), (10.0, 290.0), (12.0, 28.0))
-    doc = transfer.labelme_document(transfer.labelme_shapes(polys, voids), "crop.png", (tmp_path / "crop.png").read_bytes(), (41, 300))
+    doc = transfer.labelme_document(
+        transfer.labelme_shapes(polys, voids), "crop.png", (tmp_path / "crop.png").read_bytes(), (41, 300)
+    )
     path = tmp_path / "doc.json"
     path.write_text(json.dumps(doc))
     return path, crop
@@ -58,7 +60,9 @@ def test_real_transfer_output_loads_in_labelme(cohort_run):
     for f in files:
         lf = labelme.LabelFile(str(f))
         doc = json.loads(f.read_text())
-        theirs, _ = shapes_to_label((doc["imageHeight"], doc["imageWidth"]), lf.shapes, {"__ignore__": -1, "_background_": 0, "cancer": 1})
+        theirs, _ = shapes_to_label(
+            (doc["imageHeight"], doc["imageWidth"]), lf.shapes, {"__ignore__": -1, "_background_": 0, "cancer": 1}
+        )
         voc_png = cohort_run / "results" / "voc" / "SegmentationClass" / f"{f.parent.name}_{f.stem}.png"
         import PIL.Image
 
@@ -124,7 +128,23 @@ def test_labelme_primitives_that_enclose_no_pixels_are_a_clear_error(labelme_exa
     label = voc.rasterize(areas, (doc["imageHeight"], doc["imageWidth"]), values)
     theirs, _ = shapes_to_label((doc["imageHeight"], doc["imageWidth"]), areas, values)
     np.testing.assert_array_equal(label, theirs)
-    res = subprocess.run([sys.executable, "-m", "workflow_scripts.voc", "image", f"--root={tmp_path}", "--image-id=x",
-                          "--participant=P001", "--biopsy=B1", str(src)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.voc",
+            "image",
+            f"--root={tmp_path}",
+            "--image-id=x",
+            "--participant=P001",
+            "--biopsy=B1",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "tractmap error: participant P001, biopsy B1" in res.stderr and "unknown label 'rectangle' (shape 1)" in res.stderr
+    assert (
+        "tractmap error: participant P001, biopsy B1" in res.stderr
+        and "unknown label 'rectangle' (shape 1)" in res.stderr
+    )

@@ -7,8 +7,6 @@ import string
 from pathlib import Path
 
 import pandas as pd
-import pytest
-
 from conftest import ROOT, snakemake, write_config
 
 # fields that carry sheet paths, config values or derived paths into a shell command
@@ -19,14 +17,19 @@ def shell_commands(text: str) -> list[str]:
     """The shell strings of a Snakemake file: each ``shell:`` block's string literals, joined."""
     out = []
     for m in re.finditer(r"^(?P<ind>[ \t]*)shell:[ \t]*\n(?P<body>(?:(?P=ind)[ \t]+\S.*\n?)+)", text, re.M):
-        out.append("".join(ast.literal_eval(line.strip().rstrip(",")) for line in m["body"].splitlines() if line.strip()))
+        out.append(
+            "".join(ast.literal_eval(line.strip().rstrip(",")) for line in m["body"].splitlines() if line.strip())
+        )
     return out
 
 
 def unquoted_fields(cmd: str) -> list[str]:
     """Replacement fields of a shell command that reach the shell without ``:q``."""
-    return [f"{{{name}{':' + spec if spec else ''}}}" for _, name, spec, _ in string.Formatter().parse(cmd)
-            if name is not None and RISKY.match(name) and not (spec or "").endswith("q")]
+    return [
+        f"{{{name}{':' + spec if spec else ''}}}"
+        for _, name, spec, _ in string.Formatter().parse(cmd)
+        if name is not None and RISKY.match(name) and not (spec or "").endswith("q")
+    ]
 
 
 def test_lint_finds_an_unquoted_field():
@@ -48,7 +51,7 @@ def test_every_shell_field_is_quoted():
 
 HOSTILE = [  # one folder per biopsy: what shared drives and several hands put into sheets
     "My Study 2024/pre fire (1)",
-    "it's \"quoted\" & more; $HOME #1 [a] {b c}",
+    'it\'s "quoted" & more; $HOME #1 [a] {b c}',
     "`touch BACKTICK_OWNED` and \\back\\slash",
     "Ünïcødé Ørsted 🧪",
     "-leading dash",
@@ -65,20 +68,45 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
     parts, rows = [], []
     for i, folder in enumerate(folders, 1):
         pid = f"P{i:03d}"
-        d = Path(folder) if folder.startswith("-") else tmp_path / "data" / folder  # a relative path that starts with '-'
-        files = {"prefire": d / "pre fire.dcm", "postfire": d / "post'fire.dcm", "wsi": d / "slide (1).ome.tif",
-                 "annotation": d / "ann$x.geojson", "truth": tmp_path / "truth" / f"{pid}.json", "truth_mask": tmp_path / "truth" / f"{pid}.png"}
+        d = (
+            Path(folder) if folder.startswith("-") else tmp_path / "data" / folder
+        )  # a relative path that starts with '-'
+        files = {
+            "prefire": d / "pre fire.dcm",
+            "postfire": d / "post'fire.dcm",
+            "wsi": d / "slide (1).ome.tif",
+            "annotation": d / "ann$x.geojson",
+            "truth": tmp_path / "truth" / f"{pid}.json",
+            "truth_mask": tmp_path / "truth" / f"{pid}.png",
+        }
         demo.generate_biopsy(31, pid, BID, {k: tmp_path / v if not v.is_absolute() else v for k, v in files.items()})
         parts.append({"participant_id": pid})
-        rows.append({"participant_id": pid, "biopsy_id": BID, **{k: str(files[k]) for k in ("prefire", "postfire", "wsi", "annotation")}})
+        rows.append(
+            {
+                "participant_id": pid,
+                "biopsy_id": BID,
+                **{k: str(files[k]) for k in ("prefire", "postfire", "wsi", "annotation")},
+            }
+        )
     (tmp_path / "sheets").mkdir()
     pd.DataFrame(parts).to_csv(tmp_path / "sheets/participants.tsv", sep="\t", index=False)
     pd.DataFrame(rows).to_csv(tmp_path / "sheets/biopsies.tsv", sep="\t", index=False)
     results = "rés ults & 'co' $(touch OWNED2)"
-    write_config(tmp_path, results=results, truth_dir=None,
-                 demo={"enabled": False, "root": "demo", "seed": 1, "large_slide": ""},
-                 transfer={"classes": {"Tumor": "cancer", "it's a $(class), \"x\"": "cancer"}, "outside_core": "void", "across": "shrinkage"})
-    targets = [f"{results}/qc/registration_qc.tsv", *(f"{results}/qc/P{i:03d}/{BID}.png" for i in range(1, len(folders) + 1))]
+    write_config(
+        tmp_path,
+        results=results,
+        truth_dir=None,
+        demo={"enabled": False, "root": "demo", "seed": 1, "large_slide": ""},
+        transfer={
+            "classes": {"Tumor": "cancer", 'it\'s a $(class), "x"': "cancer"},
+            "outside_core": "void",
+            "across": "shrinkage",
+        },
+    )
+    targets = [
+        f"{results}/qc/registration_qc.tsv",
+        *(f"{results}/qc/P{i:03d}/{BID}.png" for i in range(1, len(folders) + 1)),
+    ]
     snakemake(tmp_path, "--cores", "2", *targets)
 
     qc = pd.read_csv(tmp_path / results / "qc/registration_qc.tsv", sep="\t")
@@ -104,11 +132,26 @@ def test_a_failure_with_a_hostile_path_reaches_failures_tsv_intact(tmp_path):
     bad.write_bytes(b"DICM" * 40)  # not a DICOM
     log = tmp_path / "logs/ingest_ultrasound/P001/B1_prefire.log"
     log.parent.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "workflow_scripts.ingest", "ultrasound", f"--image={tmp_path / 'o.png'}",
-           f"--meta={tmp_path / 'o.json'}", "--participant=P001", "--biopsy=B1", "--", str(bad)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflow_scripts.ingest",
+        "ultrasound",
+        f"--image={tmp_path / 'o.png'}",
+        f"--meta={tmp_path / 'o.json'}",
+        "--participant=P001",
+        "--biopsy=B1",
+        "--",
+        str(bad),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     log.write_text(res.stdout + res.stderr)
     assert res.returncode == 1 and "tractmap error: participant P001, biopsy B1" in res.stderr, res.stderr
     row = failures.collect(tmp_path / "logs").iloc[0]
-    assert (row["step"], row["participant_id"], row["biopsy_id"], row["file"]) == ("ingest_ultrasound", "P001", "B1", str(bad))
+    assert (row["step"], row["participant_id"], row["biopsy_id"], row["file"]) == (
+        "ingest_ultrasound",
+        "P001",
+        "B1",
+        str(bad),
+    )
     assert row["problem"] and row["hint"]

@@ -9,7 +9,6 @@ import PIL.Image
 import pydicom
 import pytest
 import torch
-
 from conftest import ROOT, make_cohort, snakemake, write_config
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
@@ -129,16 +128,32 @@ def test_one_bad_biopsy_spares_everyone_else(copy_run):
     b = pd.read_csv(copy_run / "sheets/biopsies.tsv", sep="\t", dtype=str)
     bad = copy_run / b.loc[1, "prefire"]
     ds = pydicom.dcmread(bad)
-    ds.PixelData = np.zeros_like(ds.pixel_array).tobytes() if ds.SamplesPerPixel == 1 else np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+    ds.PixelData = (
+        np.zeros_like(ds.pixel_array).tobytes()
+        if ds.SamplesPerPixel == 1
+        else np.zeros((ds.Rows, ds.Columns, 3), np.uint8).tobytes()
+    )
     if "NumberOfFrames" in ds and int(ds.NumberOfFrames) > 1:
-        ds.PixelData = np.zeros((int(ds.NumberOfFrames), ds.Rows, ds.Columns) + ((3,) if ds.SamplesPerPixel == 3 else ()), np.uint8).tobytes()
+        ds.PixelData = np.zeros(
+            (int(ds.NumberOfFrames), ds.Rows, ds.Columns) + ((3,) if ds.SamplesPerPixel == 3 else ()), np.uint8
+        ).tobytes()
     ds.save_as(bad)
     others = sorted((copy_run / "results/tract").glob("*/*.json"))
-    before = {f: f.read_bytes() for f in others if f.parent.name + "/" + f.stem != f"{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}"}
+    before = {
+        f: f.read_bytes()
+        for f in others
+        if f.parent.name + "/" + f.stem != f"{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}"
+    }
     res = snakemake(copy_run, "--cores", "2", "--keep-going", check=False)
     assert res.returncode != 0
     log = (copy_run / f"logs/tract/{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}.log").read_text()
-    for s in (f"participant {b.loc[1, 'participant_id']}", f"biopsy {b.loc[1, 'biopsy_id']}", "prefire.png", "no needle", "tip_x/tip_y"):
+    for s in (
+        f"participant {b.loc[1, 'participant_id']}",
+        f"biopsy {b.loc[1, 'biopsy_id']}",
+        "prefire.png",
+        "no needle",
+        "tip_x/tip_y",
+    ):
         assert s in log, log
     for f, data in before.items():
         assert f.read_bytes() == data
@@ -155,7 +170,10 @@ def test_one_bad_biopsy_spares_everyone_else(copy_run):
     report = (copy_run / "results/report.html").read_text()
     assert "no needle visible (operator note)" in report and "no needle echo found" in report
     excluded = f"{b.loc[1, 'participant_id']}_{b.loc[1, 'biopsy_id']}"
-    assert all(excluded not in (copy_run / f"results/voc/ImageSets/Segmentation/{s}.txt").read_text() for s in ("train", "val", "test"))
+    assert all(
+        excluded not in (copy_run / f"results/voc/ImageSets/Segmentation/{s}.txt").read_text()
+        for s in ("train", "val", "test")
+    )
 
 
 def test_training_outputs_and_selection_on_validation(cohort_run):
@@ -226,8 +244,11 @@ def test_uncertain_orientation_waits_for_review_and_a_confirmation_reruns_only_t
     splits = pd.read_csv(copy_run / "results/splits.tsv", sep="\t", dtype=str)
     train = set(splits.loc[splits["split"] == "train", "participant_id"])
     held = {(r.participant_id, r.biopsy_id) for r in review.itertuples() if r.step == "tract"}
-    row = next(r for _, r in review.iterrows() if r["step"] == "orient" and r["participant_id"] in train
-               and (r["participant_id"], r["biopsy_id"]) not in held)
+    row = next(
+        r
+        for _, r in review.iterrows()
+        if r["step"] == "orient" and r["participant_id"] in train and (r["participant_id"], r["biopsy_id"]) not in held
+    )
     pid = row["participant_id"]
     assert Path(copy_run, row["qc_figure"]).is_file()
     # the reviewer agrees with the QC figure and pastes the confirm override into biopsies.tsv
@@ -241,5 +262,7 @@ def test_uncertain_orientation_waits_for_review_and_a_confirmation_reruns_only_t
     assert f"{pid}_{row['biopsy_id']}" in (copy_run / f"{lists}/train.txt").read_text().split()
     after = pd.read_csv(copy_run / "results/review.tsv", sep="\t", dtype=str)
     assert len(after) == len(review) - 1
-    assert not ((after["participant_id"] == pid) & (after["biopsy_id"] == row["biopsy_id"]) & (after["step"] == "orient")).any()
+    assert not (
+        (after["participant_id"] == pid) & (after["biopsy_id"] == row["biopsy_id"]) & (after["step"] == "orient")
+    ).any()
     assert json.loads((copy_run / f"results/orient/{pid}/{row['biopsy_id']}.json").read_text())["state"] == "override"

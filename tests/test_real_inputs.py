@@ -1,4 +1,6 @@
-"""Real public files through the documented interface: the sheets, a real Snakemake run, ingest JSONs and failures.tsv."""
+"""Real public files through the documented interface.
+
+The sheets, a real Snakemake run, the ingest JSONs and failures.tsv."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import snakemake, write_config
 from realfiles import fetch
 from test_ingest_real import as_ultrasound, real
@@ -26,17 +27,31 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
         ("P002", "B2"): ("unreadable.svs", "", "could not be decoded"),
         ("P003", "B1"): ("😐.svs", "", "killed"),
     }
-    rows = [{"participant_id": p, "biopsy_id": b, "prefire": str(pre), "postfire": str(post), "wsi": str(slides / s),
-             "annotation": str(ann), "wsi_um_per_px": um} for (p, b), (s, um, _) in cases.items()]
+    rows = [
+        {
+            "participant_id": p,
+            "biopsy_id": b,
+            "prefire": str(pre),
+            "postfire": str(post),
+            "wsi": str(slides / s),
+            "annotation": str(ann),
+            "wsi_um_per_px": um,
+        }
+        for (p, b), (s, um, _) in cases.items()
+    ]
     (tmp_path / "sheets").mkdir()
-    pd.DataFrame({"participant_id": ["P001", "P002", "P003"]}).to_csv(tmp_path / "sheets/participants.tsv", sep="\t", index=False)
+    pd.DataFrame({"participant_id": ["P001", "P002", "P003"]}).to_csv(
+        tmp_path / "sheets/participants.tsv", sep="\t", index=False
+    )
     pd.DataFrame(rows).to_csv(tmp_path / "sheets/biopsies.tsv", sep="\t", index=False)
     write_config(tmp_path, truth_dir=None, demo={"enabled": False, "root": "demo", "seed": 1, "large_slide": ""})
     # one job dies the way the OOM killer ends it: SIGKILL, no Python error, no tractmap record
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
-        "import os, sys\nif '--participant=P003' in sys.argv and sys.argv[1:2] == ['wsi']:\n    os.kill(os.getpid(), 9)\n")
+        "import os, sys\nif '--participant=P003' in sys.argv and sys.argv[1:2] == ['wsi']:\n    "
+        "os.kill(os.getpid(), 9)\n"
+    )
     targets = [f"results/ingest/{p}/{b}/{k}.json" for p, b in cases for k in ("wsi", "prefire")]
     res = snakemake(tmp_path, "--cores", "2", "--keep-going", *targets, check=False, pythonpath=[hook])
     assert res.returncode != 0
@@ -59,14 +74,32 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
         assert "Traceback" not in text or "tractmap error:" in text, log
 
 
-@pytest.mark.parametrize("step, args", [
-    ("ingest", ["ultrasound", "--image={o}/i.png", "--meta={o}/i.json"]),
-    ("ingest", ["wsi", "--image={o}/i.png", "--meta={o}/i.json"]),
-    ("transfer", ["--annotation={bad}", "--orient={o}/x.json", "--tract={o}/x.json", "--crop={o}/c.png", "--out={o}/l.json",
-                  "--summary={o}/s.json", '--classes={{"Tumor": "cancer"}}', "--outside-core=void", "--across=shrinkage"]),
-    ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1"]),
-], ids=["ingest-ultrasound", "ingest-wsi", "transfer", "voc"])
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, b"{\"type\": \"Feature"], ids=["binary", "cut-json"])
+@pytest.mark.parametrize(
+    "step, args",
+    [
+        ("ingest", ["ultrasound", "--image={o}/i.png", "--meta={o}/i.json"]),
+        ("ingest", ["wsi", "--image={o}/i.png", "--meta={o}/i.json"]),
+        (
+            "transfer",
+            [
+                "--annotation={bad}",
+                "--orient={o}/x.json",
+                "--tract={o}/x.json",
+                "--crop={o}/c.png",
+                "--out={o}/l.json",
+                "--summary={o}/s.json",
+                '--classes={{"Tumor": "cancer"}}',
+                "--outside-core=void",
+                "--across=shrinkage",
+            ],
+        ),
+        ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1"]),
+    ],
+    ids=["ingest-ultrasound", "ingest-wsi", "transfer", "voc"],
+)
+@pytest.mark.parametrize(
+    "content", [b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, b'{"type": "Feature'], ids=["binary", "cut-json"]
+)
 def test_each_step_on_a_bad_user_file_prints_one_line_and_no_traceback(tmp_path, step, args, content):
     import subprocess
     import sys

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-
-from workflow_scripts import demo, geometry as geo, ingest, orient, slide, tract
-from workflow_scripts.errors import InputError
 from conftest import ROOT
+
+from workflow_scripts import demo, ingest, orient, slide, tract
+from workflow_scripts import geometry as geo
+from workflow_scripts.errors import InputError
 
 
 @pytest.fixture(scope="module", params=[("P101", "B1"), ("P102", "B3"), ("P103", "B2")])
@@ -46,7 +47,9 @@ def test_orientation_puts_true_dye_end_right(case):
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
     assert dye[0] == pytest.approx(can["core_x_um"][1], abs=3 * wmeta["level_um_per_px"])
     assert abs(dye[1]) < 3 * wmeta["level_um_per_px"]
-    assert (can["core_x_um"][1] - can["core_x_um"][0]) / 1000 == pytest.approx(truth["throw_mm"] * truth["shrink"], rel=0.01)
+    assert (can["core_x_um"][1] - can["core_x_um"][0]) / 1000 == pytest.approx(
+        truth["throw_mm"] * truth["shrink"], rel=0.01
+    )
     assert found["confidence"] > 0.8
 
 
@@ -114,7 +117,9 @@ def test_varied_cohort_orientation_never_accepts_a_wrong_end():
     for i in range(24):
         t, thumb, truth = varied_biopsy(41, f"V{i:03d}")
         try:
-            found = orient.find_orientation(thumb, cfg["min_dye_fraction"], cfg["accept_confidence"], cfg["min_confidence"])
+            found = orient.find_orientation(
+                thumb, cfg["min_dye_fraction"], cfg["accept_confidence"], cfg["min_confidence"]
+            )
         except InputError as e:
             assert "dye_end" in e.hint
             states.append("failed")
@@ -140,7 +145,10 @@ def test_varied_cohort_tract_accepts_only_good_tips():
         res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), cfg["throw_mm"], {}, cfg["min_confidence"])
         assert res["state"] in ("accepted", "review") and set(res["confidence"]) == {"t0", "t1", "axis"}
         if res["state"] == "accepted":
-            err = max(np.linalg.norm(np.array(res[k]) * t.mm_per_px - np.array(v)) for k, v in (("t0_px", t.t0_mm), ("t1_px", t.t1_mm)))
+            err = max(
+                np.linalg.norm(np.array(res[k]) * t.mm_per_px - np.array(v))
+                for k, v in (("t0_px", t.t0_mm), ("t1_px", t.t1_mm))
+            )
             accepted.append(err)
     assert len(accepted) >= 6 and max(accepted) < 1.0, accepted
 
@@ -148,8 +156,16 @@ def test_varied_cohort_tract_accepts_only_good_tips():
 def test_dense_tumour_at_one_end_is_not_dye():
     """Dense haematoxylin-rich tissue at the undyed end: on the slide's own H-E line, so never dye."""
     t = demo.sample_truth(5, "V900", "B1", varied=True)
-    t.nuisance.update(dense=[[0.3, 0.0, 1.0, 1.0], [1.0, 0.2, 0.8, 1.0]], gaps=[], folds=[], bubbles=[], pen=[], dye="green",
-                      dye_cover="full", h_scale=1.5)
+    t.nuisance.update(
+        dense=[[0.3, 0.0, 1.0, 1.0], [1.0, 0.2, 0.8, 1.0]],
+        gaps=[],
+        folds=[],
+        bubbles=[],
+        pen=[],
+        dye="green",
+        dye_cover="full",
+        h_scale=1.5,
+    )
     t.dye = "green"
     demo.place_on_slide(t, np.random.default_rng(1))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
@@ -166,11 +182,25 @@ def test_dense_tumour_at_one_end_is_not_dye():
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():
     from workflow_scripts import review
 
-    o = {"state": "review", "axis": [0.0, -1.0], "dye_at_positive_end": True, "confidence": 0.4, "evidence": "novelty",
-         "dye_mass_px": [0.0, 30.0]}
-    t = {"state": "accepted", "t0_px": [10.0, 20.0], "axis_deg": 15.0, "sampled_length_mm": 21.5, "length_flag": False,
-         "confidence": {"t0": 0.9, "t1": 0.9, "axis": 0.9}}
+    o = {
+        "state": "review",
+        "axis": [0.0, -1.0],
+        "dye_at_positive_end": True,
+        "confidence": 0.4,
+        "evidence": "novelty",
+        "dye_mass_px": [0.0, 30.0],
+    }
+    t = {
+        "state": "accepted",
+        "t0_px": [10.0, 20.0],
+        "axis_deg": 15.0,
+        "sampled_length_mm": 21.5,
+        "length_flag": False,
+        "confidence": {"t0": 0.9, "t1": 0.9, "axis": 0.9},
+    }
     rows = review.entries("P001", "B1", o, t, [100, 50, 600, 500], "qc.png")
     assert [(r["step"], r["confirm"], r["correct"]) for r in rows] == [("orient", "dye_end=top", "dye_end=bottom")]
-    rows = review.entries("P001", "B1", {**o, "state": "accepted"}, {**t, "state": "review"}, [100, 50, 600, 500], "qc.png")
+    rows = review.entries(
+        "P001", "B1", {**o, "state": "accepted"}, {**t, "state": "review"}, [100, 50, 600, 500], "qc.png"
+    )
     assert rows[0]["step"] == "tract" and rows[0]["confirm"].startswith("tip_x=110.0 tip_y=70.0 axis_deg=15.00")

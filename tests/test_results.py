@@ -14,9 +14,9 @@ import pandas as pd
 import PIL.Image
 import pydicom
 import pytest
+from conftest import ROOT
 from sklearn import metrics as skm
 
-from conftest import ROOT
 from workflow_scripts import demo, evaluate, ingest
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
@@ -65,8 +65,12 @@ def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe and os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["timeout", "-s", "KILL", "300", "apt-get", "update", "-qq"], check=True)
-        subprocess.run(["timeout", "-s", "KILL", "600", "apt-get", "install", "-y", "-qq", "chromium"], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["timeout", "-s", "KILL", "600", "apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            stdout=subprocess.DEVNULL,
+        )
         exe = shutil.which("chromium")
     assert exe, "the report test needs Debian's chromium: apt-get install chromium"
     return exe
@@ -74,9 +78,21 @@ def chromium() -> str:
 
 def rendered(chromium: str, html, tmp_path) -> tuple[int, int, str]:
     """Open the file in headless Chromium; (figures decoded, figures, DOM) after the page's load check."""
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-                          "--virtual-time-budget=10000", "--dump-dom", f"file://{html}"],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"file://{html}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     m = re.search(r'id="render-status" data-rendered="(\d+)" data-total="(\d+)"', dom)
     assert m, dom[:2000]
     return int(m[1]), int(m[2]), dom
@@ -85,14 +101,23 @@ def rendered(chromium: str, html, tmp_path) -> tuple[int, int, str]:
 def test_report_renders_every_figure_in_headless_chromium(cohort_run, chromium, tmp_path):
     report = cohort_run / "results/report.html"
     text = report.read_text()
-    assert "src=\"http" not in text and "<link" not in text  # self-contained: nothing fetched
+    assert 'src="http' not in text and "<link" not in text  # self-contained: nothing fetched
     ok, total, dom = rendered(chromium, report, tmp_path)
     # registration QC, a curve per model, Figures 4 and 5 for test and validation, a QC figure per review item
     n_review = len(pd.read_csv(cohort_run / "results/review.tsv", sep="\t"))
     assert total == 1 + len(MODELS) + 4 + n_review and ok == total
     assert "Needs review" in dom
-    for s in ("Table 1", "Table 2", "Figure 4", "Figure 5", "config digest", "seed: bootstrap", "Failures and exclusions",
-              "Paired comparisons", "version: torch"):
+    for s in (
+        "Table 1",
+        "Table 2",
+        "Figure 4",
+        "Figure 5",
+        "config digest",
+        "seed: bootstrap",
+        "Failures and exclusions",
+        "Paired comparisons",
+        "version: torch",
+    ):
         assert s in dom, s
     # negative control: a figure that does not decode is caught
     broken = tmp_path / "broken.html"
@@ -100,8 +125,20 @@ def test_report_renders_every_figure_in_headless_chromium(cohort_run, chromium, 
     ok2, total2, _ = rendered(chromium, broken, tmp_path)
     assert (ok2, total2) == (total - 1, total)
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-                    f"--screenshot={shot}", "--window-size=1200,3000", f"file://{report}"], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,3000",
+            f"file://{report}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     px = np.asarray(PIL.Image.open(shot).convert("L"))
     assert (px < 200).mean() > 0.02  # text, tables and figures, not a blank page
 
@@ -119,8 +156,20 @@ def new_prefire(tmp_path, seed=4242):
 
 
 def infer(cohort_run, dicom, out, *extra):
-    cmd = [sys.executable, "-m", "workflow_scripts.infer", "--model", str(cohort_run / "results/train/fcn_resnet101/model.pt"),
-           "--dicom", str(dicom), "--out", str(out), "--config", str(cohort_run / "config.yaml"), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflow_scripts.infer",
+        "--model",
+        str(cohort_run / "results/train/fcn_resnet101/model.pt"),
+        "--dicom",
+        str(dicom),
+        "--out",
+        str(out),
+        "--config",
+        str(cohort_run / "config.yaml"),
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -168,7 +217,13 @@ def test_inference_errors_name_the_file_and_suggest_the_manual_options(cohort_ru
     del ds.SequenceOfUltrasoundRegions
     uncal = tmp_path / "uncalibrated.dcm"
     ds.save_as(uncal)
-    fails_saying(infer(cohort_run, uncal, tmp_path / "o1"), "uncalibrated.dcm", "no SequenceOfUltrasoundRegions", "--mm-per-px", "--tip")
+    fails_saying(
+        infer(cohort_run, uncal, tmp_path / "o1"),
+        "uncalibrated.dcm",
+        "no SequenceOfUltrasoundRegions",
+        "--mm-per-px",
+        "--tip",
+    )
 
     ds = pydicom.dcmread(dicom)
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -3,7 +3,6 @@
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import make_cohort, snakemake, write_config
 
 
@@ -45,14 +44,37 @@ def test_duplicate_biopsy(workdir):
     rejected(workdir, f"biopsies.tsv line {n + 1}", "duplicate biopsy P001/B1")
 
 
-@pytest.mark.parametrize("sheet, row, column, value, needles", [
-    ("biopsies.tsv", 0, "participant_id", "P999", ["biopsies.tsv line 2", "P999", "not in sheets/participants.tsv"]),
-    ("biopsies.tsv", 1, "wsi", "/nonexistent/slide.svs", ["biopsies.tsv line 3", "wsi file /nonexistent/slide.svs does not exist"]),
-    ("participants.tsv", 2, "birads", "6", ["participants.tsv line 4", "P003", "'6' is not one of"]),
-    ("biopsies.tsv", 0, "tip_x", "120", ["biopsies.tsv line 2", "tip_y"]),  # half an override
-    ("participants.tsv", 1, "participant_id", "P_2 x", ["participants.tsv line 3", "does not match"]),
-    ("biopsies.tsv", 1, "annotation", "/data/{sample}/a.geojson", ["biopsies.tsv line 3", "reads as a wildcard"]),
-], ids=["unknown-participant", "missing-file", "malformed-value", "half-an-override", "bad-id-pattern", "wildcard-in-path"])
+@pytest.mark.parametrize(
+    "sheet, row, column, value, needles",
+    [
+        (
+            "biopsies.tsv",
+            0,
+            "participant_id",
+            "P999",
+            ["biopsies.tsv line 2", "P999", "not in sheets/participants.tsv"],
+        ),
+        (
+            "biopsies.tsv",
+            1,
+            "wsi",
+            "/nonexistent/slide.svs",
+            ["biopsies.tsv line 3", "wsi file /nonexistent/slide.svs does not exist"],
+        ),
+        ("participants.tsv", 2, "birads", "6", ["participants.tsv line 4", "P003", "'6' is not one of"]),
+        ("biopsies.tsv", 0, "tip_x", "120", ["biopsies.tsv line 2", "tip_y"]),  # half an override
+        ("participants.tsv", 1, "participant_id", "P_2 x", ["participants.tsv line 3", "does not match"]),
+        ("biopsies.tsv", 1, "annotation", "/data/{sample}/a.geojson", ["biopsies.tsv line 3", "reads as a wildcard"]),
+    ],
+    ids=[
+        "unknown-participant",
+        "missing-file",
+        "malformed-value",
+        "half-an-override",
+        "bad-id-pattern",
+        "wildcard-in-path",
+    ],
+)
 def test_bad_cell_is_rejected_naming_sheet_and_line(workdir, sheet, row, column, value, needles):
     path = workdir / "sheets" / sheet
     df = pd.read_csv(path, sep="\t", dtype=str)
@@ -63,21 +85,34 @@ def test_bad_cell_is_rejected_naming_sheet_and_line(workdir, sheet, row, column,
 
 def test_every_problem_of_every_row_is_reported_at_once(workdir):
     edit(workdir, "participants.tsv", lambda d: d.assign(birads=["6", "4a", "7"][: len(d)]))
+
     def bad_biopsies(d):
         d.loc[0, "participant_id"] = "P_1"
         d.loc[1, "tip_x"] = "12"
         d.loc[2, "wsi"] = "/nowhere/s.svs"
         return d
+
     edit(workdir, "biopsies.tsv", bad_biopsies)
-    rejected(workdir, "sample sheet problem(s)", "participants.tsv line 2 (P001): column birads: '6' is not one of",
-             "participants.tsv line 4 (P003): column birads: '7' is not one of",
-             "biopsies.tsv line 2 (P_1, B1): column participant_id", "VOC image IDs are <participant>_<biopsy>",
-             "biopsies.tsv line 3", "'tip_y' is a dependency of 'tip_x'",
-             "biopsies.tsv line 4", "wsi file /nowhere/s.svs does not exist")
+    rejected(
+        workdir,
+        "sample sheet problem(s)",
+        "participants.tsv line 2 (P001): column birads: '6' is not one of",
+        "participants.tsv line 4 (P003): column birads: '7' is not one of",
+        "biopsies.tsv line 2 (P_1, B1): column participant_id",
+        "VOC image IDs are <participant>_<biopsy>",
+        "biopsies.tsv line 3",
+        "'tip_y' is a dependency of 'tip_x'",
+        "biopsies.tsv line 4",
+        "wsi file /nowhere/s.svs does not exist",
+    )
 
 
 def test_underscored_biopsy_ids_and_a_sheet_pixel_size_plan(workdir):
-    edit(workdir, "biopsies.tsv", lambda d: d.assign(biopsy_id=d["participant_id"] + "_" + d["biopsy_id"], wsi_um_per_px="0.25"))
+    edit(
+        workdir,
+        "biopsies.tsv",
+        lambda d: d.assign(biopsy_id=d["participant_id"] + "_" + d["biopsy_id"], wsi_um_per_px="0.25"),
+    )
     out = snakemake(workdir, "-n", "-p").stdout
     assert "Job stats" in out and "SegmentationClass/P001_B1.png" not in out
     assert "--um-per-px=0.25" in out and "voc/SegmentationClass/P001_P001_B1.png" in out
@@ -88,4 +123,3 @@ def test_bad_config(workdir):
     cfg["transfer"]["outside_core"] = "maybe"
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     rejected(workdir, "maybe")
-

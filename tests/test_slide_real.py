@@ -14,8 +14,8 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-
 from realfiles import fetch
+
 from workflow_scripts import slide
 from workflow_scripts.errors import InputError
 
@@ -67,11 +67,14 @@ def test_a_72_dpi_tiff_has_no_known_pixel_size_until_the_sheet_gives_one(opensli
         slide.read_slide(path, 1.0, sheet_um=254.0)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("unreadable.svs", "could not be decoded .*Bogus marker length"),
-    ("unopenable.tiff", "pixel size is unknown"),
-    ("boxes.png", "not a slide format"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("unreadable.svs", "could not be decoded .*Bogus marker length"),
+        ("unopenable.tiff", "pixel size is unknown"),
+        ("boxes.png", "not a slide format"),
+    ],
+)
 def test_damaged_or_foreign_files_give_a_clean_error(openslide_files, name, message):
     with pytest.raises(InputError, match=message):
         slide.read_slide(openslide_files / name, 16.0)
@@ -83,11 +86,27 @@ def test_unknown_tiff_compression_is_named(openslide_files):
 
 
 def codec_cases():
-    return ["rgb.tiled.u1.tif", "rgb.separate.tiled.u1.tif", "rgb.separate.u1.tif", "rgba.separate.tiled.u1.tif",
-            "rgb.tiled.jpeg.u1.tif", "rgb.tiled.jpeg.u2.tif", "rgb.tiled.jpeg2000.u1.tif", "rgb.tiled.jpegxl.u1.tif",
-            "rgb.tiled.jpegxr.u1.tif", "rgb.tiled.lerc.u1.tif", "rgb.tiled.lzma.u1.tif", "rgb.tiled.lzw.u1.tif",
-            "rgb.tiled.png.u1.tif", "rgb.tiled.webp.u1.tif", "rgb.tiled.zstd.u1.tif", "rgb.u1.tif", "rgba.u1.tif",
-            "rgb_u2_tiled_jpegll.tif", "rgb_u1_jpeg.tif"]
+    return [
+        "rgb.tiled.u1.tif",
+        "rgb.separate.tiled.u1.tif",
+        "rgb.separate.u1.tif",
+        "rgba.separate.tiled.u1.tif",
+        "rgb.tiled.jpeg.u1.tif",
+        "rgb.tiled.jpeg.u2.tif",
+        "rgb.tiled.jpeg2000.u1.tif",
+        "rgb.tiled.jpegxl.u1.tif",
+        "rgb.tiled.jpegxr.u1.tif",
+        "rgb.tiled.lerc.u1.tif",
+        "rgb.tiled.lzma.u1.tif",
+        "rgb.tiled.lzw.u1.tif",
+        "rgb.tiled.png.u1.tif",
+        "rgb.tiled.webp.u1.tif",
+        "rgb.tiled.zstd.u1.tif",
+        "rgb.u1.tif",
+        "rgba.u1.tif",
+        "rgb_u2_tiled_jpegll.tif",
+        "rgb_u1_jpeg.tif",
+    ]
 
 
 @pytest.mark.parametrize("name", codec_cases())
@@ -115,15 +134,32 @@ def test_stacks_that_are_not_one_image_are_refused(tmp_path):
         slide.read_slide(path, 16.0)
 
 
-@pytest.mark.parametrize("name, extra, needle", [
-    ("unreadable.svs", [], "could not be decoded"),
-    ("boxes.tiff", [], "software default"),
-    ("boxes.png", [], "not a slide format"),
-])
+@pytest.mark.parametrize(
+    "name, extra, needle",
+    [
+        ("unreadable.svs", [], "could not be decoded"),
+        ("boxes.tiff", [], "software default"),
+        ("boxes.png", [], "not a slide format"),
+    ],
+)
 def test_ingest_cli_on_a_bad_slide_prints_one_line_and_no_traceback(openslide_files, tmp_path, name, extra, needle):
-    res = subprocess.run([sys.executable, "-m", "workflow_scripts.ingest", "wsi", f"--image={tmp_path / 'w.png'}",
-                          f"--meta={tmp_path / 'w.json'}", "--participant=P001", "--biopsy=HX01_B1", *extra, "--",
-                          str(openslide_files / name)], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.ingest",
+            "wsi",
+            f"--image={tmp_path / 'w.png'}",
+            f"--meta={tmp_path / 'w.json'}",
+            "--participant=P001",
+            "--biopsy=HX01_B1",
+            *extra,
+            "--",
+            str(openslide_files / name),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
     assert f"tractmap error: participant P001, biopsy HX01_B1, file {openslide_files / name}" in res.stderr
     assert needle in res.stderr and "hint:" in res.stderr

@@ -7,7 +7,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, make_cohort, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -30,9 +29,25 @@ def slurm_run(slurm, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm")
     make_cohort(workdir, 4)  # the same cohort as the local cohort_run
     write_config(workdir)
-    cmd = ["timeout", "-s", "KILL", "900", sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"),
-           "--profile", str(ROOT / "profiles/slurm"), "--cores", "2"]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        "900",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "--profile",
+        str(ROOT / "profiles/slurm"),
+        "--cores",
+        "2",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return workdir, res.stdout + res.stderr
@@ -53,9 +68,13 @@ def test_every_remote_job_went_through_sbatch_and_groups_are_per_participant(slu
     groups = [d for d in dirs if d.startswith("group_prep_")]
     assert sorted(re.match(r"group_prep_([^_]+)_", g).group(1) for g in groups) == sorted(participants)  # one each
     assert dirs.count("rule_qc_table") == 1
-    assert sorted(d for d in dirs if d.startswith("rule_train")) == ["rule_train/deeplabv3_resnet101", "rule_train/fcn_resnet101"]
+    assert sorted(d for d in dirs if d.startswith("rule_train")) == [
+        "rule_train/deeplabv3_resnet101",
+        "rule_train/fcn_resnet101",
+    ]
     assert sorted(d for d in dirs if d.startswith("rule_predict")) == sorted(
-        f"rule_predict/{m}_{s}" for m in ("deeplabv3_resnet101", "fcn_resnet101") for s in ("test", "val"))
+        f"rule_predict/{m}_{s}" for m in ("deeplabv3_resnet101", "fcn_resnet101") for s in ("test", "val")
+    )
     assert len(dirs) == len(participants) + 3 + 4  # nothing else was submitted; local rules ran locally
     for jobid, d in subs.items():  # the SLURM job logs exist and show the jobs ran there
         text = (workdir / ".snakemake/slurm_logs" / d / f"{jobid}.log").read_text()
@@ -72,7 +91,9 @@ def test_training_jobs_were_allocated_a_gpu(slurm_run):
     ids = [j for j, d in submissions(log).items() if d.startswith(("rule_train", "rule_predict"))]
     assert len(ids) == 6
     for j in ids:
-        info = subprocess.run(["timeout", "-s", "KILL", "20", "scontrol", "show", "job", str(j)], capture_output=True, text=True).stdout
+        info = subprocess.run(
+            ["timeout", "-s", "KILL", "20", "scontrol", "show", "job", str(j)], capture_output=True, text=True
+        ).stdout
         assert "gres:gpu:1" in info or "gres/gpu=1" in info, info
     for model in ("fcn_resnet101", "deeplabv3_resnet101"):
         assert re.search(r"SLURM job \d+, CUDA_VISIBLE_DEVICES=0", (workdir / f"logs/train/{model}.log").read_text())
@@ -80,8 +101,14 @@ def test_training_jobs_were_allocated_a_gpu(slurm_run):
 
 def test_deterministic_outputs_match_a_local_run(slurm_run, cohort_run):
     workdir, _ = slurm_run
-    patterns = ["results/tract/*/*.json", "results/orient/*/*.json", "results/voc/SegmentationClass/*.png",
-                "results/voc/ImageSets/Segmentation/*.txt", "results/splits.tsv", "results/qc/registration_qc.tsv"]
+    patterns = [
+        "results/tract/*/*.json",
+        "results/orient/*/*.json",
+        "results/voc/SegmentationClass/*.png",
+        "results/voc/ImageSets/Segmentation/*.txt",
+        "results/splits.tsv",
+        "results/qc/registration_qc.tsv",
+    ]
     n = 0
     for pattern in patterns:
         local = sorted(p.relative_to(cohort_run) for p in cohort_run.glob(pattern))

@@ -39,7 +39,9 @@ def test_weighted_dice_known_value_and_void_ignored():
 def test_perfect_prediction_has_zero_loss():
     target = torch.tensor([[[1, 0, 1, 0]]])
     logits = torch.tensor([[[[-50.0, 50, -50, 50]], [[50.0, -50, 50, -50]]]])
-    assert float(train.weighted_dice_loss(logits, target, torch.tensor([0.3, 0.7]), eps=1e-9)) == pytest.approx(0, abs=1e-6)
+    assert float(train.weighted_dice_loss(logits, target, torch.tensor([0.3, 0.7]), eps=1e-9)) == pytest.approx(
+        0, abs=1e-6
+    )
 
 
 def test_cancer_dice_ignores_void():
@@ -102,7 +104,10 @@ def test_imagenet_backbone_comes_from_torchvisions_cache(tmp_path, monkeypatch):
     path = train.imagenet_file()
     assert path.parent == tmp_path / "torch/hub/checkpoints" and path.name == "resnet101-63fe2227.pth"
     path.parent.mkdir(parents=True)
-    state = {k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in resnet101(weights=None).state_dict().items()}
+    state = {
+        k: torch.full_like(v, 0.25) if v.is_floating_point() else v
+        for k, v in resnet101(weights=None).state_dict().items()
+    }
     torch.save(state, path)
     model = train.build_model("fcn_resnet101", False, "imagenet")
     assert torch.all(model.backbone.layer4[2].conv3.weight == 0.25)
@@ -138,7 +143,9 @@ def tiny_voc(root: Path) -> None:
 
 def run_until(cmd, epoch_line, sig):
     """Start training; send ``sig`` once the log shows ``epoch_line``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -151,13 +158,40 @@ def run_until(cmd, epoch_line, sig):
 
 def test_killed_training_resumes_at_the_next_epoch(tmp_path):
     tiny_voc(tmp_path / "voc")
-    cfg = {"arch": "fcn_resnet101", "aux": False, "epochs": 4, "batch_size": 2, "crop_width": 32, "rotation_deg": 5,
-           "lr": 1e-3, "weight_decay": 1e-4, "class_weights": [0.3, 0.7], "ce_weight": 0.0, "seed": 3}
+    cfg = {
+        "arch": "fcn_resnet101",
+        "aux": False,
+        "epochs": 4,
+        "batch_size": 2,
+        "crop_width": 32,
+        "rotation_deg": 5,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "class_weights": [0.3, 0.7],
+        "ce_weight": 0.0,
+        "seed": 3,
+    }
     out = tmp_path / "out"
     out.mkdir()
-    cmd = [sys.executable, "-m", "workflow_scripts.train", "--voc", str(tmp_path / "voc"), "--config", json.dumps(cfg),
-           "--model-out", str(out / "model.pt"), "--history", str(out / "h.tsv"), "--curves", str(out / "c.png"),
-           "--state-dir", str(out / "state"), "--threads", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflow_scripts.train",
+        "--voc",
+        str(tmp_path / "voc"),
+        "--config",
+        json.dumps(cfg),
+        "--model-out",
+        str(out / "model.pt"),
+        "--history",
+        str(out / "h.tsv"),
+        "--curves",
+        str(out / "c.png"),
+        "--state-dir",
+        str(out / "state"),
+        "--threads",
+        "2",
+    ]
     rc, _ = run_until(cmd, "epoch 1/4", signal.SIGKILL)
     assert rc == -signal.SIGKILL and not (out / "model.pt").exists()
     rc, lines = run_until(cmd, "epoch 2/4", signal.SIGTERM)  # a preemption

@@ -49,9 +49,15 @@ def _od(rgb: tuple[int, int, int]) -> np.ndarray:
 
 # The varied cohort's dyes, as the inks labs use, two of them close to haematoxylin.
 VARIED_DYES = {
-    "black": _od((45, 45, 50)), "blue": _od((40, 90, 190)), "green": _od((40, 150, 70)), "red": _od((200, 40, 45)),
-    "orange": _od((240, 125, 35)), "yellow": _od((235, 205, 40)), "violet": _od((120, 60, 160)),
-    "blue_near_h": _od((95, 110, 185)), "violet_near_h": _od((125, 95, 175)),
+    "black": _od((45, 45, 50)),
+    "blue": _od((40, 90, 190)),
+    "green": _od((40, 150, 70)),
+    "red": _od((200, 40, 45)),
+    "orange": _od((240, 125, 35)),
+    "yellow": _od((235, 205, 40)),
+    "violet": _od((120, 60, 160)),
+    "blue_near_h": _od((95, 110, 185)),
+    "violet_near_h": _od((125, 95, 175)),
 }
 
 
@@ -101,9 +107,7 @@ class BiopsyTruth:
 
 def biopsy_rng(seed: int, participant_id: str, biopsy_id: str) -> np.random.Generator:
     """A generator that depends only on the cohort seed and the two IDs."""
-    return np.random.default_rng(
-        [seed, zlib.crc32(participant_id.encode()), zlib.crc32(biopsy_id.encode())]
-    )
+    return np.random.default_rng([seed, zlib.crc32(participant_id.encode()), zlib.crc32(biopsy_id.encode())])
 
 
 def sample_truth(
@@ -202,34 +206,63 @@ def sample_truth(
 def sample_nuisance(rng: np.random.Generator) -> dict:
     """Nuisances of real data: stain and dye variation, slide artefacts, ultrasound artefacts."""
     lam = rng.uniform()
-    h = (1 - lam) * np.array([0.80, 0.55, 0.22]) + lam * np.array([0.55, 0.80, 0.28]) + rng.normal(0, 0.03, 3)  # blue..purple
+    h = (
+        (1 - lam) * np.array([0.80, 0.55, 0.22]) + lam * np.array([0.55, 0.80, 0.28]) + rng.normal(0, 0.03, 3)
+    )  # blue..purple
     lam = rng.uniform()
-    e = (1 - lam) * np.array([0.05, 0.99, 0.20]) + lam * np.array([0.30, 0.95, 0.05]) + rng.normal(0, 0.02, 3)  # pale pink..magenta
+    e = (
+        (1 - lam) * np.array([0.05, 0.99, 0.20]) + lam * np.array([0.30, 0.95, 0.05]) + rng.normal(0, 0.02, 3)
+    )  # pale pink..magenta
     u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
     throw = 22.0
     return {
         # slide
-        "h_vec": np.abs(h).tolist(), "e_vec": np.abs(e).tolist(), "h_scale": u(0.45, 1.6), "e_scale": u(0.4, 1.5),
+        "h_vec": np.abs(h).tolist(),
+        "e_vec": np.abs(e).tolist(),
+        "h_scale": u(0.45, 1.6),
+        "e_scale": u(0.4, 1.5),
         "background": (242 + rng.integers(-14, 9, 3)).tolist(),
-        "dye": str(rng.choice(list(VARIED_DYES))), "dye_length_mm": u(0.3, 1.5), "dye_density": u(0.6, 1.4),
-        "dye_cover": str(rng.choice(["full", "full", "partial", "bleed"])), "dye_cover_frac": u(0.4, 0.75),
-        "bleed_mm": u(1.5, 5.0), "bleed_side": float(rng.choice([-1.0, 1.0])),
+        "dye": str(rng.choice(list(VARIED_DYES))),
+        "dye_length_mm": u(0.3, 1.5),
+        "dye_density": u(0.6, 1.4),
+        "dye_cover": str(rng.choice(["full", "full", "partial", "bleed"])),
+        "dye_cover_frac": u(0.4, 0.75),
+        "bleed_mm": u(1.5, 5.0),
+        "bleed_side": float(rng.choice([-1.0, 1.0])),
         "dense": [[u(0.0, throw), u(-0.4, 0.4), u(0.3, 1.2), u(0.5, 1.0)] for _ in range(int(rng.integers(0, 4)))],
         "fat": [[u(0.0, throw), u(-0.5, 0.5), u(0.05, 0.25)] for _ in range(int(rng.integers(0, 12)))],
-        "stroma_freq": u(0.004, 0.02), "stroma_amp": u(0.0, 0.35),
+        "stroma_freq": u(0.004, 0.02),
+        "stroma_amp": u(0.0, 0.35),
         "gaps": [[u(0.15, 0.85) * throw, u(0.1, 0.6)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
         "folds": [[u(0.1, 0.9) * throw, u(0.1, 0.4), u(-0.5, 0.5)] for _ in range(int(rng.choice([0, 0, 1])))],
         "bubbles": [[u(-0.1, 1.1), u(-2.5, 2.5), u(0.2, 0.8)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
-        "pen": [[u(0.0, 1.0), float(rng.choice([-1.0, 1.0])) * u(1.8, 3.0), u(2.0, 6.0), u(-0.6, 0.6), u(0.1, 0.3),
-                 int(rng.integers(0, 3))] for _ in range(int(rng.choice([0, 0, 1])))],
+        "pen": [
+            [
+                u(0.0, 1.0),
+                float(rng.choice([-1.0, 1.0])) * u(1.8, 3.0),
+                u(2.0, 6.0),
+                u(-0.6, 0.6),
+                u(0.1, 0.3),
+                int(rng.integers(0, 3)),
+            ]
+            for _ in range(int(rng.choice([0, 0, 1])))
+        ],
         # ultrasound
-        "shaft_amp": u(2.0, 6.0), "reverb": [u(0.25, 0.9) * 0.8**k for k in range(int(rng.integers(0, 5)))],
-        "reverb_mm": u(0.15, 1.4), "shadow": u(0.5, 1.0), "visible_mm": u(2.0, 6.0) if rng.random() < 0.3 else None,
-        "ligaments": [[u(0.0, 1.0), u(0.1, 0.9), u(-70, 70), u(4.0, 15.0), u(0.8, 2.5), u(-0.08, 0.08)]
-                      for _ in range(int(rng.integers(1, 6)))],
+        "shaft_amp": u(2.0, 6.0),
+        "reverb": [u(0.25, 0.9) * 0.8**k for k in range(int(rng.integers(0, 5)))],
+        "reverb_mm": u(0.15, 1.4),
+        "shadow": u(0.5, 1.0),
+        "visible_mm": u(2.0, 6.0) if rng.random() < 0.3 else None,
+        "ligaments": [
+            [u(0.0, 1.0), u(0.1, 0.9), u(-70, 70), u(4.0, 15.0), u(0.8, 2.5), u(-0.08, 0.08)]
+            for _ in range(int(rng.integers(1, 6)))
+        ],
         "fascia": [u(0.75, 0.95), u(-6, 6), u(1.2, 3.0)] if rng.random() < 0.6 else None,
         "calcs": [[u(0, 1), u(0.1, 1), u(2.0, 5.0)] for _ in range(int(rng.integers(0, 25)))],
-        "psf": u(0.7, 1.5), "gain_db": u(-16, -4), "range_db": u(40, 60), "tgc": [u(-5, 5), u(-5, 5)],
+        "psf": u(0.7, 1.5),
+        "gain_db": u(-16, -4),
+        "range_db": u(40, 60),
+        "tgc": [u(-5, 5), u(-5, 5)],
         "shift_mm": [u(-0.2, 0.2), u(-0.2, 0.2)] if rng.random() < 0.5 else [0.0, 0.0],
         "calipers": [[u(0.1, 0.9), u(0.1, 0.9)] for _ in range(int(rng.integers(0, 4)))],
         "border": float(rng.choice([0.0, 160.0, 255.0])),
@@ -327,7 +360,9 @@ def _distractors(t: BiopsyTruth, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     return out
 
 
-def render_ultrasound(t: BiopsyTruth, tip_mm: np.ndarray, noise_seed: int, shift_mm: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def render_ultrasound(
+    t: BiopsyTruth, tip_mm: np.ndarray, noise_seed: int, shift_mm: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """B-mode uint8 image of the tissue region with the needle tip at ``tip_mm``.
 
     ``shift_mm`` moves the whole scene (tissue and needle) by that much, as a
@@ -563,7 +598,9 @@ def render_slide_tile(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_p
     return out
 
 
-def _render_varied_tile(t: BiopsyTruth, u: np.ndarray, v: np.ndarray, inside: np.ndarray, um_per_px: float) -> np.ndarray:
+def _render_varied_tile(
+    t: BiopsyTruth, u: np.ndarray, v: np.ndarray, inside: np.ndarray, um_per_px: float
+) -> np.ndarray:
     """A tile with the varied cohort's stains, dyes and slide artefacts (u, v: core mm of each pixel)."""
     nz = t.nuisance
     for g0, gw in nz["gaps"]:  # tissue lost between fragments
@@ -576,7 +613,9 @@ def _render_varied_tile(t: BiopsyTruth, u: np.ndarray, v: np.ndarray, inside: np
         blur = np.exp(-((um_per_px / 6.0) ** 2))
         noise = (np.sin(xu * 0.71 + np.sin(yu * 0.37) * 3) * np.sin(yu * 0.83 + np.sin(xu * 0.29) * 3)) * blur
         stroma = nz["stroma_amp"] * np.sin(xu * nz["stroma_freq"] + np.sin(yu * 0.01) * 2)
-        ch = np.where(cancer, 0.3 + 0.8 * np.clip(0.55 + 0.6 * noise, 0, 1), 0.12 + 0.3 * np.clip(0.3 + 0.5 * noise, 0, 1))
+        ch = np.where(
+            cancer, 0.3 + 0.8 * np.clip(0.55 + 0.6 * noise, 0, 1), 0.12 + 0.3 * np.clip(0.3 + 0.5 * noise, 0, 1)
+        )
         ce = np.where(cancer, 0.35, 0.55 + stroma)
         for cu, cv, r, gain in nz["dense"]:  # dense cellular tumour anywhere, the ends included
             m = np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * r * r))
@@ -586,7 +625,9 @@ def _render_varied_tile(t: BiopsyTruth, u: np.ndarray, v: np.ndarray, inside: np
             f = np.hypot(u - cu, v - cv) < r
             ch, ce = np.where(f, 0.03, ch), np.where(f, 0.05, ce)
         hv, ev = np.array(nz["h_vec"]), np.array(nz["e_vec"])
-        od = (nz["h_scale"] * ch)[..., None] * hv / np.linalg.norm(hv) + (nz["e_scale"] * np.maximum(ce, 0.05))[..., None] * ev / np.linalg.norm(ev)
+        od = (nz["h_scale"] * ch)[..., None] * hv / np.linalg.norm(hv) + (nz["e_scale"] * np.maximum(ce, 0.05))[
+            ..., None
+        ] * ev / np.linalg.norm(ev)
         for fu, fw, tilt in nz["folds"]:  # a fold doubles the tissue
             od *= np.where((np.abs(u - fu - tilt * v) < fw / 2)[..., None], 2.0, 1.0)
         dye_vec = VARIED_DYES[t.dye] / np.linalg.norm(VARIED_DYES[t.dye]) * 1.44 * nz["dye_density"]
@@ -631,13 +672,27 @@ def write_wsi(t: BiopsyTruth, path: Path) -> None:
         for i, f in enumerate(levels):
             shape = (-(-t.slide_shape[0] // f), -(-t.slide_shape[1] // f), 3)
             kw = dict(subifds=len(levels) - 1) if i == 0 else dict(subfiletype=1)
-            meta = dict(
-                PhysicalSizeX=t.slide_um_per_px, PhysicalSizeXUnit="µm",
-                PhysicalSizeY=t.slide_um_per_px, PhysicalSizeYUnit="µm", axes="YXS",
-            ) if i == 0 else None
+            meta = (
+                dict(
+                    PhysicalSizeX=t.slide_um_per_px,
+                    PhysicalSizeXUnit="µm",
+                    PhysicalSizeY=t.slide_um_per_px,
+                    PhysicalSizeYUnit="µm",
+                    axes="YXS",
+                )
+                if i == 0
+                else None
+            )
             tif.write(
-                tiles(f), shape=shape, dtype=np.uint8, tile=(TILE, TILE), photometric="rgb",
-                compression="jpeg", compressionargs={"level": 90}, metadata=meta, **kw,
+                tiles(f),
+                shape=shape,
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": 90},
+                metadata=meta,
+                **kw,
             )
 
 
@@ -682,7 +737,12 @@ def geojson_features(t: BiopsyTruth, rng: np.random.Generator) -> list[dict]:
         props: dict = {"objectType": kind}
         if cls:
             props["classification"] = {"name": cls, "color": [200, 0, 0]}
-        return {"type": "Feature", "id": str(uuid.UUID(int=int(rng.integers(0, 2**63)))), "geometry": geom, "properties": props}
+        return {
+            "type": "Feature",
+            "id": str(uuid.UUID(int=int(rng.integers(0, 2**63)))),
+            "geometry": geom,
+            "properties": props,
+        }
 
     rings = [[to_slide(r) for r in p] for p in polys]
     feats = []
@@ -692,7 +752,13 @@ def geojson_features(t: BiopsyTruth, rng: np.random.Generator) -> list[dict]:
     feats += [feature({"type": "Polygon", "coordinates": r}, "Tumor") for r in rings]
     # objects that must be ignored: another class, an unclassified outline, detections
     cx, cy = core_to_slide_px(t, np.array([t.throw_mm * 0.3]), np.array([0.0]))
-    box = [[cx[0] - 40, cy[0] - 20], [cx[0] + 40, cy[0] - 20], [cx[0] + 40, cy[0] + 20], [cx[0] - 40, cy[0] + 20], [cx[0] - 40, cy[0] - 20]]
+    box = [
+        [cx[0] - 40, cy[0] - 20],
+        [cx[0] + 40, cy[0] - 20],
+        [cx[0] + 40, cy[0] + 20],
+        [cx[0] - 40, cy[0] + 20],
+        [cx[0] - 40, cy[0] - 20],
+    ]
     feats.append(feature({"type": "Polygon", "coordinates": [box]}, "Stroma"))
     feats.append(feature({"type": "Polygon", "coordinates": [box]}, None))
     for k in range(5):
@@ -733,8 +799,14 @@ def tip_fraction_frames(t: BiopsyTruth) -> list[np.ndarray]:
     return [t0 - (t.frames - 1 - k) * 3.0 * d for k in range(t.frames)]
 
 
-def generate_biopsy(seed: int, participant_id: str, biopsy_id: str, out: dict[str, Path], large_slide: bool = False,
-                    varied: bool = False) -> BiopsyTruth:
+def generate_biopsy(
+    seed: int,
+    participant_id: str,
+    biopsy_id: str,
+    out: dict[str, Path],
+    large_slide: bool = False,
+    varied: bool = False,
+) -> BiopsyTruth:
     """Render every file of one biopsy and its truth."""
     t = sample_truth(seed, participant_id, biopsy_id, large_slide, varied)
     rng = biopsy_rng(seed + 1, participant_id, biopsy_id)
@@ -775,30 +847,37 @@ def cohort_sheets(n: int, seed: int, data_dir: str) -> tuple[pd.DataFrame, pd.Da
     parts, biops = [], []
     for i in range(1, n + 1):
         pid = f"P{i:03d}"
-        parts.append({
-            "participant_id": pid,
-            "age": int(np.clip(rng.normal(53, 11), 28, 85)),
-            "lesion_number": cat(["solitary", "numerous"], [0.88, 0.12]),
-            "birads": cat(["4a", "4b", "4c", "5"], [0.07, 0.12, 0.22, 0.59]),
-            "side": cat(["left", "right"]),
-            "quadrant": cat(["UOQ", "LOQ", "UIQ", "LIQ"], [0.58, 0.12, 0.19, 0.11]),
-            "volume_mm3": round(float(rng.lognormal(1.0, 0.8)), 2),
-            "orientation": cat(["parallel", "not parallel"], [0.87, 0.13]),
-            "echo_pattern": cat(["hypoechoic", "heterogeneous"], [0.94, 0.06]),
-            "margin": cat(["circumscribed", "not circumscribed"], [0.1, 0.9]),
-            "shape": cat(["oval/round", "irregular"], [0.05, 0.95]),
-            "calcification": cat(["absent", "in mass"], [0.52, 0.48]),
-            "vascularity": cat(["absent", "internal", "rim"], [0.19, 0.7, 0.11]),
-            "histology": cat(["invasive", "DCIS"], [0.87, 0.13]),
-        })
+        parts.append(
+            {
+                "participant_id": pid,
+                "age": int(np.clip(rng.normal(53, 11), 28, 85)),
+                "lesion_number": cat(["solitary", "numerous"], [0.88, 0.12]),
+                "birads": cat(["4a", "4b", "4c", "5"], [0.07, 0.12, 0.22, 0.59]),
+                "side": cat(["left", "right"]),
+                "quadrant": cat(["UOQ", "LOQ", "UIQ", "LIQ"], [0.58, 0.12, 0.19, 0.11]),
+                "volume_mm3": round(float(rng.lognormal(1.0, 0.8)), 2),
+                "orientation": cat(["parallel", "not parallel"], [0.87, 0.13]),
+                "echo_pattern": cat(["hypoechoic", "heterogeneous"], [0.94, 0.06]),
+                "margin": cat(["circumscribed", "not circumscribed"], [0.1, 0.9]),
+                "shape": cat(["oval/round", "irregular"], [0.05, 0.95]),
+                "calcification": cat(["absent", "in mass"], [0.52, 0.48]),
+                "vascularity": cat(["absent", "internal", "rim"], [0.19, 0.7, 0.11]),
+                "histology": cat(["invasive", "DCIS"], [0.87, 0.13]),
+            }
+        )
         for b in range(1, int(rng.integers(1, 5)) + 1):
             bid = f"B{b}"
             stem = f"{data_dir}/{pid}/{bid}"
-            biops.append({
-                "participant_id": pid, "biopsy_id": bid,
-                "prefire": f"{stem}_prefire.dcm", "postfire": f"{stem}_postfire.dcm",
-                "wsi": f"{stem}_wsi.ome.tif", "annotation": f"{stem}_annotations.geojson",
-            })
+            biops.append(
+                {
+                    "participant_id": pid,
+                    "biopsy_id": bid,
+                    "prefire": f"{stem}_prefire.dcm",
+                    "postfire": f"{stem}_postfire.dcm",
+                    "wsi": f"{stem}_wsi.ome.tif",
+                    "annotation": f"{stem}_annotations.geojson",
+                }
+            )
     return pd.DataFrame(parts), pd.DataFrame(biops)
 
 
@@ -827,7 +906,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         out = {k: getattr(a, k) for k in ("prefire", "postfire", "wsi", "annotation", "truth", "truth_mask")}
         t = generate_biopsy(a.seed, a.participant, a.biopsy, out, a.large_slide, a.varied)
-        print(f"rendered {a.participant}/{a.biopsy}: slide {t.slide_shape[1]}x{t.slide_shape[0]} px at {t.slide_um_per_px} um/px")
+        print(
+            f"rendered {a.participant}/{a.biopsy}: slide {t.slide_shape[1]}x{t.slide_shape[0]} px at "
+            f"{t.slide_um_per_px} um/px"
+        )
 
 
 if __name__ == "__main__":

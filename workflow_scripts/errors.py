@@ -25,7 +25,7 @@ class InputError(Exception):
         who = ", ".join(x for x in (participant and f"participant {participant}", biopsy and f"biopsy {biopsy}") if x)
         where = self.file or file
         parts = [p for p in (who, where and f"file {where}") if p]
-        msg = (": ".join([", ".join(parts), self.what]) if parts else self.what)
+        msg = ": ".join([", ".join(parts), self.what]) if parts else self.what
         return f"{msg}\n  hint: {self.hint}" if self.hint else msg
 
 
@@ -42,7 +42,9 @@ def read_json(path: str, what: str, hint: str) -> object:
 RECORD = "tractmap failure record: "  # prefix of the machine-readable line that failures.py collects
 
 
-def run_cli(fn: Callable[[], None], participant: str | None = None, biopsy: str | None = None, file: str | None = None) -> None:
+def run_cli(
+    fn: Callable[[], None], participant: str | None = None, biopsy: str | None = None, file: str | None = None
+) -> None:
     """Run an entry point; turn any error into one clear line on stderr and exit 1.
 
     An :class:`InputError` is the user's data; anything else is unexpected, so its
@@ -57,10 +59,17 @@ def run_cli(fn: Callable[[], None], participant: str | None = None, biopsy: str 
             err = exc
         else:
             traceback.print_exc()
-            err = InputError(f"unexpected error ({type(exc).__name__}: {exc})",
-                             "the file may be damaged or of a kind tractmap cannot read; the traceback is in this log")
+            err = InputError(
+                f"unexpected error ({type(exc).__name__}: {exc})",
+                "the file may be damaged or of a kind tractmap cannot read; the traceback is in this log",
+            )
         print(f"tractmap error: {err.describe(participant, biopsy, file)}", file=sys.stderr)
-        record = {"participant": participant or "", "biopsy": biopsy or "", "file": str(err.file or file or ""),
-                  "problem": err.what, "hint": err.hint}
+        record = {
+            "participant": participant or "",
+            "biopsy": biopsy or "",
+            "file": str(err.file or file or ""),
+            "problem": err.what,
+            "hint": err.hint,
+        }
         print(RECORD + json.dumps(record, ensure_ascii=False), file=sys.stderr)
         sys.exit(1)

@@ -27,7 +27,14 @@ from workflow_scripts.errors import InputError, run_cli
 from workflow_scripts.voc import VOID
 
 METRICS = ("pixel_accuracy", "dice", "miou", "precision", "recall", "specificity")
-LABELS = {"pixel_accuracy": "PA", "dice": "DSC", "miou": "mIoU", "precision": "Precision", "recall": "Recall", "specificity": "Specificity"}
+LABELS = {
+    "pixel_accuracy": "PA",
+    "dice": "DSC",
+    "miou": "mIoU",
+    "precision": "Precision",
+    "recall": "Recall",
+    "specificity": "Specificity",
+}
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, void: int = VOID) -> np.ndarray:
@@ -68,17 +75,30 @@ def score_images(voc: Path, pred_dir: Path, ids: list[str]) -> pd.DataFrame:
         truth = np.asarray(PIL.Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
         path = pred_dir / f"{image_id}.png"
         if not path.is_file():
-            raise InputError(f"no prediction {path} for image {image_id}", "rerun the predict rule for this model and split")
+            raise InputError(
+                f"no prediction {path} for image {image_id}", "rerun the predict rule for this model and split"
+            )
         pred = np.asarray(PIL.Image.open(path))
         if pred.shape != truth.shape:
             raise InputError(f"prediction {path} is {pred.shape}, label is {truth.shape}", "rerun the predict rule")
         cm = confusion(truth, pred)
-        rows.append({"image_id": image_id, "participant_id": participant_of(image_id),
-                     "tn": cm[0, 0], "fp": cm[0, 1], "fn": cm[1, 0], "tp": cm[1, 1], **image_metrics(cm)})
+        rows.append(
+            {
+                "image_id": image_id,
+                "participant_id": participant_of(image_id),
+                "tn": cm[0, 0],
+                "fp": cm[0, 1],
+                "fn": cm[1, 0],
+                "tp": cm[1, 1],
+                **image_metrics(cm),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float, int]:
+def cluster_bootstrap(
+    values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float, int]:
     """Image-level NaN-mean and its percentile CI from resampling participants with replacement.
 
     Each participant contributes (sum, count) of its defined values, so a resample's
@@ -94,8 +114,16 @@ def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, n_boot: int, see
     point = float(sums.sum() / counts.sum())
     if len(ids) < 2:
         return point, float("nan"), float("nan"), int(ok.sum())
-    res = sps.bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis) / c.sum(axis), paired=True, vectorized=True,
-                        n_resamples=n_boot, confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    res = sps.bootstrap(
+        (sums, counts),
+        lambda s, c, axis=-1: s.sum(axis) / c.sum(axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high), int(ok.sum())
 
 
@@ -105,8 +133,20 @@ def summarise(per_image: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     for model, df in per_image.groupby("model", sort=False):
         for m in METRICS:
             mean, lo, hi, n_def = cluster_bootstrap(df[m].to_numpy(), df["participant_id"].to_numpy(), n_boot, seed)
-            rows.append({"model": model, "metric": m, "mean": mean, "ci_low": lo, "ci_high": hi, "n_images": len(df),
-                         "n_defined": n_def, "n_participants": df["participant_id"].nunique(), "bootstrap": n_boot, "seed": seed})
+            rows.append(
+                {
+                    "model": model,
+                    "metric": m,
+                    "mean": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n_images": len(df),
+                    "n_defined": n_def,
+                    "n_participants": df["participant_id"].nunique(),
+                    "bootstrap": n_boot,
+                    "seed": seed,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -128,7 +168,14 @@ def compare_models(per_image: pd.DataFrame, alpha: float) -> pd.DataFrame:
         for a, b in combinations(models, 2):
             pa, pb = means.loc[a][m], means.loc[b][m]
             both = pa.index.intersection(pb.index)
-            block.append({"metric": m, "model_a": a, "model_b": b, **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha)})
+            block.append(
+                {
+                    "metric": m,
+                    "model_a": a,
+                    "model_b": b,
+                    **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha),
+                }
+            )
         for row, p_holm in zip(block, stats.holm([r["p"] for r in block]), strict=True):
             row["p_holm"] = p_holm
         rows += block
@@ -175,8 +222,14 @@ def figure4(confusions: pd.DataFrame, path: Path, title: str) -> None:
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(2):
             for j in range(2):
-                ax.text(j, i, f"{int(cm[i, j]):,}\n({100 * share[i, j]:.1f}%)", ha="center", va="center",
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j]):,}\n({100 * share[i, j]:.1f}%)",
+                    ha="center",
+                    va="center",
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
         ax.set_xticks([0, 1], ["background", "cancer"])
         ax.set_yticks([0, 1], ["background", "cancer"])
         ax.set_xlabel("predicted")
@@ -188,7 +241,9 @@ def figure4(confusions: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], void: np.ndarray | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], void: np.ndarray | None = None
+) -> np.ndarray:
     """RGB of a grayscale image with ``mask`` tinted in ``colour`` and void pixels darkened."""
     rgb = np.repeat(image[..., None].astype(float), 3, axis=2)
     rgb[mask] = 0.5 * rgb[mask] + 0.5 * np.array(colour)
@@ -198,7 +253,7 @@ def overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], v
 
 
 def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, split: str = "test") -> None:
-    """Figure 5: per image of the split (grouped by participant) the crop, the ground truth and each model's prediction."""
+    """Figure 5: per image of the split (grouped by participant) the crop, the truth and each model's prediction."""
     plt = _pyplot()
     cols = 2 + len(pred_dirs)
     fig, axes = plt.subplots(max(len(ids), 1), cols, figsize=(3.2 * cols, 1.2 + 0.9 * max(len(ids), 1)), squeeze=False)
@@ -208,7 +263,9 @@ def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, s
         void = truth == VOID
         panels = [("crop", img), ("ground truth", overlay(img, truth == 1, (255, 60, 60), void))]
         for model, d in pred_dirs.items():
-            panels.append((model, overlay(img, np.asarray(PIL.Image.open(d / f"{image_id}.png")) == 1, (60, 200, 255), void)))
+            panels.append(
+                (model, overlay(img, np.asarray(PIL.Image.open(d / f"{image_id}.png")) == 1, (60, 200, 255), void))
+            )
         for ax, (name, im) in zip(row, panels, strict=True):
             ax.imshow(im, cmap="gray", vmin=0, vmax=255, aspect="auto")
             ax.set_xticks([])
@@ -216,9 +273,12 @@ def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, s
             if r == 0:
                 ax.set_title(name, fontsize=9)
         row[0].set_ylabel(image_id, rotation=0, ha="right", va="center", fontsize=8)
-    for ax in axes[len(ids):].ravel():
+    for ax in axes[len(ids) :].ravel():
         ax.axis("off")
-    fig.suptitle(f"{split} images: crop along the needle tract, ground truth (red) and predictions (blue); void darkened", fontsize=10)
+    fig.suptitle(
+        f"{split} images: crop along the needle tract, ground truth (red) and predictions (blue); void darkened",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -244,10 +304,16 @@ def main(argv: list[str] | None = None) -> None:
         dirs = dict(x.split("=", 1) for x in a.predictions)
         ids = (voc / "ImageSets" / "Segmentation" / f"{a.split}.txt").read_text().split()
         if not ids:
-            raise InputError(f"the {a.split} split has no images to evaluate",
-                             "confirm the biopsies listed in results/review.tsv, or add participants to this split")
-        per_image = pd.concat([score_images(voc, Path(d), ids).assign(model=m) for m, d in dirs.items()], ignore_index=True)
-        per_image.to_csv(out / "per_image.tsv", sep="\t", index=False, float_format="%.10g")  # enough digits to recompute
+            raise InputError(
+                f"the {a.split} split has no images to evaluate",
+                "confirm the biopsies listed in results/review.tsv, or add participants to this split",
+            )
+        per_image = pd.concat(
+            [score_images(voc, Path(d), ids).assign(model=m) for m, d in dirs.items()], ignore_index=True
+        )
+        per_image.to_csv(
+            out / "per_image.tsv", sep="\t", index=False, float_format="%.10g"
+        )  # enough digits to recompute
         summary = summarise(per_image, a.bootstrap, a.seed)
         summary.to_csv(out / "summary.tsv", sep="\t", index=False, float_format="%.6g")
         conf = pixel_confusion(per_image)

@@ -16,7 +16,6 @@ import pandas as pd
 
 from workflow_scripts.errors import RECORD
 
-
 COLUMNS = ["step", "participant_id", "biopsy_id", "file", "problem", "hint", "log"]
 FAILED_LOG = re.compile(r"^\s*log: (.+) \(check log file\(s\) for error details\)$")  # Snakemake's error block
 PHASE = re.compile(r"_(prefire|postfire)$")
@@ -26,11 +25,20 @@ def collect(logs: Path) -> pd.DataFrame:
     """One row per log file that holds a tractmap failure record (written by errors.run_cli)."""
     rows = []
     for log in sorted(logs.rglob("*.log")):
-        records = [ln[len(RECORD):] for ln in log.read_text(errors="replace").splitlines() if ln.startswith(RECORD)]
+        records = [ln[len(RECORD) :] for ln in log.read_text(errors="replace").splitlines() if ln.startswith(RECORD)]
         if records:
             r = json.loads(records[-1])
-            rows.append({"step": log.relative_to(logs).parts[0], "participant_id": r["participant"], "biopsy_id": r["biopsy"],
-                         "file": r["file"], "problem": r["problem"], "hint": r["hint"], "log": str(log)})
+            rows.append(
+                {
+                    "step": log.relative_to(logs).parts[0],
+                    "participant_id": r["participant"],
+                    "biopsy_id": r["biopsy"],
+                    "file": r["file"],
+                    "problem": r["problem"],
+                    "hint": r["hint"],
+                    "log": str(log),
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -54,9 +62,19 @@ def unrecorded(failed: list[Path], logs: Path, recorded: set[str]) -> pd.DataFra
             continue
         parts = log.relative_to(logs).parts if log.is_relative_to(logs) else log.parts
         who = [*parts[1:-1], PHASE.sub("", Path(parts[-1]).stem)] if len(parts) >= 3 else ["", ""]
-        rows.append({"step": parts[0], "participant_id": who[0], "biopsy_id": who[1] if len(who) > 1 else "", "file": "",
-                     "problem": "the job failed without a tractmap error (killed, out of memory or time, or a crash outside Python)",
-                     "hint": f"read {log}{'' if log.is_file() else ' (not written)'} and the cluster's job log; rerun with more resources", "log": str(log)})
+        rows.append(
+            {
+                "step": parts[0],
+                "participant_id": who[0],
+                "biopsy_id": who[1] if len(who) > 1 else "",
+                "file": "",
+                "problem": "the job failed without a tractmap error (killed, out of memory or time, "
+                "or a crash outside Python)",
+                "hint": f"read {log}{'' if log.is_file() else ' (not written)'} and the cluster's "
+                "job log; rerun with more resources",
+                "log": str(log),
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -125,10 +125,14 @@ def warp(image: np.ndarray, out_to_in: Affine, shape: tuple[int, int], order: in
     coords = np.stack([xy[:, 1].reshape(shape), xy[:, 0].reshape(shape)])
     if image.ndim == 2:
         return ndimage.map_coordinates(image, coords, order=order, cval=cval, mode="constant")
-    return np.stack([ndimage.map_coordinates(image[..., c], coords, order=order, cval=cval) for c in range(image.shape[-1])], -1)
+    return np.stack(
+        [ndimage.map_coordinates(image[..., c], coords, order=order, cval=cval) for c in range(image.shape[-1])], -1
+    )
 
 
-def profile(image: np.ndarray, origin: np.ndarray, direction: np.ndarray, s: np.ndarray, half_width: int = 2) -> np.ndarray:
+def profile(
+    image: np.ndarray, origin: np.ndarray, direction: np.ndarray, s: np.ndarray, half_width: int = 2
+) -> np.ndarray:
     """Mean intensity along origin + s*direction, averaged over +-half_width px across."""
     from scipy import ndimage
 

@@ -63,15 +63,29 @@ def heatmap(image: np.ndarray, prob: np.ndarray, res: dict, path: Path, title: s
     plt.close(fig)
 
 
-def infer(model_path: Path, dicom: Path, out: Path, settings: dict, tip: list[float] | None = None, axis_deg: float | None = None,
-          frame: str = "last", mm_per_px: tuple[float, float] | None = None) -> dict:
+def infer(
+    model_path: Path,
+    dicom: Path,
+    out: Path,
+    settings: dict,
+    tip: list[float] | None = None,
+    axis_deg: float | None = None,
+    frame: str = "last",
+    mm_per_px: tuple[float, float] | None = None,
+) -> dict:
     """Run the whole inference for one DICOM; returns the geometry and output paths."""
     try:
         image, meta = ingest.read_ultrasound(dicom, frame, mm_per_px)
     except InputError as e:
-        raise InputError(e.what, f"{e.hint}; or give the pixel size by hand: --mm-per-px SX SY (and, if no needle is visible, {MANUAL_HINT})") from None
+        raise InputError(
+            e.what,
+            f"{e.hint}; or give the pixel size by hand: --mm-per-px SX SY (and, if no needle is "
+            f"visible, {MANUAL_HINT})",
+        ) from None
     res = locate(image, meta, settings, tip, axis_deg)
-    crop, frame_info = tract.crop_strip(image, res, tuple(meta["mm_per_px"]), settings["width_mm"], settings["out_mm_per_px"], settings["margin_mm"])
+    crop, frame_info = tract.crop_strip(
+        image, res, tuple(meta["mm_per_px"]), settings["width_mm"], settings["out_mm_per_px"], settings["margin_mm"]
+    )
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, ck = predict.load_model(model_path, dev)  # after the cheap checks: a bad DICOM fails fast
     prob_crop = predict.probability(model, ck["norm"], crop, dev)
@@ -82,25 +96,49 @@ def infer(model_path: Path, dicom: Path, out: Path, settings: dict, tip: list[fl
     np.save(out / f"{name}_prob.npy", prob)
     np.save(out / f"{name}_prob_crop.npy", prob_crop.astype(np.float32))
     arch = ck["config"]["arch"]
-    heatmap(image, prob, res, out / f"{name}_heatmap.png",
-            f"{arch}: cancer probability along the planned tract ({res['source']['t0']} tip, throw {settings['throw_mm']} mm)")
-    summary = {**res, **frame_info, "model": str(model_path), "arch": arch, "selected_epoch": ck.get("epoch"),
-               "region_bounds_xyxy": meta["region_bounds_xyxy"], "max_probability": float(np.nanmax(prob_crop)),
-               "outputs": [f"{name}_heatmap.png", f"{name}_prob.npy", f"{name}_prob_crop.npy"]}
+    heatmap(
+        image,
+        prob,
+        res,
+        out / f"{name}_heatmap.png",
+        f"{arch}: cancer probability along the planned tract ({res['source']['t0']} tip, throw "
+        f"{settings['throw_mm']} mm)",
+    )
+    summary = {
+        **res,
+        **frame_info,
+        "model": str(model_path),
+        "arch": arch,
+        "selected_epoch": ck.get("epoch"),
+        "region_bounds_xyxy": meta["region_bounds_xyxy"],
+        "max_probability": float(np.nanmax(prob_crop)),
+        "outputs": [f"{name}_heatmap.png", f"{name}_prob.npy", f"{name}_prob_crop.npy"],
+    }
     (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[1:]))
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     p.add_argument("--model", required=True, help="results/train/<model>/model.pt")
     p.add_argument("--dicom", required=True, help="pre-fire ultrasound DICOM")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--config", default="config.yaml", help="tract settings (throw, width, margin, resolution) of the training run")
+    p.add_argument(
+        "--config", default="config.yaml", help="tract settings (throw, width, margin, resolution) of the training run"
+    )
     p.add_argument("--tip", type=float, nargs=2, metavar=("X", "Y"), help="manual pre-fire tip, DICOM frame pixels")
     p.add_argument("--axis-deg", type=float, help="manual needle advance direction, degrees (x right, y down)")
-    p.add_argument("--mm-per-px", type=float, nargs=2, metavar=("SX", "SY"), help="manual pixel size for a DICOM without calibration")
+    p.add_argument(
+        "--mm-per-px",
+        type=float,
+        nargs=2,
+        metavar=("SX", "SY"),
+        help="manual pixel size for a DICOM without calibration",
+    )
     p.add_argument("--frame", default="last")
     a = p.parse_args(argv)
 
@@ -109,11 +147,15 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError("--tip and --axis-deg go together", MANUAL_HINT)
         cfg = Path(a.config)
         if not cfg.is_file():
-            raise InputError(f"config file {cfg} not found", "pass --config with the config.yaml the model was trained with")
+            raise InputError(
+                f"config file {cfg} not found", "pass --config with the config.yaml the model was trained with"
+            )
         settings = yaml.safe_load(cfg.read_text())["tract"]
         s = infer(Path(a.model), Path(a.dicom), Path(a.out), settings, a.tip, a.axis_deg, a.frame, a.mm_per_px)
-        print(f"{a.dicom}: tract {s['sampled_length_mm']:.1f} mm at {s['axis_deg']:.1f} deg ({s['source']['t0']} tip); "
-              f"max cancer probability {s['max_probability']:.2f}; wrote {', '.join(s['outputs'])} to {a.out}")
+        print(
+            f"{a.dicom}: tract {s['sampled_length_mm']:.1f} mm at {s['axis_deg']:.1f} deg ({s['source']['t0']} tip); "
+            f"max cancer probability {s['max_probability']:.2f}; wrote {', '.join(s['outputs'])} to {a.out}"
+        )
 
     run_cli(go, file=a.dicom)
 

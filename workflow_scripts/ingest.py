@@ -34,19 +34,24 @@ def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
             "export the DICOM from the scanner with calibration, or re-export it as an ultrasound object",
         )
     tissue = [
-        (i, r) for i, r in enumerate(regions)
+        (i, r)
+        for i, r in enumerate(regions)
         if r.get("RegionDataType") == TISSUE and r.get("RegionSpatialFormat") == SPATIAL_2D
     ]
     if not tissue:
         raise InputError(
-            f"none of the {len(regions)} ultrasound regions is a 2-D tissue region (RegionDataType=1, RegionSpatialFormat=1)",
+            f"none of the {len(regions)} ultrasound regions is a 2-D tissue region (RegionDataType=1, "
+            "RegionSpatialFormat=1)",
             "check that this is a B-mode image and not a Doppler or report screen",
         )
     area = lambda r: (r.RegionLocationMaxX1 - r.RegionLocationMinX0) * (r.RegionLocationMaxY1 - r.RegionLocationMinY0)  # noqa: E731
     # the largest; equal views (a dual-view screen): the leftmost, then the topmost
     index, r = min(tissue, key=lambda ir: (-area(ir[1]), ir[1].RegionLocationMinX0, ir[1].RegionLocationMinY0))
     ties = sum(area(t) == area(r) for _, t in tissue)
-    x0, y0, x1, y1 = (int(r.get(k, -1)) for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1"))
+    x0, y0, x1, y1 = (
+        int(r.get(k, -1))
+        for k in ("RegionLocationMinX0", "RegionLocationMinY0", "RegionLocationMaxX1", "RegionLocationMaxY1")
+    )
     # several vendors write the max bounds inclusive of one pixel past the image: clamp that, reject more
     clamped = (x1 == ds.Columns) or (y1 == ds.Rows)
     x1, y1 = (x1 - 1 if x1 == ds.Columns else x1), (y1 - 1 if y1 == ds.Rows else y1)
@@ -58,12 +63,24 @@ def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
     dx, dy = r.get("PhysicalDeltaX"), r.get("PhysicalDeltaY")
     ux, uy = r.get("PhysicalUnitsXDirection"), r.get("PhysicalUnitsYDirection")
     if not dx or not dy or float(dx) <= 0 or float(dy) <= 0:
-        raise InputError("tissue region has no PhysicalDeltaX/PhysicalDeltaY: missing resolution", "re-export with calibration")
+        raise InputError(
+            "tissue region has no PhysicalDeltaX/PhysicalDeltaY: missing resolution", "re-export with calibration"
+        )
     if ux != UNITS_CM or uy != UNITS_CM:
-        raise InputError(f"tissue region units are {ux}/{uy}, not 3 (cm)", "re-export the image with spatial calibration in cm")
-    return index, {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "mm_per_px": [float(dx) * 10, float(dy) * 10],
-                   "bounds_clamped": clamped, "tissue_regions": len(tissue), "equal_views": ties,
-                   "region_rule": "largest tissue region; equal views: the leftmost, then the topmost"}
+        raise InputError(
+            f"tissue region units are {ux}/{uy}, not 3 (cm)", "re-export the image with spatial calibration in cm"
+        )
+    return index, {
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "mm_per_px": [float(dx) * 10, float(dy) * 10],
+        "bounds_clamped": clamped,
+        "tissue_regions": len(tissue),
+        "equal_views": ties,
+        "region_rule": "largest tissue region; equal views: the leftmost, then the topmost",
+    }
 
 
 def to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
@@ -91,8 +108,10 @@ def decode_frame(ds: pydicom.Dataset, index: int | None) -> np.ndarray:
         return pixel_array(ds, index=index)
     except (RuntimeError, NotImplementedError, ValueError) as e:
         name = getattr(syntax, "name", str(syntax))
-        raise InputError(f"cannot decode the pixel data (transfer syntax {name}: {str(e).splitlines()[0][:160]})",
-                         "re-export the image uncompressed or as JPEG baseline/lossless, JPEG-LS, JPEG 2000 or RLE") from None
+        raise InputError(
+            f"cannot decode the pixel data (transfer syntax {name}: {str(e).splitlines()[0][:160]})",
+            "re-export the image uncompressed or as JPEG baseline/lossless, JPEG-LS, JPEG 2000 or RLE",
+        ) from None
 
 
 def pick_frame(n_frames: int, choice: str | int) -> int:
@@ -103,11 +122,16 @@ def pick_frame(n_frames: int, choice: str | int) -> int:
         return 0
     k = int(choice)
     if not -n_frames <= k < n_frames:
-        raise InputError(f"frame {k} requested but the DICOM has {n_frames} frames", "set ingest.frame to 'last', 'first' or a valid index")
+        raise InputError(
+            f"frame {k} requested but the DICOM has {n_frames} frames",
+            "set ingest.frame to 'last', 'first' or a valid index",
+        )
     return k % n_frames
 
 
-def read_ultrasound(path: str | Path, frame: str | int = "last", mm_per_px: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
+def read_ultrasound(
+    path: str | Path, frame: str | int = "last", mm_per_px: tuple[float, float] | None = None
+) -> tuple[np.ndarray, dict]:
     """Grayscale tissue-region image and its calibration metadata (no header identities).
 
     ``mm_per_px`` is a manual calibration for a DICOM without one: the whole frame is used.
@@ -119,7 +143,16 @@ def read_ultrasound(path: str | Path, frame: str | int = "last", mm_per_px: tupl
     if mm_per_px is None:
         index, region = tissue_region(ds)
     else:
-        index, region = -1, {"x0": 0, "y0": 0, "x1": int(ds.Columns) - 1, "y1": int(ds.Rows) - 1, "mm_per_px": [float(v) for v in mm_per_px]}
+        index, region = (
+            -1,
+            {
+                "x0": 0,
+                "y0": 0,
+                "x1": int(ds.Columns) - 1,
+                "y1": int(ds.Rows) - 1,
+                "mm_per_px": [float(v) for v in mm_per_px],
+            },
+        )
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     n = int(ds.get("NumberOfFrames", 1) or 1)
     k = pick_frame(n, frame)
@@ -153,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta", required=True)
     p.add_argument("--frame", default="last")
     p.add_argument("--thumb-um", type=float, default=16.0)
-    p.add_argument("--um-per-px", default="", help="slide pixel size from the sheet (overrides the file's); empty: from the file")
+    p.add_argument(
+        "--um-per-px", default="", help="slide pixel size from the sheet (overrides the file's); empty: from the file"
+    )
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     a = p.parse_args(argv)

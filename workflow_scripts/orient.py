@@ -51,7 +51,9 @@ def tissue_mask(od: np.ndarray, threshold: float = 0.15, max_gap_px: float = 60.
     mask = ndimage.binary_opening(mask, structure=np.ones((7, 7), bool))  # drops thin rims (bubbles) touching the core
     lab, n = ndimage.label(mask)
     if n == 0:
-        raise InputError("no tissue found on the slide", "check that the WSI shows the core (not an empty or overexposed scan)")
+        raise InputError(
+            "no tissue found on the slide", "check that the WSI shows the core (not an empty or overexposed scan)"
+        )
     sizes = ndimage.sum(mask, lab, range(1, n + 1))
     big = 1 + int(np.argmax(sizes))
     ys, xs = np.nonzero(lab == big)
@@ -137,7 +139,10 @@ def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: 
 
 
 def find_orientation(
-    rgb: np.ndarray, min_dye_fraction: float = 0.15, accept_confidence: float = 0.7, min_confidence: float = 0.2,
+    rgb: np.ndarray,
+    min_dye_fraction: float = 0.15,
+    accept_confidence: float = 0.7,
+    min_confidence: float = 0.2,
     override: str | None = None,
 ) -> dict:
     """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px).
@@ -179,18 +184,32 @@ def find_orientation(
         m_neg, m_pos = end_dye_mass(flagged, t, lo, hi)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
-    res = {"centroid": centroid.tolist(), "axis": axis.tolist(), "extent": [float(lo), float(hi)], "width": width,
-           "dye_mass_px": [m_neg, m_pos], "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)], "confidence": float(conf),
-           "evidence": evidence, "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread, "span": span}}
+    res = {
+        "centroid": centroid.tolist(),
+        "axis": axis.tolist(),
+        "extent": [float(lo), float(hi)],
+        "width": width,
+        "dye_mass_px": [m_neg, m_pos],
+        "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)],
+        "confidence": float(conf),
+        "evidence": evidence,
+        "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread, "span": span},
+    }
     if override:
         v = np.array(DIRECTIONS[override], float)
         return {**res, "dye_at_positive_end": bool(axis @ v > 0), "source": "override", "state": "override"}
     if max(m_pos, m_neg) < scale:
-        raise InputError(f"no dye found at either end of the core (dye {m_neg:.1f} / {m_pos:.1f} px in from the ends, "
-                         f"need {scale:.1f}: min_dye_fraction {min_dye_fraction} of the core width)", DYE_HINT)
+        raise InputError(
+            f"no dye found at either end of the core (dye {m_neg:.1f} / {m_pos:.1f} px in from the ends, "
+            f"need {scale:.1f}: min_dye_fraction {min_dye_fraction} of the core width)",
+            DYE_HINT,
+        )
     if conf < min_confidence:
-        raise InputError(f"dyed end is ambiguous (confidence {conf:.2f} < {min_confidence}; "
-                         f"dye {m_neg:.1f} / {m_pos:.1f} px in from the ends)", DYE_HINT)
+        raise InputError(
+            f"dyed end is ambiguous (confidence {conf:.2f} < {min_confidence}; "
+            f"dye {m_neg:.1f} / {m_pos:.1f} px in from the ends)",
+            DYE_HINT,
+        )
     pos = bool(m_pos > m_neg)
     zone = 0.25 * (hi - lo)
     win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
@@ -199,8 +218,11 @@ def find_orientation(
     # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone
     # a line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
     # tissue population off it: such a decision is not accepted alone either
-    state = "accepted" if (conf >= accept_confidence and evidence == "colour" and shared < SHARED_MAX
-                           and span >= MIN_SPAN) else "review"
+    state = (
+        "accepted"
+        if (conf >= accept_confidence and evidence == "colour" and shared < SHARED_MAX and span >= MIN_SPAN)
+        else "review"
+    )
     return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
 
 
@@ -262,18 +284,30 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> None:
         rgb = imread(a.thumb)
         meta = json.loads(Path(a.meta).read_text())
-        found = find_orientation(rgb, a.min_dye_fraction, a.accept_confidence, a.min_confidence, override=a.dye_end or None)
+        found = find_orientation(
+            rgb, a.min_dye_fraction, a.accept_confidence, a.min_confidence, override=a.dye_end or None
+        )
         res = {**found, **canonical(found, meta["level_um_per_px"], meta["um_per_px"])}
         Path(a.out).write_text(json.dumps(res, indent=1))
         # the level in the canonical frame, for QC: canonical um -> level px
-        lvl = geo.compose(geo.invert(np.array(res["slide_px_to_canonical_um"])), geo.scaling(meta["um_per_px"] / meta["level_um_per_px"]))
+        lvl = geo.compose(
+            geo.invert(np.array(res["slide_px_to_canonical_um"])),
+            geo.scaling(meta["um_per_px"] / meta["level_um_per_px"]),
+        )
         x0, x1 = res["core_x_um"]
         pad, h = 0.05 * (x1 - x0), res["core_width_um"] * 3
         px = meta["level_um_per_px"]
         out_to_canon = geo.compose(geo.scaling(px), geo.translation(x0 - pad, -h / 2))
         shape = (int(h / px), int((x1 - x0 + 2 * pad) / px))
-        imsave(a.oriented, geo.warp(rgb, geo.compose(out_to_canon, lvl), shape, cval=242).astype(np.uint8), check_contrast=False)
-        print(f"dye end found ({res['source']}, {res['state']}), confidence {res['confidence']:.2f}, core {(x1 - x0) / 1000:.2f} mm")
+        imsave(
+            a.oriented,
+            geo.warp(rgb, geo.compose(out_to_canon, lvl), shape, cval=242).astype(np.uint8),
+            check_contrast=False,
+        )
+        print(
+            f"dye end found ({res['source']}, {res['state']}), confidence {res['confidence']:.2f}, "
+            f"core {(x1 - x0) / 1000:.2f} mm"
+        )
 
     run_cli(go, a.participant, a.biopsy, a.thumb)
 

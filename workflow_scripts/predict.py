@@ -20,7 +20,9 @@ from workflow_scripts.errors import InputError, run_cli
 def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The selected checkpoint's model (eval mode) and its metadata."""
     if not Path(path).is_file():
-        raise InputError(f"model file {path} does not exist", "train it first (snakemake ... results/train/<model>/model.pt)")
+        raise InputError(
+            f"model file {path} does not exist", "train it first (snakemake ... results/train/<model>/model.pt)"
+        )
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ck, dict) or "model" not in ck or "norm" not in ck:
         raise InputError(f"{path} is not a tractmap model checkpoint", "use results/train/<model>/model.pt")
@@ -30,7 +32,9 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]
 
 
 @torch.no_grad()
-def probability(model: torch.nn.Module, norm: dict, image: np.ndarray, device: torch.device, multiple: int = 8) -> np.ndarray:
+def probability(
+    model: torch.nn.Module, norm: dict, image: np.ndarray, device: torch.device, multiple: int = 8
+) -> np.ndarray:
     """Cancer probability (H, W) of one grayscale uint8 image, z-scored with the training statistics."""
     h, w = image.shape
     hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple

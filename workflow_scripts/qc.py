@@ -46,7 +46,10 @@ def score(tract: dict, orient: dict, label: np.ndarray, truth: dict, truth_mask:
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """Append median and 95th-percentile rows over the numeric columns."""
     num = table.select_dtypes("number")
-    rows = [{"participant_id": "median", **num.median().to_dict()}, {"participant_id": "p95", **num.quantile(0.95).to_dict()}]
+    rows = [
+        {"participant_id": "median", **num.median().to_dict()},
+        {"participant_id": "p95", **num.quantile(0.95).to_dict()},
+    ]
     if "orientation_correct" in table:
         for r in rows:
             r["orientation_correct"] = float(table["orientation_correct"].mean())
@@ -55,8 +58,19 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 def summary_figure(table: pd.DataFrame, out: Path) -> None:
     """Cohort QC at a glance: a histogram per measure (truth-scored ones only when truth exists)."""
-    cols = [c for c in ("sampled_length_mm", "shrinkage", "dye_confidence", "tip0_error_mm", "tip1_error_mm", "axis_error_deg", "dice")
-            if c in table and table[c].notna().any()]
+    cols = [
+        c
+        for c in (
+            "sampled_length_mm",
+            "shrinkage",
+            "dye_confidence",
+            "tip0_error_mm",
+            "tip1_error_mm",
+            "axis_error_deg",
+            "dice",
+        )
+        if c in table and table[c].notna().any()
+    ]
     per_biopsy = table[~table["participant_id"].isin(["median", "p95"])]
     fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 2.6), squeeze=False)
     for ax, c in zip(axes[0], cols, strict=True):
@@ -74,11 +88,14 @@ def summary_figure(table: pd.DataFrame, out: Path) -> None:
 def decisions(orient: dict, tract: dict) -> str:
     """The two automatic decisions and their confidences, for a figure title."""
     conf = ", ".join(f"{k} {v:.2f}" for k, v in tract.get("confidence", {}).items())
-    return (f"dye end: {orient.get('state', '?')} ({orient['confidence']:.2f}); "
-            f"needle: {tract.get('state', '?')}" + (f" ({conf})" if conf else ""))
+    return f"dye end: {orient.get('state', '?')} ({orient['confidence']:.2f}); needle: {tract.get('state', '?')}" + (
+        f" ({conf})" if conf else ""
+    )
 
 
-def figure(pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray, label: np.ndarray, title: str, out: Path) -> None:
+def figure(
+    pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray, label: np.ndarray, title: str, out: Path
+) -> None:
     """Pre-fire with axis, T0, T1 and crop box; oriented slide with dye end; ROI on the crop."""
     fig = plt.figure(figsize=(11, 7), constrained_layout=True)
     gs = fig.add_gridspec(3, 1, height_ratios=[4, 1, 1.2])
@@ -98,8 +115,13 @@ def figure(pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray,
     ax.set_title(f"{title}: tract {tract['sampled_length_mm']:.1f} mm at {tract['axis_deg']:.1f} deg")
     ax = fig.add_subplot(gs[1])
     ax.imshow(oriented)
-    ax.annotate("dye end", xy=(oriented.shape[1] * 0.97, oriented.shape[0] / 2), xytext=(oriented.shape[1] * 0.8, oriented.shape[0] * 0.1),
-                color="k", arrowprops={"arrowstyle": "->"})
+    ax.annotate(
+        "dye end",
+        xy=(oriented.shape[1] * 0.97, oriented.shape[0] / 2),
+        xytext=(oriented.shape[1] * 0.8, oriented.shape[0] * 0.1),
+        color="k",
+        arrowprops={"arrowstyle": "->"},
+    )
     ax.set_title("WSI in the canonical frame (dye end right)", fontsize=9)
     ax.axis("off")
     ax = fig.add_subplot(gs[2])
@@ -128,18 +150,35 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "figure":
         load = lambda k: json.loads(Path(getattr(a, k)).read_text())  # noqa: E731
         title = f"{a.title} [{decisions(load('orient'), load('tract'))}]"
-        figure(imread(a.pre), load("tract"), imread(a.oriented), imread(a.crop), np.array(PIL.Image.open(a.label)), title, Path(a.out))
+        figure(
+            imread(a.pre),
+            load("tract"),
+            imread(a.oriented),
+            imread(a.crop),
+            np.array(PIL.Image.open(a.label)),
+            title,
+            Path(a.out),
+        )
         return
     rows = []
     truths = a.truth or [None] * len(a.tract)
-    for tract_f, orient_f, transfer_f, label_f, truth in zip(a.tract, a.orient, a.transfer, a.label, truths, strict=True):
+    for tract_f, orient_f, transfer_f, label_f, truth in zip(
+        a.tract, a.orient, a.transfer, a.label, truths, strict=True
+    ):
         pid, bid = Path(tract_f).parent.name, Path(tract_f).stem  # <results>/tract/<participant>/<biopsy>.json
         tract, orient, transfer = (json.loads(Path(x).read_text()) for x in (tract_f, orient_f, transfer_f))
-        row = {"participant_id": pid, "biopsy_id": bid, "sampled_length_mm": tract["sampled_length_mm"],
-               "length_flag": tract["length_flag"], "dye_confidence": orient["confidence"], "shrinkage": transfer["shrinkage"],
-               "orient_state": orient.get("state", ""), "tract_state": tract.get("state", ""),
-               **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
-               "ignored_objects": transfer["ignored_total"]}
+        row = {
+            "participant_id": pid,
+            "biopsy_id": bid,
+            "sampled_length_mm": tract["sampled_length_mm"],
+            "length_flag": tract["length_flag"],
+            "dye_confidence": orient["confidence"],
+            "shrinkage": transfer["shrinkage"],
+            "orient_state": orient.get("state", ""),
+            "tract_state": tract.get("state", ""),
+            **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
+            "ignored_objects": transfer["ignored_total"],
+        }
         if truth:
             truth = Path(truth)
             mask = imread(truth.with_name(f"{truth.stem}_mask.png"))

@@ -19,12 +19,26 @@ import pandas as pd
 
 from workflow_scripts import failures, provenance
 
-PACKAGES = ("tractmap", "snakemake", "torch", "torchvision", "numpy", "scipy", "statsmodels", "pandas", "pydicom", "tifffile", "labelme", "scikit-image")
+PACKAGES = (
+    "tractmap",
+    "snakemake",
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "statsmodels",
+    "pandas",
+    "pydicom",
+    "tifffile",
+    "labelme",
+    "scikit-image",
+)
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #aaa}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#eee}td:first-child{text-align:left;white-space:pre}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#555}
 .broken{border:3px solid red;padding:1em;color:red}.note{font-size:13px;color:#555}
@@ -52,14 +66,19 @@ def digest(config: dict) -> str:
 def seeds(config: dict) -> dict[str, object]:
     """Every seed the run used, by step."""
     ev = config.get("evaluate", {})
-    return {"demo cohort": config.get("demo", {}).get("seed"), "split": config["split"]["seed"],
-            "training": config["train"]["seed"], "bootstrap": ev.get("seed")}
+    return {
+        "demo cohort": config.get("demo", {}).get("seed"),
+        "split": config["split"]["seed"],
+        "training": config["train"]["seed"],
+        "bootstrap": ev.get("seed"),
+    }
 
 
 def figure(path: Path, caption: str) -> str:
     """An inline PNG figure."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    text = html.escape(caption)
+    return f'<figure><img alt="{text}" src="data:image/png;base64,{data}"><figcaption>{text}</figcaption></figure>'
 
 
 def table(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
@@ -69,7 +88,11 @@ def table(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
 
 
 def dl(items: dict) -> str:
-    return "<table>" + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items.items()) + "</table>"
+    return (
+        "<table>"
+        + "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+        + "</table>"
+    )
 
 
 def evaluation_section(d: Path, split: str) -> str:
@@ -78,34 +101,66 @@ def evaluation_section(d: Path, split: str) -> str:
     conf = pd.read_csv(d / "confusion.tsv", sep="\t")
     summ = pd.read_csv(d / "summary.tsv", sep="\t")
     n_boot, seed = summ["bootstrap"].iloc[0], summ["seed"].iloc[0]
-    return "".join([
-        f"<h3>Table 2 ({split} split)</h3>",
-        '<p class="note">Image-level means, % (95% CI from a participant-level bootstrap, '
-        f"{n_boot} resamples, seed {seed}). P values: participant-level paired tests "
-        "(Shapiro-Wilk on the differences, then paired t or Wilcoxon), Holm-corrected over model pairs.</p>",
-        table(pd.read_csv(d / "table2.tsv", sep="\t", dtype=str, keep_default_na=False)),
-        "<h3>Paired comparisons, participant level</h3>",
-        table(cmp[["metric", "model_a", "model_b", "n", "mean_a", "mean_b", "mean_diff", "shapiro_p", "test", "statistic", "p", "p_holm", "effect", "effect_size"]]),
-        "<h3>Metrics with counts of defined images</h3>",
-        '<p class="note">A metric whose denominator is zero (e.g. Dice with no cancer in truth or prediction) is undefined for that image and left out of its mean.</p>',
-        table(summ[["model", "metric", "mean", "ci_low", "ci_high", "n_images", "n_defined", "n_participants"]]),
-        "<h3>Pixel-aggregated confusion matrices</h3>",
-        table(conf, "{:.4f}"),
-        figure(d / "figure4.png", f"Figure 4. Pixel confusion matrices, {split} split (raw counts; colour: share of the true class)."),
-        figure(d / "figure5.png", f"Figure 5. {split} images: crop, ground truth and each model's prediction."),
-    ])
+    return "".join(
+        [
+            f"<h3>Table 2 ({split} split)</h3>",
+            '<p class="note">Image-level means, % (95% CI from a participant-level bootstrap, '
+            f"{n_boot} resamples, seed {seed}). P values: participant-level paired tests "
+            "(Shapiro-Wilk on the differences, then paired t or Wilcoxon), Holm-corrected over model pairs.</p>",
+            table(pd.read_csv(d / "table2.tsv", sep="\t", dtype=str, keep_default_na=False)),
+            "<h3>Paired comparisons, participant level</h3>",
+            table(
+                cmp[
+                    [
+                        "metric",
+                        "model_a",
+                        "model_b",
+                        "n",
+                        "mean_a",
+                        "mean_b",
+                        "mean_diff",
+                        "shapiro_p",
+                        "test",
+                        "statistic",
+                        "p",
+                        "p_holm",
+                        "effect",
+                        "effect_size",
+                    ]
+                ]
+            ),
+            "<h3>Metrics with counts of defined images</h3>",
+            '<p class="note">A metric whose denominator is zero (e.g. Dice with no cancer in truth '
+            "or prediction) is undefined for that image and left out of its mean.</p>",
+            table(summ[["model", "metric", "mean", "ci_low", "ci_high", "n_images", "n_defined", "n_participants"]]),
+            "<h3>Pixel-aggregated confusion matrices</h3>",
+            table(conf, "{:.4f}"),
+            figure(
+                d / "figure4.png",
+                f"Figure 4. Pixel confusion matrices, {split} split (raw counts; colour: share of the true class).",
+            ),
+            figure(d / "figure5.png", f"Figure 5. {split} images: crop, ground truth and each model's prediction."),
+        ]
+    )
 
 
 def review_section(rev: pd.DataFrame) -> str:
     """Biopsies held out of the dataset until a person confirms them, each with its QC figure and override."""
-    parts = ["<h2>Needs review</h2>",
-             f'<p class="note">{len(rev)} automatic decision(s) below the accept threshold. These biopsies are left out of '
-             "the VOC split lists (so of training and evaluation) until confirmed: add the <b>confirm</b> override to "
-             "biopsies.tsv if the QC figure agrees, or the <b>correct</b> one if it does not; only that biopsy reruns. "
-             "The same list is in review.tsv.</p>", table(rev.drop(columns=["qc_figure"]))]
+    parts = [
+        "<h2>Needs review</h2>",
+        f'<p class="note">{len(rev)} automatic decision(s) below the accept threshold. These biopsies are left out of '
+        "the VOC split lists (so of training and evaluation) until confirmed: add the <b>confirm</b> override to "
+        "biopsies.tsv if the QC figure agrees, or the <b>correct</b> one if it does not; only that biopsy reruns. "
+        "The same list is in review.tsv.</p>",
+        table(rev.drop(columns=["qc_figure"])),
+    ]
     for r in rev.itertuples():
         if Path(r.qc_figure).is_file():
-            parts.append(figure(Path(r.qc_figure), f"{r.participant_id}/{r.biopsy_id} ({r.step}): {r.reason}. Confirm: {r.confirm}"))
+            parts.append(
+                figure(
+                    Path(r.qc_figure), f"{r.participant_id}/{r.biopsy_id} ({r.step}): {r.reason}. Confirm: {r.confirm}"
+                )
+            )
     return "".join(parts)
 
 
@@ -119,18 +174,27 @@ def build(a: argparse.Namespace) -> str:
     for model, (curves, history) in json.loads(a.train).items():
         h = pd.read_csv(history, sep="\t")
         best = h.loc[h["val_dice"].idxmax()]
-        train_parts.append(f"<h3>{html.escape(model)}</h3><p>Selected on validation Dice: epoch {int(best.epoch)} of {len(h)}, "
-                           f"val Dice {best.val_dice:.3f}. The test split is never read during training.</p>"
-                           + figure(Path(curves), f"Training curves, {model}"))
+        train_parts.append(
+            f"<h3>{html.escape(model)}</h3><p>Selected on validation Dice: epoch {int(best.epoch)} of {len(h)}, "
+            f"val Dice {best.val_dice:.3f}. The test split is never read during training.</p>"
+            + figure(Path(curves), f"Training curves, {model}")
+        )
     counts = splits.groupby("split").size().reindex(["train", "val", "test"], fill_value=0)
     body = [
         "<h1>tractmap report</h1>",
         f'<p class="note">Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}. '
         '<span id="render-status" data-rendered="" data-total="">figures not checked (JavaScript off)</span></p>',
         "<h2>Run metadata</h2>",
-        dl({"config digest (SHA-256)": digest(config), **{f"seed: {k}": v for k, v in seeds(config).items()},
-            **{f"version: {k}": v for k, v in provenance.versions(PACKAGES).items()}}),
-        "<details><summary>full configuration</summary><pre>" + html.escape(json.dumps(config, indent=1)) + "</pre></details>",
+        dl(
+            {
+                "config digest (SHA-256)": digest(config),
+                **{f"seed: {k}": v for k, v in seeds(config).items()},
+                **{f"version: {k}": v for k, v in provenance.versions(PACKAGES).items()},
+            }
+        ),
+        "<details><summary>full configuration</summary><pre>"
+        + html.escape(json.dumps(config, indent=1))
+        + "</pre></details>",
         "<h2>Cohort and splits</h2>",
         f"<p>{len(splits)} participants: {counts['train']} train, {counts['val']} validation, {counts['test']} test "
         "(split by participant; a participant's split never changes when others are added).</p>",
@@ -139,26 +203,34 @@ def build(a: argparse.Namespace) -> str:
         "<h2>Registration QC</h2>",
         table(qc[qc["participant_id"].isin(["median", "p95"])]),
         figure(Path(a.qc_figure), "Registration QC over all biopsies."),
-        "<details><summary>per-biopsy QC</summary>" + table(qc[~qc["participant_id"].isin(["median", "p95"])]) + "</details>",
+        "<details><summary>per-biopsy QC</summary>"
+        + table(qc[~qc["participant_id"].isin(["median", "p95"])])
+        + "</details>",
         review_section(pd.read_csv(a.review, sep="\t", dtype=str, keep_default_na=False)),
-        "<h2>Training</h2>", *train_parts,
-        "<h2>Test results</h2>", evaluation_section(Path(a.test), "test"),
-        "<h2>Validation results</h2>", evaluation_section(Path(a.val), "validation"),
+        "<h2>Training</h2>",
+        *train_parts,
+        "<h2>Test results</h2>",
+        evaluation_section(Path(a.test), "test"),
+        "<h2>Validation results</h2>",
+        evaluation_section(Path(a.val), "validation"),
         "<h2>Failures and exclusions</h2>",
         "<h3>Failed jobs (from the logs of this working directory)</h3>",
         table(fails.drop(columns=["log"])),
         "<h3>Biopsies excluded in biopsies.tsv</h3>",
         table(excl),
     ]
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap report</title><style>{STYLE}</style>"
-            f"<script>{CHECK}</script></head><body>{''.join(body)}</body></html>")
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap "
+        f"report</title><style>{STYLE}</style>"
+        f"<script>{CHECK}</script></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for k in ("splits", "table1", "qc-table", "qc-figure", "review", "test", "val", "out"):
         p.add_argument(f"--{k}", required=True)
-    p.add_argument("--train", required=True, help='JSON {model: [curves.png, history.tsv]}')
+    p.add_argument("--train", required=True, help="JSON {model: [curves.png, history.tsv]}")
     p.add_argument("--config", required=True, help="the run's configuration as JSON")
     p.add_argument("--logs", default="logs")
     p.add_argument("--exclusions", default="[]", help="JSON list of [participant, biopsy, reason]")

@@ -35,16 +35,30 @@ def entries(pid: str, bid: str, orient: dict, tract: dict, region_xy: list[float
     rows = []
     if orient.get("state") == "review":
         m = orient["dye_mass_px"]
-        rows.append({"step": "orient", "reason": f"dyed end uncertain: confidence {orient['confidence']:.2f} ({orient.get('evidence')}; "
-                     f"dye {m[0]:.0f} / {m[1]:.0f} px in from the two ends)",
-                     "confirm": f"dye_end={dye_end_side(orient)}", "correct": f"dye_end={dye_end_side(orient, flipped=True)}"})
+        rows.append(
+            {
+                "step": "orient",
+                "reason": f"dyed end uncertain: confidence {orient['confidence']:.2f} ({orient.get('evidence')}; "
+                f"dye {m[0]:.0f} / {m[1]:.0f} px in from the two ends)",
+                "confirm": f"dye_end={dye_end_side(orient)}",
+                "correct": f"dye_end={dye_end_side(orient, flipped=True)}",
+            }
+        )
     if tract.get("state") == "review":
         c = tract.get("confidence", {})
         x, y = np.array(tract["t0_px"]) + np.array(region_xy[:2])
-        why = ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + ("; length far from the throw" if tract["length_flag"] else "")
-        rows.append({"step": "tract", "reason": f"needle uncertain: confidence {why}",
-                     "confirm": f"tip_x={x:.1f} tip_y={y:.1f} axis_deg={tract['axis_deg']:.2f} throw_mm={tract['sampled_length_mm']:.2f}",
-                     "correct": "measure tip_x/tip_y (pre-fire tip, DICOM frame px), axis_deg and throw_mm on the QC figure"})
+        why = ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + (
+            "; length far from the throw" if tract["length_flag"] else ""
+        )
+        rows.append(
+            {
+                "step": "tract",
+                "reason": f"needle uncertain: confidence {why}",
+                "confirm": f"tip_x={x:.1f} tip_y={y:.1f} axis_deg={tract['axis_deg']:.2f} "
+                "throw_mm={tract['sampled_length_mm']:.2f}",
+                "correct": "measure tip_x/tip_y (pre-fire tip, DICOM frame px), axis_deg and throw_mm on the QC figure",
+            }
+        )
     return [{"participant_id": pid, "biopsy_id": bid, **r, "qc_figure": qc_figure} for r in rows]
 
 

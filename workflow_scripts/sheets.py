@@ -70,7 +70,9 @@ def line(i: int) -> int:
     return i + 2
 
 
-def check(participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, str], generated_prefix: str | None = None) -> list[str]:
+def check(
+    participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, str], generated_prefix: str | None = None
+) -> list[str]:
     """Problems: duplicate IDs, unknown participants, missing files (except ones the workflow generates)."""
     pname, bname = names
     problems: list[str] = []
@@ -78,24 +80,35 @@ def check(participants: pd.DataFrame, biopsies: pd.DataFrame, names: tuple[str, 
         return problems  # the schema check has named the missing columns
     dup = participants["participant_id"].duplicated(keep="first")
     for i in dup[dup].index:
-        problems.append(f"{pname} line {line(i)}: duplicate participant_id {participants.at[i, 'participant_id']}; each participant has one row")
+        problems.append(
+            f"{pname} line {line(i)}: duplicate participant_id "
+            f"{participants.at[i, 'participant_id']}; each participant has one row"
+        )
     key = biopsies["participant_id"] + "/" + biopsies["biopsy_id"]
     dup = key.duplicated(keep="first")
     for i in dup[dup].index:
-        problems.append(f"{bname} line {line(i)}: duplicate biopsy {key[i]}; biopsy_id must be unique within a participant")
+        problems.append(
+            f"{bname} line {line(i)}: duplicate biopsy {key[i]}; biopsy_id must be unique within a participant"
+        )
     known = set(participants["participant_id"])
     for i in biopsies.index[~biopsies["participant_id"].isin(known)]:
-        problems.append(f"{bname} line {line(i)}: biopsy {key[i]} belongs to participant {biopsies.at[i, 'participant_id']}, "
-                        f"who is not in {pname}; add the participant there")
+        problems.append(
+            f"{bname} line {line(i)}: biopsy {key[i]} belongs to participant {biopsies.at[i, 'participant_id']}, "
+            f"who is not in {pname}; add the participant there"
+        )
     for col in FILE_COLUMNS:
         for i, path in biopsies[col].items():
             if generated_prefix and str(path).startswith(generated_prefix):
                 continue
             if WILDCARD.search(str(path)):
-                problems.append(f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} holds '{{name}}', which Snakemake "
-                                "reads as a wildcard; rename that file or folder (braces around text with a space are fine)")
+                problems.append(
+                    f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} holds '{{name}}', which Snakemake "
+                    "reads as a wildcard; rename that file or folder (braces around text with a space are fine)"
+                )
             elif not os.path.exists(path):
-                problems.append(f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} does not exist; fix the path")
+                problems.append(
+                    f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} does not exist; fix the path"
+                )
     return problems
 
 

@@ -53,7 +53,10 @@ def tag_um_per_px(page: tifffile.TiffPage) -> tuple[float | None, str]:
     if any(abs(dpi - d) < 0.01 for d in SOFTWARE_DPI):
         return None, f"resolution tags of {dpi:g} dpi ({um:.4g} µm/px), a software default, not a scanner calibration"
     if not plausible(um):
-        return None, f"resolution tags of {um:.4g} µm/px, outside the {PLAUSIBLE_UM[0]}-{PLAUSIBLE_UM[1]} µm/px of real slides"
+        return (
+            None,
+            f"resolution tags of {um:.4g} µm/px, outside the {PLAUSIBLE_UM[0]}-{PLAUSIBLE_UM[1]} µm/px of real slides",
+        )
     return um, "TIFF resolution tags"
 
 
@@ -72,7 +75,11 @@ def tiff_um_per_px(tif: tifffile.TiffFile) -> tuple[float | None, str]:
     if tif.is_ome and tif.ome_metadata:
         um = ome_um_per_px(tif.ome_metadata)
         if um is not None:
-            return (um, "OME PhysicalSizeX") if plausible(um) else (None, f"OME PhysicalSizeX of {um:.4g} µm/px is implausible")
+            return (
+                (um, "OME PhysicalSizeX")
+                if plausible(um)
+                else (None, f"OME PhysicalSizeX of {um:.4g} µm/px is implausible")
+            )
     m = re.search(r"MPP\s*=\s*([0-9.]+)", tif.pages[0].description or "")
     if m and plausible(float(m.group(1))):
         return float(m.group(1)), "Aperio MPP"
@@ -83,7 +90,10 @@ def choose(file_um: float | None, reason: str, sheet_um: float | None) -> tuple[
     """The pixel size used: the sheet's override, else the file's; unknown is an error."""
     if sheet_um is not None:
         if not plausible(sheet_um):
-            raise InputError(f"wsi_um_per_px {sheet_um} is outside {PLAUSIBLE_UM[0]}-{PLAUSIBLE_UM[1]} µm/px", "give µm per pixel, not mm or pixels per inch")
+            raise InputError(
+                f"wsi_um_per_px {sheet_um} is outside {PLAUSIBLE_UM[0]}-{PLAUSIBLE_UM[1]} µm/px",
+                "give µm per pixel, not mm or pixels per inch",
+            )
         return float(sheet_um), "biopsies.tsv wsi_um_per_px"
     if file_um is None:
         raise InputError(f"slide pixel size is unknown: {reason}", OVERRIDE_HINT)
@@ -126,7 +136,10 @@ def to_rgb8(t: np.ndarray, photometric: int, bits: int = 8) -> np.ndarray:
     if t.dtype == np.uint16:
         t = np.round(t.astype(np.float32) * (255.0 / ((1 << bits) - 1))).clip(0, 255).astype(np.uint8)
     elif t.dtype != np.uint8:
-        raise InputError(f"slide samples are {t.dtype}; tractmap reads 8- or 16-bit brightfield slides", "export the slide as 8-bit RGB")
+        raise InputError(
+            f"slide samples are {t.dtype}; tractmap reads 8- or 16-bit brightfield slides",
+            "export the slide as 8-bit RGB",
+        )
     if t.shape[2] in (1, 2):  # grey (+ alpha)
         g = t[..., :1]
         t = np.repeat(255 - g if photometric == 0 else g, 3, axis=2)  # MINISWHITE: 0 is white
@@ -158,7 +171,9 @@ def openslide_tiles(slide, level: int) -> Tiles:
     ds = slide.level_downsamples[level]
     for y in range(0, h, TILE):
         for x in range(0, w, TILE):
-            rgba = np.asarray(slide.read_region((round(x * ds), round(y * ds)), level, (min(TILE, w - x), min(TILE, h - y))))
+            rgba = np.asarray(
+                slide.read_region((round(x * ds), round(y * ds)), level, (min(TILE, w - x), min(TILE, h - y)))
+            )
             if rgba[..., 3].min() == 255:
                 yield y, x, rgba[..., :3]
                 continue
@@ -171,12 +186,18 @@ def read_openslide(path: str, target_um: float, sheet_um: float | None) -> tuple
     try:
         slide = openslide.OpenSlide(path)
     except openslide.OpenSlideError as e:
-        raise InputError(f"OpenSlide cannot open this slide: {e}", "the file is damaged or uses an unsupported codec; re-export it") from None
+        raise InputError(
+            f"OpenSlide cannot open this slide: {e}", "the file is damaged or uses an unsupported codec; re-export it"
+        ) from None
     with slide:
         mpp = slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
         vendor = slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "?")
         file_um = float(mpp) if mpp else None
-        reason = f"{vendor} openslide.mpp-x" if plausible(file_um) else f"{vendor} slide without a plausible openslide.mpp-x ({mpp})"
+        reason = (
+            f"{vendor} openslide.mpp-x"
+            if plausible(file_um)
+            else f"{vendor} slide without a plausible openslide.mpp-x ({mpp})"
+        )
         um, source = choose(file_um if plausible(file_um) else None, reason, sheet_um)
         shapes = [[h, w] for w, h in slide.level_dimensions]
         ums = [um * d for d in slide.level_downsamples]
@@ -184,9 +205,20 @@ def read_openslide(path: str, target_um: float, sheet_um: float | None) -> tuple
         try:
             img = downsample(openslide_tiles(slide, k), tuple(shapes[k]), f)
         except openslide.OpenSlideError as e:
-            raise InputError(f"a slide tile could not be decoded (OpenSlide: {e})", "the file is damaged; re-export or re-scan it") from None
-    return img, {"format": vendor, "reader": "openslide", "um_per_px": um, "um_source": source, "level": k,
-                 "level_um_per_px": ums[k] * f, "level_shapes": shapes, "level_um": ums, "averaged": f}
+            raise InputError(
+                f"a slide tile could not be decoded (OpenSlide: {e})", "the file is damaged; re-export or re-scan it"
+            ) from None
+    return img, {
+        "format": vendor,
+        "reader": "openslide",
+        "um_per_px": um,
+        "um_source": source,
+        "level": k,
+        "level_um_per_px": ums[k] * f,
+        "level_shapes": shapes,
+        "level_um": ums,
+        "averaged": f,
+    }
 
 
 def tiff_levels(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
@@ -200,8 +232,10 @@ def tiff_levels(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
         axes = "".join(a for a, n in zip(lv.axes, lv.shape, strict=True) if (n > 1 or a in "YX") and a != "I")
         if axes not in ("YX", "YXS", "SYX"):
             extra = ", ".join(f"{a}={n}" for a, n in zip(lv.axes, lv.shape, strict=True) if a not in "YXS" and n > 1)
-            raise InputError(f"the slide's image series has axes {lv.axes} ({extra}): more than one image plane",
-                             "export one 2-D RGB image per slide (e.g. the brightfield plane only)")
+            raise InputError(
+                f"the slide's image series has axes {lv.axes} ({extra}): more than one image plane",
+                "export one 2-D RGB image per slide (e.g. the brightfield plane only)",
+            )
     return series.levels
 
 
@@ -210,8 +244,10 @@ def read_tiff(path: str, target_um: float, sheet_um: float | None) -> tuple[np.n
     try:
         tif = tifffile.TiffFile(path)
     except Exception as e:  # noqa: BLE001 - any parse failure means "not a TIFF we can read"
-        raise InputError(f"not a slide format tractmap reads ({type(e).__name__}: {e})",
-                         "use an OpenSlide format (SVS, NDPI, MRXS, SCN, Philips TIFF, DICOM WSI), OME-TIFF or tiled TIFF") from None
+        raise InputError(
+            f"not a slide format tractmap reads ({type(e).__name__}: {e})",
+            "use an OpenSlide format (SVS, NDPI, MRXS, SCN, Philips TIFF, DICOM WSI), OME-TIFF or tiled TIFF",
+        ) from None
     with tif:
         um, source = choose(*tiff_um_per_px(tif), sheet_um)
         levels = tiff_levels(tif)
@@ -225,11 +261,23 @@ def read_tiff(path: str, target_um: float, sheet_um: float | None) -> tuple[np.n
             raise
         except Exception as e:  # noqa: BLE001 - codec errors come from many libraries
             codec = getattr(page.compression, "name", page.compression)
-            raise InputError(f"slide tiles could not be decoded (compression {codec}: {type(e).__name__}: {e})",
-                             "the file is damaged or uses a codec imagecodecs lacks; re-export it as JPEG or LZW tiled TIFF") from None
-    return img, {"format": "ome-tiff" if tif.is_ome else "tiff", "reader": "tifffile", "um_per_px": um, "um_source": source,
-                 "pages_in_series": len(levels[0].pages), "page_used": 0,
-                 "level": k, "level_um_per_px": ums[k] * f, "level_shapes": shapes, "level_um": ums, "averaged": f}
+            raise InputError(
+                f"slide tiles could not be decoded (compression {codec}: {type(e).__name__}: {e})",
+                "the file is damaged or uses a codec imagecodecs lacks; re-export it as JPEG or LZW tiled TIFF",
+            ) from None
+    return img, {
+        "format": "ome-tiff" if tif.is_ome else "tiff",
+        "reader": "tifffile",
+        "um_per_px": um,
+        "um_source": source,
+        "pages_in_series": len(levels[0].pages),
+        "page_used": 0,
+        "level": k,
+        "level_um_per_px": ums[k] * f,
+        "level_shapes": shapes,
+        "level_um": ums,
+        "averaged": f,
+    }
 
 
 def read_slide(path: str | Path, target_um: float, sheet_um: float | None = None) -> tuple[np.ndarray, dict]:

@@ -27,7 +27,9 @@ def unit_random(seed: int, participant_id: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def allocate(participant_ids: list[str], ratios: dict[str, float], seed: int, fixed: dict[str, str] | None = None) -> dict[str, str]:
+def allocate(
+    participant_ids: list[str], ratios: dict[str, float], seed: int, fixed: dict[str, str] | None = None
+) -> dict[str, str]:
     """Split of every participant, in sheet order; ``fixed`` splits win and count towards the ratios."""
     fixed = fixed or {}
     r = np.array([ratios[s] for s in SPLITS], float)
@@ -57,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratios", type=float, nargs=3, required=True, help="train val test (config split.ratios)")
     a = p.parse_args(argv)
     sheet = pd.read_csv(a.participants, sep="\t", dtype=str)
-    fixed = dict(zip(sheet["participant_id"], sheet["split"])) if "split" in sheet else {}
+    fixed = dict(zip(sheet["participant_id"], sheet["split"], strict=True)) if "split" in sheet else {}
     fixed = {k: v for k, v in fixed.items() if isinstance(v, str) and v}
-    splits = allocate(list(sheet["participant_id"]), dict(zip(SPLITS, a.ratios)), a.seed, fixed)
+    splits = allocate(list(sheet["participant_id"]), dict(zip(SPLITS, a.ratios, strict=True)), a.seed, fixed)
     table = pd.DataFrame({"participant_id": list(splits), "split": list(splits.values())})
     table["source"] = ["sheet" if pid in fixed else "allocated" for pid in table["participant_id"]]
     table["seed"] = a.seed

@@ -37,9 +37,18 @@ def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> dict:
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
     d = a - b
-    out = {"n": int(len(d)), "mean_a": float(np.mean(a)) if len(d) else np.nan, "mean_b": float(np.mean(b)) if len(d) else np.nan,
-           "mean_diff": float(np.mean(d)) if len(d) else np.nan, "shapiro_p": np.nan, "test": "", "statistic": np.nan,
-           "p": np.nan, "effect_size": np.nan, "effect": ""}
+    out = {
+        "n": int(len(d)),
+        "mean_a": float(np.mean(a)) if len(d) else np.nan,
+        "mean_b": float(np.mean(b)) if len(d) else np.nan,
+        "mean_diff": float(np.mean(d)) if len(d) else np.nan,
+        "shapiro_p": np.nan,
+        "test": "",
+        "statistic": np.nan,
+        "p": np.nan,
+        "effect_size": np.nan,
+        "effect": "",
+    }
     if len(d) < 3:
         return {**out, "test": "none (fewer than 3 participants)"}
     if np.allclose(d, 0):
@@ -48,14 +57,26 @@ def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> dict:
     if out["shapiro_p"] >= alpha:
         r = sps.ttest_rel(a, b)
         sd = np.std(d, ddof=1)
-        return {**out, "test": "paired t", "statistic": float(r.statistic), "p": float(r.pvalue),
-                "effect_size": float(np.mean(d) / sd) if sd > 0 else np.nan, "effect": "Cohen's d_z"}
+        return {
+            **out,
+            "test": "paired t",
+            "statistic": float(r.statistic),
+            "p": float(r.pvalue),
+            "effect_size": float(np.mean(d) / sd) if sd > 0 else np.nan,
+            "effect": "Cohen's d_z",
+        }
     r = sps.wilcoxon(a, b)
     nz = d[d != 0]
     ranks = sps.rankdata(np.abs(nz))
     rbc = (ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum()
-    return {**out, "test": "Wilcoxon signed-rank", "statistic": float(r.statistic), "p": float(r.pvalue),
-            "effect_size": float(rbc), "effect": "rank-biserial r"}
+    return {
+        **out,
+        "test": "Wilcoxon signed-rank",
+        "statistic": float(r.statistic),
+        "p": float(r.pvalue),
+        "effect_size": float(rbc),
+        "effect": "rank-biserial r",
+    }
 
 
 def format_p(p: float) -> str:
@@ -136,16 +157,26 @@ def table1(participants: pd.DataFrame, split_of: dict[str, str], schema: dict, s
             row = {"Characteristic": f"{title}, mean (SD)", "test": test, "P value": p}
             for s in SPLITS:
                 v = values[df["split"] == s].dropna()
-                row[cols[s]] = f"{v.mean():.1f} ({v.std(ddof=1):.1f})" if len(v) > 1 else (f"{v.mean():.1f}" if len(v) else "")
+                row[cols[s]] = (
+                    f"{v.mean():.1f} ({v.std(ddof=1):.1f})" if len(v) > 1 else (f"{v.mean():.1f}" if len(v) else "")
+                )
             rows.append(row)
         elif "enum" in prop:
             levels = [lv for lv in prop["enum"] if (df[name] == lv).any()]
             counts = np.array([[int(((df[name] == lv) & (df["split"] == s)).sum()) for s in SPLITS] for lv in levels])
             test, p = categorical_test(counts, seed) if len(levels) else ("none (no values)", np.nan)
-            rows.append({"Characteristic": f"{title}, n (%)", **{cols[s]: "" for s in SPLITS}, "test": test, "P value": p})
+            rows.append(
+                {"Characteristic": f"{title}, n (%)", **{cols[s]: "" for s in SPLITS}, "test": test, "P value": p}
+            )
             for lv, c in zip(levels, counts, strict=True):
-                rows.append({"Characteristic": f"  {lv}", **{cols[s]: f"{k} ({100 * k / max(n[s], 1):.1f})" for s, k in zip(SPLITS, c, strict=True)},
-                             "test": "", "P value": np.nan})
+                rows.append(
+                    {
+                        "Characteristic": f"  {lv}",
+                        **{cols[s]: f"{k} ({100 * k / max(n[s], 1):.1f})" for s, k in zip(SPLITS, c, strict=True)},
+                        "test": "",
+                        "P value": np.nan,
+                    }
+                )
     out = pd.DataFrame(rows, columns=["Characteristic", *cols.values(), "test", "P value"])
     out["p"] = out["P value"]
     out["P value"] = [format_p(p) if t else "" for p, t in zip(out["p"], out["test"], strict=True)]
@@ -164,7 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> None:
         part = pd.read_csv(a.participants, sep="\t", dtype=str, keep_default_na=False).replace("", np.nan)
         splits = pd.read_csv(a.splits, sep="\t", dtype=str)
-        t = table1(part, dict(zip(splits["participant_id"], splits["split"], strict=True)), yaml.safe_load(Path(a.schema).read_text()), a.seed)
+        t = table1(
+            part,
+            dict(zip(splits["participant_id"], splits["split"], strict=True)),
+            yaml.safe_load(Path(a.schema).read_text()),
+            a.seed,
+        )
         t.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
         print(t.to_string(index=False))
 

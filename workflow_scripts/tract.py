@@ -47,14 +47,20 @@ def fit_axis(img: np.ndarray, skin_rows: int = 0, min_length_px: float = 40.0) -
     bright[:skin_rows] = False
     lab = measure.label(bright)
     # keep ridge-like components: long and thin (the needle), not speckle blobs or the skin
-    keep = [r.label for r in measure.regionprops(lab) if r.axis_major_length >= 20 and r.axis_major_length > 3 * max(r.axis_minor_length, 1.0)]
+    keep = [
+        r.label
+        for r in measure.regionprops(lab)
+        if r.axis_major_length >= 20 and r.axis_major_length > 3 * max(r.axis_minor_length, 1.0)
+    ]
     cand = np.isin(lab, keep)
     if cand.sum() < min_length_px:
         raise InputError("no needle echo found in the image", NO_NEEDLE_HINT)
     h, theta, dist = transform.hough_line(cand, theta=np.linspace(-np.pi / 2, np.pi / 2, 720, endpoint=False))
     _, angles, dists = transform.hough_line_peaks(h, theta, dist, num_peaks=1)
     if len(angles) == 0 or h.max() < min_length_px:
-        raise InputError(f"no straight needle echo found (longest line {h.max()} px < {min_length_px:.0f} px)", NO_NEEDLE_HINT)
+        raise InputError(
+            f"no straight needle echo found (longest line {h.max()} px < {min_length_px:.0f} px)", NO_NEEDLE_HINT
+        )
     normal = np.array([np.cos(angles[0]), np.sin(angles[0])])
     point = dists[0] * normal
     direction = np.array([-normal[1], normal[0]])
@@ -108,10 +114,16 @@ def find_tip(img: np.ndarray, point: np.ndarray, direction: np.ndarray) -> tuple
     frac = (prof[j] - half) / (prof[j] - prof[j2]) if prof[j] != prof[j2] else 0.0
     s_tip = s[j] + step * frac * (s[1] - s[0])
     run_len = abs(s[i1] - s[i0])
-    return point + s_tip * direction, direction * advance, {"run_px": float(run_len), "contrast": float(needle_level - tissue_level)}
+    return (
+        point + s_tip * direction,
+        direction * advance,
+        {"run_px": float(run_len), "contrast": float(needle_level - tissue_level)},
+    )
 
 
-def detect(img: np.ndarray, skin_rows: int, axis_override_deg: float | None = None, tip_override: np.ndarray | None = None) -> dict:
+def detect(
+    img: np.ndarray, skin_rows: int, axis_override_deg: float | None = None, tip_override: np.ndarray | None = None
+) -> dict:
     """Needle axis and tip of one image; overrides replace the detected values."""
     if axis_override_deg is not None and tip_override is not None:
         a = np.deg2rad(axis_override_deg)
@@ -138,7 +150,9 @@ def _align(pre: np.ndarray, post: np.ndarray, f: int) -> np.ndarray:
     return -np.array([shift[1], shift[0]]) * f
 
 
-def _tls(pts: np.ndarray, w: np.ndarray, point: np.ndarray, direction: np.ndarray, band: float) -> tuple[np.ndarray, np.ndarray, dict]:
+def _tls(
+    pts: np.ndarray, w: np.ndarray, point: np.ndarray, direction: np.ndarray, band: float
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Weighted total least squares on points within ``band`` of a line, trimmed at 2.5 sigma; with its residuals."""
     for _ in range(3):
         normal = np.array([-direction[1], direction[0]])
@@ -158,7 +172,9 @@ def _tls(pts: np.ndarray, w: np.ndarray, point: np.ndarray, direction: np.ndarra
 
 
 def _step(prof: np.ndarray, s: np.ndarray, lo: float, hi: float, step: float) -> tuple[float, float]:
-    """Best single step (least squares) of a profile within [lo, hi]: sub-pixel edge position and its height over the noise."""
+    """Best single step (least squares) of a profile within [lo, hi].
+
+    Returns the sub-pixel edge position and its height over the noise."""
     sel = np.flatnonzero((s >= lo) & (s <= hi))
     if len(sel) < 8:
         return float("nan"), 0.0
@@ -181,7 +197,9 @@ def _step(prof: np.ndarray, s: np.ndarray, lo: float, hi: float, step: float) ->
     return float(s[sel[j]] + frac * step), float(abs(m_a - m_b) / noise)
 
 
-def _onset(prof: np.ndarray, s: np.ndarray, ref_lo: float, ref_hi: float, stop: float, min_len: float, step: float) -> float:
+def _onset(
+    prof: np.ndarray, s: np.ndarray, ref_lo: float, ref_hi: float, stop: float, min_len: float, step: float
+) -> float:
     """First position after ``ref_hi`` where a profile rises above its level in [ref_lo, ref_hi] and stays there.
 
     The reference stretch is where nothing changed between the frames (the shaft in both,
@@ -193,7 +211,9 @@ def _onset(prof: np.ndarray, s: np.ndarray, ref_lo: float, ref_hi: float, stop: 
         return float("nan")
     base = float(np.median(ref))
     noise = 1.4826 * float(np.median(np.abs(ref - base)))
-    spread = float(np.percentile(prof[(s > ref_hi) & (s < stop)], 90)) - base if ((s > ref_hi) & (s < stop)).any() else 0.0
+    spread = (
+        float(np.percentile(prof[(s > ref_hi) & (s < stop)], 90)) - base if ((s > ref_hi) & (s < stop)).any() else 0.0
+    )
     thr = base + max(4 * noise, 0.1 * spread, 1.0)
     above = (prof > thr) & (s > ref_hi) & (s < stop)
     lab, n = ndimage.label(ndimage.binary_closing(above, iterations=max(1, int(0.15 / step * min_len))))
@@ -204,9 +224,13 @@ def _onset(prof: np.ndarray, s: np.ndarray, ref_lo: float, ref_hi: float, stop: 
     return float("nan")
 
 
-def _echo_end(prof: np.ndarray, s: np.ndarray, start: float, guess: float, reach: float, bridge: float, step: float) -> tuple[float, float]:
-    """Where a needle echo that runs through ``start`` ends: the first fall below half-way between its level and
-    the tissue just beyond ``guess`` (so bright tissue past the tip does not lengthen it), sub-pixel; and the edge's SNR."""
+def _echo_end(
+    prof: np.ndarray, s: np.ndarray, start: float, guess: float, reach: float, bridge: float, step: float
+) -> tuple[float, float]:
+    """Where a needle echo that runs through ``start`` ends, sub-pixel, and the edge's SNR.
+
+    The end is the first fall below half-way between the echo's level and the tissue just beyond ``guess``
+    (so bright tissue past the tip does not lengthen it)."""
     inside = prof[(s > start) & (s < guess)]
     beyond = prof[(s > guess) & (s < guess + reach)]
     if len(inside) < 4 or len(beyond) < 4:
@@ -238,7 +262,11 @@ def _first_rise(diff: np.ndarray, s: np.ndarray, s0: float, reach: float, gap: f
     e, snr = _step(diff, s, s0 - reach, s0 - gap, step)
     if np.isnan(e) or snr < 4:
         return s0
-    before, between, after = diff[(s > s0 - reach) & (s < e)], diff[(s > e) & (s < s0)], diff[(s > s0) & (s < s0 + reach / 2)]
+    before, between, after = (
+        diff[(s > s0 - reach) & (s < e)],
+        diff[(s > e) & (s < s0)],
+        diff[(s > s0) & (s < s0 + reach / 2)],
+    )
     if len(before) < 8 or len(between) < 8 or len(after) < 8:
         return s0
     noise = 1.4826 * float(np.median(np.abs(before - np.median(before)))) + 1e-6
@@ -285,7 +313,9 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     sm = 0.05 / mm / step
 
     def along(img: np.ndarray, offset: float = 0.0) -> np.ndarray:
-        """The echo along the axis (or a parallel line ``offset`` px shallower), over a narrow band, smoothed by 0.05 mm."""
+        """The echo along the axis (or a parallel line ``offset`` px shallower).
+
+        Averaged over a narrow band and smoothed by 0.05 mm."""
         up = np.array([-direction[1], direction[0]])
         up = -up if up[1] > 0 else up  # towards the probe: reverberations and shadow lie the other way
         return ndimage.gaussian_filter1d(geo.profile(img, point + offset * up, direction, s, half_width=hw), sm)
@@ -307,8 +337,11 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     mm2 = 2.0 / mm
     before, beyond = r_pre[(s > a0 - mm2) & (s < a0)], r_pre[(s > a1) & (s < a1 + mm2)]
     sign = 1.0 if (np.mean(before) if len(before) else 0) >= (np.mean(beyond) if len(beyond) else 0) else -1.0
-    sd, pre_d, post_d, diff_d, ridge_d = ((s, r_pre, r_post, r_diff, r_ridge) if sign > 0
-                                          else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1], r_ridge[::-1]))
+    sd, pre_d, post_d, diff_d, ridge_d = (
+        (s, r_pre, r_post, r_diff, r_ridge)
+        if sign > 0
+        else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1], r_ridge[::-1])
+    )
     g0, g1 = (a0, a1) if sign > 0 else (-a1, -a0)
     inner = (sd > g0 + 1 / mm) & (sd < g1 - 1 / mm)
     if inner.sum() < 4:
@@ -338,8 +371,15 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     if np.isnan(d0):
         d0, _ = _step(pre_d, sd, s0 - w, min(s0 + w, (s0 + s1) / 2), step)
     snr = [snr0, snr1]
-    return {"u": direction * sign, "s0": s0, "s1": s1, "d0": d0, "d1": d1, "snr": snr,
-            "needle_post": float(np.median(post_d[inner]))}
+    return {
+        "u": direction * sign,
+        "s0": s0,
+        "s1": s1,
+        "d0": d0,
+        "d1": d1,
+        "snr": snr,
+        "needle_post": float(np.median(post_d[inner])),
+    }
 
 
 def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float]) -> dict:
@@ -365,7 +405,9 @@ def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float])
     min_len = 3.0 / (mm * f)  # a needle advance shorter than 3 mm is not one
     ok = votes >= max(0.4 * votes.max(), min_len * 0.3)
     if not ok.any() or votes.max() < min_len * 0.3:
-        raise InputError(f"no straight needle advance found (longest line {votes.max() * mm * f:.1f} mm)", NO_NEEDLE_HINT)
+        raise InputError(
+            f"no straight needle advance found (longest line {votes.max() * mm * f:.1f} mm)", NO_NEEDLE_HINT
+        )
     # among lines parallel to the strongest, the shallowest: reverberations lie below the shaft
     best = int(np.argmax(votes))
     par = [k for k in np.flatnonzero(ok) if abs(np.sin(angles[k] - angles[best])) < np.sin(np.deg2rad(4))]
@@ -403,15 +445,29 @@ def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float])
     u, s0, s1 = tip["u"], tip["s0"], tip["s1"]
     agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
-    conf = {"t0": agree(s0, tip["d0"]) * clear(tip["snr"][0]), "t1": agree(s1, tip["d1"]) * clear(tip["snr"][1]),
-            "axis": float(np.exp(-fit["sigma_deg"] / 0.5)) * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
-            * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0))}  # the two fits agree
-    return {"t0": point + s0 * u, "t1": point + s1 * u, "direction": u, "shift_px": shift.tolist(), "confidence": conf,
-            "fit": {**fit, "t0_diff_px": float(s0 - tip["d0"]), "t1_diff_px": float(s1 - tip["d1"]), "snr": tip["snr"]}}
+    conf = {
+        "t0": agree(s0, tip["d0"]) * clear(tip["snr"][0]),
+        "t1": agree(s1, tip["d1"]) * clear(tip["snr"][1]),
+        "axis": float(np.exp(-fit["sigma_deg"] / 0.5))
+        * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
+        * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0)),
+    }  # the two fits agree
+    return {
+        "t0": point + s0 * u,
+        "t1": point + s1 * u,
+        "direction": u,
+        "shift_px": shift.tolist(),
+        "confidence": conf,
+        "fit": {**fit, "t0_diff_px": float(s0 - tip["d0"]), "t1_diff_px": float(s1 - tip["d1"]), "snr": tip["snr"]},
+    }
 
 
 def tract(
-    pre: np.ndarray, post: np.ndarray | None, mm_per_px: tuple[float, float], throw_mm: float, overrides: dict,
+    pre: np.ndarray,
+    post: np.ndarray | None,
+    mm_per_px: tuple[float, float],
+    throw_mm: float,
+    overrides: dict,
     min_confidence: float = 0.5,
 ) -> dict:
     """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length.
@@ -429,9 +485,16 @@ def tract(
         flag = abs(length - throw_mm) > 0.25 * throw_mm
         ok = min(r["confidence"].values()) >= min_confidence and not flag
         return {
-            "t0_px": r["t0"].tolist(), "t1_px": r["t1"].tolist(), "axis_deg": geo.line_angle_deg(r["direction"] * scale),
-            "sampled_length_mm": length, "throw_mm": throw_mm, "length_flag": flag, "confidence": r["confidence"],
-            "fit": r["fit"], "post_shift_px": r["shift_px"], "state": "accepted" if ok else "review",
+            "t0_px": r["t0"].tolist(),
+            "t1_px": r["t1"].tolist(),
+            "axis_deg": geo.line_angle_deg(r["direction"] * scale),
+            "sampled_length_mm": length,
+            "throw_mm": throw_mm,
+            "length_flag": flag,
+            "confidence": r["confidence"],
+            "fit": r["fit"],
+            "post_shift_px": r["shift_px"],
+            "state": "accepted" if ok else "review",
             "source": {"t0": "auto", "t1": "auto"},
         }
     skin = int(SKIN_MM / scale[1])
@@ -442,10 +505,13 @@ def tract(
         t1 = d0["tip"] + direction * overrides["throw_mm"] / np.linalg.norm(u)
         source1 = "override"
     else:
-        d1 = detect(post, skin, np.degrees(np.arctan2(direction[1], direction[0])) if d0["source"] == "override" else None)
+        d1 = detect(
+            post, skin, np.degrees(np.arctan2(direction[1], direction[0])) if d0["source"] == "override" else None
+        )
         if float(d1["direction"] @ direction) < 0.9:
             raise InputError(
-                f"pre- and post-fire needles disagree ({geo.line_angle_deg(direction):.1f} vs {geo.line_angle_deg(d1['direction']):.1f} deg)",
+                f"pre- and post-fire needles disagree ({geo.line_angle_deg(direction):.1f} vs "
+                f"{geo.line_angle_deg(d1['direction']):.1f} deg)",
                 "set axis_deg and throw_mm in biopsies.tsv, or check that pre/post-fire are of the same biopsy",
             )
         t1 = d0["tip"] + ((d1["tip"] - d0["tip"]) @ direction) * direction  # project onto the pre-fire axis
@@ -453,26 +519,43 @@ def tract(
     length = float(np.linalg.norm((t1 - d0["tip"]) * scale))
     manual = "override" in (d0["source"], source1)
     return {
-        "t0_px": d0["tip"].tolist(), "t1_px": t1.tolist(),
-        "axis_deg": geo.line_angle_deg(direction * scale), "sampled_length_mm": length,
-        "throw_mm": throw_mm, "length_flag": abs(length - throw_mm) > 0.25 * throw_mm,
-        "state": "override" if manual else "accepted", "source": {"t0": d0["source"], "t1": source1},
+        "t0_px": d0["tip"].tolist(),
+        "t1_px": t1.tolist(),
+        "axis_deg": geo.line_angle_deg(direction * scale),
+        "sampled_length_mm": length,
+        "throw_mm": throw_mm,
+        "length_flag": abs(length - throw_mm) > 0.25 * throw_mm,
+        "state": "override" if manual else "accepted",
+        "source": {"t0": d0["source"], "t1": source1},
     }
 
 
-def pixel_overrides(tip: list[float] | None, axis_deg: float | None, origin: list[float], mm_per_px: tuple[float, float]) -> dict:
+def pixel_overrides(
+    tip: list[float] | None, axis_deg: float | None, origin: list[float], mm_per_px: tuple[float, float]
+) -> dict:
     """Manual tip (DICOM frame px) and physical axis angle -> tissue-region px and pixel-space angle."""
-    return {"tip": None if tip is None else np.asarray(tip, float) - np.asarray(origin, float),
-            "axis_deg": None if axis_deg is None else geo.pixel_angle_deg(axis_deg, mm_per_px)}
+    return {
+        "tip": None if tip is None else np.asarray(tip, float) - np.asarray(origin, float),
+        "axis_deg": None if axis_deg is None else geo.pixel_angle_deg(axis_deg, mm_per_px),
+    }
 
 
-def crop_strip(pre: np.ndarray, res: dict, mm_per_px: tuple[float, float], width_mm: float, out_mm_per_px: float,
-               margin_mm: float) -> tuple[np.ndarray, dict]:
+def crop_strip(
+    pre: np.ndarray, res: dict, mm_per_px: tuple[float, float], width_mm: float, out_mm_per_px: float, margin_mm: float
+) -> tuple[np.ndarray, dict]:
     """The uint8 crop strip along T0 -> T1 and its frame (crop-to-original affine, shape, tract columns)."""
-    m, shape, xs = geo.tract_crop_frame(np.array(res["t0_px"]), np.array(res["t1_px"]), mm_per_px, width_mm, out_mm_per_px, margin_mm)
+    m, shape, xs = geo.tract_crop_frame(
+        np.array(res["t0_px"]), np.array(res["t1_px"]), mm_per_px, width_mm, out_mm_per_px, margin_mm
+    )
     crop = geo.warp(pre.astype(float), m, shape, order=1)
-    frame = {"crop_to_original": m.tolist(), "crop_shape": list(shape), "tract_x_px": list(xs),
-             "out_mm_per_px": out_mm_per_px, "width_mm": width_mm, "mm_per_px": list(mm_per_px)}
+    frame = {
+        "crop_to_original": m.tolist(),
+        "crop_shape": list(shape),
+        "tract_x_px": list(xs),
+        "out_mm_per_px": out_mm_per_px,
+        "width_mm": width_mm,
+        "mm_per_px": list(mm_per_px),
+    }
     return np.clip(np.round(crop), 0, 255).astype(np.uint8), frame
 
 

@@ -65,7 +65,9 @@ def norm_stats(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
 # ------------------------------------------------------------------ augmentation
 
 
-def geometric(x: torch.Tensor, y: torch.Tensor, crop_w: int, max_deg: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def geometric(
+    x: torch.Tensor, y: torch.Tensor, crop_w: int, max_deg: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random width crop, horizontal flip and rotation: one geometry for image and mask.
 
     x: (B, 1, H, W) float; y: (B, H, W) long with VOID (also where rotation leaves the image).
@@ -87,7 +89,11 @@ def geometric(x: torch.Tensor, y: torch.Tensor, crop_w: int, max_deg: float, gen
     grid = F.affine_grid(theta.to(dev, x.dtype), [b, 1, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     inside = F.grid_sample(torch.ones_like(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    y = F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False).squeeze(1).long()
+    y = (
+        F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        .squeeze(1)
+        .long()
+    )
     y[inside.squeeze(1) < 0.5] = VOID
     return x, y
 
@@ -103,11 +109,15 @@ def intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 # ------------------------------------------------------------------ loss and metric
 
 
-def weighted_dice_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def weighted_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, eps: float = 1.0
+) -> torch.Tensor:
     """1 - class-weighted soft Dice over the batch; void pixels are ignored."""
     valid = (target != VOID).unsqueeze(1).to(logits.dtype)
     prob = logits.float().softmax(1) * valid
-    onehot = F.one_hot(target.clamp_max(logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype) * valid
+    onehot = (
+        F.one_hot(target.clamp_max(logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype) * valid
+    )
     inter = (prob * onehot).sum((0, 2, 3))
     denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = (2 * inter + eps) / (denom + eps)
@@ -150,14 +160,19 @@ def backbone_state(backbone_weights: str) -> dict[str, torch.Tensor]:
             try:
                 torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS.url, progress=False, check_hash=True)
             except Exception as e:  # noqa: BLE001 - no network, a proxy, a partial download: all mean "not here"
-                raise InputError(f"the ImageNet ResNet-101 weights are not cached and could not be downloaded ({type(e).__name__})",
-                                 f"download {IMAGENET_WEIGHTS.url} and put it at {path}, "
-                                 "or set train.backbone_weights to a local file or null") from None
+                raise InputError(
+                    f"the ImageNet ResNet-101 weights are not cached and could not be downloaded ({type(e).__name__})",
+                    f"download {IMAGENET_WEIGHTS.url} and put it at {path}, "
+                    "or set train.backbone_weights to a local file or null",
+                ) from None
     else:
         path = Path(backbone_weights)
         if not path.is_file():
-            raise InputError(f"backbone weights file {path} does not exist",
-                             "set train.backbone_weights to imagenet, a local ResNet-101 state_dict (.pth), or null for random weights")
+            raise InputError(
+                f"backbone weights file {path} does not exist",
+                "set train.backbone_weights to imagenet, a local ResNet-101 state_dict (.pth), or "
+                "null for random weights",
+            )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -168,16 +183,22 @@ def build_model(arch: str, aux: bool, backbone_weights: str | None) -> torch.nn.
     model = ARCHITECTURES[arch](weights=None, weights_backbone=None, num_classes=2, aux_loss=aux)
     if backbone_weights:
         state = backbone_state(backbone_weights)
-        missing, _ = model.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        missing, _ = model.backbone.load_state_dict(
+            {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False
+        )
         if missing:
-            raise InputError(f"backbone weights {backbone_weights} lack {len(missing)} ResNet-101 tensors (e.g. {missing[0]})",
-                             "use torchvision's resnet101 state_dict")
+            raise InputError(
+                f"backbone weights {backbone_weights} lack {len(missing)} ResNet-101 tensors (e.g. {missing[0]})",
+                "use torchvision's resnet101 state_dict",
+            )
     return model
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> dict[str, torch.Tensor]:
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        return model(x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last) if amp else x.expand(-1, 3, -1, -1))
+        return model(
+            x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last) if amp else x.expand(-1, 3, -1, -1)
+        )
 
 
 def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -193,8 +214,15 @@ def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
     return out
 
 
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               weights: torch.Tensor, ce_weight: float, amp: bool) -> float:
+def train_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor,
+    ce_weight: float,
+    amp: bool,
+) -> float:
     """One optimisation step on an (already augmented) batch; returns the loss."""
     outs = forward(model, x, amp)
     loss = loss_fn(outs["out"], y, weights, ce_weight)
@@ -261,11 +289,22 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
             log(f"resuming after epoch {ck['epoch']} from {last}")
         else:
             log(f"ignoring {last}: it belongs to another configuration or dataset")
-    meta = {"config": cfg, "seed": cfg["seed"], "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")), "norm": {"mean": mean, "std": std},
-            "train_ids": train_ids, "val_ids": val_ids, "device": str(dev), "amp_bf16": amp}
+    meta = {
+        "config": cfg,
+        "seed": cfg["seed"],
+        "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")),
+        "norm": {"mean": mean, "std": std},
+        "train_ids": train_ids,
+        "val_ids": val_ids,
+        "device": str(dev),
+        "amp_bf16": amp,
+    }
     if "SLURM_JOB_ID" in os.environ:
         gpus = {k: v for k, v in os.environ.items() if "GPU" in k and k.startswith("SLURM")}
-        log(f"SLURM job {os.environ['SLURM_JOB_ID']}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}, {gpus}")
+        log(
+            f"SLURM job {os.environ['SLURM_JOB_ID']}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}, {gpus}"
+        )
     log(f"device {dev}, {len(train_ids)} train / {len(val_ids)} val images, seed {cfg['seed']}")
     n, bs, t_start = len(train_ids), cfg["batch_size"], time.time()
     for epoch in range(start, cfg["epochs"] + 1):
@@ -283,19 +322,43 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
             val_loss = float(loss_fn(logits, yv, weights, cfg["ce_weight"]))
             val_dice = cancer_dice(logits.argmax(1), yv)
         secs = time.time() - t0
-        row = {"epoch": epoch, "train_loss": float(torch.stack(losses).mean()), "val_loss": val_loss, "val_dice": val_dice,
-               "lr": opt.param_groups[0]["lr"], "images_per_s": n / secs, "seconds": secs}
+        row = {
+            "epoch": epoch,
+            "train_loss": float(torch.stack(losses).mean()),
+            "val_loss": val_loss,
+            "val_dice": val_dice,
+            "lr": opt.param_groups[0]["lr"],
+            "images_per_s": n / secs,
+            "seconds": secs,
+        }
         history.append(row)
         if val_dice > best["val_dice"]:
             best = {"val_dice": val_dice, "val_loss": val_loss, "epoch": epoch}
-            atomic_save({"model": model.state_dict(), **meta, "epoch": epoch, "val_dice": val_dice}, state_dir / "best.pt")
-        atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch, "history": history,
-                     "best": best, "fingerprint": fp, **meta}, last)
+            atomic_save(
+                {"model": model.state_dict(), **meta, "epoch": epoch, "val_dice": val_dice}, state_dir / "best.pt"
+            )
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "fingerprint": fp,
+                **meta,
+            },
+            last,
+        )
         done = epoch - start + 1
         eta = (time.time() - t_start) / done * (cfg["epochs"] - epoch)
-        log(f"epoch {epoch}/{cfg['epochs']} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
-            f"val_dice {val_dice:.4f} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+        log(
+            f"epoch {epoch}/{cfg['epochs']} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
+            f"val_dice {val_dice:.4f} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s ETA "
+            f"{time.strftime('%H:%M:%S', time.gmtime(eta))}"
+        )
     return {"best": best, "history": history, **meta}
 
 
@@ -333,7 +396,10 @@ def main(argv: list[str] | None = None) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     # preemption (SLURM sends SIGTERM): stop now; last.pt holds the last finished epoch
-    signal.signal(signal.SIGTERM, lambda *_: (print("SIGTERM: stopping; rerun resumes from the last checkpoint", flush=True), os._exit(143)))
+    signal.signal(
+        signal.SIGTERM,
+        lambda *_: (print("SIGTERM: stopping; rerun resumes from the last checkpoint", flush=True), os._exit(143)),
+    )
 
     def go() -> None:
         cfg = json.loads(a.config)
@@ -341,7 +407,11 @@ def main(argv: list[str] | None = None) -> None:
         import pandas as pd
 
         pd.DataFrame(res["history"]).to_csv(a.history, sep="\t", index=False, float_format="%.5g")
-        plot_curves(res["history"], Path(a.curves), f"{cfg['arch']} (best val Dice {res['best']['val_dice']:.3f} at epoch {res['best']['epoch']})")
+        plot_curves(
+            res["history"],
+            Path(a.curves),
+            f"{cfg['arch']} (best val Dice {res['best']['val_dice']:.3f} at epoch {res['best']['epoch']})",
+        )
         best = torch.load(Path(a.state_dir) / "best.pt", map_location="cpu", weights_only=False)
         atomic_save({**best, "selected_on": "validation Dice", "history": res["history"]}, Path(a.model_out))
         # the resume state (weights + AdamW moments, ~5x model.pt) is only needed until model.pt exists

@@ -32,12 +32,20 @@ def geojson_features(doc: object) -> list[dict]:
         return list(doc.get("features") or [])
     if isinstance(doc, dict) and doc.get("type") == "Feature":
         return [doc]
-    raise InputError("not a QuPath GeoJSON export (expected a FeatureCollection, a Feature or an array of Features)",
-                     "export the annotations from QuPath with File > Export objects as GeoJSON")
+    raise InputError(
+        "not a QuPath GeoJSON export (expected a FeatureCollection, a Feature or an array of Features)",
+        "export the annotations from QuPath with File > Export objects as GeoJSON",
+    )
 
 
-QUPATH_02_KINDS = {"PathAnnotationObject": "annotation", "PathDetectionObject": "detection", "PathCellObject": "cell",
-                   "PathTileObject": "tile", "PathTMACoreObject": "tma_core", "PathRootObject": "root"}
+QUPATH_02_KINDS = {
+    "PathAnnotationObject": "annotation",
+    "PathDetectionObject": "detection",
+    "PathCellObject": "cell",
+    "PathTileObject": "tile",
+    "PathTMACoreObject": "tma_core",
+    "PathRootObject": "root",
+}
 
 
 def object_kind(feature: dict) -> str:
@@ -61,7 +69,8 @@ REPAIRS = ("invalid polygons repaired", "degenerate polygons dropped", "degenera
 def repaired(rings: list, counts: Counter) -> list[Polygon]:
     """Valid polygons from GeoJSON rings: degenerate rings dropped, self-intersections repaired (shapely make_valid)."""
     from shapely import make_valid
-    from shapely.geometry import MultiPolygon as SMulti, Polygon as SPoly
+    from shapely.geometry import MultiPolygon as SMulti
+    from shapely.geometry import Polygon as SPoly
 
     arrs = [np.asarray(r, float)[:, :2] for r in rings if len(r)]
     arrs = [r for r in arrs if len(np.unique(r, axis=0)) >= 3]
@@ -75,8 +84,12 @@ def repaired(rings: list, counts: Counter) -> list[Polygon]:
         return [arrs]
     fixed = make_valid(poly)
     parts = [g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, (SPoly, SMulti))]
-    out = [[np.asarray(q.exterior.coords), *(np.asarray(h.coords) for h in q.interiors)]
-           for g in parts for q in getattr(g, "geoms", [g]) if q.area > 0]
+    out = [
+        [np.asarray(q.exterior.coords), *(np.asarray(h.coords) for h in q.interiors)]
+        for g in parts
+        for q in getattr(g, "geoms", [g])
+        if q.area > 0
+    ]
     counts["invalid polygons repaired" if out else "degenerate polygons dropped"] += 1
     return out
 
@@ -99,7 +112,9 @@ def tumour_polygons(features: list[dict], classes: dict[str, str]) -> tuple[list
     return kept, ignored
 
 
-def void_polygons(crop_shape: tuple[int, int], tract_x: tuple[float, float], core_rows: tuple[float, float]) -> list[np.ndarray]:
+def void_polygons(
+    crop_shape: tuple[int, int], tract_x: tuple[float, float], core_rows: tuple[float, float]
+) -> list[np.ndarray]:
     """Rectangles covering the crop outside the sampled core (as 4-point polygons)."""
     h, w = crop_shape
     (x0, x1), (r0, r1) = tract_x, core_rows
@@ -110,10 +125,19 @@ def void_polygons(crop_shape: tuple[int, int], tract_x: tuple[float, float], cor
 
 def labelme_shapes(polys: list[tuple[str, str, Polygon]], voids: list[np.ndarray]) -> list[dict]:
     """Labelme shapes in drawing order: tumour exteriors, their holes, then void."""
+
     def shape(label: str, ring: np.ndarray, group: int | None, description: str = "") -> dict:
         pts = ring[:-1] if len(ring) > 3 and np.allclose(ring[0], ring[-1]) else ring
-        return {"label": label, "points": np.round(pts, 3).tolist(), "group_id": group, "description": description,
-                "shape_type": "polygon", "flags": {}, "mask": None}
+        return {
+            "label": label,
+            "points": np.round(pts, 3).tolist(),
+            "group_id": group,
+            "description": description,
+            "shape_type": "polygon",
+            "flags": {},
+            "mask": None,
+        }
+
     out = []
     for g, (label, cls, poly) in enumerate(polys):
         out.append(shape(label, poly[0], g, f"QuPath class: {cls}"))
@@ -124,13 +148,22 @@ def labelme_shapes(polys: list[tuple[str, str, Polygon]], voids: list[np.ndarray
 
 def labelme_document(shapes: list[dict], image_name: str, image_bytes: bytes, shape: tuple[int, int]) -> dict:
     """A Labelme JSON document with the crop image embedded."""
-    return {"version": LABELME_VERSION, "flags": {}, "shapes": shapes, "imagePath": image_name,
-            "imageData": base64.b64encode(image_bytes).decode(), "imageHeight": int(shape[0]), "imageWidth": int(shape[1])}
+    return {
+        "version": LABELME_VERSION,
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_name,
+        "imageData": base64.b64encode(image_bytes).decode(),
+        "imageHeight": int(shape[0]),
+        "imageWidth": int(shape[1]),
+    }
 
 
 def canonical_to_crop(orient: dict, tract: dict, across: str = "physical") -> np.ndarray:
     """Affine from canonical um to crop px; ``across='shrinkage'`` also undoes shrinkage across the axis."""
-    to_crop = geo.canonical_to_crop(orient["core_x_um"], tract["tract_x_px"], tract["crop_shape"][0], tract["out_mm_per_px"])
+    to_crop = geo.canonical_to_crop(
+        orient["core_x_um"], tract["tract_x_px"], tract["crop_shape"][0], tract["out_mm_per_px"]
+    )
     if across == "shrinkage":
         (c0, c1), (x0, x1) = orient["core_x_um"], tract["tract_x_px"]
         factor = (x1 - x0) * tract["out_mm_per_px"] * 1000 / (c1 - c0)
@@ -166,19 +199,37 @@ def main(argv: list[str] | None = None) -> None:
         to_crop = canonical_to_crop(orient, tract, a.across)
         m = geo.compose(np.array(orient["slide_px_to_canonical_um"]), to_crop)
         polys = [(label, cls, geo.apply_polygons(m, [poly])[0]) for label, cls, poly in polys]
-        voids = void_polygons(tract["crop_shape"], tract["tract_x_px"], core_rows(orient, to_crop)) if a.outside_core == "void" else []
+        voids = (
+            void_polygons(tract["crop_shape"], tract["tract_x_px"], core_rows(orient, to_crop))
+            if a.outside_core == "void"
+            else []
+        )
         shapes = labelme_shapes(polys, voids)
         crop = Path(a.crop)
-        Path(a.out).write_text(json.dumps(labelme_document(shapes, crop.name, crop.read_bytes(), tract["crop_shape"]), indent=1))
+        Path(a.out).write_text(
+            json.dumps(labelme_document(shapes, crop.name, crop.read_bytes(), tract["crop_shape"]), indent=1)
+        )
         shrink = (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000 / tract["sampled_length_mm"]
         fixes = {k: v for k, v in ignored.items() if k in REPAIRS}
         ignored = Counter({k: v for k, v in ignored.items() if k not in REPAIRS})
-        summary = {"tumour_polygons": len(polys), "holes": sum(len(pl) - 1 for _, _, pl in polys), "ignored": dict(ignored),
-                   "ignored_total": sum(ignored.values()), "repaired": fixes, "core_length_mm": (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000,
-                   "tract_length_mm": tract["sampled_length_mm"], "shrinkage": shrink, "shrinkage_plausible": 0.6 <= shrink <= 1.05,
-                   "outside_core": a.outside_core, "across": a.across}
+        summary = {
+            "tumour_polygons": len(polys),
+            "holes": sum(len(pl) - 1 for _, _, pl in polys),
+            "ignored": dict(ignored),
+            "ignored_total": sum(ignored.values()),
+            "repaired": fixes,
+            "core_length_mm": (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000,
+            "tract_length_mm": tract["sampled_length_mm"],
+            "shrinkage": shrink,
+            "shrinkage_plausible": 0.6 <= shrink <= 1.05,
+            "outside_core": a.outside_core,
+            "across": a.across,
+        }
         Path(a.summary).write_text(json.dumps(summary, indent=1))
-        print(f"transferred {len(polys)} tumour polygons ({summary['holes']} holes); ignored {summary['ignored_total']} objects: {dict(ignored)}; core/tract length {shrink:.2f}")
+        print(
+            f"transferred {len(polys)} tumour polygons ({summary['holes']} holes); ignored "
+            f"{summary['ignored_total']} objects: {dict(ignored)}; core/tract length {shrink:.2f}"
+        )
 
     run_cli(go, a.participant, a.biopsy, a.annotation)
 

@@ -40,13 +40,19 @@ def rasterize(shapes: list[dict], shape: tuple[int, int], values: dict[str, int]
     for i, s in enumerate(shapes, 1):
         kind = s.get("shape_type") or "polygon"
         if s["label"] not in values:
-            raise InputError(f"unknown label {s['label']!r} (shape {i}) in Labelme file", f"use one of {sorted(values)}")
+            raise InputError(
+                f"unknown label {s['label']!r} (shape {i}) in Labelme file", f"use one of {sorted(values)}"
+            )
         if kind not in AREAS:
-            raise InputError(f"shape {i} is a {kind}, which encloses no pixels", f"draw labels as one of {', '.join(AREAS)}")
+            raise InputError(
+                f"shape {i} is a {kind}, which encloses no pixels", f"draw labels as one of {', '.join(AREAS)}"
+            )
         try:
             mask = shape_to_mask(shape[:2], s["points"], kind)
         except (AssertionError, ValueError) as e:
-            raise InputError(f"shape {i} ({kind} {s['label']!r}) is malformed: {e}", "redraw that shape in Labelme") from None
+            raise InputError(
+                f"shape {i} ({kind} {s['label']!r}) is malformed: {e}", "redraw that shape in Labelme"
+            ) from None
         canvas[mask] = values[s["label"]]
     return canvas
 
@@ -65,10 +71,15 @@ def decode_image(doc: dict, crop: Path | None = None, base: Path | None = None) 
         image = np.asarray(PIL.Image.open(source).convert("L"))
         if (doc.get("imageHeight"), doc.get("imageWidth")) in ((None, None), image.shape):
             return image
-        raise InputError(f"Labelme file has no imageData and is {doc.get('imageWidth')}x{doc.get('imageHeight')} px, "
-                         f"but {source} is {image.shape[1]}x{image.shape[0]}", "re-save the correction from the automatic file")
-    raise InputError("Labelme file has no embedded imageData and its imagePath "
-                     f"{doc.get('imagePath')!r} is not found", "save it in Labelme with 'Save With Image Data' on")
+        raise InputError(
+            f"Labelme file has no imageData and is {doc.get('imageWidth')}x{doc.get('imageHeight')} px, "
+            f"but {source} is {image.shape[1]}x{image.shape[0]}",
+            "re-save the correction from the automatic file",
+        )
+    raise InputError(
+        f"Labelme file has no embedded imageData and its imagePath {doc.get('imagePath')!r} is not found",
+        "save it in Labelme with 'Save With Image Data' on",
+    )
 
 
 def save_palette_png(label: np.ndarray, path: Path) -> None:
@@ -80,8 +91,14 @@ def save_palette_png(label: np.ndarray, path: Path) -> None:
     img.save(path)
 
 
-def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] = CLASS_NAMES, crop: Path | None = None,
-            base: Path | None = None) -> np.ndarray:
+def convert(
+    doc: dict,
+    image_id: str,
+    root: Path,
+    class_names: tuple[str, ...] = CLASS_NAMES,
+    crop: Path | None = None,
+    base: Path | None = None,
+) -> np.ndarray:
     """Write one image's VOC files; returns its label."""
     image = decode_image(doc, crop, base)
     label = rasterize(doc["shapes"], image.shape, label_values(class_names))
@@ -90,7 +107,13 @@ def convert(doc: dict, image_id: str, root: Path, class_names: tuple[str, ...] =
     rgb = np.repeat(image[..., None], 3, -1)
     PIL.Image.fromarray(rgb).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
     save_palette_png(label, root / "SegmentationClass" / f"{image_id}.png")
-    viz = imgviz.label2rgb(np.where(label == VOID, 0, label), np.repeat(image[..., None], 3, -1), label_names=list(class_names), font_size=10, loc="rb")
+    viz = imgviz.label2rgb(
+        np.where(label == VOID, 0, label),
+        np.repeat(image[..., None], 3, -1),
+        label_names=list(class_names),
+        font_size=10,
+        loc="rb",
+    )
     PIL.Image.fromarray(viz).save(root / "SegmentationClassVisualization" / f"{image_id}.jpg")
     return label
 
@@ -114,20 +137,34 @@ def main(argv: list[str] | None = None) -> None:
     n.add_argument("--out", required=True)
     a = p.parse_args(argv)
     if a.cmd == "image":
+
         def go() -> None:
-            doc = read_json(a.labelme, "the Labelme file", "re-save it in Labelme, or delete it to use the automatic one")
-            label = convert(doc, a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None,
-                            base=Path(a.labelme).parent)
+            doc = read_json(
+                a.labelme, "the Labelme file", "re-save it in Labelme, or delete it to use the automatic one"
+            )
+            label = convert(
+                doc, a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None, base=Path(a.labelme).parent
+            )
             known = label != VOID
-            print(f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer {(label[known] == 1).mean() if known.any() else 0:.0%} of labelled")
+            print(
+                f"VOC {a.image_id}: {known.mean():.0%} labelled, cancer "
+                f"{(label[known] == 1).mean() if known.any() else 0:.0%} of labelled"
+            )
+
         run_cli(go, a.participant, a.biopsy, a.labelme)
     elif a.cmd == "list":
         states = zip(a.orient or [None] * len(a.labels), a.tract or [None] * len(a.labels), strict=True)
-        held = {Path(f).stem for f, (o, t) in zip(a.labels, states, strict=True)
-                if o and t and needs_review(json.loads(Path(o).read_text()), json.loads(Path(t).read_text()))}
+        held = {
+            Path(f).stem
+            for f, (o, t) in zip(a.labels, states, strict=True)
+            if o and t and needs_review(json.loads(Path(o).read_text()), json.loads(Path(t).read_text()))
+        }
         ids = sorted(Path(f).stem for f in a.labels if Path(f).stem not in held)
         Path(a.out).write_text("".join(f"{i}\n" for i in ids))
-        print(f"{len(ids)} images in {a.out}" + (f"; {len(held)} held for review: {' '.join(sorted(held))}" if held else ""))
+        print(
+            f"{len(ids)} images in {a.out}"
+            + (f"; {len(held)} held for review: {' '.join(sorted(held))}" if held else "")
+        )
     else:
         Path(a.out).write_text("\n".join(CLASS_NAMES) + "\n")
 
