@@ -42,8 +42,8 @@ rule all:
 # others finish): <results>/failures.tsv, with the reason and the fix.
 # Called in-process: no shell sees the configured results path.
 onsuccess:
-    failures.write(Path("logs"), Path(RESULTS, "failures.tsv"))
+    failures.write(Path(LOGS), Path(RESULTS, "failures.tsv"))
 
 
 onerror:
-    failures.write(Path("logs"), Path(RESULTS, "failures.tsv"), log)
+    failures.write(Path(LOGS), Path(RESULTS, "failures.tsv"), log)

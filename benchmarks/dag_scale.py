@@ -93,9 +93,9 @@ rule qc_table:
 
 
 def make(workdir: Path, n: int, per: int) -> None:
-    from workflow_scripts import demo
+    from workflow_scripts import synthetic
 
-    parts, _ = demo.cohort_sheets(n, 1, "data")
+    parts, _ = synthetic.cohort_sheets(n, 1, "data")
     rows = []
     for pid in parts["participant_id"]:
         for b in range(1, per + 1):

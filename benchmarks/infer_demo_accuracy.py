@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts import demo, infer, ingest
+from workflow_scripts import infer, ingest, synthetic
 
 
 def main() -> None:
@@ -33,10 +33,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(a.n):
-            t = demo.sample_truth(a.seed + k, f"N{k:03d}", "B1")
-            frames = [demo.render_ultrasound(t, tip, noise_seed=j) for j, tip in enumerate(demo.tip_fraction_frames(t))]
+            t = synthetic.sample_truth(a.seed + k, f"N{k:03d}", "B1")
+            frames = synthetic.render_prefire(t)
             dcm = Path(tmp) / f"N{k:03d}.dcm"
-            demo.write_dicom(t, dcm, frames, np.random.default_rng(k))
+            synthetic.write_dicom(t, dcm, frames, np.random.default_rng(k))
             s = infer.infer(Path(a.model), dcm, Path(tmp) / "out", settings)
             prob = np.load(Path(tmp) / "out" / f"N{k:03d}_prob.npy")
             image, meta = ingest.read_ultrasound(dcm)
@@ -47,7 +47,7 @@ def main() -> None:
             rel = np.stack([xs, ys], 1) - t0
             along, across = rel @ d, np.abs(rel @ np.array([-d[1], d[0]]))
             band = (across * t.mm_per_px < 0.4) & (along >= 0) & (along <= np.linalg.norm(t1 - t0))
-            truth = demo.cancer_inside(t, xs[band] * t.mm_per_px, ys[band] * t.mm_per_px)
+            truth = synthetic.cancer_inside(t, xs[band] * t.mm_per_px, ys[band] * t.mm_per_px)
             pred = prob[ys[band], xs[band]] >= 0.5
             tip_err = float(np.linalg.norm(t0 * t.mm_per_px - np.array(t.t0_mm)))
             inter = (truth & pred).sum()

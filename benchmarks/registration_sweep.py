@@ -1,6 +1,6 @@
 """Registration on the varied cohort: orientation, tips, axis, ROI Dice and review share, per nuisance factor.
 
-Each biopsy is rendered by the domain-randomised forward model (``demo.sample_truth(..., varied=True)``)
+Each biopsy is rendered by the domain-randomised forward model (``synthetic.sample_truth(..., varied=True)``)
 straight to pixels: the WSI level at 16 um/px, the pre- and post-fire tissue regions and the QuPath
 features.  Registration runs through the pipeline's own functions with the thresholds in config.yaml;
 the truth is read only to score.  Run from the repository root:
@@ -22,8 +22,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import demo, orient, qc, tract, transfer, voc  # noqa: E402
 from workflow_scripts import geometry as geo
+from workflow_scripts import orient, qc, synthetic, tract, transfer, voc  # noqa: E402
 from workflow_scripts.errors import InputError  # noqa: E402
 
 LEVEL_UM = 16.0
@@ -41,19 +41,19 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(PIL.Image.open(buf).convert("RGB"))
 
 
-def render(seed: int, pid: str) -> tuple[demo.BiopsyTruth, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+def render(seed: int, pid: str) -> tuple[synthetic.BiopsyTruth, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """One varied biopsy as pixels: WSI level, pre-fire, post-fire, and the annotation features."""
-    t = demo.sample_truth(seed, pid, "B1", varied=True)
-    rng = demo.biopsy_rng(seed + 1, pid, "B1")
-    demo.place_on_slide(t, rng)
+    t = synthetic.sample_truth(seed, pid, "B1", varied=True)
+    rng = synthetic.biopsy_rng(seed + 1, pid, "B1")
+    synthetic.place_on_slide(t, rng)
     shape = [int(n * t.slide_um_per_px / LEVEL_UM) for n in t.slide_shape]
-    thumb = jpeg(demo.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM), int(rng.integers(75, 96)))
-    pre = demo.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
-    post = demo.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
-    return t, thumb, pre, post, demo.geojson_features(t, rng)
+    thumb = jpeg(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM), int(rng.integers(75, 96)))
+    pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
+    post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
+    return t, thumb, pre, post, synthetic.qupath_features(t, rng)
 
 
-def factors(t: demo.BiopsyTruth) -> dict:
+def factors(t: synthetic.BiopsyTruth) -> dict:
     """The nuisance levels a row is grouped by."""
     nz = t.nuisance
     ends = [d for d in nz["dense"] if d[0] < 2.0 or d[0] > t.throw_mm - 2.0]
@@ -80,7 +80,7 @@ def register_one(args: tuple[int, str]) -> dict:
     """Render, register and score one biopsy."""
     seed, pid = args
     t, thumb, pre, post, features = render(seed, pid)
-    truth = demo.truth_record(t)
+    truth = synthetic.truth_record(t)
     row = {"seed": seed, "biopsy": pid, **factors(t)}
     mm = (t.mm_per_px, t.mm_per_px)
     c = CONFIG
@@ -126,13 +126,13 @@ def register_one(args: tuple[int, str]) -> dict:
         dye = geo.apply(np.array(res_o["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
         row["orient_correct"] = bool(dye[0] > 0)
     if res_o is not None and res_t is not None:
-        polys, _ = transfer.tumour_polygons(transfer.geojson_features(features), CONFIG["transfer"]["classes"])
-        to_crop = transfer.canonical_to_crop(res_o, res_t, CONFIG["transfer"]["across"])
+        polys, _ = transfer.tumour_polygons(transfer.parse_features(features), CONFIG["transfer"]["classes"])
+        to_crop = transfer.registered_canonical_to_crop(res_o, res_t, CONFIG["transfer"]["across"])
         m = geo.compose(np.array(res_o["slide_px_to_canonical_um"]), to_crop)
         polys = [(lab, cls, geo.apply_polygons(m, [poly])[0]) for lab, cls, poly in polys]
         voids = transfer.void_polygons(res_t["crop_shape"], res_t["tract_x_px"], transfer.core_rows(res_o, to_crop))
         label = voc.rasterize(transfer.labelme_shapes(polys, voids), crop.shape, voc.label_values())
-        row["dice"] = qc.score(res_t, res_o, label, truth, demo.truth_label(t))["dice"]
+        row["dice"] = qc.score(res_t, res_o, label, truth, synthetic.truth_label(t))["dice"]
     return row
 
 

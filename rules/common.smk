@@ -17,6 +17,8 @@ from workflow_scripts.split import allocate as split_allocate
 validate(config, "../schemas/config.schema.yaml")
 
 RESULTS = config["results"]
+LOGS = config["logs"]
+JOB_BENCHMARKS = config["job_benchmarks"]
 DEMO = config["demo"]
 GENERATED = f"{DEMO['root']}/data/" if DEMO["enabled"] else None
 # jobs run `python -m workflow_scripts.<step>` with this interpreter, importable from the checkout
@@ -97,28 +99,29 @@ CORRECTIONS = {
 # ------------------------------------------------------------------ helpers for rules
 
 
-def bx(wildcards):
+def sheet_row(wildcards):
     """The biopsies.tsv row of a job's biopsy."""
     return ROWS[(wildcards.participant, wildcards.biopsy)]
 
 
-def biopsy_file(column):
-    return lambda wildcards: bx(wildcards)[column]
+def sheet_file(column):
+    """Input function: the file named in a biopsies.tsv column for a job's biopsy."""
+    return lambda wildcards: sheet_row(wildcards)[column]
 
 
 def sheet_value(column):
     """A job's optional biopsies.tsv value as text ("" when the column or cell is empty)."""
 
     def value(wildcards):
-        v = bx(wildcards).get(column)
+        v = sheet_row(wildcards).get(column)
         return "" if v is None or (isinstance(v, float) and v != v) else str(v)
 
     return value
 
 
-def override_args(wildcards):
+def tract_override_args(wildcards):
     """Command-line override flags from biopsies.tsv for the tract step."""
-    o = sheetlib.overrides(bx(wildcards))
+    o = sheetlib.overrides(sheet_row(wildcards))
     args = []
     if "tip_x" in o:
         args += ["--tip", str(o["tip_x"]), str(o["tip_y"])]
@@ -129,8 +132,9 @@ def override_args(wildcards):
     return args
 
 
-def dye_end(wildcards):
-    return sheetlib.overrides(bx(wildcards)).get("dye_end", "")
+def dye_end_override(wildcards):
+    """The dye_end override of biopsies.tsv ("" when the automatic call stands)."""
+    return sheetlib.overrides(sheet_row(wildcards)).get("dye_end", "")
 
 
 def labelme_source(wildcards):
@@ -155,11 +159,12 @@ def split_files(splits, step):
     return [f"{RESULTS}/{step}/{p}/{b}.json" for p, b in biopsies.index if SPLIT[p] in splits]
 
 
-def list_splits(wildcards):
+def splits_in_list(wildcards):
+    """The splits a VOC list wildcard covers (trainval is train + val)."""
     return ("train", "val") if wildcards.split == "trainval" else (wildcards.split,)
 
 
-def train_settings(wildcards):
+def train_settings_json(wildcards):
     """JSON training settings of one model: the shared recipe plus the model's entry."""
     t = config["train"]
     return json.dumps({**{k: v for k, v in t.items() if k != "models"}, **t["models"][wildcards.model]})

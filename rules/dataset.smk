@@ -14,9 +14,9 @@ rule splits:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/splits.log",
+        f"{LOGS}/splits.log",
     benchmark:
-        "benchmarks/splits.tsv"
+        f"{JOB_BENCHMARKS}/splits.tsv"
     shell:
         "python -m workflow_scripts.split --out={output:q} --seed={params.seed:q} "
         "--ratios {params.r[train]:q} {params.r[val]:q} {params.r[test]:q} -- {input:q} > {log:q} 2>&1"
@@ -37,9 +37,9 @@ rule voc_image:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/voc_image/{participant}/{biopsy}.log",
+        f"{LOGS}/voc_image/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/voc_image/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/voc_image/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.voc image --root={params.root:q} --image-id={wildcards.participant:q}_{wildcards.biopsy:q} "
         "--crop={input.crop:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} -- {input.labelme:q} "
@@ -48,17 +48,17 @@ rule voc_image:
 
 rule voc_list:
     input:
-        labels=lambda w: voc_files(list_splits(w)),
-        orient=lambda w: split_files(list_splits(w), "orient"),
-        tract=lambda w: split_files(list_splits(w), "tract"),
+        labels=lambda w: voc_files(splits_in_list(w)),
+        orient=lambda w: split_files(splits_in_list(w), "orient"),
+        tract=lambda w: split_files(splits_in_list(w), "tract"),
     output:
         f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/voc_list/{split}.log",
+        f"{LOGS}/voc_list/{{split}}.log",
     benchmark:
-        "benchmarks/voc_list/{split}.tsv"
+        f"{JOB_BENCHMARKS}/voc_list/{{split}}.tsv"
     shell:
         "python -m workflow_scripts.voc list --out={output:q} --orient {input.orient:q} --tract {input.tract:q} "
         "-- {input.labels:q} > {log:q} 2>&1"
@@ -70,9 +70,9 @@ rule voc_class_names:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/voc_class_names.log",
+        f"{LOGS}/voc_class_names.log",
     benchmark:
-        "benchmarks/voc_class_names.tsv"
+        f"{JOB_BENCHMARKS}/voc_class_names.tsv"
     shell:
         "python -m workflow_scripts.voc names --out={output:q} > {log:q} 2>&1"
 
@@ -92,9 +92,9 @@ rule qc_figure:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/qc_figure/{participant}/{biopsy}.log",
+        f"{LOGS}/qc_figure/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/qc_figure/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/qc_figure/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.qc figure --pre={input.pre:q} --tract={input.tract:q} --orient={input.orient:q} "
         "--oriented={input.oriented:q} --crop={input.crop:q} --label={input.label:q} --out={output:q} "
@@ -114,9 +114,9 @@ rule qc_table:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/qc_table.log",
+        f"{LOGS}/qc_table.log",
     benchmark:
-        "benchmarks/qc_table.tsv"
+        f"{JOB_BENCHMARKS}/qc_table.tsv"
     shell:
         "python -m workflow_scripts.qc table --tract {input.tract:q} --orient {input.orient:q} "
         "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} "
@@ -134,9 +134,9 @@ rule review:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/review.log",
+        f"{LOGS}/review.log",
     benchmark:
-        "benchmarks/review.tsv"
+        f"{JOB_BENCHMARKS}/review.tsv"
     shell:
         "python -m workflow_scripts.review --orient {input.orient:q} --tract {input.tract:q} --prefire {input.prefire:q} "
         "--qc {input.qc:q} --out={output:q} > {log:q} 2>&1"

@@ -1,5 +1,5 @@
 # Synthetic demo cohort: a forward model renders each biopsy's files from a hidden
-# truth (workflow_scripts/demo.py). Only defined when demo.enabled is true.
+# truth (workflow_scripts/synthetic/). Only defined when demo.enabled is true.
 
 if DEMO["enabled"]:
 
@@ -20,11 +20,11 @@ if DEMO["enabled"]:
         conda:
             "../envs/tractmap.yaml"
         log:
-            "logs/demo_biopsy/{participant}/{biopsy}.log",
+            f"{LOGS}/demo_biopsy/{{participant}}/{{biopsy}}.log",
         benchmark:
-            "benchmarks/demo_biopsy/{participant}/{biopsy}.tsv"
+            f"{JOB_BENCHMARKS}/demo_biopsy/{{participant}}/{{biopsy}}.tsv"
         shell:
-            "python -m workflow_scripts.demo biopsy --seed={params.seed:q} --participant={wildcards.participant:q} "
+            "python -m workflow_scripts.synthetic biopsy --seed={params.seed:q} --participant={wildcards.participant:q} "
             "--biopsy={wildcards.biopsy:q} {params.large:q} {params.varied:q} --prefire={output.prefire:q} "
             "--postfire={output.postfire:q} --wsi={output.wsi:q} --annotation={output.annotation:q} "
             "--truth={output.truth:q} --truth-mask={output.truth_mask:q} > {log:q} 2>&1"

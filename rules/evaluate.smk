@@ -22,9 +22,9 @@ rule predict:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/predict/{model}/{split}.log",
+        f"{LOGS}/predict/{{model}}/{{split}}.log",
     benchmark:
-        "benchmarks/predict/{model}/{split}.tsv"
+        f"{JOB_BENCHMARKS}/predict/{{model}}/{{split}}.tsv"
     shell:
         "python -m workflow_scripts.predict --model={input.model:q} --voc={params.voc:q} --split={wildcards.split:q} "
         "--out={output:q} --threads={threads} > {log:q} 2>&1"
@@ -45,9 +45,9 @@ rule evaluate:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/evaluate/{split}.log",
+        f"{LOGS}/evaluate/{{split}}.log",
     benchmark:
-        "benchmarks/evaluate/{split}.tsv"
+        f"{JOB_BENCHMARKS}/evaluate/{{split}}.tsv"
     shell:
         "python -m workflow_scripts.evaluate --voc={params.voc:q} --split={wildcards.split:q} --predictions {params.pairs:q} "
         "--bootstrap={params.ev[bootstrap]:q} --seed={params.ev[seed]:q} --alpha={params.ev[alpha]:q} --out={params.out:q} "
@@ -66,9 +66,9 @@ rule table1:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/table1.log",
+        f"{LOGS}/table1.log",
     benchmark:
-        "benchmarks/table1.tsv"
+        f"{JOB_BENCHMARKS}/table1.tsv"
     shell:
         "python -m workflow_scripts.stats --participants={input.participants:q} --splits={input.splits:q} "
         "--schema={input.schema:q} --seed={params.seed:q} --out={output:q} > {log:q} 2>&1"
@@ -93,13 +93,14 @@ rule report:
         train=lambda w, input: json.dumps({m: [c, h] for m, c, h in zip(config["train"]["models"], input.curves, input.history)}),
         test=lambda w, input: str(Path(input.test[0]).parent),
         val=lambda w, input: str(Path(input.val[0]).parent),
+        logs=LOGS,
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/report.log",
+        f"{LOGS}/report.log",
     benchmark:
-        "benchmarks/report.tsv"
+        f"{JOB_BENCHMARKS}/report.tsv"
     shell:
         "python -m workflow_scripts.report --config={params.config:q} --exclusions={params.exclusions:q} "
         "--splits={input.splits:q} --table1={input.table1:q} --qc-table={input.qc_table:q} --qc-figure={input.qc_figure:q} --review={input.review:q} "
-        "--test={params.test:q} --val={params.val:q} --train={params.train:q} --logs=logs --out={output:q} > {log:q} 2>&1"
+        "--test={params.test:q} --val={params.val:q} --train={params.train:q} --logs={params.logs:q} --out={output:q} > {log:q} 2>&1"

@@ -3,7 +3,7 @@
 
 rule ingest_ultrasound:
     input:
-        lambda w: bx(w)[w.phase],
+        lambda w: sheet_row(w)[w.phase],
     output:
         image=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/{{phase}}.png",
         meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/{{phase}}.json",
@@ -14,9 +14,9 @@ rule ingest_ultrasound:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/ingest_ultrasound/{participant}/{biopsy}_{phase}.log",
+        f"{LOGS}/ingest_ultrasound/{{participant}}/{{biopsy}}_{{phase}}.log",
     benchmark:
-        "benchmarks/ingest_ultrasound/{participant}/{biopsy}_{phase}.tsv"
+        f"{JOB_BENCHMARKS}/ingest_ultrasound/{{participant}}/{{biopsy}}_{{phase}}.tsv"
     shell:
         "python -m workflow_scripts.ingest ultrasound --image={output.image:q} --meta={output.meta:q} "
         "--frame={params.frame:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
@@ -25,7 +25,7 @@ rule ingest_ultrasound:
 
 rule ingest_wsi:
     input:
-        biopsy_file("wsi"),
+        sheet_file("wsi"),
     output:
         image=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.png",
         meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.json",
@@ -37,9 +37,9 @@ rule ingest_wsi:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/ingest_wsi/{participant}/{biopsy}.log",
+        f"{LOGS}/ingest_wsi/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/ingest_wsi/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/ingest_wsi/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.ingest wsi --image={output.image:q} --meta={output.meta:q} "
         "--thumb-um={params.um:q} --um-per-px={params.sheet_um:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "

@@ -11,7 +11,7 @@ rule orient:
         json=f"{RESULTS}/orient/{{participant}}/{{biopsy}}.json",
         oriented=f"{RESULTS}/orient/{{participant}}/{{biopsy}}_oriented.png",
     params:
-        dye_end=dye_end,
+        dye_end=dye_end_override,
         accept=config["orient"]["accept_confidence"],
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
@@ -20,9 +20,9 @@ rule orient:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/orient/{participant}/{biopsy}.log",
+        f"{LOGS}/orient/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/orient/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/orient/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.orient --thumb={input.thumb:q} --meta={input.meta:q} --out={output.json:q} "
         "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} --min-confidence={params.conf:q} "
@@ -41,15 +41,15 @@ rule tract:
         crop=f"{RESULTS}/tract/{{participant}}/{{biopsy}}_crop.png",
     params:
         t=config["tract"],
-        overrides=override_args,
+        overrides=tract_override_args,
     group:
         "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/tract/{participant}/{biopsy}.log",
+        f"{LOGS}/tract/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/tract/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/tract/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.tract --pre={input.pre:q} --pre-meta={input.pre_meta:q} --post={input.post:q} "
         "--post-meta={input.post_meta:q} --out={output.json:q} --crop={output.crop:q} "
@@ -60,7 +60,7 @@ rule tract:
 
 rule transfer:
     input:
-        annotation=biopsy_file("annotation"),
+        annotation=sheet_file("annotation"),
         orient=rules.orient.output.json,
         tract=rules.tract.output.json,
         crop=rules.tract.output.crop,
@@ -76,9 +76,9 @@ rule transfer:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/transfer/{participant}/{biopsy}.log",
+        f"{LOGS}/transfer/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/transfer/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/transfer/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.transfer --annotation={input.annotation:q} --orient={input.orient:q} "
         "--tract={input.tract:q} --crop={input.crop:q} --out={output.labelme:q} "
@@ -96,8 +96,8 @@ rule labelme:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/labelme/{participant}/{biopsy}.log",
+        f"{LOGS}/labelme/{{participant}}/{{biopsy}}.log",
     benchmark:
-        "benchmarks/labelme/{participant}/{biopsy}.tsv"
+        f"{JOB_BENCHMARKS}/labelme/{{participant}}/{{biopsy}}.tsv"
     shell:
         "cp -- {input:q} {output:q} && printf 'labelme source: %s\\n' {input:q} > {log:q}"

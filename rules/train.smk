@@ -10,7 +10,7 @@ rule train:
         history=f"{RESULTS}/train/{{model}}/history.tsv",
         curves=f"{RESULTS}/train/{{model}}/curves.png",
     params:
-        settings=train_settings,
+        settings=train_settings_json,
         voc=lambda w, input: str(Path(input.lists[0]).parents[2]),
         state=lambda w, output: str(Path(output.model).parent / "state"),
     threads: 2
@@ -19,9 +19,9 @@ rule train:
     conda:
         "../envs/tractmap.yaml"
     log:
-        "logs/train/{model}.log",
+        f"{LOGS}/train/{{model}}.log",
     benchmark:
-        "benchmarks/train/{model}.tsv"
+        f"{JOB_BENCHMARKS}/train/{{model}}.tsv"
     shell:
         "python -m workflow_scripts.train --voc={params.voc:q} --config={params.settings:q} "
         "--model-out={output.model:q} --history={output.history:q} --curves={output.curves:q} "

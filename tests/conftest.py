@@ -13,6 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# the cohort run's configured log and job-benchmark folders (not the defaults; a space tests quoting)
+RUN_LOGS = "job logs"
+RUN_BENCHMARKS = "job logs/bench marks"
 
 
 def write_config(workdir: Path, **overrides) -> Path:
@@ -30,9 +33,9 @@ def write_config(workdir: Path, **overrides) -> Path:
 
 def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     """Write demo sheets for n participants into workdir/sheets."""
-    from workflow_scripts import demo
+    from workflow_scripts import synthetic
 
-    parts, biops = demo.cohort_sheets(n, seed, "demo/data")
+    parts, biops = synthetic.cohort_sheets(n, seed, "demo/data")
     (workdir / "sheets").mkdir(parents=True, exist_ok=True)
     parts.to_csv(workdir / "sheets/participants.tsv", sep="\t", index=False)
     biops.to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)
@@ -64,7 +67,7 @@ def cohort_run(tmp_path_factory) -> Path:
     """A complete workflow run on a small synthetic cohort (4 participants)."""
     workdir = tmp_path_factory.mktemp("cohort")
     make_cohort(workdir, 4)
-    write_config(workdir)
+    write_config(workdir, logs=RUN_LOGS, job_benchmarks=RUN_BENCHMARKS)
     snakemake(workdir, "--cores", "2")
     return workdir
 

@@ -9,9 +9,9 @@ import pydicom
 import pytest
 import tifffile
 
-from workflow_scripts import demo, ingest, slide
+from workflow_scripts import ingest, slide, synthetic
 from workflow_scripts.errors import InputError
-from workflow_scripts.transfer import geojson_features, tumour_polygons
+from workflow_scripts.transfer import parse_features, tumour_polygons
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +28,17 @@ def biopsy(tmp_path_factory):
             ("truth_mask", "m.png"),
         ]
     }
-    demo.generate_biopsy(5, "P001", "B1", out)
+    synthetic.generate_biopsy(5, "P001", "B1", out)
     return out, json.loads(out["truth"].read_text())
 
 
 def dicom_variant(tmp_path, photometric, frames, seed=3):
-    t = demo.sample_truth(seed, "P009", "B2")
+    t = synthetic.sample_truth(seed, "P009", "B2")
     t.photometric, t.frames = photometric, frames
     rng = np.random.default_rng(0)
-    regions = [demo.render_ultrasound(t, tip, noise_seed=k) for k, tip in enumerate(demo.tip_fraction_frames(t))]
+    regions = synthetic.render_prefire(t)
     path = tmp_path / f"{photometric}_{frames}.dcm"
-    demo.write_dicom(t, path, regions, rng)
+    synthetic.write_dicom(t, path, regions, rng)
     return path, t, regions
 
 
@@ -164,7 +164,7 @@ def test_wsi_resolution_from_tiff_tags_and_svs(tmp_path):
 
 def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):
     doc = json.loads(biopsy[0]["annotation"].read_text())
-    feats = geojson_features(doc)
+    feats = parse_features(doc)
     polys, _ = tumour_polygons(feats, {"Tumor": "cancer"})
     assert polys
     shapes = {
@@ -173,12 +173,12 @@ def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):
         "Feature": feats[0],
     }
     counts = {
-        k: len(tumour_polygons(geojson_features(copy.deepcopy(v)), {"Tumor": "cancer"})[0]) for k, v in shapes.items()
+        k: len(tumour_polygons(parse_features(copy.deepcopy(v)), {"Tumor": "cancer"})[0]) for k, v in shapes.items()
     }
     assert counts["FeatureCollection"] == counts["array"] == len(polys)
     assert counts["Feature"] >= 1
     with pytest.raises(InputError, match="not a QuPath GeoJSON"):
-        geojson_features({"type": "Topology"})
+        parse_features({"type": "Topology"})
 
 
 def test_ignored_objects_are_counted():
@@ -254,7 +254,7 @@ def test_wsi_ingest_memory_on_the_largest_demo_slide(tmp_path):
     files = {k: tmp_path / k for k in ("prefire", "postfire", "wsi", "annotation", "truth")}
     files["truth-mask"] = tmp_path / "mask.png"
     gen = ["biopsy", "--seed", "2026", "--participant", pid, "--biopsy", bid, "--large-slide"]
-    run_measured("workflow_scripts.demo", gen + sum([[f"--{k}", str(v)] for k, v in files.items()], []))
+    run_measured("workflow_scripts.synthetic", gen + sum([[f"--{k}", str(v)] for k, v in files.items()], []))
     with tifffile.TiffFile(files["wsi"]) as tif:
         full = tif.series[0].levels[0].shape
     assert max(full) >= 40_000

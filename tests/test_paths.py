@@ -59,7 +59,7 @@ HOSTILE = [  # one folder per biopsy: what shared drives and several hands put i
 
 
 def test_hostile_paths_run_through_registration_and_voc(tmp_path):
-    from workflow_scripts import demo
+    from workflow_scripts import synthetic
 
     BID = "HX01_B1"  # biopsy IDs as users write them, underscore included
 
@@ -79,7 +79,8 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
             "truth": tmp_path / "truth" / f"{pid}.json",
             "truth_mask": tmp_path / "truth" / f"{pid}.png",
         }
-        demo.generate_biopsy(31, pid, BID, {k: tmp_path / v if not v.is_absolute() else v for k, v in files.items()})
+        files = {k: v if v.is_absolute() else tmp_path / v for k, v in files.items()}
+        synthetic.generate_biopsy(31, pid, BID, files)
         parts.append({"participant_id": pid})
         rows.append(
             {

@@ -9,7 +9,7 @@ import PIL.Image
 import pydicom
 import pytest
 import torch
-from conftest import ROOT, make_cohort, snakemake, write_config
+from conftest import ROOT, RUN_BENCHMARKS, RUN_LOGS, make_cohort, snakemake, write_config
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
 
@@ -55,8 +55,10 @@ def test_registration_accuracy_from_the_qc_table(cohort_run):
 
 
 def test_benchmarks_fast_and_small(cohort_run):
+    # the configured folders are used, and nothing lands in the committed benchmarks/ scripts' folder
+    assert not (cohort_run / "benchmarks").exists() and not (cohort_run / "logs").exists()
     for rule in ("orient", "tract", "transfer", "ingest_wsi", "ingest_ultrasound", "voc_image"):
-        files = sorted((cohort_run / "benchmarks" / rule).rglob("*.tsv"))
+        files = sorted((cohort_run / RUN_BENCHMARKS / rule).rglob("*.tsv"))
         assert len(files) >= 4, (rule, files)  # one per biopsy (or image): the rule wrote its benchmarks
         for f in files:
             b = pd.read_csv(f, sep="\t")
@@ -73,7 +75,7 @@ def test_no_dicom_header_value_reaches_any_output(cohort_run):
         assert str(ds.PatientName) in canaries and ds.StudyInstanceUID in canaries
     needles = [c.encode() for c in canaries] + [c.replace("^", " ").encode() for c in canaries]
     scanned = 0
-    for top in ("results", "logs", "benchmarks", ".snakemake/log"):
+    for top in ("results", RUN_LOGS, ".snakemake/log"):
         for f in (cohort_run / top).rglob("*"):
             if f.is_file():
                 data = f.read_bytes()
@@ -146,7 +148,7 @@ def test_one_bad_biopsy_spares_everyone_else(copy_run):
     }
     res = snakemake(copy_run, "--cores", "2", "--keep-going", check=False)
     assert res.returncode != 0
-    log = (copy_run / f"logs/tract/{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}.log").read_text()
+    log = (copy_run / RUN_LOGS / f"tract/{b.loc[1, 'participant_id']}/{b.loc[1, 'biopsy_id']}.log").read_text()
     for s in (
         f"participant {b.loc[1, 'participant_id']}",
         f"biopsy {b.loc[1, 'biopsy_id']}",
@@ -191,17 +193,17 @@ def test_training_outputs_and_selection_on_validation(cohort_run):
         hist = pd.read_csv(cohort_run / f"results/train/{model}/history.tsv", sep="\t")
         assert list(hist["epoch"]) == [1, 2] and {"val_dice", "images_per_s", "lr"} <= set(hist.columns)
         assert (cohort_run / f"results/train/{model}/curves.png").stat().st_size > 1000
-        log = (cohort_run / f"logs/train/{model}.log").read_text()
+        log = (cohort_run / RUN_LOGS / f"train/{model}.log").read_text()
         assert "ETA" in log and "img/s" in log
 
 
 def add_participant(workdir: Path, pid: str, split: str) -> None:
     """Append a participant (with a fixed split) and one biopsy to the sheets."""
-    from workflow_scripts import demo
+    from workflow_scripts import synthetic
 
     parts = pd.read_csv(workdir / "sheets/participants.tsv", sep="\t", dtype=str)
     biops = pd.read_csv(workdir / "sheets/biopsies.tsv", sep="\t", dtype=str)
-    p, b = demo.cohort_sheets(1, 99, "demo/data")
+    p, b = synthetic.cohort_sheets(1, 99, "demo/data")
     p["participant_id"], b["participant_id"] = pid, pid
     b["prefire"], b["postfire"] = f"demo/data/{pid}/B1_prefire.dcm", f"demo/data/{pid}/B1_postfire.dcm"
     b["wsi"], b["annotation"] = f"demo/data/{pid}/B1_wsi.ome.tif", f"demo/data/{pid}/B1_annotations.geojson"

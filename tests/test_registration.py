@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from workflow_scripts import demo, ingest, orient, slide, tract
 from workflow_scripts import geometry as geo
+from workflow_scripts import ingest, orient, slide, synthetic, tract
 from workflow_scripts.errors import InputError
 
 
@@ -17,7 +17,7 @@ def case(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(pid)
     out = {k: d / k for k in ("prefire", "postfire", "wsi", "annotation", "truth")}
     out["truth_mask"] = d / "m.png"
-    demo.generate_biopsy(21, pid, bid, out)
+    synthetic.generate_biopsy(21, pid, bid, out)
     pre, meta = ingest.read_ultrasound(out["prefire"])
     post, _ = ingest.read_ultrasound(out["postfire"])
     thumb, wmeta = slide.read_slide(out["wsi"], 16.0)
@@ -27,9 +27,9 @@ def case(request, tmp_path_factory):
 def test_tract_recovers_tips_and_axis_across_a_cohort():
     tip_err, axis_err = [], []
     for i in range(16):  # rendered straight from the forward model: both entry sides, many angles
-        t = demo.sample_truth(300 + i, f"P{i}", "B1")
-        pre = demo.render_ultrasound(t, np.array(t.t0_mm), noise_seed=1)
-        post = demo.render_ultrasound(t, np.array(t.t1_mm), noise_seed=2)
+        t = synthetic.sample_truth(300 + i, f"P{i}", "B1")
+        pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=1)
+        post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=2)
         res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), 22.0, {})
         for key, true in (("t0_px", t.t0_mm), ("t1_px", t.t1_mm)):
             tip_err.append(np.linalg.norm(np.array(res[key]) * t.mm_per_px - true))
@@ -84,10 +84,10 @@ def test_blank_image_has_no_needle_and_suggests_overrides():
 
 
 def test_slide_without_dye_is_a_clear_error(tmp_path):
-    t = demo.sample_truth(4, "P200", "B1")
+    t = synthetic.sample_truth(4, "P200", "B1")
     t.dye_length_mm = 0.0
-    demo.place_on_slide(t, np.random.default_rng(0))
-    demo.write_wsi(t, tmp_path / "w.ome.tif")
+    synthetic.place_on_slide(t, np.random.default_rng(0))
+    synthetic.write_wsi(t, tmp_path / "w.ome.tif")
     thumb, _ = slide.read_slide(tmp_path / "w.ome.tif", 16.0)
     with pytest.raises(InputError) as e:
         orient.find_orientation(thumb)
@@ -101,11 +101,11 @@ def test_empty_slide_is_a_clear_error():
 
 def varied_biopsy(seed: int, pid: str):
     """One biopsy of the varied (domain-randomised) cohort as pixels, with its truth."""
-    t = demo.sample_truth(seed, pid, "B1", varied=True)
-    demo.place_on_slide(t, demo.biopsy_rng(seed + 1, pid, "B1"))
+    t = synthetic.sample_truth(seed, pid, "B1", varied=True)
+    synthetic.place_on_slide(t, synthetic.biopsy_rng(seed + 1, pid, "B1"))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
-    thumb = demo.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0)
-    return t, thumb, demo.truth_record(t)
+    thumb = synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0)
+    return t, thumb, synthetic.truth_record(t)
 
 
 def test_varied_cohort_orientation_never_accepts_a_wrong_end():
@@ -139,9 +139,9 @@ def test_varied_cohort_tract_accepts_only_good_tips():
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["tract"]
     accepted = []
     for i in range(10):
-        t = demo.sample_truth(43, f"V{i:03d}", "B1", varied=True)
-        pre = demo.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
-        post = demo.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
+        t = synthetic.sample_truth(43, f"V{i:03d}", "B1", varied=True)
+        pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
+        post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
         res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), cfg["throw_mm"], {}, cfg["min_confidence"])
         assert res["state"] in ("accepted", "review") and set(res["confidence"]) == {"t0", "t1", "axis"}
         if res["state"] == "accepted":
@@ -155,7 +155,7 @@ def test_varied_cohort_tract_accepts_only_good_tips():
 
 def test_dense_tumour_at_one_end_is_not_dye():
     """Dense haematoxylin-rich tissue at the undyed end: on the slide's own H-E line, so never dye."""
-    t = demo.sample_truth(5, "V900", "B1", varied=True)
+    t = synthetic.sample_truth(5, "V900", "B1", varied=True)
     t.nuisance.update(
         dense=[[0.3, 0.0, 1.0, 1.0], [1.0, 0.2, 0.8, 1.0]],
         gaps=[],
@@ -167,11 +167,11 @@ def test_dense_tumour_at_one_end_is_not_dye():
         h_scale=1.5,
     )
     t.dye = "green"
-    demo.place_on_slide(t, np.random.default_rng(1))
+    synthetic.place_on_slide(t, np.random.default_rng(1))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
-    found = orient.find_orientation(demo.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
+    found = orient.find_orientation(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
     can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [demo.truth_record(t)["dye_end_slide_px"]])[0]
+    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [synthetic.truth_record(t)["dye_end_slide_px"]])[0]
     assert dye[0] > 0  # the right end
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the dense end holds no dye
     # nearly all of this core is one dense colour, so the tissue barely fixes the stain line's direction:

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 from sklearn import metrics as skm
 
-from workflow_scripts import demo, evaluate, ingest
+from workflow_scripts import evaluate, ingest, synthetic
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
 
@@ -148,10 +148,10 @@ def test_report_renders_every_figure_in_headless_chromium(cohort_run, chromium, 
 
 def new_prefire(tmp_path, seed=4242):
     """A pre-fire DICOM of a participant the pipeline has never seen, and its (scoring-only) truth."""
-    t = demo.sample_truth(seed, "Q900", "B1")
-    frames = [demo.render_ultrasound(t, tip, noise_seed=k) for k, tip in enumerate(demo.tip_fraction_frames(t))]
+    t = synthetic.sample_truth(seed, "Q900", "B1")
+    frames = synthetic.render_prefire(t)
     path = tmp_path / "new_prefire.dcm"
-    demo.write_dicom(t, path, frames, np.random.default_rng(1))
+    synthetic.write_dicom(t, path, frames, np.random.default_rng(1))
     return path, t
 
 

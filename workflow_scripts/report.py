@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument(f"--{k}", required=True)
     p.add_argument("--train", required=True, help="JSON {model: [curves.png, history.tsv]}")
     p.add_argument("--config", required=True, help="the run's configuration as JSON")
-    p.add_argument("--logs", default="logs")
+    p.add_argument("--logs", required=True, help="the per-job log folder (config logs)")
     p.add_argument("--exclusions", default="[]", help="JSON list of [participant, biopsy, reason]")
     a = p.parse_args(argv)
     Path(a.out).write_text(build(a))

@@ -24,7 +24,7 @@ BACKGROUND, IGNORE = "_background_", "__ignore__"
 Polygon = list[np.ndarray]  # exterior ring, then holes, each (N, 2) x/y
 
 
-def geojson_features(doc: object) -> list[dict]:
+def parse_features(doc: object) -> list[dict]:
     """Features of any QuPath export shape: FeatureCollection, a bare Feature, or an array."""
     if isinstance(doc, list):
         return [f for f in doc if isinstance(f, dict)]
@@ -159,8 +159,10 @@ def labelme_document(shapes: list[dict], image_name: str, image_bytes: bytes, sh
     }
 
 
-def canonical_to_crop(orient: dict, tract: dict, across: str = "physical") -> np.ndarray:
-    """Affine from canonical um to crop px; ``across='shrinkage'`` also undoes shrinkage across the axis."""
+def registered_canonical_to_crop(orient: dict, tract: dict, across: str) -> np.ndarray:
+    """Affine from canonical um to crop px for one registered biopsy (its core ends onto its tract ends).
+
+    ``across="shrinkage"`` also undoes, across the axis, the shrinkage measured along it; "physical" keeps um."""
     to_crop = geo.canonical_to_crop(
         orient["core_x_um"], tract["tract_x_px"], tract["crop_shape"][0], tract["out_mm_per_px"]
     )
@@ -194,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> None:
         doc = read_json(a.annotation, "the annotation file", "re-export it from QuPath as GeoJSON")
         classes = json.loads(a.classes)
-        polys, ignored = tumour_polygons(geojson_features(doc), classes)
+        polys, ignored = tumour_polygons(parse_features(doc), classes)
         orient, tract = json.loads(Path(a.orient).read_text()), json.loads(Path(a.tract).read_text())
-        to_crop = canonical_to_crop(orient, tract, a.across)
+        to_crop = registered_canonical_to_crop(orient, tract, a.across)
         m = geo.compose(np.array(orient["slide_px_to_canonical_um"]), to_crop)
         polys = [(label, cls, geo.apply_polygons(m, [poly])[0]) for label, cls, poly in polys]
         voids = (

@@ -1,0 +1,39 @@
+"""The house's layout: the synthetic cohort stays out of the pipeline, and the README maps rules to code."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = sorted((ROOT / "workflow_scripts").glob("*.py"))
+SYNTHETIC = sorted((ROOT / "workflow_scripts" / "synthetic").glob("*.py"))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports (relative imports as '.name')."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            # relative imports: '.x' inside a package, 'workflow_scripts.x' from the package above it
+            base = ("." if node.level == 1 else "workflow_scripts." if node.level else "") + (node.module or "")
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return names
+
+
+def test_no_pipeline_step_imports_the_synthetic_cohort():
+    assert len(STEPS) > 15 and len(SYNTHETIC) >= 5
+    offenders = {p.name: sorted(m for m in imported_modules(p) if "synthetic" in m) for p in STEPS}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    # the Snakefile and rule files reach it only through the demo rule's command line
+    for smk in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        uses = re.findall(r"workflow_scripts[./]synthetic", smk.read_text())
+        assert not uses or smk.name == "demo.smk", smk.name
+
+
+def test_the_synthetic_cohort_owns_its_geometry():
+    """The forward model may not share code with the pipeline it is used to score."""
+    for p in SYNTHETIC:
+        shared = sorted(m for m in imported_modules(p) if m.startswith("workflow_scripts"))
+        assert shared == [], (p.name, shared)

@@ -1,0 +1,3 @@
+from .cohort import main
+
+main()

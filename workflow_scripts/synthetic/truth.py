@@ -1,0 +1,364 @@
+"""The hidden ground truth of a synthetic biopsy: sampling it, the anatomy fields, the core on the slide."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# Optical densities (per unit concentration) of the stains the renderer uses.
+HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
+EOSIN = np.array([0.07, 0.99, 0.11])
+DYES = {  # tissue-marking dyes; colours lie outside the H&E stain plane
+    "green": -np.log(np.array([40, 150, 70]) / 255.0),
+    "yellow": -np.log(np.array([235, 205, 40]) / 255.0),
+    "orange": -np.log(np.array([240, 125, 35]) / 255.0),
+}
+
+
+def _od(rgb: tuple[int, int, int]) -> np.ndarray:
+    return -np.log(np.array(rgb) / 255.0)
+
+
+# The varied cohort's dyes, as the inks labs use, two of them close to haematoxylin.
+VARIED_DYES = {
+    "black": _od((45, 45, 50)),
+    "blue": _od((40, 90, 190)),
+    "green": _od((40, 150, 70)),
+    "red": _od((200, 40, 45)),
+    "orange": _od((240, 125, 35)),
+    "yellow": _od((235, 205, 40)),
+    "violet": _od((120, 60, 160)),
+    "blue_near_h": _od((95, 110, 185)),
+    "violet_near_h": _od((125, 95, 175)),
+}
+
+
+@dataclass
+class BiopsyTruth:
+    """Hidden ground truth of one synthetic biopsy (mm unless stated)."""
+
+    participant_id: str
+    biopsy_id: str
+    seed: list[int]
+    rows: int
+    cols: int
+    mm_per_px: float
+    region_x0: int
+    region_y0: int
+    frame_rows: int
+    frame_cols: int
+    photometric: str
+    frames: int
+    entry_side: str
+    t0_mm: list[float]
+    t1_mm: list[float]
+    throw_mm: float
+    lesion_center_mm: list[float]
+    lesion_radius_mm: float
+    lesion_harmonics: list[list[float]]
+    blobs: list[list[float]]  # cx, cy, sigma, weight of the cancer field
+    cancer_threshold: float
+    core_width_mm: float
+    shrink: float
+    slide_um_per_px: float
+    slide_rotation_deg: float
+    slide_shape: list[int] = field(default_factory=list)
+    core_origin_um: list[float] = field(default_factory=list)
+    dye: str = "green"
+    dye_length_mm: float = 1.0
+    geojson_shape: str = "FeatureCollection"
+    canaries: dict = field(default_factory=dict)
+    # domain randomisation (the varied cohort); empty for the demo, whose rendering it leaves unchanged
+    nuisance: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# Sampling the hidden truth
+# --------------------------------------------------------------------------
+
+
+def biopsy_rng(seed: int, participant_id: str, biopsy_id: str) -> np.random.Generator:
+    """A generator that depends only on the cohort seed and the two IDs."""
+    return np.random.default_rng([seed, zlib.crc32(participant_id.encode()), zlib.crc32(biopsy_id.encode())])
+
+
+def sample_truth(
+    seed: int, participant_id: str, biopsy_id: str, large_slide: bool = False, varied: bool = False
+) -> BiopsyTruth:
+    """Draw every hidden parameter of one biopsy (``varied``: with the nuisances of real data)."""
+    rng = biopsy_rng(seed, participant_id, biopsy_id)
+    rows = int(rng.integers(420, 560))
+    cols = int(rng.integers(560, 760))
+    mm_per_px = float(rng.uniform(36.0, 44.0) / cols)
+    throw = float(22.0 * rng.uniform(0.97, 1.0))
+    angle = np.deg2rad(rng.uniform(8.0, 28.0))
+    side = "left" if rng.random() < 0.5 else "right"
+    nuisance: dict = {}
+    if varied:  # a separate stream, so that the demo's draws stay as they were
+        vr = biopsy_rng(seed + 7919, participant_id, biopsy_id)
+        nuisance = sample_nuisance(vr)
+        angle = np.deg2rad(vr.uniform(5.0, 45.0))
+        mm_per_px = float(np.exp(vr.uniform(np.log(0.02), np.log(0.1))))
+        half_x, half_y = throw / 2 * np.cos(angle), throw / 2 * np.sin(angle)
+        width = max(vr.uniform(30.0, 45.0), 2 * half_x + 12.0)
+        depth = max(vr.uniform(20.0, 35.0), 2 * half_y + 11.0)
+        cols, rows = int(width / mm_per_px), int(depth / mm_per_px)
+    depth = rows * mm_per_px
+    width = cols * mm_per_px
+    d = np.array([np.cos(angle) if side == "left" else -np.cos(angle), np.sin(angle)])
+    half = throw / 2 * np.abs(d)
+    cx = rng.uniform(max(width * 0.35, half[0] + 6.0), min(width * 0.65, width - half[0] - 3.0))
+    cy = rng.uniform(half[1] + 5.0, depth - half[1] - 4.0)
+    center = np.array([cx, cy])
+    t0 = center - throw / 2 * d
+    t1 = center + throw / 2 * d
+    lesion_c = center + rng.normal(0, 1.0, 2)
+    lesion_r = float(rng.uniform(7.0, 10.0))
+    harmonics = [[float(rng.uniform(0, 0.12)), float(rng.uniform(0, 2 * np.pi))] for _ in range(5)]
+    blobs = []
+    for _ in range(int(rng.integers(3, 6))):
+        s = rng.uniform(0.15, 0.85)
+        p = t0 + s * (t1 - t0) + rng.normal(0, 0.8, 2)
+        blobs.append([float(p[0]), float(p[1]), float(rng.uniform(1.2, 2.8)), float(rng.uniform(0.6, 1.0))])
+    photometric = str(rng.choice(["MONOCHROME2", "RGB", "YBR_FULL"], p=[0.55, 0.3, 0.15]))
+    frames = 3 if rng.random() < 0.12 else 1
+    pad_x, pad_y = int(rng.integers(20, 90)), int(rng.integers(30, 80))
+    if large_slide:
+        um = 0.5
+        rot = float(rng.choice([0.0, 180.0]) + rng.uniform(-6, 6))
+    else:
+        um = float(rng.choice([2.0, 4.0]))
+        rot = float(rng.uniform(0, 360))
+    token = uuid.UUID(int=int(rng.integers(0, 2**63))).hex[:12].upper()
+    canaries = {
+        "PatientName": f"CANARY^{token}",
+        "PatientID": f"CNRYID{token}",
+        "PatientBirthDate": "19510704",
+        "AccessionNumber": f"ACC{token[:10]}",
+        "StudyID": f"S{token[:8]}",
+        "StudyDescription": f"CANARYSTUDY {token}",
+        "InstitutionName": f"CANARY HOSPITAL {token}",
+        "ReferringPhysicianName": f"DR^CANARY{token}",
+        "StudyInstanceUID": f"2.25.{int(rng.integers(10**15, 10**16))}{int(rng.integers(10**9, 10**10))}",
+    }
+    return BiopsyTruth(
+        participant_id=participant_id,
+        biopsy_id=biopsy_id,
+        seed=[seed],
+        rows=rows,
+        cols=cols,
+        mm_per_px=mm_per_px,
+        region_x0=pad_x,
+        region_y0=pad_y,
+        frame_rows=rows + pad_y + int(rng.integers(20, 60)),
+        frame_cols=cols + pad_x + int(rng.integers(60, 140)),
+        photometric=photometric,
+        frames=frames,
+        entry_side=side,
+        t0_mm=t0.tolist(),
+        t1_mm=t1.tolist(),
+        throw_mm=throw,
+        lesion_center_mm=lesion_c.tolist(),
+        lesion_radius_mm=lesion_r,
+        lesion_harmonics=harmonics,
+        blobs=blobs,
+        cancer_threshold=float(rng.uniform(0.35, 0.5)),
+        core_width_mm=1.2,
+        shrink=float(rng.uniform(0.82, 0.95)),
+        slide_um_per_px=um,
+        slide_rotation_deg=rot,
+        dye=nuisance["dye"] if varied else str(rng.choice(list(DYES))),
+        dye_length_mm=nuisance["dye_length_mm"] if varied else float(rng.uniform(0.8, 1.5)),
+        geojson_shape=str(rng.choice(["FeatureCollection", "array", "Feature"])),
+        canaries=canaries,
+        nuisance=nuisance,
+    )
+
+
+def sample_nuisance(rng: np.random.Generator) -> dict:
+    """Nuisances of real data: stain and dye variation, slide artefacts, ultrasound artefacts."""
+    lam = rng.uniform()
+    h = (
+        (1 - lam) * np.array([0.80, 0.55, 0.22]) + lam * np.array([0.55, 0.80, 0.28]) + rng.normal(0, 0.03, 3)
+    )  # blue..purple
+    lam = rng.uniform()
+    e = (
+        (1 - lam) * np.array([0.05, 0.99, 0.20]) + lam * np.array([0.30, 0.95, 0.05]) + rng.normal(0, 0.02, 3)
+    )  # pale pink..magenta
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    throw = 22.0
+    return {
+        # slide
+        "h_vec": np.abs(h).tolist(),
+        "e_vec": np.abs(e).tolist(),
+        "h_scale": u(0.45, 1.6),
+        "e_scale": u(0.4, 1.5),
+        "background": (242 + rng.integers(-14, 9, 3)).tolist(),
+        "dye": str(rng.choice(list(VARIED_DYES))),
+        "dye_length_mm": u(0.3, 1.5),
+        "dye_density": u(0.6, 1.4),
+        "dye_cover": str(rng.choice(["full", "full", "partial", "bleed"])),
+        "dye_cover_frac": u(0.4, 0.75),
+        "bleed_mm": u(1.5, 5.0),
+        "bleed_side": float(rng.choice([-1.0, 1.0])),
+        "dense": [[u(0.0, throw), u(-0.4, 0.4), u(0.3, 1.2), u(0.5, 1.0)] for _ in range(int(rng.integers(0, 4)))],
+        "fat": [[u(0.0, throw), u(-0.5, 0.5), u(0.05, 0.25)] for _ in range(int(rng.integers(0, 12)))],
+        "stroma_freq": u(0.004, 0.02),
+        "stroma_amp": u(0.0, 0.35),
+        "gaps": [[u(0.15, 0.85) * throw, u(0.1, 0.6)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
+        "folds": [[u(0.1, 0.9) * throw, u(0.1, 0.4), u(-0.5, 0.5)] for _ in range(int(rng.choice([0, 0, 1])))],
+        "bubbles": [[u(-0.1, 1.1), u(-2.5, 2.5), u(0.2, 0.8)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
+        "pen": [
+            [
+                u(0.0, 1.0),
+                float(rng.choice([-1.0, 1.0])) * u(1.8, 3.0),
+                u(2.0, 6.0),
+                u(-0.6, 0.6),
+                u(0.1, 0.3),
+                int(rng.integers(0, 3)),
+            ]
+            for _ in range(int(rng.choice([0, 0, 1])))
+        ],
+        # ultrasound
+        "shaft_amp": u(2.0, 6.0),
+        "reverb": [u(0.25, 0.9) * 0.8**k for k in range(int(rng.integers(0, 5)))],
+        "reverb_mm": u(0.15, 1.4),
+        "shadow": u(0.5, 1.0),
+        "visible_mm": u(2.0, 6.0) if rng.random() < 0.3 else None,
+        "ligaments": [
+            [u(0.0, 1.0), u(0.1, 0.9), u(-70, 70), u(4.0, 15.0), u(0.8, 2.5), u(-0.08, 0.08)]
+            for _ in range(int(rng.integers(1, 6)))
+        ],
+        "fascia": [u(0.75, 0.95), u(-6, 6), u(1.2, 3.0)] if rng.random() < 0.6 else None,
+        "calcs": [[u(0, 1), u(0.1, 1), u(2.0, 5.0)] for _ in range(int(rng.integers(0, 25)))],
+        "psf": u(0.7, 1.5),
+        "gain_db": u(-16, -4),
+        "range_db": u(40, 60),
+        "tgc": [u(-5, 5), u(-5, 5)],
+        "shift_mm": [u(-0.2, 0.2), u(-0.2, 0.2)] if rng.random() < 0.5 else [0.0, 0.0],
+        "calipers": [[u(0.1, 0.9), u(0.1, 0.9)] for _ in range(int(rng.integers(0, 4)))],
+        "border": float(rng.choice([0.0, 160.0, 255.0])),
+    }
+
+
+# --------------------------------------------------------------------------
+# Anatomy fields, in ultrasound mm
+# --------------------------------------------------------------------------
+
+
+def lesion_inside(t: BiopsyTruth, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Boolean: is (x, y) mm inside the irregular lesion outline."""
+    dx, dy = x - t.lesion_center_mm[0], y - t.lesion_center_mm[1]
+    phi = np.arctan2(dy, dx)
+    r = t.lesion_radius_mm * (1 + sum(a * np.cos((k + 2) * phi + p) for k, (a, p) in enumerate(t.lesion_harmonics)))
+    return np.hypot(dx, dy) < r
+
+
+def cancer_inside(t: BiopsyTruth, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Boolean: is (x, y) mm cancer (thresholded blob field inside the lesion)."""
+    f = np.zeros(np.broadcast(x, y).shape)
+    for bx, by, s, w in t.blobs:
+        f += w * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * s * s))
+    # a ring-shaped benign island inside the strongest blob gives annotations holes
+    bx, by, s, _ = t.blobs[0]
+    hole = np.hypot(x - bx, y - by) < 0.35 * s
+    return lesion_inside(t, x, y) & (f > t.cancer_threshold) & ~hole
+
+
+def core_coords(t: BiopsyTruth, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ultrasound mm -> core coordinates (u from T0 towards T1, v across), mm."""
+    t0, t1 = np.array(t.t0_mm), np.array(t.t1_mm)
+    d = (t1 - t0) / np.linalg.norm(t1 - t0)
+    n = np.array([-d[1], d[0]])
+    return (x - t0[0]) * d[0] + (y - t0[1]) * d[1], (x - t0[0]) * n[0] + (y - t0[1]) * n[1]
+
+
+def core_to_us(t: BiopsyTruth, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Core coordinates (mm) -> ultrasound mm."""
+    t0, t1 = np.array(t.t0_mm), np.array(t.t1_mm)
+    d = (t1 - t0) / np.linalg.norm(t1 - t0)
+    n = np.array([-d[1], d[0]])
+    return t0[0] + u * d[0] + v * n[0], t0[1] + u * d[1] + v * n[1]
+
+
+def truth_label(t: BiopsyTruth) -> np.ndarray:
+    """Label on the pre-fire tissue-region grid: 0 outside core, 1 benign core, 2 cancer core."""
+    yy, xx = np.mgrid[0 : t.rows, 0 : t.cols].astype(float) * t.mm_per_px
+    u, v = core_coords(t, xx, yy)
+    core = (u >= 0) & (u <= t.throw_mm) & (np.abs(v) <= t.core_width_mm / 2)
+    lab = core.astype(np.uint8)
+    lab[core & cancer_inside(t, xx, yy)] = 2
+    return lab
+
+
+# --------------------------------------------------------------------------
+# Whole slide image and annotations
+# --------------------------------------------------------------------------
+
+
+def _slide_frame(t: BiopsyTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Core placement on the slide: origin (um), unit vector along u, unit vector along v."""
+    a = np.deg2rad(t.slide_rotation_deg)
+    du = np.array([np.cos(a), np.sin(a)])
+    dv = np.array([-np.sin(a), np.cos(a)])
+    return np.array(t.core_origin_um), du, dv
+
+
+def place_on_slide(t: BiopsyTruth, rng: np.random.Generator) -> None:
+    """Choose slide size and the core's position on it (fills slide_shape, core_origin_um)."""
+    length = t.throw_mm * t.shrink * 1000
+    width = t.core_width_mm * t.shrink * 1000
+    a = np.deg2rad(t.slide_rotation_deg)
+    corners = np.array([[0, -width / 2], [0, width / 2], [length, -width / 2], [length, width / 2]])
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    pts = corners @ rot.T
+    room = 3500.0 if t.nuisance else 0.0  # the varied cohort's pen marks and bubbles lie beside the core
+    margin = np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)]) + room
+    lo = pts.min(axis=0)
+    size = pts.max(axis=0) - lo + margin + np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)]) + room
+    t.core_origin_um = (-lo + margin).tolist()
+    t.slide_shape = [int(size[1] / t.slide_um_per_px), int(size[0] / t.slide_um_per_px)]
+
+
+def slide_to_core(t: BiopsyTruth, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slide um -> core coordinates in ultrasound mm (undoing shrinkage)."""
+    o, du, dv = _slide_frame(t)
+    px, py = x_um - o[0], y_um - o[1]
+    return (px * du[0] + py * du[1]) / (1000 * t.shrink), (px * dv[0] + py * dv[1]) / (1000 * t.shrink)
+
+
+def core_to_slide_px(t: BiopsyTruth, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Core coordinates (ultrasound mm) -> full-resolution slide pixels."""
+    o, du, dv = _slide_frame(t)
+    s = 1000 * t.shrink
+    x = o[0] + s * (u * du[0] + v * dv[0])
+    y = o[1] + s * (u * du[1] + v * dv[1])
+    return x / t.slide_um_per_px, y / t.slide_um_per_px
+
+
+def edge_wobble(t: BiopsyTruth, u: np.ndarray) -> np.ndarray:
+    return 1 + 0.05 * np.sin(u * 2.1 + t.shrink * 10) + 0.03 * np.sin(u * 5.3)
+
+
+def prefire_tip_positions(t: BiopsyTruth) -> list[np.ndarray]:
+    """Tip positions of the cine frames before the saved pre-fire frame (needle advancing)."""
+    t0, t1 = np.array(t.t0_mm), np.array(t.t1_mm)
+    d = (t1 - t0) / np.linalg.norm(t1 - t0)
+    return [t0 - (t.frames - 1 - k) * 3.0 * d for k in range(t.frames)]
+
+
+def truth_record(t: BiopsyTruth) -> dict:
+    """The truth as scoring reads it: every hidden parameter plus tips, axis and dye end in pixels."""
+    dx, dy = core_to_slide_px(t, np.array([t.throw_mm]), np.array([0.0]))
+    px = lambda p: [p[0] / t.mm_per_px, p[1] / t.mm_per_px]  # noqa: E731
+    return {
+        **asdict(t),
+        "t0_px": px(t.t0_mm),
+        "t1_px": px(t.t1_mm),
+        "axis_deg": float(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], t.t1_mm[0] - t.t0_mm[0]))),
+        "dye_end_slide_px": [float(dx[0]), float(dy[0])],
+        "mask_values": {"0": "outside core", "1": "benign core", "2": "cancer core"},
+    }
