@@ -23,13 +23,9 @@ from workflow_scripts import infer, ingest, synthetic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--config", default="config.yaml")
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--seed", type=int, default=5000)
     a = p.parse_args()
-    import yaml
-
-    settings = yaml.safe_load(Path(a.config).read_text())["tract"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(a.n):
@@ -37,7 +33,7 @@ def main() -> None:
             frames = synthetic.render_prefire(t)
             dcm = Path(tmp) / f"N{k:03d}.dcm"
             synthetic.write_dicom(t, dcm, frames, np.random.default_rng(k))
-            s = infer.infer(Path(a.model), dcm, Path(tmp) / "out", settings)
+            s = infer.infer(Path(a.model), dcm, Path(tmp) / "out")
             prob = np.load(Path(tmp) / "out" / f"N{k:03d}_prob.npy")
             image, meta = ingest.read_ultrasound(dcm)
             ys, xs = np.nonzero(np.isfinite(prob))

@@ -17,7 +17,7 @@ import time
 import torch
 from torchvision.models.segmentation import DeepLabV3_ResNet101_Weights, FCN_ResNet101_Weights
 
-from workflow_scripts import train
+from workflow_scripts import data, models, train
 
 GMACS_520 = {
     "fcn_resnet101": FCN_ResNet101_Weights.DEFAULT.meta["_ops"],
@@ -76,7 +76,7 @@ def measure(
     weights = torch.tensor([0.3, 0.7], device=dev)
     rates = {}
     # tractmap: compute only, then the full loop with on-device augmentation
-    model = train.build_model(name, False, None).to(dev)
+    model = models.build_model(name, False, None).to(dev)
     if amp:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
@@ -90,12 +90,12 @@ def measure(
 
     def full_step():
         idx = torch.randint(0, a.images, (a.batch,), generator=gen).to(dev)
-        xa, ya = train.geometric(xd[idx], yd[idx], s, 10.0, gen)
-        train.train_step(model, opt, train.intensity(xa[..., :s, :], gen), ya[:, :s], weights, 0.0, amp)
+        xa, ya = data.geometric(xd[idx], yd[idx], s, 10.0, gen)
+        train.train_step(model, opt, data.intensity(xa[..., :s, :], gen), ya[:, :s], weights, 0.0, amp)
 
     rates["tractmap"] = a.batch * a.steps / timed(full_step, a.steps, a.warmup, dev)
     # conventional baseline: fp32, NCHW, CPU DataLoader augmentation
-    base = train.build_model(name, False, None).to(dev)
+    base = models.build_model(name, False, None).to(dev)
     bopt = torch.optim.AdamW(base.parameters(), 1e-4)
     loader = torch.utils.data.DataLoader(
         CpuAugmented(x_cpu, y_cpu, s, 10.0),

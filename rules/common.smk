@@ -8,8 +8,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from workflow_scripts import geometry
 from workflow_scripts import sheets as sheetlib
-from workflow_scripts.split import allocate as split_allocate
+from workflow_scripts import split
 
 # ------------------------------------------------------------------ config and sheets
 
@@ -82,12 +83,11 @@ wildcard_constraints:
     model="|".join(config["train"]["models"]),
 
 
-# participant splits: a pure function of the sheet (cheap), so rules can depend on one split only
-SPLIT = split_allocate(
-    list(participants["participant_id"]),
-    config["split"]["ratios"],
-    config["split"]["seed"],
-    {p: s for p, s in zip(participants["participant_id"], participants.get("split", [None] * len(participants)), strict=True) if isinstance(s, str)},
+# participant splits: computed once, here, from the sheet (cheap), so that rules can depend on one
+# split only; the splits rule writes this same allocation to <results>/splits.tsv
+SPLIT_FIXED = split.sheet_splits(list(participants["participant_id"]), participants.get("split"))
+SPLIT = split.allocate(
+    list(participants["participant_id"]), config["split"]["ratios"], config["split"]["seed"], SPLIT_FIXED
 )
 
 # corrected Labelme files: listed once at parse time
@@ -167,7 +167,8 @@ def splits_in_list(wildcards):
 def train_settings_json(wildcards):
     """JSON training settings of one model: the shared recipe plus the model's entry."""
     t = config["train"]
-    return json.dumps({**{k: v for k, v in t.items() if k != "models"}, **t["models"][wildcards.model]})
+    crop = {k: config["tract"][k] for k in geometry.CROP_SETTINGS}  # recorded in model.pt for tractmap-infer
+    return json.dumps({**{k: v for k, v in t.items() if k != "models"}, **t["models"][wildcards.model], "crop": crop})
 
 
 def all_targets():

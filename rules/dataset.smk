@@ -9,17 +9,16 @@ rule splits:
     output:
         f"{RESULTS}/splits.tsv",
     params:
+        # the allocation depends on these: a change reruns this rule
         seed=config["split"]["seed"],
-        r=config["split"]["ratios"],
-    conda:
-        "../envs/tractmap.yaml"
+        ratios=config["split"]["ratios"],
     log:
         f"{LOGS}/splits.log",
     benchmark:
         f"{JOB_BENCHMARKS}/splits.tsv"
-    shell:
-        "python -m workflow_scripts.split --out={output:q} --seed={params.seed:q} "
-        "--ratios {params.r[train]:q} {params.r[val]:q} {params.r[test]:q} -- {input:q} > {log:q} 2>&1"
+    run:
+        # the parse-time allocation (common.smk), written as it is: one split computation
+        split.write(SPLIT, SPLIT_FIXED, params.seed, output[0], log[0])
 
 
 rule voc_image:

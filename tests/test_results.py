@@ -14,6 +14,7 @@ import pandas as pd
 import PIL.Image
 import pydicom
 import pytest
+import yaml
 from conftest import ROOT
 from sklearn import metrics as skm
 
@@ -166,8 +167,6 @@ def infer(cohort_run, dicom, out, *extra):
         str(dicom),
         "--out",
         str(out),
-        "--config",
-        str(cohort_run / "config.yaml"),
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -175,10 +174,12 @@ def infer(cohort_run, dicom, out, *extra):
 
 def test_inference_on_a_never_seen_dicom(cohort_run, tmp_path):
     dicom, t = new_prefire(tmp_path)
-    res = infer(cohort_run, dicom, tmp_path / "out")
+    res = infer(cohort_run, dicom, tmp_path / "out", "--config", str(cohort_run / "config.yaml"))  # agrees
     assert res.returncode == 0, res.stderr
     image, meta = ingest.read_ultrasound(dicom)
     geom = json.loads((tmp_path / "out/new_prefire.json").read_text())
+    trained = yaml.safe_load((cohort_run / "config.yaml").read_text())["tract"]
+    assert geom["crop_settings"] == {k: trained[k] for k in ("throw_mm", "width_mm", "margin_mm", "out_mm_per_px")}
     truth_tip = np.array(t.t0_mm) / t.mm_per_px
     assert np.linalg.norm((np.array(geom["t0_px"]) - truth_tip) * t.mm_per_px) < 0.5  # mm
     assert geom["source"]["t0"] == "auto" and geom["sampled_length_mm"] == pytest.approx(geom["throw_mm"])
@@ -202,6 +203,17 @@ def test_inference_with_a_manual_tip_and_axis(cohort_run, tmp_path):
     assert geom["source"]["t0"] == "override"
     np.testing.assert_allclose(geom["t0_px"], [300, 200])
     assert geom["axis_deg"] == pytest.approx(10.0)
+
+
+def test_inference_refuses_a_config_the_model_was_not_trained_with(cohort_run, tmp_path):
+    """model.pt carries its crop settings; a --config that cuts crops differently is an error, not a silent misuse."""
+    dicom, _ = new_prefire(tmp_path, seed=31)
+    cfg = yaml.safe_load((cohort_run / "config.yaml").read_text())
+    cfg["tract"]["out_mm_per_px"] = 0.1
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(cfg))
+    res = infer(cohort_run, dicom, tmp_path / "out", "--config", str(tmp_path / "other.yaml"))
+    fails_saying(res, "other.yaml", "tract.out_mm_per_px 0.1 (model: 0.05)", "leave out --config")
+    assert not (tmp_path / "out").exists()
 
 
 def fails_saying(res: subprocess.CompletedProcess, *needles: str) -> None:

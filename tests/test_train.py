@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 import torch
 
-from workflow_scripts import train
+from workflow_scripts import data, models, train
 from workflow_scripts.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
         y[k, 10:30, 15 + 5 * k : 50 + 5 * k] = 1
     y[:, :, 90:] = 255
     x = (y == 1).float().unsqueeze(1) * 10.0  # image brightness encodes the mask
-    xa, ya = train.geometric(x, y, crop_w=80, max_deg=10, gen=gen)
+    xa, ya = data.geometric(x, y, crop_w=80, max_deg=10, gen=gen)
     assert xa.shape == (6, 1, 40, 80) and ya.shape == (6, 40, 80)
     valid = ya != 255
     agree = ((xa[:, 0] > 5) == (ya == 1))[valid].float().mean()
@@ -65,7 +65,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
     assert (ya == 1).any() and (ya == 0).any()
     flipped = torch.Generator().manual_seed(1)
     # rotation 0 and no crop: each sample is either identical or mirrored, image and mask together
-    xb, yb = train.geometric(x, y, crop_w=96, max_deg=0, gen=flipped)
+    xb, yb = data.geometric(x, y, crop_w=96, max_deg=0, gen=flipped)
     for k in range(6):
         same = torch.equal(yb[k], y[k]) and torch.allclose(xb[k], x[k], atol=1e-4)
         mirrored = torch.equal(yb[k], y[k].flip(-1)) and torch.allclose(xb[k], x[k].flip(-1), atol=1e-4)
@@ -82,7 +82,7 @@ def test_batches_cover_every_image_and_never_hold_one(n, size):
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(InputError) as e:
-        train.build_model("fcn_resnet101", False, str(tmp_path / "resnet101.pth"))
+        models.build_model("fcn_resnet101", False, str(tmp_path / "resnet101.pth"))
     assert "does not exist" in e.value.what and "backbone_weights" in e.value.hint
 
 
@@ -92,7 +92,7 @@ def test_local_backbone_weights_are_loaded(tmp_path):
     state = resnet101(weights=None).state_dict()
     state = {k: torch.full_like(v, 0.125) if v.is_floating_point() else v for k, v in state.items()}
     torch.save(state, tmp_path / "r101.pth")
-    model = train.build_model("deeplabv3_resnet101", True, str(tmp_path / "r101.pth"))
+    model = models.build_model("deeplabv3_resnet101", True, str(tmp_path / "r101.pth"))
     assert torch.all(model.backbone.conv1.weight == 0.125)
 
 
@@ -101,7 +101,7 @@ def test_imagenet_backbone_comes_from_torchvisions_cache(tmp_path, monkeypatch):
     from torchvision.models import resnet101
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path = train.imagenet_file()
+    path = models.imagenet_file()
     assert path.parent == tmp_path / "torch/hub/checkpoints" and path.name == "resnet101-63fe2227.pth"
     path.parent.mkdir(parents=True)
     state = {
@@ -109,7 +109,7 @@ def test_imagenet_backbone_comes_from_torchvisions_cache(tmp_path, monkeypatch):
         for k, v in resnet101(weights=None).state_dict().items()
     }
     torch.save(state, path)
-    model = train.build_model("fcn_resnet101", False, "imagenet")
+    model = models.build_model("fcn_resnet101", False, "imagenet")
     assert torch.all(model.backbone.layer4[2].conv3.weight == 0.25)
 
 
@@ -118,7 +118,7 @@ def test_imagenet_backbone_without_cache_or_network_names_the_file_and_folder(tm
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # a closed port: the download fails at once
     with pytest.raises(InputError) as e:
-        train.build_model("fcn_resnet101", False, "imagenet")
+        models.build_model("fcn_resnet101", False, "imagenet")
     assert "not cached" in e.value.what
     assert "https://download.pytorch.org/models/resnet101-63fe2227.pth" in e.value.hint
     assert str(tmp_path / "torch/hub/checkpoints/resnet101-63fe2227.pth") in e.value.hint
@@ -170,6 +170,7 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path):
         "class_weights": [0.3, 0.7],
         "ce_weight": 0.0,
         "seed": 3,
+        "crop": {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05},
     }
     out = tmp_path / "out"
     out.mkdir()

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The config `tract` settings that fix where a crop is cut and at what resolution. A model is valid only
+# for crops cut as its training crops were: model.pt records them and tractmap-infer uses them.
+CROP_SETTINGS = ("throw_mm", "width_mm", "margin_mm", "out_mm_per_px")
+
 Affine = np.ndarray
 
 

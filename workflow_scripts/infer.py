@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from workflow_scripts import geometry as geo
-from workflow_scripts import ingest, predict, tract
+from workflow_scripts import ingest, models, predict, tract
 from workflow_scripts.errors import InputError, run_cli
 
 MANUAL_HINT = "give the tip and axis by hand: --tip X Y (pre-fire tip, DICOM frame pixels) --axis-deg A"
@@ -37,6 +37,33 @@ def locate(image: np.ndarray, meta: dict, settings: dict, tip: list[float] | Non
     except InputError as e:
         raise InputError(e.what, MANUAL_HINT) from None
     return res
+
+
+def crop_settings(ck: dict, model_path: Path, config_path: Path | None) -> dict:
+    """The tract settings the model's training crops were cut with; a ``--config`` that disagrees is an error."""
+    trained = ck.get("crop")
+    given = None
+    if config_path is not None:
+        if not config_path.is_file():
+            raise InputError(f"config file {config_path} not found", "leave out --config: model.pt holds its settings")
+        tract_cfg = (yaml.safe_load(config_path.read_text()) or {}).get("tract") or {}
+        given = {k: tract_cfg.get(k) for k in geo.CROP_SETTINGS}
+    if trained is None:
+        if given is None:
+            raise InputError(
+                f"{model_path} does not record the crop settings it was trained with (an older tractmap)",
+                "pass --config with the config.yaml it was trained with, or retrain it",
+            )
+        return given
+    differ = [
+        f"tract.{k} {given[k]} (model: {trained[k]})" for k in geo.CROP_SETTINGS if given and given[k] != trained[k]
+    ]
+    if differ:
+        raise InputError(
+            f"{config_path} disagrees with the settings {model_path} was trained with: {', '.join(differ)}",
+            "leave out --config to use the model's own settings, or use the model trained with this config",
+        )
+    return trained
 
 
 def heatmap(image: np.ndarray, prob: np.ndarray, res: dict, path: Path, title: str) -> None:
@@ -67,13 +94,15 @@ def infer(
     model_path: Path,
     dicom: Path,
     out: Path,
-    settings: dict,
+    config: Path | None = None,
     tip: list[float] | None = None,
     axis_deg: float | None = None,
     frame: str = "last",
     mm_per_px: tuple[float, float] | None = None,
 ) -> dict:
-    """Run the whole inference for one DICOM; returns the geometry and output paths."""
+    """Run the whole inference for one DICOM; returns the geometry and output paths.
+
+    The tract is cropped with the settings recorded in the model (``config``, if given, must agree)."""
     try:
         image, meta = ingest.read_ultrasound(dicom, frame, mm_per_px)
     except InputError as e:
@@ -82,12 +111,13 @@ def infer(
             f"{e.hint}; or give the pixel size by hand: --mm-per-px SX SY (and, if no needle is "
             f"visible, {MANUAL_HINT})",
         ) from None
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, ck = models.load_checkpoint(model_path, dev)  # after the cheap checks: a bad DICOM fails fast
+    settings = crop_settings(ck, model_path, config)
     res = locate(image, meta, settings, tip, axis_deg)
     crop, frame_info = tract.crop_strip(
         image, res, tuple(meta["mm_per_px"]), settings["width_mm"], settings["out_mm_per_px"], settings["margin_mm"]
     )
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, ck = predict.load_model(model_path, dev)  # after the cheap checks: a bad DICOM fails fast
     prob_crop = predict.probability(model, ck["norm"], crop, dev)
     to_crop = geo.invert(np.array(frame_info["crop_to_original"]))
     prob = geo.warp(prob_crop.astype(float), to_crop, image.shape, order=1, cval=np.nan).astype(np.float32)
@@ -110,6 +140,7 @@ def infer(
         "model": str(model_path),
         "arch": arch,
         "selected_epoch": ck.get("epoch"),
+        "crop_settings": settings,
         "region_bounds_xyxy": meta["region_bounds_xyxy"],
         "max_probability": float(np.nanmax(prob_crop)),
         "outputs": [f"{name}_heatmap.png", f"{name}_prob.npy", f"{name}_prob_crop.npy"],
@@ -128,7 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dicom", required=True, help="pre-fire ultrasound DICOM")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
-        "--config", default="config.yaml", help="tract settings (throw, width, margin, resolution) of the training run"
+        "--config",
+        type=Path,
+        help="optional: a config.yaml whose tract settings must match the ones model.pt was trained with",
     )
     p.add_argument("--tip", type=float, nargs=2, metavar=("X", "Y"), help="manual pre-fire tip, DICOM frame pixels")
     p.add_argument("--axis-deg", type=float, help="manual needle advance direction, degrees (x right, y down)")
@@ -145,13 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> None:
         if (a.tip is None) != (a.axis_deg is None):
             raise InputError("--tip and --axis-deg go together", MANUAL_HINT)
-        cfg = Path(a.config)
-        if not cfg.is_file():
-            raise InputError(
-                f"config file {cfg} not found", "pass --config with the config.yaml the model was trained with"
-            )
-        settings = yaml.safe_load(cfg.read_text())["tract"]
-        s = infer(Path(a.model), Path(a.dicom), Path(a.out), settings, a.tip, a.axis_deg, a.frame, a.mm_per_px)
+        s = infer(Path(a.model), Path(a.dicom), Path(a.out), a.config, a.tip, a.axis_deg, a.frame, a.mm_per_px)
         print(
             f"{a.dicom}: tract {s['sampled_length_mm']:.1f} mm at {s['axis_deg']:.1f} deg ({s['source']['t0']} tip); "
             f"max cancer probability {s['max_probability']:.2f}; wrote {', '.join(s['outputs'])} to {a.out}"

@@ -13,22 +13,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from workflow_scripts import train, voc
-from workflow_scripts.errors import InputError, run_cli
-
-
-def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The selected checkpoint's model (eval mode) and its metadata."""
-    if not Path(path).is_file():
-        raise InputError(
-            f"model file {path} does not exist", "train it first (snakemake ... results/train/<model>/model.pt)"
-        )
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ck, dict) or "model" not in ck or "norm" not in ck:
-        raise InputError(f"{path} is not a tractmap model checkpoint", "use results/train/<model>/model.pt")
-    model = train.build_model(ck["config"]["arch"], ck["config"]["aux"], None)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), ck
+from workflow_scripts import models, voc
+from workflow_scripts.errors import run_cli
 
 
 @torch.no_grad()
@@ -41,13 +27,13 @@ def probability(
     x = np.zeros((1, 1, hp, wp), np.float32)
     x[0, 0, :h, :w] = image
     x = (torch.from_numpy(x).to(device) - norm["mean"]) / norm["std"]
-    logits = train.forward(model, x, amp=device.type == "cuda")["out"].float()
+    logits = models.forward(model, x, amp=device.type == "cuda")["out"].float()
     return torch.softmax(logits, 1)[0, 1, :h, :w].cpu().numpy()
 
 
 def predict_split(model_path: Path, root: Path, split: str, out: Path, device: torch.device) -> int:
     """Write probability maps and labels of every image in ``split``; returns the image count."""
-    model, ck = load_model(model_path, device)
+    model, ck = models.load_checkpoint(model_path, device)
     ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
     out.mkdir(parents=True, exist_ok=True)
     for image_id in ids:

@@ -12,8 +12,8 @@ participants.tsv wins.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -51,23 +51,27 @@ def allocate(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="allocate participants to train/val/test")
-    p.add_argument("participants")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--ratios", type=float, nargs=3, required=True, help="train val test (config split.ratios)")
-    a = p.parse_args(argv)
-    sheet = pd.read_csv(a.participants, sep="\t", dtype=str)
-    fixed = dict(zip(sheet["participant_id"], sheet["split"], strict=True)) if "split" in sheet else {}
-    fixed = {k: v for k, v in fixed.items() if isinstance(v, str) and v}
-    splits = allocate(list(sheet["participant_id"]), dict(zip(SPLITS, a.ratios, strict=True)), a.seed, fixed)
-    table = pd.DataFrame({"participant_id": list(splits), "split": list(splits.values())})
-    table["source"] = ["sheet" if pid in fixed else "allocated" for pid in table["participant_id"]]
-    table["seed"] = a.seed
-    table.to_csv(a.out, sep="\t", index=False)
-    print(table["split"].value_counts().to_string())
+def sheet_splits(participant_ids: list[str], split_column: list | None) -> dict[str, str]:
+    """Splits given by hand in participants.tsv's optional ``split`` column (empty cells: allocate)."""
+    if split_column is None:
+        return {}
+    return {p: s for p, s in zip(participant_ids, split_column, strict=True) if isinstance(s, str) and s}
 
 
-if __name__ == "__main__":
-    main()
+def table(splits: dict[str, str], fixed: dict[str, str], seed: int) -> pd.DataFrame:
+    """results/splits.tsv: participant, split, where the split came from (sheet or allocated), seed."""
+    return pd.DataFrame(
+        {
+            "participant_id": list(splits),
+            "split": list(splits.values()),
+            "source": ["sheet" if p in fixed else "allocated" for p in splits],
+            "seed": seed,
+        }
+    )
+
+
+def write(splits: dict[str, str], fixed: dict[str, str], seed: int, out: str, log: str) -> None:
+    """Write results/splits.tsv, and the split sizes to the job's log."""
+    t = table(splits, fixed, seed)
+    t.to_csv(out, sep="\t", index=False)
+    Path(log).write_text(t["split"].value_counts().to_string() + "\n")

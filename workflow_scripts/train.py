@@ -8,6 +8,9 @@ The best epoch is chosen on validation Dice; the test split is never read.
 
 A checkpoint of the last finished epoch is written atomically after every
 epoch; a rerun with the same configuration and data resumes after it.
+
+Data and augmentation live in ``data``, model construction in ``models``; this
+module holds the loss, the loop, checkpoints and the command line.
 """
 
 from __future__ import annotations
@@ -15,96 +18,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
-from torchvision.models import ResNet101_Weights, segmentation
 
 from workflow_scripts import provenance
-from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.data import geometric, intensity, load_split, norm_stats
+from workflow_scripts.errors import run_cli
+from workflow_scripts.models import build_model, forward
 from workflow_scripts.voc import VOID
-
-ARCHITECTURES = {"fcn_resnet101": segmentation.fcn_resnet101, "deeplabv3_resnet101": segmentation.deeplabv3_resnet101}
-
-
-# ------------------------------------------------------------------ data
-
-
-def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images (N, 1, H, W) uint8 and labels (N, H, W) uint8 of one split, padded (void) to a common size."""
-    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
-    if not ids:
-        raise InputError(f"the {split} split has no images", "add participants, or set their split in participants.tsv")
-    imgs = [np.asarray(PIL.Image.open(root / "JPEGImages" / f"{i}.jpg").convert("L")) for i in ids]
-    labs = [np.asarray(PIL.Image.open(root / "SegmentationClass" / f"{i}.png")) for i in ids]
-    h = max(a.shape[0] for a in imgs)
-    w = max(a.shape[1] for a in imgs)
-    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    x = np.zeros((len(ids), 1, h, w), np.uint8)
-    y = np.full((len(ids), h, w), VOID, np.uint8)
-    for k, (a, b) in enumerate(zip(imgs, labs, strict=True)):
-        x[k, 0, : a.shape[0], : a.shape[1]] = a
-        y[k, : b.shape[0], : b.shape[1]] = b
-    return torch.from_numpy(x), torch.from_numpy(y), ids
-
-
-def norm_stats(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean and SD of the labelled (non-void) pixels: the z-score statistics."""
-    v = x[:, 0][y != VOID].float()
-    return float(v.mean()), float(v.std().clamp_min(1e-6))
-
-
-# ------------------------------------------------------------------ augmentation
-
-
-def geometric(
-    x: torch.Tensor, y: torch.Tensor, crop_w: int, max_deg: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random width crop, horizontal flip and rotation: one geometry for image and mask.
-
-    x: (B, 1, H, W) float; y: (B, H, W) long with VOID (also where rotation leaves the image).
-    """
-    b, _, h, w = x.shape
-    dev = x.device
-    if crop_w < w:
-        x0 = torch.randint(0, w - crop_w + 1, (b,), generator=gen).tolist()
-        x = torch.stack([x[i, :, :, s : s + crop_w] for i, s in enumerate(x0)])
-        y = torch.stack([y[i, :, s : s + crop_w] for i, s in enumerate(x0)])
-        w = crop_w
-    flip = torch.rand(b, generator=gen) < 0.5
-    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_deg)
-    cos, sin, sx = torch.cos(ang), torch.sin(ang), torch.where(flip, -1.0, 1.0)
-    aspect = w / h  # rotate in pixel space, not in normalised coordinates
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin / aspect
-    theta[:, 1, 0], theta[:, 1, 1] = sin * aspect * sx, cos
-    grid = F.affine_grid(theta.to(dev, x.dtype), [b, 1, h, w], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    inside = F.grid_sample(torch.ones_like(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    y = (
-        F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        .squeeze(1)
-        .long()
-    )
-    y[inside.squeeze(1) < 0.5] = VOID
-    return x, y
-
-
-def intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random gain (0.8-1.2) and offset (+-0.1 SD) per image."""
-    b = x.shape[0]
-    gain = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=gen)).to(x.device, x.dtype)
-    bias = (0.2 * torch.rand(b, 1, 1, 1, generator=gen) - 0.1).to(x.device, x.dtype)
-    return x * gain + bias
-
 
 # ------------------------------------------------------------------ loss and metric
 
@@ -138,67 +65,6 @@ def cancer_dice(pred: torch.Tensor, target: torch.Tensor) -> float:
     p, t = (pred == 1) & valid, (target == 1) & valid
     s = int(p.sum() + t.sum())
     return float(2 * (p & t).sum() / s) if s else float("nan")
-
-
-# ------------------------------------------------------------------ model
-
-
-IMAGENET = "imagenet"  # train.backbone_weights: torchvision's ImageNet ResNet-101, as the paper's configs start from
-IMAGENET_WEIGHTS = ResNet101_Weights.IMAGENET1K_V1
-
-
-def imagenet_file() -> Path:
-    """Where torchvision caches the ImageNet ResNet-101 weights ($TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
-
-
-def backbone_state(backbone_weights: str) -> dict[str, torch.Tensor]:
-    """A ResNet-101 state_dict: torchvision's ImageNet weights (cached, else downloaded) or a local file."""
-    if backbone_weights == IMAGENET:
-        path = imagenet_file()
-        if not path.is_file():
-            try:
-                torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS.url, progress=False, check_hash=True)
-            except Exception as e:  # noqa: BLE001 - no network, a proxy, a partial download: all mean "not here"
-                raise InputError(
-                    f"the ImageNet ResNet-101 weights are not cached and could not be downloaded ({type(e).__name__})",
-                    f"download {IMAGENET_WEIGHTS.url} and put it at {path}, "
-                    "or set train.backbone_weights to a local file or null",
-                ) from None
-    else:
-        path = Path(backbone_weights)
-        if not path.is_file():
-            raise InputError(
-                f"backbone weights file {path} does not exist",
-                "set train.backbone_weights to imagenet, a local ResNet-101 state_dict (.pth), or "
-                "null for random weights",
-            )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def build_model(arch: str, aux: bool, backbone_weights: str | None) -> torch.nn.Module:
-    """A torchvision model: random weights, or an ImageNet ResNet-101 backbone (``imagenet`` or a local file)."""
-    if arch not in ARCHITECTURES:
-        raise InputError(f"unknown architecture {arch!r}", f"use one of {sorted(ARCHITECTURES)} in config train.models")
-    model = ARCHITECTURES[arch](weights=None, weights_backbone=None, num_classes=2, aux_loss=aux)
-    if backbone_weights:
-        state = backbone_state(backbone_weights)
-        missing, _ = model.backbone.load_state_dict(
-            {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False
-        )
-        if missing:
-            raise InputError(
-                f"backbone weights {backbone_weights} lack {len(missing)} ResNet-101 tensors (e.g. {missing[0]})",
-                "use torchvision's resnet101 state_dict",
-            )
-    return model
-
-
-def forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> dict[str, torch.Tensor]:
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        return model(
-            x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last) if amp else x.expand(-1, 3, -1, -1)
-        )
 
 
 def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -294,6 +160,7 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
         "seed": cfg["seed"],
         "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")),
         "norm": {"mean": mean, "std": std},
+        "crop": cfg["crop"],  # the tract settings the training crops were cut with
         "train_ids": train_ids,
         "val_ids": val_ids,
         "device": str(dev),

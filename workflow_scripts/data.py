@@ -1,0 +1,87 @@
+"""Training data: a VOC split as device-ready tensors, the z-score statistics, and augmentation.
+
+The whole (small) dataset lives on the device; augmentation runs there too, in
+batches: one random geometry (width crop, horizontal flip, rotation) for image
+and mask, and a random gain and offset of the intensities.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+
+from workflow_scripts.errors import InputError
+from workflow_scripts.voc import VOID
+
+
+def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 1, H, W) uint8 and labels (N, H, W) uint8 of one split, padded (void) to a common size."""
+    ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    if not ids:
+        raise InputError(f"the {split} split has no images", "add participants, or set their split in participants.tsv")
+    imgs = [np.asarray(PIL.Image.open(root / "JPEGImages" / f"{i}.jpg").convert("L")) for i in ids]
+    labs = [np.asarray(PIL.Image.open(root / "SegmentationClass" / f"{i}.png")) for i in ids]
+    h = max(a.shape[0] for a in imgs)
+    w = max(a.shape[1] for a in imgs)
+    h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = np.zeros((len(ids), 1, h, w), np.uint8)
+    y = np.full((len(ids), h, w), VOID, np.uint8)
+    for k, (a, b) in enumerate(zip(imgs, labs, strict=True)):
+        x[k, 0, : a.shape[0], : a.shape[1]] = a
+        y[k, : b.shape[0], : b.shape[1]] = b
+    return torch.from_numpy(x), torch.from_numpy(y), ids
+
+
+def norm_stats(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean and SD of the labelled (non-void) pixels: the z-score statistics."""
+    v = x[:, 0][y != VOID].float()
+    return float(v.mean()), float(v.std().clamp_min(1e-6))
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def geometric(
+    x: torch.Tensor, y: torch.Tensor, crop_w: int, max_deg: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random width crop, horizontal flip and rotation: one geometry for image and mask.
+
+    x: (B, 1, H, W) float; y: (B, H, W) long with VOID (also where rotation leaves the image).
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+    if crop_w < w:
+        x0 = torch.randint(0, w - crop_w + 1, (b,), generator=gen).tolist()
+        x = torch.stack([x[i, :, :, s : s + crop_w] for i, s in enumerate(x0)])
+        y = torch.stack([y[i, :, s : s + crop_w] for i, s in enumerate(x0)])
+        w = crop_w
+    flip = torch.rand(b, generator=gen) < 0.5
+    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_deg)
+    cos, sin, sx = torch.cos(ang), torch.sin(ang), torch.where(flip, -1.0, 1.0)
+    aspect = w / h  # rotate in pixel space, not in normalised coordinates
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin / aspect
+    theta[:, 1, 0], theta[:, 1, 1] = sin * aspect * sx, cos
+    grid = F.affine_grid(theta.to(dev, x.dtype), [b, 1, h, w], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = F.grid_sample(torch.ones_like(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    y = (
+        F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        .squeeze(1)
+        .long()
+    )
+    y[inside.squeeze(1) < 0.5] = VOID
+    return x, y
+
+
+def intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random gain (0.8-1.2) and offset (+-0.1 SD) per image."""
+    b = x.shape[0]
+    gain = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=gen)).to(x.device, x.dtype)
+    bias = (0.2 * torch.rand(b, 1, 1, 1, generator=gen) - 0.1).to(x.device, x.dtype)
+    return x * gain + bias
