@@ -98,6 +98,23 @@ CORRECTIONS = {
 
 # ------------------------------------------------------------------ helpers for rules
 
+EVAL = f"{RESULTS}/evaluate"
+# what evaluation writes for each split (name -> extension)
+EVAL_OUTPUTS = {"per_image": "tsv", "summary": "tsv", "confusion": "tsv", "comparison": "tsv", "table2": "tsv",
+                "figure4": "png", "figure5": "png"}
+# the ones shown in Snakemake's own report (snakemake --report), with captions in report/
+EVAL_REPORTED = ("table2", "comparison", "figure4", "figure5")
+
+
+def eval_output(name):
+    """One evaluation output path; marked for Snakemake's report when it is in EVAL_REPORTED."""
+    path = f"{EVAL}/{{split}}/{name}.{EVAL_OUTPUTS[name]}"
+    if name not in EVAL_REPORTED:
+        return path
+    return report(path, caption=f"report/{name}.rst", category="Evaluation", subcategory="{split} split",
+                  labels={"split": "{split}", "output": name})
+
+
 
 def sheet_row(wildcards):
     """The biopsies.tsv row of a job's biopsy."""

@@ -108,8 +108,10 @@ rule qc_table:
         label=per_biopsy(f"{VOC}/SegmentationClass/{{participant}}_{{biopsy}}.png"),
         truth=per_biopsy(f"{config['truth_dir']}/{{participant}}/{{biopsy}}.json") if config.get("truth_dir") and DEMO["enabled"] else [],
     output:
-        table=f"{RESULTS}/qc/registration_qc.tsv",
-        figure=f"{RESULTS}/qc/registration_qc.png",
+        table=report(f"{RESULTS}/qc/registration_qc.tsv", caption="report/qc_table.rst", category="Registration QC",
+                     labels={"output": "per biopsy"}),
+        figure=report(f"{RESULTS}/qc/registration_qc.png", caption="report/qc_figure.rst", category="Registration QC",
+                      labels={"output": "histograms"}),
     conda:
         "../envs/tractmap.yaml"
     log:

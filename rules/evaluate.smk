@@ -1,12 +1,6 @@
 # Evaluation: predictions of the val and test splits, metrics with participant-level
 # bootstrap CIs and paired tests (Table 2, Figures 4-5), Table 1, and the HTML report.
 
-EVAL = f"{RESULTS}/evaluate"
-# what evaluation writes for each split (name -> extension)
-EVAL_OUTPUTS = {"per_image": "tsv", "summary": "tsv", "confusion": "tsv", "comparison": "tsv", "table2": "tsv",
-                "figure4": "png", "figure5": "png"}
-
-
 rule predict:
     input:
         model=rules.train.output.model,
@@ -36,7 +30,7 @@ rule evaluate:
         labels=lambda w: voc_files((w.split,)),
         ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     output:
-        **{k: f"{EVAL}/{{split}}/{k}.{ext}" for k, ext in EVAL_OUTPUTS.items()},
+        **{k: eval_output(k) for k in EVAL_OUTPUTS},
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
         pairs=lambda w, input: [f"{m}={d}" for m, d in zip(config["train"]["models"], input.predictions)],
@@ -60,7 +54,7 @@ rule table1:
         splits=rules.splits.output,
         schema=workflow.source_path("../schemas/participants.schema.yaml"),
     output:
-        f"{EVAL}/table1.tsv",
+        report(f"{EVAL}/table1.tsv", caption="report/table1.rst", category="Cohort", labels={"output": "Table 1"}),
     params:
         seed=config["evaluate"]["seed"],
     conda:

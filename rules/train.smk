@@ -8,7 +8,8 @@ rule train:
     output:
         model=f"{RESULTS}/train/{{model}}/model.pt",
         history=f"{RESULTS}/train/{{model}}/history.tsv",
-        curves=f"{RESULTS}/train/{{model}}/curves.png",
+        curves=report(f"{RESULTS}/train/{{model}}/curves.png", caption="report/curves.rst", category="Training",
+                      labels={"model": "{model}"}),
     params:
         settings=train_settings_json,
         voc=lambda w, input: str(Path(input.lists[0]).parents[2]),

@@ -54,6 +54,7 @@ def test_labelme_conversion_matches_ours(tmp_path):
     assert (ours[20, 70] == 0) and (ours[20, 40] == 1) and (ours[2, 150] == 255)  # hole, tumour, void
 
 
+@pytest.mark.slow
 def test_real_transfer_output_loads_in_labelme(cohort_run):
     files = sorted((cohort_run / "results" / "labelme").glob("*/*.json"))
     assert files

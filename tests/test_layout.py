@@ -37,3 +37,17 @@ def test_the_synthetic_cohort_owns_its_geometry():
     for p in SYNTHETIC:
         shared = sorted(m for m in imported_modules(p) if m.startswith("workflow_scripts"))
         assert shared == [], (p.name, shared)
+
+
+def test_readme_maps_every_rule_file_and_module():
+    """The README's 'Where things are' table names every rule file, rule and module, so a newcomer finds each."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        assert f"`rules/{smk.name}`" in table, smk.name
+        for rule in re.findall(r"^\s*rule (\w+):", smk.read_text(), re.M):
+            assert f"`{rule}`" in table, rule
+    for module in STEPS:
+        if module.name != "__init__.py":
+            assert f"`{module.name}`" in table, module.name
+    assert "`synthetic/`" in table

@@ -64,13 +64,24 @@ def test_manual_overrides_win(case):
     assert res["length_flag"]  # 15 mm is far from the configured 22 mm throw
 
 
+def dye_end_canonical_x(found: dict, wmeta: dict, truth: dict) -> float:
+    """Where the truly dyed end lands on the canonical axis (um; the dye end belongs at the positive end)."""
+    can = orient.canonical(found, wmeta["level_um_per_px"], wmeta["um_per_px"])
+    return geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0][0]
+
+
 def test_dye_end_override_wins(case):
-    *_, thumb, _, _ = case
-    auto = orient.find_orientation(thumb)
-    axis = np.array(auto["axis"])
-    side = "right" if axis[0] > 0 else "left"
+    """The side a person reads off the displayed slide (from the truth here) puts the true dye end right;
+    the opposite side is obeyed too, even though the pixels say otherwise."""
+    *_, thumb, wmeta, truth = case
+    origin = np.array(truth["core_origin_um"]) / truth["slide_um_per_px"]  # the core's undyed end, slide px
+    dx, dy = np.array(truth["dye_end_slide_px"]) - origin
+    side = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("bottom" if dy > 0 else "top")
+    opposite = {"right": "left", "left": "right", "top": "bottom", "bottom": "top"}[side]
     forced = orient.find_orientation(thumb, override=side)
-    assert forced["dye_at_positive_end"] is True and forced["source"] == "override"
+    assert forced["source"] == "override" and forced["state"] == "override"
+    assert dye_end_canonical_x(forced, wmeta, truth) > 0
+    assert dye_end_canonical_x(orient.find_orientation(thumb, override=opposite), wmeta, truth) < 0
 
 
 def test_blank_image_has_no_needle_and_suggests_overrides():

@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,7 @@ import PIL.Image
 import pydicom
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, snakemake
 from sklearn import metrics as skm
 
 from workflow_scripts import evaluate, ingest, synthetic
@@ -142,6 +144,29 @@ def test_report_renders_every_figure_in_headless_chromium(cohort_run, chromium, 
     )
     px = np.asarray(PIL.Image.open(shot).convert("L"))
     assert (px < 200).mean() > 0.02  # text, tables and figures, not a blank page
+
+
+def test_snakemakes_own_report_holds_the_tables_and_figures(cohort_run, tmp_path):
+    """`snakemake --report report.zip` works and carries every output marked with report(), captioned."""
+    out = tmp_path / "report.zip"
+    snakemake(cohort_run, "--report", str(out))
+    with zipfile.ZipFile(out) as z:
+        names = [Path(n).name for n in z.namelist()]
+        html = next(z.read(n).decode() for n in z.namelist() if n.endswith("/report.html"))
+    models = yaml.safe_load((cohort_run / "config.yaml").read_text())["train"]["models"]
+    expected = {
+        "registration_qc.tsv": 1,
+        "registration_qc.png": 1,
+        "table1.tsv": 1,
+        "table2.tsv": 2,  # test and val
+        "comparison.tsv": 2,
+        "figure4.png": 2,
+        "figure5.png": 2,
+        "curves.png": len(models),
+    }
+    assert {k: names.count(k) for k in expected} == expected
+    for caption in ("Table 1: participant characteristics", "Figure 5", "selection-biased", "Registration QC per"):
+        assert caption in html, caption
 
 
 # ------------------------------------------------------------------ inference
