@@ -101,9 +101,9 @@ CORRECTIONS = {
 EVAL = f"{RESULTS}/evaluate"
 # what evaluation writes for each split (name -> extension)
 EVAL_OUTPUTS = {"per_image": "tsv", "summary": "tsv", "confusion": "tsv", "comparison": "tsv", "table2": "tsv",
-                "figure4": "png", "figure5": "png"}
+                "table2_sensitivity": "tsv", "figure4": "png", "figure5": "png"}
 # the ones shown in Snakemake's own report (snakemake --report), with captions in report/
-EVAL_REPORTED = ("table2", "comparison", "figure4", "figure5")
+EVAL_REPORTED = ("table2", "table2_sensitivity", "comparison", "figure4", "figure5")
 
 
 def eval_output(name):

@@ -44,7 +44,8 @@ rule evaluate:
         f"{JOB_BENCHMARKS}/evaluate/{{split}}.tsv"
     shell:
         "python -m workflow_scripts.evaluate --voc={params.voc:q} --split={wildcards.split:q} --predictions {params.pairs:q} "
-        "--bootstrap={params.ev[bootstrap]:q} --seed={params.ev[seed]:q} --alpha={params.ev[alpha]:q} --out={params.out:q} "
+        "--ci={params.ev[ci]:q} --bootstrap={params.ev[bootstrap]:q} --seed={params.ev[seed]:q} --alpha={params.ev[alpha]:q} "
+        "--holm={params.ev[holm]:q} --out={params.out:q} "
         "> {log:q} 2>&1"
 
 

@@ -52,12 +52,14 @@ def test_undefined_metrics_are_nan_and_counted():
     df = pd.DataFrame(
         {
             "model": "m",
+            "image_id": ["a_1", "a_2", "b_1"],
             "participant_id": ["a", "a", "b"],
             "dice": [0.5, np.nan, 0.7],
             **{k: [1.0, 1.0, 1.0] for k in evaluate.METRICS if k != "dice"},
+            **{k: [5, 5, 5] for k in ("tn", "fp", "fn", "tp")},
         }
     )
-    s = evaluate.summarise(df, 200, 1).set_index("metric")
+    s = evaluate.summarise(df, "cluster_t", 200, 1).set_index("metric")
     assert (
         s.loc["dice", "mean"] == pytest.approx(0.6)
         and s.loc["dice", "n_defined"] == 2
@@ -144,8 +146,10 @@ def test_three_models_are_compared_pairwise_with_holm():
                 rows.append(
                     {
                         "model": model,
+                        "image_id": f"P{i}_B{len(rows) % 2}",
                         "participant_id": f"P{i}",
                         **{m: 0.6 + shift + rng.normal(0, 0.03) for m in evaluate.METRICS},
+                        **{k: int(rng.integers(1, 50)) for k in ("tn", "fp", "fn", "tp")},
                     }
                 )
     cmp = evaluate.compare_models(pd.DataFrame(rows), 0.05)
@@ -153,8 +157,13 @@ def test_three_models_are_compared_pairwise_with_holm():
     assert list(zip(dice.model_a, dice.model_b, strict=True)) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert dice.p_holm.to_numpy() == pytest.approx(multipletests(dice.p.to_numpy(), method="holm")[1])
     assert (dice.n == 8).all()  # participants, not images
-    table = evaluate.table2(evaluate.summarise(pd.DataFrame(rows), 200, 1), cmp)
-    assert "P value a vs c" in table.columns and len(table) == len(evaluate.METRICS)
+    table = evaluate.table2(evaluate.summarise(pd.DataFrame(rows), "cluster_t", 200, 1), cmp)
+    assert "P value a vs c" in table.columns and len(table) == len(evaluate.METRICS) + len(evaluate.PIXEL_METRICS)
+    # optionally Holm over every test of every metric
+    every = evaluate.compare_models(pd.DataFrame(rows), 0.05, holm_across_metrics=True)
+    assert len(every) == 3 * len(evaluate.METRICS)
+    assert every.p_holm.to_numpy() == pytest.approx(multipletests(every.p.to_numpy(), method="holm")[1])
+    assert (every.p_holm >= cmp.p_holm - 1e-12).all()
 
 
 def exact_rxc_p(table: np.ndarray) -> float:
@@ -250,3 +259,96 @@ def test_journal_p_value_format():
         "n/a",
     ]
     assert [stats.format_p(p) for p in (0.0496, 0.0504, 0.0449, 0.055)] == [".050", ".050", ".04", ".06"]
+
+
+# ------------------------------------------------------------------ small-sample statistics
+
+
+def image_row(model: str, image_id: str, truth: np.ndarray, pred: np.ndarray) -> dict:
+    cm = evaluate.confusion(truth, pred)
+    counts = dict(zip(("tn", "fp", "fn", "tp"), cm.ravel().tolist(), strict=True))
+    return {
+        "model": model,
+        "image_id": image_id,
+        "participant_id": image_id.split("_")[0],
+        **counts,
+        **evaluate.image_metrics(cm),
+    }
+
+
+def test_models_are_judged_on_the_same_images_and_the_sensitivity_table_applies_conventions():
+    """A cancer-free image where one model predicts nothing (Dice, precision undefined) and the other has false
+    positives (Dice 0, precision 0) must not count against the second model only."""
+    empty, lesion = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    lesion[2:6, 2:6] = 1
+    fp = np.zeros_like(empty)
+    fp[0, :4] = 1
+    rows = []
+    for pid in ("P1", "P2", "P3", "P4"):
+        rows += [image_row("a", f"{pid}_B1", lesion, lesion), image_row("b", f"{pid}_B1", lesion, lesion)]
+        rows += [image_row("a", f"{pid}_B2", empty, empty), image_row("b", f"{pid}_B2", empty, fp)]
+        rows += [image_row("a", f"{pid}_B3", lesion, empty), image_row("b", f"{pid}_B3", lesion, lesion)]  # a misses
+    per = pd.DataFrame(rows)
+    s = evaluate.summarise(per, "cluster_t", 200, 1).set_index(["model", "metric"])
+    # Dice: B2 is undefined for a, so it counts for neither; B3 counts (a: 0, b: 1)
+    assert s.loc[("a", "dice"), "n_defined"] == s.loc[("b", "dice"), "n_defined"] == 8
+    assert s.loc[("a", "dice"), "mean"] == pytest.approx(0.5) and s.loc[("b", "dice"), "mean"] == pytest.approx(1.0)
+    # precision: a predicts nothing on B2 and B3, so only B1 counts for both: no apparent precision advantage
+    assert s.loc[("a", "precision"), "n_defined"] == s.loc[("b", "precision"), "n_defined"] == 4
+    cmp = evaluate.compare_models(per, 0.05).set_index("metric")
+    assert cmp.loc["dice", "n"] == 4 and cmp.loc["dice", "mean_a"] == pytest.approx(0.5)
+    # the sensitivity analysis: both-empty Dice = 1, a missed lesion's precision = 0
+    sens = evaluate.with_conventions(per)
+    ss = evaluate.summarise(sens, "cluster_t", 200, 1).set_index(["model", "metric"])
+    assert ss.loc[("a", "dice"), "mean"] == pytest.approx(2 / 3) and ss.loc[("b", "dice"), "mean"] == pytest.approx(
+        2 / 3
+    )
+    assert ss.loc[("a", "precision"), "mean"] == pytest.approx(0.5)  # B1: 1, B3: 0; B2 stays undefined
+    # pixel-level recall pools every pixel: a finds the lesion in B1 only
+    assert s.loc[("a", "recall_pixel"), "mean"] == pytest.approx(per[per.model == "a"].tp.sum() / 128)
+    assert s.loc[("a", "recall_pixel"), "mean"] == pytest.approx(0.5)
+
+
+def test_cluster_t_interval_against_a_direct_jackknife_and_scipy_t():
+    v, g = clustered_values(4, n_participants=7)
+    mean, lo, hi = evaluate.cluster_t_interval(v, np.ones(len(v)), g)
+    assert mean == pytest.approx(v.mean())
+    ids = np.unique(g)
+    loo = np.array([v[g != p].mean() for p in ids])  # the estimate without each participant
+    se = math.sqrt((len(ids) - 1) / len(ids) * ((loo - loo.mean()) ** 2).sum())
+    q = sps.t.ppf(0.975, len(ids) - 1)  # 2.447 for 6 degrees of freedom
+    assert q == pytest.approx(2.4469, abs=1e-4)
+    assert (lo, hi) == pytest.approx((mean - q * se, mean + q * se))
+    # a pixel ratio: sum(num) / sum(den)
+    num, den = np.array([3.0, 0, 5, 2]), np.array([4.0, 2, 5, 4])
+    r, rlo, rhi = evaluate.cluster_t_interval(num, den, np.array(["a", "a", "b", "c"]))
+    assert r == pytest.approx(10 / 15) and rlo < r < rhi
+
+
+def coverage(n_participants: int, reps: int, seed: int) -> float:
+    """Share of 95% cluster-t intervals that hold the true image-level mean of simulated clustered data."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(reps):
+        n = rng.integers(1, 5, n_participants)  # 1-4 images per participant
+        cl = np.repeat(np.arange(n_participants), n)
+        v = 0.6 + rng.normal(0, 0.15, n_participants)[cl] + rng.normal(0, 0.1, len(cl))  # true mean 0.6
+        _, lo, hi = evaluate.cluster_t_interval(v, np.ones(len(v)), cl)
+        hits += lo <= 0.6 <= hi
+    return hits / reps
+
+
+def test_cluster_t_interval_covers_at_small_numbers_of_participants():
+    """The percentile cluster bootstrap covered 83% at 5 and 89% at 12 participants; this must reach 93% at 12."""
+    measured = {g: coverage(g, 2000, seed=g) for g in (5, 12, 30)}
+    print("coverage of nominal 95% intervals:", measured)
+    assert measured[12] >= 0.93 and measured[30] >= 0.93 and measured[5] >= 0.9
+
+
+def test_paired_difference_has_the_scipy_t_interval():
+    a = np.array([0.61, 0.72, 0.55, 0.8, 0.66, 0.7])
+    b = a - np.array([0.05, 0.02, 0.08, 0.03, 0.06, 0.04])
+    r = stats.paired_test(a, b, 0.05)
+    ci = sps.ttest_rel(a, b).confidence_interval(0.95)
+    assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert r["mean_diff"] == pytest.approx(0.28 / 6) and r["diff_ci_low"] < r["mean_diff"] < r["diff_ci_high"]

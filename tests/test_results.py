@@ -49,14 +49,27 @@ def test_evaluation_recomputes_from_saved_predictions(cohort_run):
                 assert [rows.loc[image_id, k] for k in ("tn", "fp", "fn", "tp")] == cm.ravel().tolist()
         summary = pd.read_csv(cohort_run / f"results/evaluate/{split}/summary.tsv", sep="\t")
         for r in summary.itertuples():
-            assert r.mean == pytest.approx(per[per.model == r.model][r.metric].mean(), rel=1e-5)  # TSVs hold 6 digits
+            mine = per[per.model == r.model]
+            if r.metric == "recall_pixel":
+                expected = mine.tp.sum() / (mine.tp.sum() + mine.fn.sum())
+            elif r.metric == "specificity_pixel":
+                expected = mine.tn.sum() / (mine.tn.sum() + mine.fp.sum())
+            else:  # the images where every model's metric is defined
+                wide = per.pivot(index="image_id", columns="model", values=r.metric).dropna()
+                expected = wide[r.model].mean()
+                assert r.n_defined == len(wide)
+            assert r.mean == pytest.approx(expected, rel=1e-5)  # TSVs hold 6 digits
             if not np.isnan(r.ci_low):
                 assert r.ci_low <= r.mean <= r.ci_high
         conf = pd.read_csv(cohort_run / f"results/evaluate/{split}/confusion.tsv", sep="\t").set_index("model")
         for model in MODELS:
             assert conf.loc[model, "tp"] == per[per.model == model]["tp"].sum()
         t2 = pd.read_csv(cohort_run / f"results/evaluate/{split}/table2.tsv", sep="\t")
-        assert list(t2["Evaluation metric"]) == [evaluate.LABELS[m] for m in evaluate.METRICS]
+        assert list(t2["Evaluation metric"]) == [
+            evaluate.LABELS[m] for m in (*evaluate.METRICS, *evaluate.PIXEL_METRICS)
+        ]
+        t2s = pd.read_csv(cohort_run / f"results/evaluate/{split}/table2_sensitivity.tsv", sep="\t")
+        assert list(t2s.columns) == list(t2.columns) and len(t2s) == len(t2)
     t1 = pd.read_csv(cohort_run / "results/evaluate/table1.tsv", sep="\t", dtype=str, keep_default_na=False)
     n = pd.read_csv(cohort_run / "results/splits.tsv", sep="\t")["split"].value_counts()
     assert f"Training set (n={n['train']})" in t1.columns and "Age (y), mean (SD)" in set(t1["Characteristic"])
@@ -159,6 +172,7 @@ def test_snakemakes_own_report_holds_the_tables_and_figures(cohort_run, tmp_path
         "registration_qc.png": 1,
         "table1.tsv": 1,
         "table2.tsv": 2,  # test and val
+        "table2_sensitivity.tsv": 2,
         "comparison.tsv": 2,
         "figure4.png": 2,
         "figure5.png": 2,

@@ -7,8 +7,19 @@ Metric conventions (binary, cancer positive; void pixels excluded):
 * A metric whose denominator is zero is undefined for that image (NaN): e.g.
   Dice and precision when neither truth nor prediction has cancer, recall when
   the truth has none.  mIoU averages the classes present in truth or prediction.
-* Image averages are NaN-means; ``n_defined`` reports how many images count.
-* 95% CIs: percentile bootstrap over participants (clusters), seeded.
+* Primary analysis: each metric is averaged, and models are compared, over the
+  images where it is defined for *every* model, so that all models are judged on
+  the same images (a model that predicts nothing is not "more precise").
+  ``n_defined`` reports how many images count.
+* Sensitivity analysis (``table2_sensitivity.tsv``): explicit conventions instead:
+  Dice = 1 when truth and prediction are both empty; precision = 0 when the truth
+  has cancer and nothing is predicted.
+* 95% CIs (``evaluate.ci``): ``cluster_t``, a t interval with G - 1 degrees of
+  freedom (G participants) around the cluster-jackknife standard error, which
+  covers close to its nominal level with few participants; or ``bootstrap``, the
+  percentile bootstrap over participants (seeded), which under-covers below ~30.
+* Pixel-level recall and specificity (the paper's): ratios of confusion counts
+  summed over all pixels of all images, with the same participant-level CIs.
 """
 
 from __future__ import annotations
@@ -35,6 +46,11 @@ LABELS = {
     "recall": "Recall",
     "specificity": "Specificity",
 }
+# pixel-level metrics: name -> (numerator, denominator) confusion counts summed over every pixel
+PIXEL_METRICS = {"recall_pixel": ("tp", ("tp", "fn")), "specificity_pixel": ("tn", ("tn", "fp"))}
+LABELS.update({"recall_pixel": "Recall, pixel-level", "specificity_pixel": "Specificity, pixel-level"})
+CI_METHODS = ("cluster_t", "bootstrap")
+HOLM = ("pairs", "pairs_and_metrics")  # what Holm corrects over
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, void: int = VOID) -> np.ndarray:
@@ -127,12 +143,91 @@ def cluster_bootstrap(
     return point, float(res.confidence_interval.low), float(res.confidence_interval.high), int(ok.sum())
 
 
-def summarise(per_image: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """Per model and metric: image-level mean, cluster-bootstrap 95% CI, n images, n defined."""
+def cluster_t_interval(
+    num: np.ndarray, den: np.ndarray, clusters: np.ndarray, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Ratio sum(num)/sum(den) over images and its t interval over participants (clusters).
+
+    The standard error is the cluster jackknife's (leave one participant out), the
+    interval uses Student's t with G - 1 degrees of freedom.  With ``den`` = 1 per image
+    the ratio is the image-level mean.  Returns (estimate, low, high).
+    """
+    ids, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    s = np.bincount(inv, weights=np.asarray(num, float))
+    c = np.bincount(inv, weights=np.asarray(den, float))
+    point = float(s.sum() / c.sum()) if c.sum() > 0 else float("nan")
+    g = len(ids)
+    if g < 2 or np.isnan(point):
+        return point, float("nan"), float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loo = (s.sum() - s) / (c.sum() - c)  # the estimate without each participant
+    loo = loo[np.isfinite(loo)]
+    se = float(np.sqrt((g - 1) / g * np.sum((loo - loo.mean()) ** 2)))
+    half = float(sps.t.ppf(0.5 + level / 2, g - 1)) * se
+    return point, point - half, point + half
+
+
+def common_images(per_image: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The rows of the images where ``metric`` is defined for every model."""
+    defined = per_image[metric].notna().groupby(per_image["image_id"]).all()
+    return per_image[per_image["image_id"].isin(defined[defined].index)]
+
+
+def with_conventions(per_image: pd.DataFrame) -> pd.DataFrame:
+    """The sensitivity analysis' metrics: Dice = 1 when both masks are empty, precision = 0 when the
+    truth has cancer and nothing is predicted."""
+    out = per_image.copy()
+    both_empty = (out.tp + out.fp + out.fn) == 0
+    missed = ((out.tp + out.fn) > 0) & ((out.tp + out.fp) == 0)
+    out.loc[both_empty, "dice"] = 1.0
+    out.loc[missed, "precision"] = 0.0
+    return out
+
+
+def interval(
+    num: np.ndarray, den: np.ndarray, clusters: np.ndarray, method: str, n_boot: int, seed: int
+) -> tuple[float, float, float]:
+    """The configured 95% CI of a ratio over images (see the module docstring)."""
+    if method == "cluster_t":
+        return cluster_t_interval(num, den, clusters)
+    if not np.allclose(den, 1):  # the bootstrap of a pixel ratio: resample participants' (num, den) sums
+        ids, inv = np.unique(clusters, return_inverse=True)
+        s, c = np.bincount(inv, weights=num), np.bincount(inv, weights=den)
+        if len(ids) < 2:
+            return float(s.sum() / c.sum()), float("nan"), float("nan")
+        res = sps.bootstrap(
+            (s, c),
+            lambda s, c, axis=-1: s.sum(axis) / c.sum(axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=n_boot,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        return float(s.sum() / c.sum()), float(res.confidence_interval.low), float(res.confidence_interval.high)
+    mean, lo, hi, _ = cluster_bootstrap(num, clusters, n_boot, seed)
+    return mean, lo, hi
+
+
+def summarise(per_image: pd.DataFrame, ci: str, n_boot: int, seed: int) -> pd.DataFrame:
+    """Per model and metric: image-level mean over the images where the metric is defined for every model,
+    its 95% CI, the counts; then the pixel-level recall and specificity."""
     rows = []
-    for model, df in per_image.groupby("model", sort=False):
-        for m in METRICS:
-            mean, lo, hi, n_def = cluster_bootstrap(df[m].to_numpy(), df["participant_id"].to_numpy(), n_boot, seed)
+    for m in (*METRICS, *PIXEL_METRICS):
+        if m in PIXEL_METRICS:
+            used = per_image[(per_image[list(PIXEL_METRICS[m][1])].sum(axis=1) > 0)]
+        else:
+            used = common_images(per_image, m)
+        for model, df in per_image.groupby("model", sort=False):
+            d = used[used.model == model]
+            if m in PIXEL_METRICS:
+                num, den = d[PIXEL_METRICS[m][0]].to_numpy(float), d[list(PIXEL_METRICS[m][1])].sum(axis=1)
+            else:
+                num, den = d[m].to_numpy(float), np.ones(len(d))
+            if len(d):
+                mean, lo, hi = interval(num, np.asarray(den, float), d["participant_id"].to_numpy(), ci, n_boot, seed)
+            else:
+                mean = lo = hi = float("nan")
             rows.append(
                 {
                     "model": model,
@@ -141,9 +236,10 @@ def summarise(per_image: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
                     "ci_low": lo,
                     "ci_high": hi,
                     "n_images": len(df),
-                    "n_defined": n_def,
-                    "n_participants": df["participant_id"].nunique(),
-                    "bootstrap": n_boot,
+                    "n_defined": len(d),
+                    "n_participants": d["participant_id"].nunique(),
+                    "ci": ci,
+                    "bootstrap": n_boot if ci == "bootstrap" else 0,
                     "seed": seed,
                 }
             )
@@ -158,15 +254,17 @@ def pixel_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
     return sums.reset_index()
 
 
-def compare_models(per_image: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """Participant-level paired comparison of every model pair, metric by metric, Holm-corrected over pairs."""
-    means = per_image.groupby(["model", "participant_id"], sort=False)[list(METRICS)].mean()
+def compare_models(per_image: pd.DataFrame, alpha: float, holm_across_metrics: bool = False) -> pd.DataFrame:
+    """Participant-level paired comparison of every model pair, metric by metric, on the images where the
+    metric is defined for every model; Holm over the model pairs of a metric, or over all tests."""
     models = list(dict.fromkeys(per_image["model"]))
     rows = []
     for m in METRICS:
+        means = common_images(per_image, m).groupby(["model", "participant_id"], sort=False)[m].mean()
         block = []
         for a, b in combinations(models, 2):
-            pa, pb = means.loc[a][m], means.loc[b][m]
+            pa = means.loc[a] if a in means.index.get_level_values(0) else pd.Series(dtype=float)
+            pb = means.loc[b] if b in means.index.get_level_values(0) else pd.Series(dtype=float)
             both = pa.index.intersection(pb.index)
             block.append(
                 {
@@ -176,20 +274,27 @@ def compare_models(per_image: pd.DataFrame, alpha: float) -> pd.DataFrame:
                     **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha),
                 }
             )
-        for row, p_holm in zip(block, stats.holm([r["p"] for r in block]), strict=True):
-            row["p_holm"] = p_holm
+        if not holm_across_metrics:
+            for row, p_holm in zip(block, stats.holm([r["p"] for r in block]), strict=True):
+                row["p_holm"] = p_holm
         rows += block
-    return pd.DataFrame(rows)
+    if holm_across_metrics:
+        for row, p_holm in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
+            row["p_holm"] = p_holm
+    out = pd.DataFrame(rows)
+    out["holm_over"] = "all metrics and pairs" if holm_across_metrics else "model pairs of the metric"
+    return out
 
 
 def table2(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 2: metric, each model's % (95% CI), and the participant-level P value (Holm)."""
     rows = []
-    for m in METRICS:
+    for m in (*METRICS, *PIXEL_METRICS):
         row = {"Evaluation metric": LABELS[m]}
         for r in summary[summary.metric == m].itertuples():
             ci = f"{100 * r.ci_low:.2f}-{100 * r.ci_high:.2f}" if not np.isnan(r.ci_low) else "n/a"
-            row[f"{r.model}, % (95% CI)"] = f"{100 * r.mean:.2f} ({ci})"
+            row[f"{r.model}, % (95% CI)"] = f"{100 * r.mean:.2f} ({ci})" if not np.isnan(r.mean) else "n/a"
+        row["images"] = ", ".join(str(n) for n in dict.fromkeys(summary[summary.metric == m].n_defined))
         cmp = comparison[comparison.metric == m]
         for r in cmp.itertuples():
             label = "P value" if len(cmp) == 1 else f"P value {r.model_a} vs {r.model_b}"
@@ -292,9 +397,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--voc", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--predictions", nargs="+", required=True, help="model=directory pairs")
+    p.add_argument("--ci", choices=CI_METHODS, required=True, help="config evaluate.ci")
     p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap")
     p.add_argument("--seed", type=int, required=True, help="config evaluate.seed")
     p.add_argument("--alpha", type=float, required=True, help="config evaluate.alpha")
+    p.add_argument("--holm", choices=HOLM, required=True, help="config evaluate.holm")
     p.add_argument("--out", required=True, help="output directory")
     a = p.parse_args(argv)
 
@@ -314,13 +421,17 @@ def main(argv: list[str] | None = None) -> None:
         per_image.to_csv(
             out / "per_image.tsv", sep="\t", index=False, float_format="%.10g"
         )  # enough digits to recompute
-        summary = summarise(per_image, a.bootstrap, a.seed)
+        across = a.holm == "pairs_and_metrics"
+        summary = summarise(per_image, a.ci, a.bootstrap, a.seed)
         summary.to_csv(out / "summary.tsv", sep="\t", index=False, float_format="%.6g")
         conf = pixel_confusion(per_image)
         conf.to_csv(out / "confusion.tsv", sep="\t", index=False, float_format="%.6g")
-        comparison = compare_models(per_image, a.alpha)
+        comparison = compare_models(per_image, a.alpha, across)
         comparison.to_csv(out / "comparison.tsv", sep="\t", index=False, float_format="%.6g")
         table2(summary, comparison).to_csv(out / "table2.tsv", sep="\t", index=False)
+        sens = with_conventions(per_image)
+        sensitivity = table2(summarise(sens, a.ci, a.bootstrap, a.seed), compare_models(sens, a.alpha, across))
+        sensitivity.to_csv(out / "table2_sensitivity.tsv", sep="\t", index=False)
         figure4(conf, out / "figure4.png", f"Pixel confusion matrices, {a.split} split ({len(ids)} images)")
         figure5(voc, {m: Path(d) for m, d in dirs.items()}, ids, out / "figure5.png", a.split)
         print(f"{a.split}: {len(ids)} images of {per_image.participant_id.nunique()} participants, {len(dirs)} models")

@@ -100,14 +100,35 @@ def evaluation_section(d: Path, split: str) -> str:
     cmp = pd.read_csv(d / "comparison.tsv", sep="\t")
     conf = pd.read_csv(d / "confusion.tsv", sep="\t")
     summ = pd.read_csv(d / "summary.tsv", sep="\t")
-    n_boot, seed = summ["bootstrap"].iloc[0], summ["seed"].iloc[0]
+    method = summ["ci"].iloc[0]
+    ci = (
+        "t interval with G - 1 degrees of freedom around the participant-level jackknife standard error"
+        if method == "cluster_t"
+        else f"participant-level percentile bootstrap, {summ['bootstrap'].iloc[0]} resamples, "
+        f"seed {summ['seed'].iloc[0]}"
+    )
+    holm = cmp["holm_over"].iloc[0] if len(cmp) else "model pairs of the metric"
+    biased = (
+        '<p class="note"><b>Selection-biased:</b> this split chose each model\'s epoch, so these figures are '
+        "optimistic. The test split is the unbiased estimate.</p>"
+        if split == "validation"
+        else ""
+    )
     return "".join(
         [
             f"<h3>Table 2 ({split} split)</h3>",
-            '<p class="note">Image-level means, % (95% CI from a participant-level bootstrap, '
-            f"{n_boot} resamples, seed {seed}). P values: participant-level paired tests "
-            "(Shapiro-Wilk on the differences, then paired t or Wilcoxon), Holm-corrected over model pairs.</p>",
+            biased,
+            '<p class="note">Primary analysis. Image-level means, % (95% CI: '
+            f"{html.escape(ci)}), each metric over the images where it is defined for every model (column "
+            "<i>images</i>); the pixel-level rows pool the confusion counts of every pixel. P values: "
+            "participant-level paired tests on the same images (Shapiro-Wilk on the differences, then paired t "
+            f"or Wilcoxon), Holm-corrected over the {html.escape(holm)}.</p>",
             table(pd.read_csv(d / "table2.tsv", sep="\t", dtype=str, keep_default_na=False)),
+            f"<h3>Table 2, sensitivity analysis ({split} split)</h3>",
+            '<p class="note">The same, with explicit conventions instead of leaving images out: Dice = 1 when '
+            "truth and prediction are both empty; precision = 0 when the truth has cancer and nothing is "
+            "predicted.</p>",
+            table(pd.read_csv(d / "table2_sensitivity.tsv", sep="\t", dtype=str, keep_default_na=False)),
             "<h3>Paired comparisons, participant level</h3>",
             table(
                 cmp[
@@ -119,6 +140,8 @@ def evaluation_section(d: Path, split: str) -> str:
                         "mean_a",
                         "mean_b",
                         "mean_diff",
+                        "diff_ci_low",
+                        "diff_ci_high",
                         "shapiro_p",
                         "test",
                         "statistic",
@@ -131,7 +154,8 @@ def evaluation_section(d: Path, split: str) -> str:
             ),
             "<h3>Metrics with counts of defined images</h3>",
             '<p class="note">A metric whose denominator is zero (e.g. Dice with no cancer in truth '
-            "or prediction) is undefined for that image and left out of its mean.</p>",
+            "or prediction) is undefined for that image. Each metric counts the images where it is defined "
+            "for every model (n_defined).</p>",
             table(summ[["model", "metric", "mean", "ci_low", "ci_high", "n_images", "n_defined", "n_participants"]]),
             "<h3>Pixel-aggregated confusion matrices</h3>",
             table(conf, "{:.4f}"),
@@ -211,7 +235,7 @@ def build(a: argparse.Namespace) -> str:
         *train_parts,
         "<h2>Test results</h2>",
         evaluation_section(Path(a.test), "test"),
-        "<h2>Validation results</h2>",
+        "<h2>Validation results (selection-biased)</h2>",
         evaluation_section(Path(a.val), "validation"),
         "<h2>Failures and exclusions</h2>",
         "<h3>Failed jobs (from the logs of this working directory)</h3>",

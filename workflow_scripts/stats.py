@@ -5,6 +5,7 @@ says which one it used.
 
 * Paired comparison: Shapiro-Wilk on the paired differences; a paired t test
   if normality is not rejected at ``alpha``, else the Wilcoxon signed-rank test.
+  The mean difference gets a (1 - alpha) t interval.
   Effect sizes: Cohen's d_z (t test) or the matched-pairs rank-biserial
   correlation (Wilcoxon).  Several model pairs: Holm correction.
 * Table 1: continuous variables as mean (SD), compared by one-way ANOVA when
@@ -42,6 +43,8 @@ def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> dict:
         "mean_a": float(np.mean(a)) if len(d) else np.nan,
         "mean_b": float(np.mean(b)) if len(d) else np.nan,
         "mean_diff": float(np.mean(d)) if len(d) else np.nan,
+        "diff_ci_low": np.nan,
+        "diff_ci_high": np.nan,
         "shapiro_p": np.nan,
         "test": "",
         "statistic": np.nan,
@@ -51,6 +54,9 @@ def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> dict:
     }
     if len(d) < 3:
         return {**out, "test": "none (fewer than 3 participants)"}
+    if np.ptp(d) > 0:  # (1 - alpha) t interval of the mean participant-level difference
+        ci = sps.ttest_rel(a, b).confidence_interval(1 - alpha)
+        out["diff_ci_low"], out["diff_ci_high"] = float(ci.low), float(ci.high)
     if np.allclose(d, 0):
         return {**out, "test": "none (no differences)", "p": 1.0}
     out["shapiro_p"] = float(sps.shapiro(d).pvalue) if np.ptp(d) > 0 else 0.0
