@@ -113,9 +113,15 @@ def score_images(voc: Path, pred_dir: Path, ids: list[str]) -> pd.DataFrame:
 
 
 def cluster_bootstrap(
-    values: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int, level: float = 0.95
+    values: np.ndarray,
+    clusters: np.ndarray,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+    den: np.ndarray | None = None,
 ) -> tuple[float, float, float, int]:
-    """Image-level NaN-mean and its percentile CI from resampling participants with replacement.
+    """Image-level NaN-mean (or, with ``den``, the ratio sum(values)/sum(den)) and its percentile CI
+    from resampling participants with replacement.
 
     Each participant contributes (sum, count) of its defined values, so a resample's
     mean is sum/count over the drawn participants.  Returns (mean, low, high, n_defined).
@@ -126,7 +132,7 @@ def cluster_bootstrap(
         return float("nan"), float("nan"), float("nan"), 0
     ids, inv = np.unique(np.asarray(clusters)[ok], return_inverse=True)
     sums = np.bincount(inv, weights=values[ok])
-    counts = np.bincount(inv).astype(float)
+    counts = np.bincount(inv, weights=None if den is None else np.asarray(den, float)[ok]).astype(float)
     point = float(sums.sum() / counts.sum())
     if len(ids) < 2:
         return point, float("nan"), float("nan"), int(ok.sum())
@@ -190,22 +196,7 @@ def interval(
     """The configured 95% CI of a ratio over images (see the module docstring)."""
     if method == "cluster_t":
         return cluster_t_interval(num, den, clusters)
-    if not np.allclose(den, 1):  # the bootstrap of a pixel ratio: resample participants' (num, den) sums
-        ids, inv = np.unique(clusters, return_inverse=True)
-        s, c = np.bincount(inv, weights=num), np.bincount(inv, weights=den)
-        if len(ids) < 2:
-            return float(s.sum() / c.sum()), float("nan"), float("nan")
-        res = sps.bootstrap(
-            (s, c),
-            lambda s, c, axis=-1: s.sum(axis) / c.sum(axis),
-            paired=True,
-            vectorized=True,
-            n_resamples=n_boot,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-        return float(s.sum() / c.sum()), float(res.confidence_interval.low), float(res.confidence_interval.high)
-    mean, lo, hi, _ = cluster_bootstrap(num, clusters, n_boot, seed)
+    mean, lo, hi, _ = cluster_bootstrap(num, clusters, n_boot, seed, den=den)
     return mean, lo, hi
 
 
