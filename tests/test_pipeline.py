@@ -9,6 +9,7 @@ import PIL.Image
 import pydicom
 import pytest
 import torch
+import yaml
 from conftest import ROOT, RUN_BENCHMARKS, RUN_LOGS, make_cohort, snakemake, write_config
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
@@ -186,7 +187,9 @@ def test_training_outputs_and_selection_on_validation(cohort_run):
     assert not (lists["train"] & lists["val"]) and not (lists["train"] | lists["val"]) & lists["test"]
     for s, ids in lists.items():  # a participant's images all sit in its split
         assert {i.split("_")[0] for i in ids} == set(splits.loc[splits["split"] == s, "participant_id"])
-    for model in ("fcn_resnet101", "deeplabv3_resnet101"):
+    models = yaml.safe_load((cohort_run / "config.yaml").read_text())["train"]["models"]
+    assert len(models) == 3  # the paper's two and the U-Net baseline
+    for model in models:
         ck = torch.load(cohort_run / f"results/train/{model}/model.pt", weights_only=False)
         assert set(ck["train_ids"]) == lists["train"] and set(ck["val_ids"]) == lists["val"]
         assert ck["selected_on"] == "validation Dice" and ck["config"]["arch"] == model

@@ -24,7 +24,7 @@ from workflow_scripts import evaluate, ingest, synthetic
 
 pytestmark = pytest.mark.slow  # real Snakemake runs (minutes)
 
-MODELS = ("fcn_resnet101", "deeplabv3_resnet101")
+MODELS = tuple(yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["models"])
 
 
 def test_evaluation_recomputes_from_saved_predictions(cohort_run):

@@ -7,12 +7,14 @@ import sys
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import ROOT, make_cohort, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 HARNESS = ROOT / "tests/slurm/harness.sh"
+MODELS = sorted(yaml.safe_load((ROOT / "config.yaml").read_text())["train"]["models"])
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +70,11 @@ def test_every_remote_job_went_through_sbatch_and_groups_are_per_participant(slu
     groups = [d for d in dirs if d.startswith("group_prep_")]
     assert sorted(re.match(r"group_prep_([^_]+)_", g).group(1) for g in groups) == sorted(participants)  # one each
     assert dirs.count("rule_qc_table") == 1
-    assert sorted(d for d in dirs if d.startswith("rule_train")) == [
-        "rule_train/deeplabv3_resnet101",
-        "rule_train/fcn_resnet101",
-    ]
+    assert sorted(d for d in dirs if d.startswith("rule_train")) == [f"rule_train/{m}" for m in MODELS]
     assert sorted(d for d in dirs if d.startswith("rule_predict")) == sorted(
-        f"rule_predict/{m}_{s}" for m in ("deeplabv3_resnet101", "fcn_resnet101") for s in ("test", "val")
+        f"rule_predict/{m}_{s}" for m in MODELS for s in ("test", "val")
     )
-    assert len(dirs) == len(participants) + 3 + 4  # nothing else was submitted; local rules ran locally
+    assert len(dirs) == len(participants) + 1 + 3 * len(MODELS)  # nothing else was submitted; local rules ran locally
     for jobid, d in subs.items():  # the SLURM job logs exist and show the jobs ran there
         text = (workdir / ".snakemake/slurm_logs" / d / f"{jobid}.log").read_text()
         assert "--executor slurm-jobstep" in text
@@ -89,13 +88,13 @@ def test_every_remote_job_went_through_sbatch_and_groups_are_per_participant(slu
 def test_training_jobs_were_allocated_a_gpu(slurm_run):
     workdir, log = slurm_run
     ids = [j for j, d in submissions(log).items() if d.startswith(("rule_train", "rule_predict"))]
-    assert len(ids) == 6
+    assert len(ids) == 3 * len(MODELS)
     for j in ids:
         info = subprocess.run(
             ["timeout", "-s", "KILL", "20", "scontrol", "show", "job", str(j)], capture_output=True, text=True
         ).stdout
         assert "gres:gpu:1" in info or "gres/gpu=1" in info, info
-    for model in ("fcn_resnet101", "deeplabv3_resnet101"):
+    for model in MODELS:
         assert re.search(r"SLURM job \d+, CUDA_VISIBLE_DEVICES=0", (workdir / f"logs/train/{model}.log").read_text())
 
 

@@ -219,3 +219,15 @@ def test_checkpoint_is_not_resumed_after_a_label_changes():
     cfg = {"seed": 1}
     assert train.fingerprint(cfg, ["a", "b"], ["c"], x, y) == train.fingerprint(cfg, ["a", "b"], ["c"], x, y.clone())
     assert train.fingerprint(cfg, ["a", "b"], ["c"], x, y) != train.fingerprint(cfg, ["a", "b"], ["c"], x, y2)
+
+
+def test_unet_baseline_segments_odd_sizes_and_refuses_a_backbone():
+    model = models.build_model("unet", features=[4, 4, 8, 8, 16, 4])
+    out = model(torch.randn(2, 3, 40, 72))  # crop heights are not multiples of 16
+    assert set(out) == {"out"} and out["out"].shape == (2, 2, 40, 72)
+    loss = train.loss_fn(out["out"], torch.randint(0, 2, (2, 40, 72)), torch.tensor([0.3, 0.7]), 0.0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(InputError) as e:
+        models.build_model("unet", backbone_weights="imagenet")
+    assert "backbone_weights: null" in e.value.hint

@@ -1,6 +1,10 @@
 """Segmentation models: construction, ImageNet backbones, the forward pass and loading a checkpoint.
 
-Training, prediction and inference all build and run models through here.
+Training, prediction and inference all build and run models through here.  The
+paper's two models come from torchvision; the U-Net baseline is MONAI's
+``BasicUNet`` (MONAI is the medical-imaging library of the PyTorch ecosystem and
+needs nothing beyond torch and numpy; its BasicUNet is the plain two-convolution
+U-Net that nnU-Net also builds on).  Every model returns ``{"out": logits}``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,29 @@ from torchvision.models import ResNet101_Weights, segmentation
 
 from workflow_scripts.errors import InputError
 
-ARCHITECTURES = {"fcn_resnet101": segmentation.fcn_resnet101, "deeplabv3_resnet101": segmentation.deeplabv3_resnet101}
+TORCHVISION = {"fcn_resnet101": segmentation.fcn_resnet101, "deeplabv3_resnet101": segmentation.deeplabv3_resnet101}
+ARCHITECTURES = (*TORCHVISION, "unet")
+UNET_FEATURES = (32, 64, 128, 256, 512, 32)  # MONAI's BasicUNet default; config train.models.<name>.features
+
+
+class LogitsAsDict(torch.nn.Module):
+    """A network that returns logits, answering ``{"out": logits}`` like torchvision's segmentation models."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.net(x)}
+
+
+def unet(features: list[int] | None) -> torch.nn.Module:
+    """MONAI's BasicUNet for 2-D, 3-channel input and two classes."""
+    from monai.networks.nets import BasicUNet
+
+    return LogitsAsDict(
+        BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=tuple(features or UNET_FEATURES))
+    )
 
 
 IMAGENET = "imagenet"  # train.backbone_weights: torchvision's ImageNet ResNet-101, as the paper's configs start from
@@ -48,11 +74,21 @@ def backbone_state(backbone_weights: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def build_model(arch: str, aux: bool, backbone_weights: str | None) -> torch.nn.Module:
-    """A torchvision model: random weights, or an ImageNet ResNet-101 backbone (``imagenet`` or a local file)."""
+def build_model(
+    arch: str, aux: bool = False, backbone_weights: str | None = None, features: list[int] | None = None
+) -> torch.nn.Module:
+    """A model with random weights, or (torchvision's) with an ImageNet ResNet-101 backbone (``imagenet`` or a
+    local file)."""
     if arch not in ARCHITECTURES:
         raise InputError(f"unknown architecture {arch!r}", f"use one of {sorted(ARCHITECTURES)} in config train.models")
-    model = ARCHITECTURES[arch](weights=None, weights_backbone=None, num_classes=2, aux_loss=aux)
+    if arch == "unet":
+        if aux or backbone_weights:
+            raise InputError(
+                "the unet has no auxiliary head and no ResNet backbone to load weights into",
+                "set aux: false and backbone_weights: null in its train.models entry",
+            )
+        return unet(features)
+    model = TORCHVISION[arch](weights=None, weights_backbone=None, num_classes=2, aux_loss=aux)
     if backbone_weights:
         state = backbone_state(backbone_weights)
         missing, _ = model.backbone.load_state_dict(
@@ -82,6 +118,6 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ck, dict) or "model" not in ck or "norm" not in ck:
         raise InputError(f"{path} is not a tractmap model checkpoint", "use results/train/<model>/model.pt")
-    model = build_model(ck["config"]["arch"], ck["config"]["aux"], None)
+    model = build_model(ck["config"]["arch"], ck["config"]["aux"], None, ck["config"].get("features"))
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck

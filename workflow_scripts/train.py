@@ -133,7 +133,7 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
     xt = ((xt.float() - mean) / std).to(dev)
     xv = ((xv.float() - mean) / std).to(dev)
     yt, yv = yt.long().to(dev), yv.long().to(dev)
-    model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights")).to(dev)
+    model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights"), cfg.get("features")).to(dev)
     if amp:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
