@@ -29,6 +29,7 @@ localrules:
     splits,
     voc_list,
     voc_class_names,
+    nnunet_export,
     evaluate,
     table1,
     review,

@@ -196,6 +196,7 @@ def all_targets():
         f"{RESULTS}/splits.tsv",
         f"{RESULTS}/voc/ImageSets/Segmentation/test.txt",
         f"{RESULTS}/voc/class_names.txt",
+        f"{RESULTS}/nnunet/Dataset{config['nnunet']['dataset_id']:03d}_{config['nnunet']['name']}",
         *expand(f"{RESULTS}/train/{{model}}/model.pt", model=config["train"]["models"]),
         *per_biopsy(f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png"),
     ]

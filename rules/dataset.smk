@@ -63,6 +63,27 @@ rule voc_list:
         "-- {input.labels:q} > {log:q} 2>&1"
 
 
+rule nnunet_export:
+    input:
+        lists=expand(f"{VOC}/ImageSets/Segmentation/{{s}}.txt", s=["train", "val", "test"]),
+        labels=voc_files(("train", "val")),
+        images=voc_files(("train", "val", "test"), "JPEGImages", "jpg"),
+    output:
+        directory(f"{RESULTS}/nnunet/Dataset{config['nnunet']['dataset_id']:03d}_{config['nnunet']['name']}"),
+    params:
+        voc=lambda w, input: str(Path(input.lists[0]).parents[2]),
+        name=config["nnunet"]["name"],
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        f"{LOGS}/nnunet_export.log",
+    benchmark:
+        f"{JOB_BENCHMARKS}/nnunet_export.tsv"
+    shell:
+        "python -m workflow_scripts.nnunet --voc={params.voc:q} --out={output:q} --name={params.name:q} "
+        "--train={input.lists[0]:q} --val={input.lists[1]:q} --test={input.lists[2]:q} > {log:q} 2>&1"
+
+
 rule voc_class_names:
     output:
         f"{VOC}/class_names.txt",

@@ -183,6 +183,19 @@ def test_snakemakes_own_report_holds_the_tables_and_figures(cohort_run, tmp_path
         assert caption in html, caption
 
 
+def test_pipelines_nnunet_export_holds_our_split_and_passes_nnunets_check(cohort_run):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    out = cohort_run / "results/nnunet/Dataset501_Tractmap"
+    verify_dataset_integrity(str(out), num_processes=1)
+    lists = {
+        s: (cohort_run / f"results/voc/ImageSets/Segmentation/{s}.txt").read_text().split()
+        for s in ("train", "val", "test")
+    }
+    assert json.loads((out / "splits_final.json").read_text()) == [{"train": lists["train"], "val": lists["val"]}]
+    assert sorted(p.name for p in (out / "imagesTs").iterdir()) == sorted(f"{c}_0000.png" for c in lists["test"])
+
+
 # ------------------------------------------------------------------ inference
 
 
