@@ -30,6 +30,8 @@ localrules:
     voc_list,
     voc_class_names,
     nnunet_export,
+    ensemble,
+    cv_table,
     evaluate,
     table1,
     review,

@@ -79,7 +79,8 @@ wildcard_constraints:
     participant=_ID["participant_id"],
     biopsy=_ID["biopsy_id"],
     phase="prefire|postfire",
-    split="train|val|test|trainval",
+    split="train|val|test|trainval|fold[0-9]+_(?:train|val)",
+    fold="[0-9]+",
     model="|".join(config["train"]["models"]),
 
 
@@ -89,6 +90,9 @@ SPLIT_FIXED = split.sheet_splits(list(participants["participant_id"]), participa
 SPLIT = split.allocate(
     list(participants["participant_id"]), config["split"]["ratios"], config["split"]["seed"], SPLIT_FIXED
 )
+# cross-validation (split.folds >= 2): folds of the non-test participants, computed here once too
+FOLDS = config["split"].get("folds", 0) if config["split"].get("folds", 0) >= 2 else 0
+FOLD = split.folds([p for p in SPLIT if SPLIT[p] != "test"], FOLDS, config["split"]["seed"]) if FOLDS else {}
 
 # corrected Labelme files: listed once at parse time
 CORRECTIONS = {
@@ -166,19 +170,46 @@ def per_biopsy(pattern):
     return [pattern.format(participant=p, biopsy=b) for p, b in biopsies.index]
 
 
+def list_members(name):
+    """Participants of a VOC list: a split, trainval (train + val), or fold<k>_train / fold<k>_val (the
+    non-test participants outside / inside cross-validation fold k)."""
+    if name in ("train", "val", "test", "trainval"):
+        wanted = ("train", "val") if name == "trainval" else (name,)
+        return {p for p, s in SPLIT.items() if s in wanted}
+    fold, part = name.split("_")
+    return {p for p, f in FOLD.items() if (f == int(fold[4:])) == (part == "val")}
+
+
+def member_files(members, kind="SegmentationClass", ext="png"):
+    """VOC files of the biopsies whose participant is in ``members``."""
+    return [f"{RESULTS}/voc/{kind}/{p}_{b}.{ext}" for p, b in biopsies.index if p in members]
+
+
 def voc_files(splits, kind="SegmentationClass", ext="png"):
     """VOC files of the biopsies whose participant is in one of ``splits``."""
-    return [f"{RESULTS}/voc/{kind}/{p}_{b}.{ext}" for p, b in biopsies.index if SPLIT[p] in splits]
+    return member_files({p for p, s in SPLIT.items() if s in splits}, kind, ext)
 
 
-def split_files(splits, step):
-    """<results>/<step>/<participant>/<biopsy>.json of the biopsies in ``splits``, in voc_files order."""
-    return [f"{RESULTS}/{step}/{p}/{b}.json" for p, b in biopsies.index if SPLIT[p] in splits]
+def step_files(members, step):
+    """<results>/<step>/<participant>/<biopsy>.json of the biopsies of ``members``, in member_files order."""
+    return [f"{RESULTS}/{step}/{p}/{b}.json" for p, b in biopsies.index if p in members]
 
 
-def splits_in_list(wildcards):
-    """The splits a VOC list wildcard covers (trainval is train + val)."""
-    return ("train", "val") if wildcards.split == "trainval" else (wildcards.split,)
+def fold_lists(parts=("train", "val")):
+    """Every cross-validation fold's VOC lists (none when cross-validation is off)."""
+    return [f"{RESULTS}/voc/ImageSets/Segmentation/fold{k}_{s}.txt" for k in range(FOLDS) for s in parts]
+
+
+def fold_lists_of(fold):
+    """Fold ``fold``'s train and val VOC lists."""
+    return [f"{RESULTS}/voc/ImageSets/Segmentation/fold{fold}_{s}.txt" for s in ("train", "val")]
+
+
+def evaluated_models(split):
+    """The prediction sets a split's evaluation compares: every model, and on the test split each model's
+    fold ensemble when cross-validation is on."""
+    models = list(config["train"]["models"])
+    return models + [f"{m}_ensemble" for m in models] if FOLDS and split == "test" else models
 
 
 def train_settings_json(wildcards):
@@ -198,5 +229,6 @@ def all_targets():
         f"{RESULTS}/voc/class_names.txt",
         f"{RESULTS}/nnunet/Dataset{config['nnunet']['dataset_id']:03d}_{config['nnunet']['name']}",
         *expand(f"{RESULTS}/train/{{model}}/model.pt", model=config["train"]["models"]),
+        *([f"{RESULTS}/cv/folds.tsv"] if FOLDS else []),
         *per_biopsy(f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png"),
     ]

@@ -47,9 +47,9 @@ rule voc_image:
 
 rule voc_list:
     input:
-        labels=lambda w: voc_files(splits_in_list(w)),
-        orient=lambda w: split_files(splits_in_list(w), "orient"),
-        tract=lambda w: split_files(splits_in_list(w), "tract"),
+        labels=lambda w: member_files(list_members(w.split)),
+        orient=lambda w: step_files(list_members(w.split), "orient"),
+        tract=lambda w: step_files(list_members(w.split), "tract"),
     output:
         f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     conda:
@@ -66,6 +66,7 @@ rule voc_list:
 rule nnunet_export:
     input:
         lists=expand(f"{VOC}/ImageSets/Segmentation/{{s}}.txt", s=["train", "val", "test"]),
+        folds=fold_lists(),
         labels=voc_files(("train", "val")),
         images=voc_files(("train", "val", "test"), "JPEGImages", "jpg"),
     output:
@@ -81,7 +82,8 @@ rule nnunet_export:
         f"{JOB_BENCHMARKS}/nnunet_export.tsv"
     shell:
         "python -m workflow_scripts.nnunet --voc={params.voc:q} --out={output:q} --name={params.name:q} "
-        "--train={input.lists[0]:q} --val={input.lists[1]:q} --test={input.lists[2]:q} > {log:q} 2>&1"
+        "--train={input.lists[0]:q} --val={input.lists[1]:q} --test={input.lists[2]:q} --folds {input.folds:q} "
+        "> {log:q} 2>&1"
 
 
 rule voc_class_names:

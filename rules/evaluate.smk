@@ -10,6 +10,7 @@ rule predict:
         directory(f"{RESULTS}/predict/{{model}}/{{split}}"),
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
+        split=lambda w: w.split,
     threads: 2
     resources:
         gpu=1,
@@ -20,20 +21,71 @@ rule predict:
     benchmark:
         f"{JOB_BENCHMARKS}/predict/{{model}}/{{split}}.tsv"
     shell:
-        "python -m workflow_scripts.predict --model={input.model:q} --voc={params.voc:q} --split={wildcards.split:q} "
+        "python -m workflow_scripts.predict --model={input.model:q} --voc={params.voc:q} --split={params.split:q} "
         "--out={output:q} --threads={threads} > {log:q} 2>&1"
+
+
+# each fold model predicts the test split; the fold ensemble averages their probabilities
+use rule predict as predict_fold with:
+    input:
+        model=rules.train_fold.output.model,
+        images=voc_files(("test",), "JPEGImages", "jpg"),
+        ids=f"{VOC}/ImageSets/Segmentation/test.txt",
+    output:
+        directory(f"{RESULTS}/cv/{{model}}/fold{{fold}}/test"),
+    params:
+        voc=lambda w, input: str(Path(input.ids).parents[2]),
+        split="test",
+    log:
+        f"{LOGS}/predict_fold/{{model}}/fold{{fold}}.log",
+    benchmark:
+        f"{JOB_BENCHMARKS}/predict_fold/{{model}}/fold{{fold}}.tsv"
+
+
+rule ensemble:
+    input:
+        folds=lambda w: [f"{RESULTS}/cv/{w.model}/fold{k}/test" for k in range(FOLDS)],
+        ids=f"{VOC}/ImageSets/Segmentation/test.txt",
+    output:
+        directory(f"{RESULTS}/predict/{{model}}_ensemble/test"),
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        f"{LOGS}/ensemble/{{model}}.log",
+    benchmark:
+        f"{JOB_BENCHMARKS}/ensemble/{{model}}.tsv"
+    shell:
+        "python -m workflow_scripts.crossval ensemble --ids={input.ids:q} --out={output:q} -- {input.folds:q} "
+        "> {log:q} 2>&1"
+
+
+rule cv_table:
+    input:
+        expand(f"{RESULTS}/cv/{{model}}/fold{{fold}}/history.tsv", model=config["train"]["models"], fold=range(FOLDS)),
+    output:
+        report(f"{RESULTS}/cv/folds.tsv", caption="report/cv.rst", category="Training", labels={"model": "folds"}),
+    params:
+        triples=lambda w, input: [f"{Path(h).parts[-3]}={Path(h).parts[-2][4:]}={h}" for h in input],
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        f"{LOGS}/cv_table.log",
+    benchmark:
+        f"{JOB_BENCHMARKS}/cv_table.tsv"
+    shell:
+        "python -m workflow_scripts.crossval table --out={output:q} -- {params.triples:q} > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        predictions=expand(f"{RESULTS}/predict/{{model}}/{{{{split}}}}", model=config["train"]["models"]),
+        predictions=lambda w: [f"{RESULTS}/predict/{m}/{w.split}" for m in evaluated_models(w.split)],
         labels=lambda w: voc_files((w.split,)),
         ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     output:
         **{k: eval_output(k) for k in EVAL_OUTPUTS},
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
-        pairs=lambda w, input: [f"{m}={d}" for m, d in zip(config["train"]["models"], input.predictions)],
+        pairs=lambda w, input: [f"{m}={d}" for m, d in zip(evaluated_models(w.split), input.predictions)],
         out=lambda w, output: str(Path(output.table2).parent),
         ev=config["evaluate"],
     conda:
@@ -80,6 +132,7 @@ rule report:
         val=expand(rules.evaluate.output, split="val"),
         curves=expand(rules.train.output.curves, model=config["train"]["models"]),
         history=expand(rules.train.output.history, model=config["train"]["models"]),
+        cv=rules.cv_table.output if FOLDS else [],
     output:
         f"{RESULTS}/report.html",
     params:
@@ -89,6 +142,7 @@ rule report:
         test=lambda w, input: str(Path(input.test[0]).parent),
         val=lambda w, input: str(Path(input.val[0]).parent),
         logs=LOGS,
+        cv=lambda w, input: input.cv[0] if FOLDS else "",
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -98,4 +152,4 @@ rule report:
     shell:
         "python -m workflow_scripts.report --config={params.config:q} --exclusions={params.exclusions:q} "
         "--splits={input.splits:q} --table1={input.table1:q} --qc-table={input.qc_table:q} --qc-figure={input.qc_figure:q} --review={input.review:q} "
-        "--test={params.test:q} --val={params.val:q} --train={params.train:q} --logs={params.logs:q} --out={output:q} > {log:q} 2>&1"
+        "--test={params.test:q} --val={params.val:q} --train={params.train:q} --logs={params.logs:q} --cv={params.cv:q} --out={output:q} > {log:q} 2>&1"

@@ -31,6 +31,26 @@ def write_config(workdir: Path, **overrides) -> Path:
     return path
 
 
+def write_voc(root: Path, splits: dict[str, list[str]], shape=(24, 48), void_rows: int = 2, seed: int = 0) -> None:
+    """A small VOC dataset: a bright background, a dark cancer band per image, void (255) in the top rows."""
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    for sub in ("JPEGImages", "SegmentationClass"):
+        (root / sub).mkdir()
+    for split, names in splits.items():
+        (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(names) + "\n")
+        for n in names:
+            lab = np.zeros(shape, np.uint8)
+            lab[shape[0] // 4 : 3 * shape[0] // 4, rng.integers(0, shape[1] // 2) : 5 * shape[1] // 8] = 1
+            lab[:void_rows] = 255
+            img = (np.where(lab == 1, 60, 180) + rng.integers(0, 20, shape)).astype(np.uint8)
+            PIL.Image.fromarray(img).save(root / "JPEGImages" / f"{n}.jpg")
+            PIL.Image.fromarray(lab, mode="P").save(root / "SegmentationClass" / f"{n}.png")
+
+
 def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     """Write demo sheets for n participants into workdir/sheets."""
     from workflow_scripts import synthetic

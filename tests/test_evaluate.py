@@ -355,3 +355,15 @@ def test_paired_difference_has_the_scipy_t_interval():
     ci = sps.ttest_rel(a, b).confidence_interval(0.95)
     assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((ci.low, ci.high))
     assert r["mean_diff"] == pytest.approx(0.28 / 6) and r["diff_ci_low"] < r["mean_diff"] < r["diff_ci_high"]
+
+
+def test_a_single_model_is_summarised_without_comparisons():
+    """One entry in train.models: Table 2 has no P value columns, and nothing fails."""
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:6, 2:6] = 1
+    per = pd.DataFrame([image_row("unet", f"P{i}_B1", truth, truth) for i in range(3)])
+    cmp = evaluate.compare_models(per, 0.05)
+    assert cmp.empty and {"metric", "p_holm", "diff_ci_low"} <= set(cmp.columns)
+    t2 = evaluate.table2(evaluate.summarise(per, "cluster_t", 200, 1), cmp)
+    assert len(t2) == len(evaluate.METRICS) + len(evaluate.PIXEL_METRICS)
+    assert not any(c.startswith("P value") for c in t2.columns) and t2.loc[1, "unet, % (95% CI)"].startswith("100.00")

@@ -51,3 +51,17 @@ def test_readme_maps_every_rule_file_and_module():
         if module.name != "__init__.py":
             assert f"`{module.name}`" in table, module.name
     assert "`synthetic/`" in table
+
+
+def test_slurm_profile_sends_every_gpu_rule_to_a_gpu():
+    """Training and prediction, per split and per cross-validation fold, each get a GPU of their own on SLURM."""
+    import yaml
+
+    rules = "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    gpu_rules = set(re.findall(r"^rule (\w+):(?:(?!^rule ).)*?^\s+gpu=1,", rules, re.M | re.S))
+    gpu_rules |= {  # `use rule X as Y` inherits X's resources
+        new for old, new in re.findall(r"^use rule (\w+) as (\w+)", rules, re.M) if old in gpu_rules
+    }
+    assert gpu_rules == {"train", "train_fold", "predict", "predict_fold"}
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())["set-resources"]
+    assert {r for r in gpu_rules if profile.get(r, {}).get("gpu") == 1} == gpu_rules

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_voc
 
 from workflow_scripts import nnunet
 from workflow_scripts.errors import InputError
@@ -16,20 +16,8 @@ from workflow_scripts.errors import InputError
 
 def small_voc(root: Path) -> dict[str, list[str]]:
     """A VOC dataset of two participants per split, with void pixels (255) in every label."""
-    rng = np.random.default_rng(1)
     splits = {"train": ["P01_B1", "P01_B2", "P02_B1"], "val": ["P03_B1", "P04_B1"], "test": ["P05_B1", "P06_B1"]}
-    (root / "ImageSets/Segmentation").mkdir(parents=True)
-    for sub in ("JPEGImages", "SegmentationClass"):
-        (root / sub).mkdir()
-    for split, ids in splits.items():
-        (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(ids) + "\n")
-        for case in ids:
-            lab = np.zeros((40, 64), np.uint8)
-            lab[10:30, rng.integers(0, 30) : 50] = 1
-            lab[:4] = 255
-            img = (np.where(lab == 1, 70, 170) + rng.integers(0, 30, lab.shape)).astype(np.uint8)
-            PIL.Image.fromarray(img).save(root / "JPEGImages" / f"{case}.jpg")
-            PIL.Image.fromarray(lab, mode="P").save(root / "SegmentationClass" / f"{case}.png")
+    write_voc(root, splits, shape=(40, 64), void_rows=4, seed=1)
     return splits
 
 

@@ -90,7 +90,15 @@ def test_complete_run_has_nothing_to_do(cohort_run):
     assert planned_jobs(cohort_run) == {}
 
 
+def train_only_the_unet(workdir: Path) -> None:
+    """Tests of reruns after a registration change keep one (fast) model: changed labels retrain every model."""
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["train"]["models"] = {"unet": cfg["train"]["models"]["unet"]}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
 def test_corrected_labelme_file_wins_and_reruns_only_that_biopsy(copy_run):
+    train_only_the_unet(copy_run)
     auto = copy_run / "results/transfer/P001/B1.json"
     doc = json.loads(auto.read_text())
     doc["shapes"] = [s for s in doc["shapes"] if s["label"] != "cancer"]  # a reviewer removes the tumour
@@ -111,6 +119,7 @@ def test_corrected_labelme_file_wins_and_reruns_only_that_biopsy(copy_run):
 
 
 def test_manual_overrides_are_honoured(copy_run):
+    train_only_the_unet(copy_run)
     sheet = copy_run / "sheets/biopsies.tsv"
     b = pd.read_csv(sheet, sep="\t", dtype=str)
     b["tip_x"], b["tip_y"], b["axis_deg"], b["throw_mm"] = "", "", "", ""
@@ -128,6 +137,7 @@ def test_manual_overrides_are_honoured(copy_run):
 
 
 def test_one_bad_biopsy_spares_everyone_else(copy_run):
+    train_only_the_unet(copy_run)
     b = pd.read_csv(copy_run / "sheets/biopsies.tsv", sep="\t", dtype=str)
     bad = copy_run / b.loc[1, "prefire"]
     ds = pydicom.dcmread(bad)
@@ -221,7 +231,8 @@ def test_new_test_participant_does_not_retrain_but_a_train_participant_does(copy
     assert "train" not in jobs
     assert jobs.get("demo_biopsy") == 1 and jobs.get("tract") == 1 and jobs.get("voc_image") == 1
     add_participant(copy_run, "P901", "train")
-    assert planned_jobs(copy_run).get("train") == 2
+    models = yaml.safe_load((copy_run / "config.yaml").read_text())["train"]["models"]
+    assert planned_jobs(copy_run).get("train") == len(models)
 
 
 def test_changing_characteristics_reruns_no_image_processing(copy_run):
@@ -271,3 +282,40 @@ def test_uncertain_orientation_waits_for_review_and_a_confirmation_reruns_only_t
         (after["participant_id"] == pid) & (after["biopsy_id"] == row["biopsy_id"]) & (after["step"] == "orient")
     ).any()
     assert json.loads((copy_run / f"results/orient/{pid}/{row['biopsy_id']}.json").read_text())["state"] == "override"
+
+
+def test_cross_validation_trains_one_model_per_fold_and_evaluates_the_fold_ensemble(copy_run):
+    """split.folds: 2 on the test cohort (one architecture): fold lists by participant, a model per fold selected
+    on its own fold, the ensemble's averaged probabilities evaluated on the test split, nnU-Net's splits = ours."""
+    train_only_the_unet(copy_run)
+    cfg = yaml.safe_load((copy_run / "config.yaml").read_text())
+    cfg["split"]["folds"] = 2
+    (copy_run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(copy_run, "--cores", "2")
+    lists = copy_run / "results/voc/ImageSets/Segmentation"
+    read = lambda name: (lists / f"{name}.txt").read_text().split()  # noqa: E731
+    nontest = set(read("train")) | set(read("val"))
+    vals = [set(read(f"fold{k}_val")) for k in range(2)]
+    assert vals[0] and vals[1] and not vals[0] & vals[1] and vals[0] | vals[1] == nontest
+    people = [{i.split("_")[0] for i in v} for v in vals]
+    assert not people[0] & people[1]  # by participant
+    for k in range(2):
+        assert set(read(f"fold{k}_train")) == nontest - vals[k]
+        ck = torch.load(copy_run / f"results/cv/unet/fold{k}/model.pt", weights_only=False)
+        assert set(ck["train_ids"]) == nontest - vals[k] and set(ck["val_ids"]) == vals[k]
+    test_ids = read("test")
+    for image_id in test_ids:  # the ensemble averages the folds' probabilities
+        folds = [np.load(copy_run / f"results/cv/unet/fold{k}/test/{image_id}_prob.npy") for k in range(2)]
+        ens = np.load(copy_run / f"results/predict/unet_ensemble/test/{image_id}_prob.npy")
+        np.testing.assert_allclose(ens, (folds[0] + folds[1]) / 2, rtol=1e-6)
+    summary = pd.read_csv(copy_run / "results/evaluate/test/summary.tsv", sep="\t")
+    assert set(summary.model) == {"unet", "unet_ensemble"}
+    table = pd.read_csv(copy_run / "results/cv/folds.tsv", sep="\t", dtype={"fold": str})
+    per_fold = table[table.fold.isin(["0", "1"])]
+    assert len(per_fold) == 2
+    mean = table[table.fold == "mean"].iloc[0]
+    assert mean.val_dice == pytest.approx(per_fold.val_dice.mean())
+    nn = json.loads((copy_run / "results/nnunet/Dataset501_Tractmap/splits_final.json").read_text())
+    assert [set(f["val"]) for f in nn] == vals
+    html = (copy_run / "results/report.html").read_text()
+    assert "Cross-validation (2 folds by participant)" in html and "unet_ensemble" in html

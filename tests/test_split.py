@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from workflow_scripts.split import allocate
+from workflow_scripts.split import allocate, folds
 
 RATIOS = {"train": 0.7, "val": 0.2, "test": 0.1}
 
@@ -40,3 +40,14 @@ def test_each_participant_in_exactly_one_split_and_sheet_split_wins():
 
 def test_seed_changes_allocation():
     assert allocate(ids(50), RATIOS, 1) != allocate(ids(50), RATIOS, 2)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_folds_are_by_participant_balanced_and_stable_when_participants_are_appended(k):
+    before = folds(ids(40), k, seed=7)
+    assert sorted(set(before.values())) == list(range(k))  # every fold used, each participant in one
+    sizes = pd.Series(before).value_counts()
+    assert sizes.max() - sizes.min() <= max(2, 0.15 * 40 / k)
+    after = folds(ids(40) + ids(6, "NEW"), k, seed=7)
+    assert {p: after[p] for p in before} == before
+    assert set(folds(ids(k), k, seed=3).values()) == set(range(k))  # k participants fill k folds

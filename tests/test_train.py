@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 import torch
+from conftest import write_voc
 
 from workflow_scripts import data, models, train
 from workflow_scripts.errors import InputError
@@ -125,20 +124,7 @@ def test_imagenet_backbone_without_cache_or_network_names_the_file_and_folder(tm
 
 
 def tiny_voc(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    (root / "ImageSets/Segmentation").mkdir(parents=True)
-    for sub in ("JPEGImages", "SegmentationClass"):
-        (root / sub).mkdir()
-    ids = {"train": [f"T{i}" for i in range(4)], "val": ["V0", "V1"]}
-    for split, names in ids.items():
-        (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(names) + "\n")
-        for n in names:
-            lab = np.zeros((24, 48), np.uint8)
-            lab[6:18, rng.integers(0, 20) : 30] = 1
-            lab[:2] = 255
-            img = np.where(lab == 1, 60, 180).astype(np.uint8) + rng.integers(0, 20, lab.shape).astype(np.uint8)
-            PIL.Image.fromarray(img).save(root / "JPEGImages" / f"{n}.jpg")
-            PIL.Image.fromarray(lab, mode="P").save(root / "SegmentationClass" / f"{n}.png")
+    write_voc(root, {"train": [f"T{i}" for i in range(4)], "val": ["V0", "V1"]})
 
 
 def run_until(cmd, epoch_line, sig):

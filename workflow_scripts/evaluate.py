@@ -272,7 +272,12 @@ def compare_models(per_image: pd.DataFrame, alpha: float, holm_across_metrics: b
     if holm_across_metrics:
         for row, p_holm in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
             row["p_holm"] = p_holm
-    out = pd.DataFrame(rows)
+    if not rows:  # one model: nothing to compare, but the table keeps its columns
+        keys = ["metric", "model_a", "model_b", *stats.paired_test(np.array([]), np.array([])), "p_holm"]
+        rows = [dict.fromkeys(keys)]
+        out = pd.DataFrame(rows).iloc[:0]
+    else:
+        out = pd.DataFrame(rows)
     out["holm_over"] = "all metrics and pairs" if holm_across_metrics else "model pairs of the metric"
     return out
 

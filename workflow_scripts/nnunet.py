@@ -10,7 +10,9 @@ nnU-Net is the field's reference segmentation method.  This writes, under
   pixels of its ``ignore`` label out of the loss, as our training does;
 * ``dataset.json`` (channel names, labels, numTraining, file ending);
 * ``splits_final.json``: one ``{"train": [...], "val": [...]}`` entry per fold, so
-  that ``nnUNetv2_train <ID> 2d <fold>`` trains on exactly our participant split.
+  that ``nnUNetv2_train <ID> 2d <fold>`` trains on exactly our participant split
+  (our cross-validation folds when ``split.folds`` is on, else fold 0 is our
+  train/val split).
   nnU-Net reads it from ``$nnUNet_preprocessed/Dataset<ID>_<name>/``: copy it there
   after ``nnUNetv2_plan_and_preprocess``.
 """
@@ -78,11 +80,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", required=True, help="the dataset's name (config nnunet.name)")
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}", required=True, help=f"ImageSets/Segmentation/{split}.txt")
+    p.add_argument("--folds", nargs="*", default=[], help="cross-validation lists: fold0_train, fold0_val, ...")
     a = p.parse_args(argv)
 
     def go() -> None:
         splits = {s: Path(getattr(a, s)).read_text().split() for s in ("train", "val", "test")}
-        folds = [{"train": splits["train"], "val": splits["val"]}]  # fold 0: our train/val split
+        lists = [Path(f).read_text().split() for f in a.folds if f]
+        # our cross-validation folds, or else one fold: our train/val split
+        folds = [{"train": t, "val": v} for t, v in zip(lists[::2], lists[1::2], strict=True)] or [
+            {"train": splits["train"], "val": splits["val"]}
+        ]
         n = export(Path(a.voc), Path(a.out), splits, folds, a.name)
         print(f"nnU-Net raw dataset {a.out}: {n} training cases, {len(splits['test'])} test cases, {len(folds)} fold")
 

@@ -188,6 +188,22 @@ def review_section(rev: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+def cv_section(path: str) -> list[str]:
+    """Cross-validation: per-fold validation Dice with mean and SD, and where the ensembles' test results are."""
+    if not path:
+        return []
+    folds = pd.read_csv(path, sep="\t", dtype={"fold": str})
+    k = int((~folds["fold"].isin(["mean", "sd"])).sum() / max(folds["model"].nunique(), 1))
+    return [
+        f"<h3>Cross-validation ({k} folds by participant)</h3>",
+        '<p class="note">One model per fold and architecture, trained on the other folds\' participants and '
+        "selected on its own fold's (validation Dice, selection-biased). Test results of each architecture's "
+        "<b>fold ensemble</b> (the folds' probabilities averaged) are in Table 2 of the test split as "
+        "<i>&lt;model&gt;_ensemble</i>, next to the single-split models.</p>",
+        table(folds),
+    ]
+
+
 def build(a: argparse.Namespace) -> str:
     config = json.loads(a.config)
     splits = pd.read_csv(a.splits, sep="\t")
@@ -233,6 +249,7 @@ def build(a: argparse.Namespace) -> str:
         review_section(pd.read_csv(a.review, sep="\t", dtype=str, keep_default_na=False)),
         "<h2>Training</h2>",
         *train_parts,
+        *cv_section(a.cv),
         "<h2>Test results</h2>",
         evaluation_section(Path(a.test), "test"),
         "<h2>Validation results (selection-biased)</h2>",
@@ -257,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", required=True, help="JSON {model: [curves.png, history.tsv]}")
     p.add_argument("--config", required=True, help="the run's configuration as JSON")
     p.add_argument("--logs", required=True, help="the per-job log folder (config logs)")
+    p.add_argument("--cv", required=True, help="results/cv/folds.tsv, or '' when cross-validation is off")
     p.add_argument("--exclusions", default="[]", help="JSON list of [participant, biopsy, reason]")
     a = p.parse_args(argv)
     Path(a.out).write_text(build(a))

@@ -8,6 +8,9 @@ above it, so appending participants never changes an earlier allocation.  The
 first three participants fill train, val and test (in a seeded order), so any
 cohort of three or more has every split non-empty.  A ``split`` column in
 participants.tsv wins.
+
+Cross-validation folds (``split.folds``) are allocated the same way among the
+non-test participants, so they too stay put when participants are appended.
 """
 
 from __future__ import annotations
@@ -27,28 +30,43 @@ def unit_random(seed: int, participant_id: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
+def allocate_groups(
+    participant_ids: list[str], groups: tuple[str, ...], weights: list[float], seed: int, fixed: dict[str, str]
+) -> dict[str, str]:
+    """Group of every participant, in sheet order (see the module docstring); ``fixed`` groups win and count."""
+    r = np.array(weights, float)
+    r /= r.sum()
+    counts = np.zeros(len(groups))
+    first = [groups[i] for i in np.argsort([unit_random(seed, f"order{k}") for k in range(len(groups))])]
+    out = {}
+    for i, pid in enumerate(participant_ids):
+        if pid in fixed:
+            group = fixed[pid]
+        elif i < len(groups):
+            group = first[i]
+        else:
+            deficit = np.clip(r * (i + 1) - counts, 0, None) + 1e-9
+            cum = np.cumsum(deficit / deficit.sum())
+            group = groups[int(np.searchsorted(cum, unit_random(seed, pid), side="right"))]
+        out[pid] = group
+        counts[groups.index(group)] += 1
+    return out
+
+
 def allocate(
     participant_ids: list[str], ratios: dict[str, float], seed: int, fixed: dict[str, str] | None = None
 ) -> dict[str, str]:
     """Split of every participant, in sheet order; ``fixed`` splits win and count towards the ratios."""
-    fixed = fixed or {}
-    r = np.array([ratios[s] for s in SPLITS], float)
-    r /= r.sum()
-    counts = np.zeros(3)
-    first = [SPLITS[i] for i in np.argsort([unit_random(seed, f"order{k}") for k in range(3)])]
-    out = {}
-    for i, pid in enumerate(participant_ids):
-        if pid in fixed:
-            split = fixed[pid]
-        elif i < 3:
-            split = first[i]
-        else:
-            deficit = np.clip(r * (i + 1) - counts, 0, None) + 1e-9
-            cum = np.cumsum(deficit / deficit.sum())
-            split = SPLITS[int(np.searchsorted(cum, unit_random(seed, pid), side="right"))]
-        out[pid] = split
-        counts[SPLITS.index(split)] += 1
-    return out
+    return allocate_groups(participant_ids, SPLITS, [ratios[s] for s in SPLITS], seed, fixed or {})
+
+
+def folds(participant_ids: list[str], k: int, seed: int) -> dict[str, int]:
+    """Cross-validation fold (0..k-1) of every participant, in sheet order, equal shares.
+
+    Same scheme as the splits (a participant's fold depends only on the rows above
+    it), with its own random stream; the first k participants fill the k folds."""
+    names = tuple(f"fold{j}" for j in range(k))
+    return {p: int(f[4:]) for p, f in allocate_groups(participant_ids, names, [1.0] * k, seed + 1, {}).items()}
 
 
 def sheet_splits(participant_ids: list[str], split_column: list | None) -> dict[str, str]:

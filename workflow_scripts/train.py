@@ -121,13 +121,13 @@ def fingerprint(cfg: dict, train_ids: list[str], val_ids: list[str], *data: torc
 # ------------------------------------------------------------------ loop
 
 
-def train(cfg: dict, voc: Path, state_dir: Path, log=print) -> dict:
+def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "train", val_list: str = "val") -> dict:
     """Train one model; returns the summary. Resumes from ``state_dir/last.pt`` when it matches."""
     torch.manual_seed(cfg["seed"])
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = dev.type == "cuda"
-    xt, yt, train_ids = load_split(voc, "train")
-    xv, yv, val_ids = load_split(voc, "val")
+    xt, yt, train_ids = load_split(voc, train_list)
+    xv, yv, val_ids = load_split(voc, val_list)
     fp = fingerprint(cfg, train_ids, val_ids, xt, yt, xv, yv)  # a corrected label must not resume an old run
     mean, std = norm_stats(xt, yt)
     xt = ((xt.float() - mean) / std).to(dev)
@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--history", required=True)
     p.add_argument("--curves", required=True)
     p.add_argument("--state-dir", required=True)
+    p.add_argument("--train-list", default="train", help="the VOC list trained on (fold<k>_train in cross-validation)")
+    p.add_argument("--val-list", default="val", help="the VOC list that selects the epoch (fold<k>_val)")
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
     if a.threads:
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> None:
         cfg = json.loads(a.config)
-        res = train(cfg, Path(a.voc), Path(a.state_dir), log=lambda m: print(m, flush=True))
+        res = train(cfg, Path(a.voc), Path(a.state_dir), lambda m: print(m, flush=True), a.train_list, a.val_list)
         import pandas as pd
 
         pd.DataFrame(res["history"]).to_csv(a.history, sep="\t", index=False, float_format="%.5g")
