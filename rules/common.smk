@@ -91,7 +91,7 @@ SPLIT = split.allocate(
     list(participants["participant_id"]), config["split"]["ratios"], config["split"]["seed"], SPLIT_FIXED
 )
 # cross-validation (split.folds >= 2): folds of the non-test participants, computed here once too
-FOLDS = config["split"].get("folds", 0) if config["split"].get("folds", 0) >= 2 else 0
+FOLDS = config["split"]["folds"] if config["split"]["folds"] >= 2 else 0  # 0 or 1: off
 FOLD = split.folds([p for p in SPLIT if SPLIT[p] != "test"], FOLDS, config["split"]["seed"]) if FOLDS else {}
 
 # corrected Labelme files: listed once at parse time
@@ -195,9 +195,9 @@ def step_files(members, step):
     return [f"{RESULTS}/{step}/{p}/{b}.json" for p, b in biopsies.index if p in members]
 
 
-def fold_lists(parts=("train", "val")):
-    """Every cross-validation fold's VOC lists (none when cross-validation is off)."""
-    return [f"{RESULTS}/voc/ImageSets/Segmentation/fold{k}_{s}.txt" for k in range(FOLDS) for s in parts]
+def fold_lists():
+    """Every cross-validation fold's VOC lists, fold by fold (none when cross-validation is off)."""
+    return [path for k in range(FOLDS) for path in fold_lists_of(k)]
 
 
 def fold_lists_of(fold):

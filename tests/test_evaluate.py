@@ -323,6 +323,10 @@ def test_cluster_t_interval_against_a_direct_jackknife_and_scipy_t():
     num, den = np.array([3.0, 0, 5, 2]), np.array([4.0, 2, 5, 4])
     r, rlo, rhi = evaluate.cluster_t_interval(num, den, np.array(["a", "a", "b", "c"]))
     assert r == pytest.approx(10 / 15) and rlo < r < rhi
+    # a proportion near 1: the t interval is cut at 1 (the metrics are proportions)
+    near = np.array([1.0, 1.0, 0.9, 1.0, 0.97])
+    hi_raw = evaluate.cluster_t_interval(near, np.ones(5), np.arange(5))[2]
+    assert hi_raw > 1 and evaluate.interval(near, np.ones(5), np.arange(5), "cluster_t", 0, 0)[2] == 1.0
     # evaluate.ci: bootstrap resamples participants' (num, den) sums for the same ratio
     b, blo, bhi = evaluate.interval(num, den, np.array(["a", "a", "b", "c"]), "bootstrap", 500, 1)
     assert b == pytest.approx(10 / 15) and blo <= b <= bhi and (blo, bhi) != (rlo, rhi)

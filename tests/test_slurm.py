@@ -52,6 +52,11 @@ def slurm_run(slurm, tmp_path_factory):
         str(ROOT / "profiles/slurm"),
         "--cores",
         "2",
+        # the profile's polling suits a busy cluster; a test cluster answers at once
+        "--seconds-between-status-checks",
+        "2",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]

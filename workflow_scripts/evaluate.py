@@ -15,8 +15,8 @@ Metric conventions (binary, cancer positive; void pixels excluded):
   Dice = 1 when truth and prediction are both empty; precision = 0 when the truth
   has cancer and nothing is predicted.
 * 95% CIs (``evaluate.ci``): ``cluster_t``, a t interval with G - 1 degrees of
-  freedom (G participants) around the cluster-jackknife standard error, which
-  covers close to its nominal level with few participants; or ``bootstrap``, the
+  freedom (G participants) around the cluster-jackknife standard error, cut to
+  [0, 1], which covers close to its nominal level with few participants; or ``bootstrap``, the
   percentile bootstrap over participants (seeded), which under-covers below ~30.
 * Pixel-level recall and specificity (the paper's): ratios of confusion counts
   summed over all pixels of all images, with the same participant-level CIs.
@@ -193,9 +193,11 @@ def with_conventions(per_image: pd.DataFrame) -> pd.DataFrame:
 def interval(
     num: np.ndarray, den: np.ndarray, clusters: np.ndarray, method: str, n_boot: int, seed: int
 ) -> tuple[float, float, float]:
-    """The configured 95% CI of a ratio over images (see the module docstring)."""
+    """The configured 95% CI of a ratio over images (see the module docstring); every metric is a
+    proportion, so a t interval is cut to [0, 1]."""
     if method == "cluster_t":
-        return cluster_t_interval(num, den, clusters)
+        mean, lo, hi = cluster_t_interval(num, den, clusters)
+        return mean, max(lo, 0.0), min(hi, 1.0)
     mean, lo, hi, _ = cluster_bootstrap(num, clusters, n_boot, seed, den=den)
     return mean, lo, hi
 
