@@ -61,11 +61,9 @@ def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     biops.to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)
 
 
-def snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: int = 1200, pythonpath: list[Path] = ()
-) -> subprocess.CompletedProcess:
-    """Run the real workflow in workdir (``pythonpath``: folders put before the checkout)."""
-    cmd = [
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The command line that runs the real workflow in workdir with its config.yaml."""
+    return [
         *SNAKEMAKE,
         "--snakefile",
         str(ROOT / "Snakefile"),
@@ -75,6 +73,13 @@ def snakemake(
         str(workdir / "config.yaml"),
         *args,
     ]
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: int = 1200, pythonpath: list[Path] = ()
+) -> subprocess.CompletedProcess:
+    """Run the real workflow in workdir (``pythonpath``: folders put before the checkout)."""
+    cmd = snakemake_command(workdir, *args)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:

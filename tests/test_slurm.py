@@ -3,12 +3,11 @@
 import os
 import re
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, make_cohort, write_config
+from conftest import ROOT, make_cohort, snakemake_command, write_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -34,29 +33,24 @@ def slurm_run(slurm, tmp_path_factory):
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["train"]["models"] = {m: cfg["train"]["models"][m] for m in MODELS}
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # the SLURM plugin's defaults can hang and ignore SIGTERM: a hard timeout
     cmd = [
         "timeout",
         "-s",
         "KILL",
         "900",
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "config.yaml"),
-        "--profile",
-        str(ROOT / "profiles/slurm"),
-        "--cores",
-        "2",
-        # the profile's polling suits a busy cluster; a test cluster answers at once
-        "--seconds-between-status-checks",
-        "2",
-        "--slurm-init-seconds-before-status-checks",
-        "2",
+        *snakemake_command(
+            workdir,
+            "--profile",
+            str(ROOT / "profiles/slurm"),
+            "--cores",
+            "2",
+            # the profile's polling suits a busy cluster; a test cluster answers at once
+            "--seconds-between-status-checks",
+            "2",
+            "--slurm-init-seconds-before-status-checks",
+            "2",
+        ),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
