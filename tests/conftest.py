@@ -61,6 +61,13 @@ def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     biops.to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)
 
 
+def ingest_ultrasound(src: Path, out_dir: Path) -> subprocess.CompletedProcess:
+    """The ultrasound ingest step's command line on one file, as participant P001, biopsy B1."""
+    cmd = [sys.executable, "-m", "workflow_scripts.ingest", "ultrasound", f"--image={out_dir / 'o.png'}"]
+    cmd += [f"--meta={out_dir / 'o.json'}", "--participant=P001", "--biopsy=B1", "--", str(src)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
     """The command line that runs the real workflow in workdir with its config.yaml."""
     return [

@@ -4,14 +4,12 @@ These files are not ultrasound: each test copies one, keeps its pixel data and t
 encoded, and adds an ultrasound tissue region so that ingest calibrates it.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from conftest import ROOT
+from conftest import ingest_ultrasound
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.sequence import Sequence
@@ -102,23 +100,7 @@ def test_truncated_file_is_one_clear_line(tmp_path):
     src = as_ultrasound(real("MR_small.dcm"), tmp_path / "t.dcm")
     data = src.read_bytes()
     src.write_bytes(data[: len(data) - 3000])  # pixel data cut short
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflow_scripts.ingest",
-            "ultrasound",
-            f"--image={tmp_path / 'o.png'}",
-            f"--meta={tmp_path / 'o.json'}",
-            "--participant=P001",
-            "--biopsy=B1",
-            "--",
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    res = ingest_ultrasound(src, tmp_path)
     assert res.returncode == 1
     assert "tractmap error: participant P001, biopsy B1, file" in res.stderr and "hint:" in res.stderr
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.json").exists()

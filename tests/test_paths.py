@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, snakemake, write_config
+from conftest import ROOT, ingest_ultrasound, snakemake, write_config
 
 # fields that carry sheet paths, config values or derived paths into a shell command
 RISKY = re.compile(r"^(input|output|params|log)\b")
@@ -128,8 +128,6 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
 
 
 def test_a_failure_with_a_hostile_path_reaches_failures_tsv_intact(tmp_path):
-    import subprocess
-    import sys
 
     from workflow_scripts import failures
 
@@ -138,19 +136,7 @@ def test_a_failure_with_a_hostile_path_reaches_failures_tsv_intact(tmp_path):
     bad.write_bytes(b"DICM" * 40)  # not a DICOM
     log = tmp_path / "logs/ingest_ultrasound/P001/B1_prefire.log"
     log.parent.mkdir(parents=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "workflow_scripts.ingest",
-        "ultrasound",
-        f"--image={tmp_path / 'o.png'}",
-        f"--meta={tmp_path / 'o.json'}",
-        "--participant=P001",
-        "--biopsy=B1",
-        "--",
-        str(bad),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    res = ingest_ultrasound(bad, tmp_path)
     log.write_text(res.stdout + res.stderr)
     assert res.returncode == 1 and "tractmap error: participant P001, biopsy B1" in res.stderr, res.stderr
     row = failures.collect(tmp_path / "logs").iloc[0]
