@@ -17,7 +17,6 @@ from pathlib import Path
 import imgviz
 import numpy as np
 import PIL.Image
-from labelme.utils import shape_to_mask
 
 from workflow_scripts.errors import InputError, read_json, run_cli
 from workflow_scripts.review import needs_review
@@ -36,6 +35,8 @@ AREAS = ("polygon", "rectangle", "circle", "oriented_rectangle")  # Labelme shap
 
 def rasterize(shapes: list[dict], shape: tuple[int, int], values: dict[str, int]) -> np.ndarray:
     """Paint Labelme's area shapes in order (later shapes win), drawn by Labelme's own shape_to_mask."""
+    from labelme.utils import shape_to_mask  # here: labelme pulls in Qt, which train/predict/evaluate never need
+
     canvas = np.zeros(shape[:2], np.uint8)
     for i, s in enumerate(shapes, 1):
         kind = s.get("shape_type") or "polygon"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU check, as one script: training throughput (tractmap's loop against a conventional
+# fp32/CPU-augmentation baseline), then the paper's recipe at GPU size on a VOC dataset
+# (100 epochs, batch 16, 512-px crops; AdamW, cosine, weighted Dice; selection on validation),
+# then prediction and the evaluation tables on its test split.
+#
+#   bash benchmarks/gpu_run.sh VOC_DIR OUT_DIR
+#
+# VOC_DIR: a tractmap VOC dataset (results/voc, or one cut at finer tract.out_mm_per_px).
+# EPOCHS, SIZE, BATCH, STEPS (default 100, 512, 16, 30) shrink it for a dry run on a CPU.
+# Needs torch, torchvision, scipy, statsmodels, pandas, matplotlib, scikit-image.
+set -euo pipefail
+voc=$1
+out=$2
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+epochs=${EPOCHS:-100} size=${SIZE:-512} batch=${BATCH:-16}
+echo "== throughput: ${size}x${size}, batch $batch"
+python3 benchmarks/train_throughput.py --size "$size" --batch "$batch" --steps "${STEPS:-30}" --warmup 5 --workers 8
+
+preds=()
+for arch in fcn_resnet101 deeplabv3_resnet101; do
+    echo "== paper-size training: $arch"
+    cfg=$(printf '{"arch": "%s", "aux": false, "backbone_weights": null, "epochs": %s, "batch_size": %s, "crop_width": %s, "rotation_deg": 10, "lr": 0.001, "weight_decay": 0.0001, "class_weights": [0.3, 0.7], "ce_weight": 0.0, "seed": 2026, "crop": {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.02}}' \
+        "$arch" "$epochs" "$batch" "$size")
+    start=$(date +%s)
+    python3 -m workflow_scripts.train --voc="$voc" --config="$cfg" --model-out="$out/$arch.pt" \
+        --history="$out/$arch-history.tsv" --curves="$out/$arch-curves.png" --state-dir="$out/state-$arch" \
+        | awk 'NR <= 3 || /epoch (1|10|25|50|75|100)\// || /^device/ || /selected/'
+    echo "$arch wall $(( $(date +%s) - start )) s"
+    python3 -m workflow_scripts.predict --model="$out/$arch.pt" --voc="$voc" --split=test --out="$out/pred-$arch"
+    preds+=("$arch=$out/pred-$arch")
+done
+echo "== test split"
+python3 -m workflow_scripts.evaluate --voc="$voc" --split=test --predictions "${preds[@]}" --ci=cluster_t \
+    --bootstrap=2000 --seed=2026 --alpha=0.05 --holm=pairs --out="$out/eval"
+cat "$out/eval/table2.tsv"
+grep -E "^metric|^dice" "$out/eval/comparison.tsv"
