@@ -333,10 +333,15 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     r = np.argmax(ndimage.sum(run, lab, range(1, n + 1))) + 1
     idx = np.flatnonzero(lab == r)
     a0, a1 = s[idx[0]], s[idx[-1]]
-    # the advance direction: the pre-fire shaft lies behind T0, tissue lies beyond T1
-    mm2 = 2.0 / mm
-    before, beyond = r_pre[(s > a0 - mm2) & (s < a0)], r_pre[(s > a1) & (s < a1 + mm2)]
-    sign = 1.0 if (np.mean(before) if len(before) else 0) >= (np.mean(beyond) if len(beyond) else 0) else -1.0
+    # the advance direction: the shaft (bright in both frames) lies just behind T0, tissue just beyond T1;
+    # an end with no image beyond it is where the needle entered
+    both = np.minimum(r_pre, r_post)
+
+    def outside(lo: float, hi: float) -> float:
+        sel = (s > lo) & (s < hi)
+        return float(np.median(both[sel])) if sel.sum() >= 4 else np.inf
+
+    sign = 1.0 if outside(a0 - 1 / mm, a0) >= outside(a1, a1 + 1 / mm) else -1.0
     sd, pre_d, post_d, diff_d, ridge_d = (
         (s, r_pre, r_post, r_diff, r_ridge)
         if sign > 0
@@ -395,6 +400,10 @@ def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float])
     post_a = ndimage.map_coordinates(post.astype(float), [yy + shift[1], xx + shift[0]], order=1, mode="nearest")
     del yy, xx
     diff = ndimage.gaussian_filter(post_a - pre.astype(float), 0.08 / mm)
+    # the frame's edges: the shifted post-fire frame is padded there, so an edge row or a scanner
+    # border would read as a long straight "advance"; nothing there is compared
+    edge = int(np.ceil(np.abs(shift).max() + 3 * 0.08 / mm)) + 2
+    diff[:edge], diff[-edge:], diff[:, :edge], diff[:, -edge:] = 0.0, 0.0, 0.0, 0.0
     small = transform.downscale_local_mean(diff, (f, f))
     noise = 1.4826 * np.median(np.abs(small - np.median(small))) + 1e-6
     strong = small > max(np.percentile(small, 99.0), 4 * noise)
