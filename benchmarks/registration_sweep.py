@@ -87,9 +87,18 @@ def register_one(args: tuple[int, str]) -> dict:
     t_start = time.process_time()
     try:
         found = orient.find_orientation(
-            thumb, c["orient"]["min_dye_fraction"], c["orient"]["accept_confidence"], c["orient"]["min_confidence"]
+            thumb,
+            c["orient"]["min_dye_fraction"],
+            c["orient"]["accept_confidence"],
+            c["orient"]["min_confidence"],
+            accept_novelty=c["orient"]["accept_novelty"],
         )
-        row["orient_state"] = found["state"]
+        row.update(
+            orient_state=found["state"],
+            orient_conf=found["confidence"],
+            orient_evidence=found["evidence"],
+            orient_shared=found.get("shared_with_other_end"),
+        )
         can = orient.canonical(found, LEVEL_UM, t.slide_um_per_px)
         res_o = {**found, **can}
     except InputError as e:

@@ -13,6 +13,7 @@ rule orient:
     params:
         dye_end=dye_end_override,
         accept=config["orient"]["accept_confidence"],
+        novelty=config["orient"]["accept_novelty"],
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
     group:
@@ -25,7 +26,8 @@ rule orient:
         f"{JOB_BENCHMARKS}/orient/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.orient --thumb={input.thumb:q} --meta={input.meta:q} --out={output.json:q} "
-        "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} --min-confidence={params.conf:q} "
+        "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} "
+        "--accept-novelty={params.novelty:q} --min-confidence={params.conf:q} "
         "--min-dye-fraction={params.frac:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "> {log:q} 2>&1"
 

@@ -4,11 +4,27 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from conftest import ROOT
 
 from workflow_scripts import geometry as geo
 from workflow_scripts import ingest, orient, slide, synthetic, tract
 from workflow_scripts.errors import InputError
+
+ORIENT = yaml.safe_load((ROOT / "config.yaml").read_text())["orient"]
+
+
+def find_orientation(thumb: np.ndarray, override: str | None = None) -> dict:
+    """The orientation step with the shipped thresholds."""
+    c = ORIENT
+    return orient.find_orientation(
+        thumb,
+        c["min_dye_fraction"],
+        c["accept_confidence"],
+        c["min_confidence"],
+        accept_novelty=c["accept_novelty"],
+        override=override,
+    )
 
 
 @pytest.fixture(scope="module", params=[("P101", "B1"), ("P102", "B3"), ("P103", "B2")])
@@ -42,7 +58,7 @@ def test_tract_recovers_tips_and_axis_across_a_cohort():
 
 def test_orientation_puts_true_dye_end_right(case):
     *_, thumb, wmeta, truth = case
-    found = orient.find_orientation(thumb)
+    found = find_orientation(thumb)
     can = orient.canonical(found, wmeta["level_um_per_px"], wmeta["um_per_px"])
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
     assert dye[0] == pytest.approx(can["core_x_um"][1], abs=3 * wmeta["level_um_per_px"])
@@ -78,10 +94,10 @@ def test_dye_end_override_wins(case):
     dx, dy = np.array(truth["dye_end_slide_px"]) - origin
     side = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("bottom" if dy > 0 else "top")
     opposite = {"right": "left", "left": "right", "top": "bottom", "bottom": "top"}[side]
-    forced = orient.find_orientation(thumb, override=side)
+    forced = find_orientation(thumb, override=side)
     assert forced["source"] == "override" and forced["state"] == "override"
     assert dye_end_canonical_x(forced, wmeta, truth) > 0
-    assert dye_end_canonical_x(orient.find_orientation(thumb, override=opposite), wmeta, truth) < 0
+    assert dye_end_canonical_x(find_orientation(thumb, override=opposite), wmeta, truth) < 0
 
 
 def test_blank_image_has_no_needle_and_suggests_overrides():
@@ -101,13 +117,13 @@ def test_slide_without_dye_is_a_clear_error(tmp_path):
     synthetic.write_wsi(t, tmp_path / "w.ome.tif")
     thumb, _ = slide.read_slide(tmp_path / "w.ome.tif", 16.0)
     with pytest.raises(InputError) as e:
-        orient.find_orientation(thumb)
+        find_orientation(thumb)
     assert "no dye" in e.value.what and "dye_end" in e.value.hint
 
 
 def test_empty_slide_is_a_clear_error():
     with pytest.raises(InputError, match="no tissue"):
-        orient.find_orientation(np.full((100, 100, 3), 242, np.uint8))
+        find_orientation(np.full((100, 100, 3), 242, np.uint8))
 
 
 def varied_biopsy(seed: int, pid: str):
@@ -121,16 +137,11 @@ def varied_biopsy(seed: int, pid: str):
 
 def test_varied_cohort_orientation_never_accepts_a_wrong_end():
     """A small sample of the varied cohort (the benchmark sweeps hundreds): stains, dyes, artefacts, dense tumour."""
-    import yaml
-
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())["orient"]
     states, wrong = [], []
     for i in range(24):
         t, thumb, truth = varied_biopsy(41, f"V{i:03d}")
         try:
-            found = orient.find_orientation(
-                thumb, cfg["min_dye_fraction"], cfg["accept_confidence"], cfg["min_confidence"]
-            )
+            found = find_orientation(thumb)
         except InputError as e:
             assert "dye_end" in e.hint
             states.append("failed")
@@ -180,7 +191,7 @@ def test_dense_tumour_at_one_end_is_not_dye():
     t.dye = "green"
     synthetic.place_on_slide(t, np.random.default_rng(1))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
-    found = orient.find_orientation(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
+    found = find_orientation(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
     can = orient.canonical(found, 16.0, t.slide_um_per_px)
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [synthetic.truth_record(t)["dye_end_slide_px"]])[0]
     assert dye[0] > 0  # the right end

@@ -33,7 +33,7 @@ MIN_OD = 0.25  # summed optical density below which a pixel's colour is too fain
 CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
 MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
 SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
-NOVELTY = 6.0  # Mahalanobis distance from the middle's colours beyond which a pixel is unlike the tissue
+LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
 def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
@@ -140,15 +140,18 @@ def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: 
 
 def find_orientation(
     rgb: np.ndarray,
-    min_dye_fraction: float = 0.15,
-    accept_confidence: float = 0.7,
-    min_confidence: float = 0.2,
+    min_dye_fraction: float,
+    accept_confidence: float,
+    min_confidence: float,
+    *,
+    accept_novelty: float,
     override: str | None = None,
 ) -> dict:
     """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px).
 
-    ``state`` is ``accepted`` (confidence >= accept_confidence), ``review`` (between the two
-    thresholds: a person confirms with dye_end) or ``override``.  No dye at either end, or
+    ``state`` is ``accepted`` (confidence >= accept_confidence for a dye off the H-E line,
+    >= accept_novelty for one found only as a colour the middle lacks), ``review`` (below:
+    a person confirms with dye_end) or ``override``.  No dye at either end, or
     a confidence below ``min_confidence``, is an error.  ``min_dye_fraction`` is the dye at
     the dyed end, as a fraction of the core's width times its length (in px).
     """
@@ -178,9 +181,12 @@ def find_orientation(
     m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
     evidence, flagged = "colour", dyed
     if max(m_pos, m_neg) < scale:
-        # 2. no dye off the H-E line (a dye close to haematoxylin, say): what is unlike the middle at
-        #    all, density included.  Dense tumour is unlike it too, so this never decides alone.
-        flagged = _solid_only(solid & (_novelty(px, middle) > NOVELTY), ys, xs, mask.shape)
+        # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
+        #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
+        #    middle too, so this evidence is held to a stricter bar (see the state below).
+        feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])
+        radius = np.array([max(2.5 * spread, CHROMA_FLOOR)] * 2 + [LOG_OD_RADIUS])
+        flagged = _solid_only(solid & ~_present(feats, feats[middle], radius, 0.005), ys, xs, mask.shape)
         m_neg, m_pos = end_dye_mass(flagged, t, lo, hi)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
@@ -213,31 +219,27 @@ def find_orientation(
     pos = bool(m_pos > m_neg)
     zone = 0.25 * (hi - lo)
     win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
-    shared = _shared_colour(chroma[win & flagged], chroma[other & solid], max(2.5 * spread, CHROMA_FLOOR))
+    colour_radius = max(2.5 * spread, CHROMA_FLOOR)
+    if evidence == "colour":
+        shared = _shared_colour(chroma[win & flagged], chroma[other & solid], colour_radius)
+    else:  # judged as found: colour and density
+        shared = _shared_colour(feats[win & flagged], feats[other & solid], radius)
     res["shared_with_other_end"] = shared
-    # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone
-    # a line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
-    # tissue population off it: such a decision is not accepted alone either
-    state = (
-        "accepted"
-        if (conf >= accept_confidence and evidence == "colour" and shared < SHARED_MAX and span >= MIN_SPAN)
-        else "review"
-    )
+    # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone.
+    # A line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
+    # tissue population off it: such a colour decision is not accepted alone either.  A colour found only
+    # as unlike the middle (dense tumour at one end is, too) needs a clearer contrast between the ends.
+    ok = conf >= accept_confidence and span >= MIN_SPAN if evidence == "colour" else conf >= accept_novelty
+    state = "accepted" if ok and shared < SHARED_MAX else "review"
     return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
 
 
-def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float) -> float:
-    """Share of the dye pixels whose chromaticity also occurs (within about ``radius``) at the other end."""
-    if len(dye) == 0 or len(other) == 0:
+def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarray) -> float:
+    """Share of the dye pixels whose colour also occurs (within about ``radius``) at the other end."""
+    if len(dye) == 0:
         return 0.0
-    lo = np.minimum(dye.min(axis=0), other.min(axis=0)) - radius
-    bins = lambda ch: np.floor((ch - lo) / radius).astype(np.int64) + 1  # noqa: E731 - one radius per bin
-    kd, ko = bins(dye), bins(other)
-    shape = np.maximum(kd.max(axis=0), ko.max(axis=0)) + 2
-    hist = np.zeros(shape, np.int64)
-    np.add.at(hist, (ko[:, 0], ko[:, 1]), 1)
-    present = ndimage.maximum_filter((hist >= max(10, 0.02 * len(other))).astype(np.uint8), size=3) > 0
-    return float(present[kd[:, 0], kd[:, 1]].mean())
+    r = np.broadcast_to(np.asarray(radius, float), (dye.shape[1],))
+    return float(_present(dye, other, r, 0.02).mean()) if len(other) else 0.0
 
 
 def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -247,13 +249,22 @@ def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[
     return ndimage.binary_opening(img, structure=np.ones((5, 5), bool))[ys, xs]
 
 
-def _novelty(px: np.ndarray, middle: np.ndarray) -> np.ndarray:
-    """Robust Mahalanobis distance of each pixel's optical density from the middle of the core."""
-    ref = px[middle]
-    med = np.median(ref, axis=0)
-    cov = np.cov((ref - med).T) + 1e-4 * np.eye(3)
-    diff = px - med
-    return np.sqrt(np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff))
+def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_share: float) -> np.ndarray:
+    """Per row of ``x``: do at least ``min_share`` of ``ref`` lie within about ``radius`` (per feature) of it?
+
+    Tissue colours, however many populations the slide has, occur in the middle of the core;
+    a dye's colour (and density) does not, even one close to haematoxylin.
+    """
+    if len(x) == 0 or len(ref) == 0:
+        return np.zeros(len(x), bool)
+    lo = np.minimum(x.min(axis=0), ref.min(axis=0)) - radius
+    kx = np.floor((x - lo) / radius).astype(np.int64) + 1
+    kr = np.floor((ref - lo) / radius).astype(np.int64) + 1
+    hist = np.zeros(np.maximum(kx.max(axis=0), kr.max(axis=0)) + 2, np.int64)
+    np.add.at(hist, tuple(kr.T), 1)
+    common = hist >= max(10, min_share * len(ref))
+    near = ndimage.maximum_filter(common.astype(np.uint8), size=3) > 0
+    return near[tuple(kx.T)]
 
 
 def canonical(found: dict, level_um: float, slide_um: float) -> dict:
@@ -275,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--oriented", required=True, help="PNG of the level in the canonical frame")
     p.add_argument("--dye-end", default="", help="manual override: left/right/top/bottom")
     p.add_argument("--accept-confidence", type=float, required=True, help="at or above: accepted; below: needs review")
+    p.add_argument("--accept-novelty", type=float, required=True, help="the same, for a dye found as a novel colour")
     p.add_argument("--min-confidence", type=float, required=True, help="below: an error")
     p.add_argument("--min-dye-fraction", type=float, required=True)
     p.add_argument("--participant")
@@ -285,7 +297,12 @@ def main(argv: list[str] | None = None) -> None:
         rgb = imread(a.thumb)
         meta = json.loads(Path(a.meta).read_text())
         found = find_orientation(
-            rgb, a.min_dye_fraction, a.accept_confidence, a.min_confidence, override=a.dye_end or None
+            rgb,
+            a.min_dye_fraction,
+            a.accept_confidence,
+            a.min_confidence,
+            accept_novelty=a.accept_novelty,
+            override=a.dye_end or None,
         )
         res = {**found, **canonical(found, meta["level_um_per_px"], meta["um_per_px"])}
         Path(a.out).write_text(json.dumps(res, indent=1))
