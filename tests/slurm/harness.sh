@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# A real single-node SLURM for the tests: `harness.sh start` installs (Debian slurm-wlm,
-# munge), configures and starts munged, slurmctld and slurmd as root with a fake GPU
-# gres; `harness.sh stop` stops them by their pids. Every SLURM call is time-bounded.
+# A real single-node SLURM for the tests: `harness.sh install` installs Debian's slurm-wlm and
+# munge; `harness.sh start` installs them if needed, configures and starts munged, slurmctld and
+# slurmd as root with a fake GPU gres; `harness.sh stop` stops them by their pids. Every SLURM
+# call is time-bounded.
 set -euo pipefail
 RUN=/tmp/tractmap-slurm
 T="timeout -s KILL 20"
 
-start() {
+# the packages, once; under a lock, so that tests/run.sh can install them in the background while
+# the first tests run, and `start` waits for that install instead of racing it for apt's lock
+install() {
+    exec 9>/tmp/tractmap-slurm-install.lock
+    flock 9
     if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
         timeout -s KILL 300 apt-get update -qq
         DEBIAN_FRONTEND=noninteractive timeout -s KILL 300 apt-get install -y -qq slurm-wlm munge >/dev/null
     fi
+    flock -u 9
+}
+
+start() {
+    install
     mkdir -p "$RUN"/{spool/ctld,spool/d,log} /etc/slurm /etc/munge /run/munge /var/lib/munge /var/log/munge
     host=$(hostname -s)
     cpus=$(nproc)
