@@ -382,6 +382,7 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
         "s1": s1,
         "d0": d0,
         "d1": d1,
+        "r1": ridge_end,
         "snr": snr,
         "needle_post": float(np.median(post_d[inner])),
     }
@@ -456,7 +457,9 @@ def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float])
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
     conf = {
         "t0": agree(s0, tip["d0"]) * clear(tip["snr"][0]),
-        "t1": agree(s1, tip["d1"]) * clear(tip["snr"][1]),
+        # T1's second estimate: the difference's fall, or where the post-fire needle stops standing out over
+        # the tissue above it (bright pre-fire tissue moves the first, not the second)
+        "t1": max(agree(s1, tip["d1"]), agree(s1, tip["r1"])) * clear(tip["snr"][1]),
         "axis": float(np.exp(-fit["sigma_deg"] / 0.5))
         * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
         * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0)),
