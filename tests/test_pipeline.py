@@ -248,7 +248,7 @@ def test_uncertain_orientation_waits_for_review_and_a_confirmation_reruns_only_t
     import yaml
 
     cfg = yaml.safe_load((copy_run / "config.yaml").read_text())
-    cfg["orient"]["accept_confidence"] = 0.99  # nothing is sure enough: every orientation needs a person
+    cfg["orient"]["accept_confidence"] = cfg["orient"]["accept_novelty"] = 0.99  # every orientation needs a person
     (copy_run / "config.yaml").write_text(yaml.safe_dump(cfg))
     lists = "results/voc/ImageSets/Segmentation"
     snakemake(copy_run, "--cores", "2", "results/review.tsv", f"{lists}/train.txt", f"{lists}/val.txt")

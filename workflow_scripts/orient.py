@@ -8,10 +8,13 @@ chromaticity (optical density divided by its sum) every mixture of two stains
 lies on one straight line, so the core's pixels fit the H-E mixing line by a
 trimmed principal axis (a dye, a minority at one end, is trimmed away), and
 dense tumour (more haematoxylin) lies on that same line.  Dye is the colour
-population *off* this line.  The two ends are compared with each other: the dye
-mass in from each end, and the confidence is their contrast.  A call is only
-accepted when the colour is off the line, the tissue spans enough of the line to
-fix its direction, and the "dye" colour is not also found at the other end.
+population *off* this line; where no end holds enough of it (blue and violet dyes
+close to haematoxylin), the colour, with its density, that the core's middle
+lacks.  The two ends are compared with each other: the dye mass in from each end,
+and the confidence is their contrast.  A call is only accepted when that contrast
+reaches its evidence's threshold (stricter for the second kind: dense tumour at
+one end is also unlike the middle), the tissue spans enough of the line to fix its
+direction, and the "dye" colour is not also found at the other end.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ MIN_OD = 0.25  # summed optical density below which a pixel's colour is too fain
 CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
 MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
 SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
+DYE_MAX_WIDTHS = 2.0  # dye mass in from an end, in core widths, beyond which a novel colour is not taken for dye
+NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
@@ -176,17 +181,21 @@ def find_orientation(
     along = (chroma[solid][inlier] - c) @ d
     span = float(np.percentile(along, 97.5) - np.percentile(along, 2.5))  # how far the tissue's colours run along it
     scale = max(width * min_dye_fraction, 1.0)  # dye mass (px along the axis) that counts as a dyed end
-    # 1. chromatic dye: off the slide's own H-E line; thin rims (bubbles, folds' edges) removed by an opening
-    dyed = _solid_only(solid & (off > max(2.5 * spread, CHROMA_FLOOR)), ys, xs, mask.shape)
+    # 1. chromatic dye: off the slide's own H-E line, and a colour (with its density) the middle of the core
+    #    lacks (tissue off the line, e.g. a third stain population, is found in the middle too); thin rims
+    #    (bubbles, folds' edges) removed by an opening
+    colour_radius = max(2.5 * spread, CHROMA_FLOOR)
+    feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
+    radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
+    novel = ~_present(feats, feats[middle], radius, NOVEL_SHARE)
+    dyed = _solid_only(solid & (off > colour_radius) & novel, ys, xs, mask.shape)
     m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
     evidence, flagged = "colour", dyed
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
         #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
         #    middle too, so this evidence is held to a stricter bar (see the state below).
-        feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])
-        radius = np.array([max(2.5 * spread, CHROMA_FLOOR)] * 2 + [LOG_OD_RADIUS])
-        flagged = _solid_only(solid & ~_present(feats, feats[middle], radius, 0.005), ys, xs, mask.shape)
+        flagged = _solid_only(solid & novel, ys, xs, mask.shape)
         m_neg, m_pos = end_dye_mass(flagged, t, lo, hi)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
@@ -219,17 +228,18 @@ def find_orientation(
     pos = bool(m_pos > m_neg)
     zone = 0.25 * (hi - lo)
     win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
-    colour_radius = max(2.5 * spread, CHROMA_FLOOR)
-    if evidence == "colour":
-        shared = _shared_colour(chroma[win & flagged], chroma[other & solid], colour_radius)
-    else:  # judged as found: colour and density
-        shared = _shared_colour(feats[win & flagged], feats[other & solid], radius)
+    shared = _shared_colour(feats[win & flagged], feats[other & solid], radius)  # as found: colour and density
     res["shared_with_other_end"] = shared
     # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone.
     # A line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
     # tissue population off it: such a colour decision is not accepted alone either.  A colour found only
     # as unlike the middle (dense tumour at one end is, too) needs a clearer contrast between the ends.
-    ok = conf >= accept_confidence and span >= MIN_SPAN if evidence == "colour" else conf >= accept_novelty
+    # A novel colour deeper than a dye soaks in (a few core widths) is tissue whose mix the middle lacks.
+    ok = (
+        conf >= accept_confidence and span >= MIN_SPAN
+        if evidence == "colour"
+        else conf >= accept_novelty and max(m_pos, m_neg) <= DYE_MAX_WIDTHS * width
+    )
     state = "accepted" if ok and shared < SHARED_MAX else "review"
     return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
 
