@@ -86,13 +86,7 @@ def register_one(args: tuple[int, str]) -> dict:
     c = CONFIG
     t_start = time.process_time()
     try:
-        found = orient.find_orientation(
-            thumb,
-            c["orient"]["min_dye_fraction"],
-            c["orient"]["accept_confidence"],
-            c["orient"]["min_confidence"],
-            accept_novelty=c["orient"]["accept_novelty"],
-        )
+        found = orient.find_orientation(thumb, **c["orient"])
         row.update(
             orient_state=found["state"],
             orient_conf=found["confidence"],

@@ -16,15 +16,7 @@ ORIENT = yaml.safe_load((ROOT / "config.yaml").read_text())["orient"]
 
 def find_orientation(thumb: np.ndarray, override: str | None = None) -> dict:
     """The orientation step with the shipped thresholds."""
-    c = ORIENT
-    return orient.find_orientation(
-        thumb,
-        c["min_dye_fraction"],
-        c["accept_confidence"],
-        c["min_confidence"],
-        accept_novelty=c["accept_novelty"],
-        override=override,
-    )
+    return orient.find_orientation(thumb, **ORIENT, override=override)
 
 
 @pytest.fixture(scope="module", params=[("P101", "B1"), ("P102", "B3"), ("P103", "B2")])

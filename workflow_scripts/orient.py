@@ -145,11 +145,11 @@ def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: 
 
 def find_orientation(
     rgb: np.ndarray,
+    *,
     min_dye_fraction: float,
     accept_confidence: float,
-    min_confidence: float,
-    *,
     accept_novelty: float,
+    min_confidence: float,
     override: str | None = None,
 ) -> dict:
     """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px).
@@ -158,7 +158,8 @@ def find_orientation(
     >= accept_novelty for one found only as a colour the middle lacks), ``review`` (below:
     a person confirms with dye_end) or ``override``.  No dye at either end, or
     a confidence below ``min_confidence``, is an error.  ``min_dye_fraction`` is the dye at
-    the dyed end, as a fraction of the core's width times its length (in px).
+    the dyed end, as a fraction of the core's width times its length (in px).  The thresholds
+    are keyword-only and named as config.yaml's ``orient`` section: ``**config["orient"]``.
     """
     od = optical_density(rgb)
     mask = tissue_mask(od)
@@ -308,10 +309,10 @@ def main(argv: list[str] | None = None) -> None:
         meta = json.loads(Path(a.meta).read_text())
         found = find_orientation(
             rgb,
-            a.min_dye_fraction,
-            a.accept_confidence,
-            a.min_confidence,
+            min_dye_fraction=a.min_dye_fraction,
+            accept_confidence=a.accept_confidence,
             accept_novelty=a.accept_novelty,
+            min_confidence=a.min_confidence,
             override=a.dye_end or None,
         )
         res = {**found, **canonical(found, meta["level_um_per_px"], meta["um_per_px"])}
