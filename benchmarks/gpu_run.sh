@@ -7,8 +7,11 @@
 #   bash benchmarks/gpu_run.sh VOC_DIR OUT_DIR
 #
 # VOC_DIR: a tractmap VOC dataset (results/voc, or one cut at finer tract.out_mm_per_px).
+# The recipe is config.yaml's train section and model entries, with epochs, batch, crop width,
+# rotation 10 deg and random weights overridden; OUT_MM_PER_PX: the crops' tract.out_mm_per_px,
+# when the VOC was cut at another resolution than config.yaml's (recorded in model.pt).
 # EPOCHS, SIZE, BATCH, STEPS (default 100, 512, 16, 30) shrink it for a dry run on a CPU.
-# Needs torch, torchvision, scipy, statsmodels, pandas, matplotlib, scikit-image.
+# Needs torch, torchvision, scipy, statsmodels, pandas, matplotlib, scikit-image, PyYAML.
 set -euo pipefail
 voc=$1
 out=$2
@@ -24,8 +27,21 @@ python3 benchmarks/train_throughput.py --size "$size" --batch "$batch" --steps "
 preds=()
 for arch in fcn_resnet101 deeplabv3_resnet101; do
     echo "== paper-size training: $arch"
-    cfg=$(printf '{"arch": "%s", "aux": false, "backbone_weights": null, "epochs": %s, "batch_size": %s, "crop_width": %s, "rotation_deg": 10, "lr": 0.001, "weight_decay": 0.0001, "class_weights": [0.3, 0.7], "ce_weight": 0.0, "seed": 2026, "crop": {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.02}}' \
-        "$arch" "$epochs" "$batch" "$size")
+    # the recipe as config.yaml has it (train and the architecture's entry; the tract settings recorded
+    # in model.pt), with the GPU-size overrides
+    cfg=$(python3 - "$arch" "$epochs" "$batch" "$size" <<'PY'
+import json, sys
+import yaml
+from workflow_scripts.geometry import CROP_SETTINGS
+arch, epochs, batch, size = sys.argv[1], *map(int, sys.argv[2:])
+c = yaml.safe_load(open("config.yaml"))
+t = {k: v for k, v in c["train"].items() if k != "models"}
+crop = {k: c["tract"][k] for k in CROP_SETTINGS}
+crop["out_mm_per_px"] = float(__import__("os").environ.get("OUT_MM_PER_PX", crop["out_mm_per_px"]))
+over = dict(epochs=epochs, batch_size=batch, crop_width=size, rotation_deg=10, backbone_weights=None)
+print(json.dumps({**t, **c["train"]["models"][arch], **over, "crop": crop}))
+PY
+)
     start=$(date +%s)
     python3 -m workflow_scripts.train --voc="$voc" --config="$cfg" --model-out="$out/$arch.pt" \
         --history="$out/$arch-history.tsv" --curves="$out/$arch-curves.png" --state-dir="$out/state-$arch" \
