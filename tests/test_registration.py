@@ -167,6 +167,22 @@ def test_varied_cohort_tract_accepts_only_good_tips():
     assert len(accepted) >= 6 and max(accepted) < 1.0, accepted
 
 
+def test_stain_line_is_the_tissues_not_a_far_dyes():
+    """A far, compact dye (8 %) with its blurred rim outweighs a short tissue line in a principal axis
+    (which turns it by about 55 degrees); the least-trimmed-squares line stays on the tissue."""
+    rng = np.random.default_rng(3)
+    h, e = orient.chromaticity(orient.RUIFROK_H[None])[0], orient.chromaticity(orient.RUIFROK_E[None])[0]
+    tissue = e + rng.uniform(0.3, 0.7, (9000, 1)) * (h - e) + rng.normal(0, 0.004, (9000, 2))
+    yellow = np.array([0.08, 0.2])
+    dye = yellow + rng.normal(0, 0.01, (800, 2))
+    rim = tissue[:300] + rng.uniform(0.0, 1.0, (300, 1)) * (yellow - tissue[:300])
+    c, d, keep = orient.mixing_line(np.vstack([tissue, dye, rim]))
+    true_d = (h - e) / np.linalg.norm(h - e)
+    assert abs(d @ true_d) > np.cos(np.radians(2))  # the tissue's direction
+    assert np.abs((tissue - c) @ np.array([-d[1], d[0]])).max() < 0.03  # every tissue pixel lies on it
+    assert not keep[9000:9800].any()  # the dye is left out
+
+
 def test_dense_tumour_at_one_end_is_not_dye():
     """Dense haematoxylin-rich tissue at the undyed end: on the slide's own H-E line, so never dye."""
     t = synthetic.sample_truth(5, "V900", "B1", varied=True)

@@ -1,20 +1,21 @@
 """Dye-tip orientation: find the core on a low-resolution WSI level and its dyed end.
 
-Everything adapts to the slide itself.  Optical density is taken against the
-slide's own background (so a tinted scan is fine).  The core is the largest
-tissue component plus the fragments in line with it (pen marks and bubbles
-beside it are not).  The slide's H&E is learnt from the whole core: in
-chromaticity (optical density divided by its sum) every mixture of two stains
-lies on one straight line, so the core's pixels fit the H-E mixing line by a
-trimmed principal axis (a dye, a minority at one end, is trimmed away), and
-dense tumour (more haematoxylin) lies on that same line.  Dye is the colour
-population *off* this line; where no end holds enough of it (blue and violet dyes
-close to haematoxylin), the colour, with its density, that the core's middle
-lacks.  The two ends are compared with each other: the dye mass in from each end,
-and the confidence is their contrast.  A call is only accepted when that contrast
-reaches its evidence's threshold (stricter for the second kind: dense tumour at
-one end is also unlike the middle), the tissue spans enough of the line to fix its
-direction, and the "dye" colour is not also found at the other end.
+Everything adapts to the slide itself. Optical density is taken against the slide's own
+background (so a tinted scan is fine). The core is the largest tissue component plus the
+fragments in line with it (pen marks and bubbles beside it are not). The slide's H&E is
+learnt from the whole core: in chromaticity (optical density divided by its sum) every
+mixture of two stains lies on one straight line, so the core's pixels fit the H-E mixing
+line by least trimmed squares (a dye, a minority at one end, is trimmed away however far
+its colour), and dense tumour (more haematoxylin) lies on that same line. Dye is the
+colour population *off* this line; where no end holds enough of it (blue and violet dyes
+close to haematoxylin), the colour, with its density, that the core's middle lacks and
+that is haematoxylin-ward of the tissue or denser than most of it (pale stroma at one
+end is unlike the middle too, but is neither). The two ends are compared with each
+other: the dye mass in from each end, and the confidence is their contrast. A call is
+only accepted when that contrast reaches its evidence's threshold (stricter for the
+second kind: dense tumour at one end is also unlike the middle), the tissue spans enough
+of the line to fix its direction, and the "dye" colour is not also found at the other
+end.
 """
 
 from __future__ import annotations
@@ -101,21 +102,31 @@ TRIM = 0.3  # share of the core's pixels farthest from the line left out of each
 def mixing_line(chroma: np.ndarray, iterations: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The slide's H-E mixing line in chromaticity (point, unit direction) and its inliers, from the whole core.
 
-    A trimmed principal axis: refit on the pixels nearest the line, so a dye (a minority, at
-    one end) does not pull it.  Regularised towards the Ruifrok H-E direction, which only
-    decides when the tissue's colours barely vary.  Every H&E mixture, dense tumour included,
-    lies on this one line.
+    A least-trimmed-squares line: from several starting directions, refit on the pixels
+    nearest the line, and keep the line whose nearest pixels lie closest.  A dye (a minority
+    at one end, however far its colour, with its blend into the tissue) cannot pull it, as it
+    pulls a principal axis.  Regularised towards the Ruifrok H-E direction, which only decides
+    when the tissue's colours barely vary.  Every H&E mixture, dense tumour included, lies on
+    this one line.
     """
     prior = chromaticity(RUIFROK_H[None])[0] - chromaticity(RUIFROK_E[None])[0]
     prior = prior / np.linalg.norm(prior)
-    keep = np.ones(len(chroma), bool)
-    for _ in range(iterations):
-        c = np.median(chroma[keep], axis=0)
-        cov = np.cov((chroma[keep] - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
-        d = np.linalg.eigh(cov)[1][:, -1]
+    starts = [prior] + [np.array([np.cos(a), np.sin(a)]) for a in np.radians(np.arange(0, 180, 30))]
+    best = (np.inf, np.zeros(2), prior, np.ones(len(chroma), bool))
+    for d in starts:
+        c = np.median(chroma, axis=0)
+        for _ in range(iterations):
+            off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
+            keep = off <= np.quantile(off, 1.0 - TRIM)
+            c = np.median(chroma[keep], axis=0)
+            cov = np.cov((chroma[keep] - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
+            d = np.linalg.eigh(cov)[1][:, -1]
         off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
         keep = off <= np.quantile(off, 1.0 - TRIM)
-    return c, d, keep
+        score = float(np.mean(off[keep] ** 2))
+        if score < best[0]:
+            best = (score, c, d, keep)
+    return best[1], best[2], best[3]
 
 
 def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: float = 3.0) -> tuple[float, float]:
@@ -196,7 +207,10 @@ def find_orientation(
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
         #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
         #    middle too, so this evidence is held to a stricter bar (see the state below).
-        flagged = _solid_only(solid & novel, ys, xs, mask.shape)
+        toward_h = (chroma - c) @ d * np.sign((chromaticity(RUIFROK_H[None])[0] - c) @ d)
+        # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
+        darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
+        flagged = _solid_only(solid & novel & darker, ys, xs, mask.shape)
         m_neg, m_pos = end_dye_mass(flagged, t, lo, hi)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
