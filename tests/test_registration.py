@@ -171,7 +171,7 @@ def test_stain_line_is_the_tissues_not_a_far_dyes():
     """A far, compact dye (8 %) with its blurred rim outweighs a short tissue line in a principal axis
     (which turns it by about 55 degrees); the least-trimmed-squares line stays on the tissue."""
     rng = np.random.default_rng(3)
-    h, e = orient.chromaticity(orient.RUIFROK_H[None])[0], orient.chromaticity(orient.RUIFROK_E[None])[0]
+    h, e = orient.H_CHROMA, orient.E_CHROMA
     tissue = e + rng.uniform(0.3, 0.7, (9000, 1)) * (h - e) + rng.normal(0, 0.004, (9000, 2))
     yellow = np.array([0.08, 0.2])
     dye = yellow + rng.normal(0, 0.01, (800, 2))

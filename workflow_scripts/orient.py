@@ -92,6 +92,7 @@ def chromaticity(od: np.ndarray) -> np.ndarray:
 # Ruifrok's H and E optical densities: only a weak prior on the direction of the slide's own mixing line,
 # which wins when the tissue's colours barely vary (all benign, say) and the line is otherwise undetermined
 RUIFROK_H, RUIFROK_E = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])
+H_CHROMA, E_CHROMA = chromaticity(RUIFROK_H[None])[0], chromaticity(RUIFROK_E[None])[0]
 PRIOR_SPAN = 0.03  # chromaticity extent along the prior direction that the data must exceed to overrule it
 SMOOTH_PX = 3.0  # colour is judged on optical density smoothed this much (px of the ~16 um/px level)
 
@@ -109,24 +110,21 @@ def mixing_line(chroma: np.ndarray, iterations: int = 5) -> tuple[np.ndarray, np
     when the tissue's colours barely vary.  Every H&E mixture, dense tumour included, lies on
     this one line.
     """
-    prior = chromaticity(RUIFROK_H[None])[0] - chromaticity(RUIFROK_E[None])[0]
-    prior = prior / np.linalg.norm(prior)
-    starts = [prior] + [np.array([np.cos(a), np.sin(a)]) for a in np.radians(np.arange(0, 180, 30))]
-    best = (np.inf, np.zeros(2), prior, np.ones(len(chroma), bool))
-    for d in starts:
+    prior = (H_CHROMA - E_CHROMA) / np.linalg.norm(H_CHROMA - E_CHROMA)
+    fits = []
+    for d in [prior] + [np.array([np.cos(a), np.sin(a)]) for a in np.radians(np.arange(0, 180, 30))]:
         c = np.median(chroma, axis=0)
-        for _ in range(iterations):
+        for i in range(iterations + 1):
             off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
             keep = off <= np.quantile(off, 1.0 - TRIM)
+            if i == iterations:
+                break
             c = np.median(chroma[keep], axis=0)
             cov = np.cov((chroma[keep] - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
             d = np.linalg.eigh(cov)[1][:, -1]
-        off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
-        keep = off <= np.quantile(off, 1.0 - TRIM)
-        score = float(np.mean(off[keep] ** 2))
-        if score < best[0]:
-            best = (score, c, d, keep)
-    return best[1], best[2], best[3]
+        fits.append((float(np.mean(off[keep] ** 2)), c, d, keep))
+    _, c, d, keep = min(fits, key=lambda f: f[0])
+    return c, d, keep
 
 
 def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: float = 3.0) -> tuple[float, float]:
@@ -207,7 +205,7 @@ def find_orientation(
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
         #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
         #    middle too, so this evidence is held to a stricter bar (see the state below).
-        toward_h = (chroma - c) @ d * np.sign((chromaticity(RUIFROK_H[None])[0] - c) @ d)
+        toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
         # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
         darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
         flagged = _solid_only(solid & novel & darker, ys, xs, mask.shape)
