@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -76,9 +77,21 @@ def factors(t: synthetic.BiopsyTruth) -> dict:
     }
 
 
-def register_one(args: tuple[int, str]) -> dict:
-    """Render, register and score one biopsy."""
-    seed, pid = args
+def peak_mb(step, *args, **kwargs) -> float:
+    """Peak memory (MB) that one call allocates, numpy arrays included (tracemalloc; the interpreter not counted)."""
+    tracemalloc.start()
+    try:
+        step(*args, **kwargs)
+    except InputError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def register_one(args: tuple[int, str, bool]) -> dict:
+    """Render, register and score one biopsy (``measure``: also the peak memory of each step, in a second run)."""
+    seed, pid, measure = args
     t, thumb, pre, post, features = render(seed, pid)
     truth = synthetic.truth_record(t)
     row = {"seed": seed, "biopsy": pid, **factors(t)}
@@ -117,6 +130,9 @@ def register_one(args: tuple[int, str]) -> dict:
         row.update(tract_state="failed", tract_error=e.what)
         res_t = None
     row["tract_s"] = time.process_time() - t_start
+    if measure:
+        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"])
+        row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
     if res_t is not None:
         err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * t.mm_per_px))  # noqa: E731
         row["t0_mm"], row["t1_mm"] = err(res_t["t0_px"], truth["t0_px"]), err(res_t["t1_px"], truth["t1_px"])
@@ -171,8 +187,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="benchmarks/out/registration_sweep.tsv")
+    p.add_argument("--memory-every", type=int, default=4, help="measure each step's peak memory on every k-th biopsy")
     a = p.parse_args()
-    jobs = [(s, f"V{i:04d}") for s in a.seeds for i in range(a.n)]
+    jobs = [(s, f"V{i:04d}", i % a.memory_every == 0) for s in a.seeds for i in range(a.n)]
     t0 = time.time()
     with ProcessPoolExecutor(a.workers) as ex:
         rows = []
@@ -214,6 +231,11 @@ def main() -> None:
     print(
         f"\nCPU seconds per biopsy: orient median {df['orient_s'].median():.2f} max {df['orient_s'].max():.2f}; "
         f"tract median {df['tract_s'].median():.2f} max {df['tract_s'].max():.2f}"
+    )
+    print(
+        f"Peak memory per biopsy (MB allocated by the step, {df['orient_mb'].notna().sum()} biopsies; the interpreter "
+        f"with its libraries adds about 100 MB): orient median {df['orient_mb'].median():.0f} max "
+        f"{df['orient_mb'].max():.0f}; tract median {df['tract_mb'].median():.0f} max {df['tract_mb'].max():.0f}"
     )
     bad = df[
         (df["orient_state"] == "accepted")

@@ -44,11 +44,15 @@ LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities 
 
 def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel optical density (H, W, 3) against the slide's background colour (its brightest mode)."""
-    px = rgb[..., :3].astype(float)
-    if background is None:
-        bright = px.reshape(-1, 3)[px.reshape(-1, 3).sum(1) >= np.percentile(px.sum(-1), 60)]
-        background = np.median(bright, axis=0)
-    return np.clip(-np.log((px + 1.0) / (np.asarray(background, float) + 1.0)), 0, None)
+    if background is None:  # from the 8-bit pixels: a slide level is millions of them
+        total = rgb[..., :3].sum(-1, dtype=np.int32)
+        background = np.median(rgb[..., :3][total >= np.percentile(total, 60)], axis=0)
+        del total
+    od = rgb[..., :3].astype(float)
+    od += 1.0  # in place, for the same reason
+    np.log(od, out=od)
+    np.subtract(np.log(np.asarray(background, float) + 1.0), od, out=od)
+    return np.clip(od, 0, None, out=od)
 
 
 def tissue_mask(od: np.ndarray, threshold: float = 0.15, max_gap_px: float = 60.0) -> np.ndarray:
@@ -177,10 +181,13 @@ def find_orientation(
     centroid, axis, width = _axis(pts)
     t = (pts - centroid) @ axis
     lo, hi = t.min() - 0.5, t.max() + 0.5
-    px = od[ys, xs]
-    solid = px.sum(axis=1) > MIN_OD
+    solid = od[ys, xs].sum(axis=1) > MIN_OD
     # colour from optical density smoothed over ~2 px: compression noise and nuclei average out, a dye band stays
-    smooth = np.stack([ndimage.gaussian_filter(od[..., k], SMOOTH_PX) for k in range(3)], -1)[ys, xs]
+    # (smoothed over the core's bounding box only, with a margin the filter cannot see past)
+    m = int(4 * SMOOTH_PX) + 2
+    y0, x0 = max(ys.min() - m, 0), max(xs.min() - m, 0)
+    box = od[y0 : ys.max() + m + 1, x0 : xs.max() + m + 1]
+    smooth = np.stack([ndimage.gaussian_filter(box[..., k], SMOOTH_PX)[ys - y0, xs - x0] for k in range(3)], -1)
     middle = solid & (t > lo + 0.2 * (hi - lo)) & (t < hi - 0.2 * (hi - lo))
     if middle.sum() < 20:
         raise InputError("too little tissue in the middle of the core to learn its stain", DYE_HINT)
