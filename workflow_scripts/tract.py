@@ -5,13 +5,17 @@ only the needle moved, so after aligning the two frames (phase correlation) the
 difference image holds the segment T0 -> T1 and its reverberations, while skin,
 ligaments, fascia, calcifications and scanner furniture cancel.  A Hough vote on
 the difference, the shallowest of near-parallel lines (reverberations lie below
-the shaft), and a trimmed weighted total-least-squares fit give the axis and its
-residuals.  T0 is where the difference first rises along that axis (bright
+the shaft), and a trimmed weighted total-least-squares fit give the line; its
+direction is then refitted on the upper edge of the post-fire echo (a saturated
+shaft with its reverberations merged is wider than the fit's band, and a fit
+inside it can settle tilted), with its residuals.  The needle goes in from the
+skin, so it advances deeper.  T0 is where the difference first rises along that axis (bright
 tissue just past the pre-fire tip makes it rise in two steps; the first is the
 tip), T1 where the post-fire echo ends (half-way crossings, sub-pixel); where
 bright pre-fire tissue dims the difference, the post-fire needle's ridge over
 the tissue just above it says how far the needle runs.  Each of T0, T1 and the
-axis gets a confidence; a biopsy below ``min_confidence`` on any goes to review.
+axis gets a confidence (for T1, T0 plus the gun's throw is one more estimate to
+agree with); a biopsy below ``min_confidence`` on any goes to review.
 
 With one frame (inference, or a throw override) the needle is the dominant
 bright line: Hough vote, weighted TLS refinement, and the tip at the end of the
@@ -26,7 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 from skimage import filters, measure, registration, transform
 from skimage.io import imread, imsave
 
@@ -139,6 +143,7 @@ def detect(
 
 
 WORK_MM = 0.08  # working resolution of the line search
+MIN_DESCENT_DEG = 3.0  # a needle steeper than this advances away from the probe; flatter, the echoes decide
 
 
 def _align(pre: np.ndarray, post: np.ndarray, f: int) -> np.ndarray:
@@ -169,6 +174,58 @@ def _tls(
     n_eff = float(ww.sum() ** 2 / (ww**2).sum())
     sigma_deg = float(np.degrees(np.sqrt(max(evals[0], 1e-12) / max(evals[1], 1e-12) / n_eff)))
     return point, direction / np.linalg.norm(direction), {"rms_px": rms, "sigma_deg": sigma_deg, "n": int(keep.sum())}
+
+
+def _top_edge(
+    img: np.ndarray, point: np.ndarray, u: np.ndarray, s_hi: float, level: float, mm: float
+) -> tuple[np.ndarray, dict] | None:
+    """The needle's direction from the upper edge of its echo in one frame, up to ``s_hi`` along ``u``.
+
+    A strong needle echo saturates into a band (the shaft and the reverberations merged below it)
+    wider than any band a line fit looks in, and a fit inside it can settle tilted.  Its upper
+    edge (towards the probe) is the needle's own surface: in cross-sections every 0.25 mm, the
+    half-level crossing above the bright run on the line; a trimmed straight fit of those gives
+    the direction (its residuals with it).  ``None`` when too few sections show the edge.
+    """
+    up = np.array([-u[1], u[0]])
+    up = -up if up[1] > 0 else up  # towards the probe
+    along = np.arange(-float(np.hypot(*img.shape)), s_hi, 0.25 / mm)
+    across = np.arange(-1.5 / mm, 1.5 / mm, 0.5)
+    xy = point + along[:, None, None] * u + across[None, :, None] * up
+    grid = ndimage.map_coordinates(img, [xy[..., 1], xy[..., 0]], order=1, mode="constant", cval=np.nan)
+    ok = ~np.isnan(grid).any(axis=1)
+    along, grid = along[ok], grid[ok]
+    zero = int(np.argmin(np.abs(across)))
+    top, keep = [], []
+    for i, g in enumerate(grid):
+        lab, _ = ndimage.label(g > level)
+        lo = max(zero - int(0.5 / mm / 0.5), 0)
+        cand = np.flatnonzero(lab[lo : zero + int(0.5 / mm / 0.5) + 1]) + lo  # bright within 0.5 mm of the line
+        if len(cand) == 0:
+            continue
+        idx = np.flatnonzero(lab == lab[cand[np.argmin(np.abs(cand - zero))]])  # the run nearest the line
+        j = idx[-1]
+        if j + 1 >= len(g) or idx[0] == 0:
+            continue  # the run reaches the sampled band's edge: not a needle
+        frac = (g[j] - level) / (g[j] - g[j + 1])
+        top.append(across[j] + frac * 0.5)
+        keep.append(along[i])
+    if len(keep) < 12:
+        return None
+    a, v = np.array(keep), np.array(top)
+    slope, icpt = stats.theilslopes(v, a)[:2]  # robust start: sections off the needle (tissue, skin) are outliers
+    inl = np.ones(len(a), bool)
+    for _ in range(3):
+        res = v - (icpt + slope * a)
+        mad = 1.4826 * float(np.median(np.abs(res[inl]))) + 1e-3
+        inl = np.abs(res) < max(3 * mad, 0.5)
+        if inl.sum() < 12:
+            return None
+        slope, icpt = np.polyfit(a[inl], v[inl], 1)
+    rms = float(np.std(v[inl] - (icpt + slope * a[inl])))
+    direction = (u + slope * up) / np.hypot(1.0, slope)
+    sigma = rms / np.sqrt(inl.sum()) / max(float(np.ptp(a[inl])) / np.sqrt(12), 1.0)
+    return direction, {"rms_px": rms, "sigma_deg": float(np.degrees(sigma)), "n": int(inl.sum())}
 
 
 def _step(prof: np.ndarray, s: np.ndarray, lo: float, hi: float, step: float) -> tuple[float, float]:
@@ -258,21 +315,25 @@ def _first_rise(diff: np.ndarray, s: np.ndarray, s0: float, reach: float, gap: f
     Bright tissue just past the pre-fire tip makes the difference rise in two steps: a small one
     at the tip (needle now, bright tissue before) and a big one where that tissue ends.  The
     biggest step is the second; the tip is the first, if it is a clear rise above the unchanged level.
+    Searched within ``reach`` before ``s0``, then (a step right at that limit) within 1.5 ``reach``.
     """
-    e, snr = _step(diff, s, s0 - reach, s0 - gap, step)
-    if np.isnan(e) or snr < 4:
-        return s0
-    before, between, after = (
-        diff[(s > s0 - reach) & (s < e)],
-        diff[(s > e) & (s < s0)],
-        diff[(s > s0) & (s < s0 + reach / 2)],
-    )
-    if len(before) < 8 or len(between) < 8 or len(after) < 8:
-        return s0
-    noise = 1.4826 * float(np.median(np.abs(before - np.median(before)))) + 1e-6
-    rise, level = float(np.median(between) - np.median(before)), float(np.median(between))
-    # a real first step: clear of the noise, and a good part of the needle's own contrast (not the shaft's start)
-    return e if rise > 4 * noise and level > 0.25 * float(np.median(after)) else s0
+    for lo in (s0 - reach, s0 - 1.5 * reach):
+        e, snr = _step(diff, s, lo, s0 - gap, step)
+        if np.isnan(e) or snr < 4:
+            continue
+        before, between, after = (
+            diff[(s > max(lo, e - reach / 2)) & (s < e)],
+            diff[(s > e) & (s < s0)],
+            diff[(s > s0) & (s < s0 + reach / 2)],
+        )
+        if len(before) < 8 or len(between) < 8 or len(after) < 8:
+            continue
+        noise = 1.4826 * float(np.median(np.abs(before - np.median(before)))) + 1e-6
+        rise, level = float(np.median(between) - np.median(before)), float(np.median(between))
+        # a real first step: clear of the noise, and a good part of the needle's own contrast (not the shaft's start)
+        if rise > 4 * noise and level > 0.25 * float(np.median(after)):
+            return e
+    return s0
 
 
 def _run_end(prof: np.ndarray, s: np.ndarray, start: float, stop: float, bridge: float) -> float:
@@ -342,6 +403,8 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
         return float(np.median(both[sel])) if sel.sum() >= 4 else np.inf
 
     sign = 1.0 if outside(a0 - 1 / mm, a0) >= outside(a1, a1 + 1 / mm) else -1.0
+    if abs(direction[1]) > np.sin(np.radians(MIN_DESCENT_DEG)):
+        sign = float(np.sign(direction[1]))  # the needle goes in from the skin: it advances deeper
     sd, pre_d, post_d, diff_d, ridge_d = (
         (s, r_pre, r_post, r_diff, r_ridge)
         if sign > 0
@@ -388,8 +451,13 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     }
 
 
-def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float]) -> dict:
-    """Axis, T0 and T1 (pre-fire px) from the needle's advance between the two frames, with confidences."""
+def two_frame(
+    pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], throw_mm: float = float("nan")
+) -> dict:
+    """Axis, T0 and T1 (pre-fire px) from the needle's advance between the two frames, with confidences.
+
+    ``throw_mm``, the gun's throw, is only one more estimate of T1 for its confidence (T0 plus the throw),
+    never of T1 itself."""
     mm = float(np.mean(mm_per_px))
     for name, img in (("pre-fire", pre), ("post-fire", post)):
         if float(np.std(img)) < 1.0:
@@ -441,29 +509,36 @@ def two_frame(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float])
     point, direction, fit = _tls(pts[near], diff[ys[near], xs[near]], point, direction, band)
     advance_axis = direction
     tip = _tips(pre, post_a, point, direction, mm)
-    # final axis: the post-fire shaft's bright pixels (entry to T1: the longest baseline) near the line
+    # final axis: the post-fire shaft (entry to T1: the longest baseline), from its upper edge
     u = tip["u"]
     half_post = (tip["needle_post"] + float(np.median(post_a))) / 2
-    ys, xs = np.nonzero(post_a > half_post)
-    pts = np.stack([xs, ys], 1).astype(float)
-    sel = (np.abs((pts - point) @ np.array([-u[1], u[0]])) < 0.3 / mm) & ((pts - point) @ u < tip["s1"] - 0.3 / mm)
-    if sel.sum() > 20:
-        p2, d2, fit2 = _tls(pts[sel], post_a[ys[sel], xs[sel]] - half_post, point, u, 0.3 / mm)
-        if fit2["sigma_deg"] < fit["sigma_deg"]:
-            point, direction, fit = p2, d2, fit2
-            tip = _tips(pre, post_a, point, direction, mm)
+    edge = _top_edge(post_a, point, u, tip["s1"] - 0.3 / mm, half_post, mm)
+    if edge is not None:  # pivoting about the fit's centroid, which a tilt inside the band leaves on the needle
+        direction, fit = edge
+        # then the bright pixels about that line (thousands, not one edge point per section), if they agree
+        ys, xs = np.nonzero(post_a > half_post)
+        pts = np.stack([xs, ys], 1).astype(float)
+        nrm = np.array([-direction[1], direction[0]])
+        sel = (np.abs((pts - point) @ nrm) < 0.3 / mm) & ((pts - point) @ u < tip["s1"] - 0.3 / mm)
+        if sel.sum() > 20:
+            p2, d2, fit2 = _tls(pts[sel], post_a[ys[sel], xs[sel]] - half_post, point, direction, 0.3 / mm)
+            if np.degrees(np.arccos(min(1.0, abs(float(d2 @ direction))))) < 2 * fit["sigma_deg"] + 0.1:
+                point, direction, fit = p2, d2, fit2
+        tip = _tips(pre, post_a, point, direction, mm)
     u, s0, s1 = tip["u"], tip["s0"], tip["s1"]
     agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
     conf = {
         "t0": agree(s0, tip["d0"]) * clear(tip["snr"][0]),
         # T1's second estimate: the difference's fall, or where the post-fire needle stops standing out over
-        # the tissue above it (bright pre-fire tissue moves the first, not the second)
-        "t1": max(agree(s1, tip["d1"]), agree(s1, tip["r1"])) * clear(tip["snr"][1]),
+        # the tissue above it (bright pre-fire tissue moves the first, not the second), or T0 plus the gun's throw
+        "t1": max(agree(s1, tip["d1"]), agree(s1, tip["r1"]), agree(s1, s0 + throw_mm / mm)) * clear(tip["snr"][1]),
+        # the fit's precision, a long enough baseline, and the difference's own line agreeing within a few degrees
+        # (it may tilt a little inside a wide echo band: the needle's upper edge does not)
         "axis": float(np.exp(-fit["sigma_deg"] / 0.5))
         * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
-        * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0)),
-    }  # the two fits agree
+        * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 4.0)),
+    }
     return {
         "t0": point + s0 * u,
         "t1": point + s1 * u,
@@ -492,7 +567,7 @@ def tract(
     """
     scale = np.array(mm_per_px)
     if post is not None and all(overrides.get(k) is None for k in ("tip", "axis_deg", "throw_mm")):
-        r = two_frame(pre, post, mm_per_px)
+        r = two_frame(pre, post, mm_per_px, throw_mm)
         length = float(np.linalg.norm((r["t1"] - r["t0"]) * scale))
         flag = abs(length - throw_mm) > 0.25 * throw_mm
         ok = min(r["confidence"].values()) >= min_confidence and not flag
