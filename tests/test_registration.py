@@ -188,6 +188,16 @@ def test_axis_holds_in_a_saturated_echo_band(seed, pid):
     assert err["axis"] < 0.5 and err["t0"] < 0.5, err
 
 
+def test_axis_confidence_compares_the_advances_own_edge():
+    """The post-fire shaft and the difference (the advance alone) each have an upper edge: 2.5 degrees
+    apart, the axis goes to review; in a wide saturated band where the difference's pixel fit tilts
+    3-4 degrees but its edge does not, a good axis is accepted."""
+    tilted, err = varied_tract(4, "V0034")
+    assert err["axis"] > 1.5 and tilted["confidence"]["axis"] < 0.55 and tilted["state"] == "review", err
+    wide, err = varied_tract(5, "V0013")
+    assert err["axis"] < 0.5 and wide["confidence"]["axis"] >= 0.55, (wide["confidence"], err)
+
+
 @pytest.mark.parametrize("seed,pid", [(4, "V0109"), (6, "V0029")])
 def test_needle_advances_away_from_the_probe(seed, pid):
     """Shallow needles with bright tissue beyond T1: the echoes at the advance's ends said the needle came

@@ -526,6 +526,13 @@ def two_frame(
                 point, direction, fit = p2, d2, fit2
         tip = _tips(pre, post_a, point, direction, mm)
     u, s0, s1 = tip["u"], tip["s0"], tip["s1"]
+    # the advance's own direction, independent of the post-fire frame: the difference's upper edge from T0
+    # to T1 (half its level there), else its pixel fit, which may tilt a little inside a wide echo band
+    inner = np.arange(s0 + 0.5 / mm, s1 - 0.5 / mm, 0.5)
+    if len(inner) > 8:
+        level = 0.5 * float(np.median(geo.profile(diff, point, u, inner, half_width=1)))
+        advance_edge = _top_edge(diff, point, u, s1 - 0.3 / mm, level, mm)
+        advance_axis = advance_axis if advance_edge is None else advance_edge[0]
     agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
     conf = {
@@ -533,11 +540,10 @@ def two_frame(
         # T1's second estimate: the difference's fall, or where the post-fire needle stops standing out over
         # the tissue above it (bright pre-fire tissue moves the first, not the second), or T0 plus the gun's throw
         "t1": max(agree(s1, tip["d1"]), agree(s1, tip["r1"]), agree(s1, s0 + throw_mm / mm)) * clear(tip["snr"][1]),
-        # the fit's precision, a long enough baseline, and the difference's own line agreeing within a few degrees
-        # (it may tilt a little inside a wide echo band: the needle's upper edge does not)
+        # the fit's precision, a long enough baseline, and the advance's own direction agreeing (2 degree scale)
         "axis": float(np.exp(-fit["sigma_deg"] / 0.5))
         * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
-        * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 4.0)),
+        * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0)),
     }
     return {
         "t0": point + s0 * u,
