@@ -145,5 +145,5 @@ def profile(
     acc = np.zeros_like(s, dtype=float)
     for k in range(-half_width, half_width + 1):
         pts = origin[None, :] + s[:, None] * d[None, :] + k * n[None, :]
-        acc += ndimage.map_coordinates(image.astype(float), [pts[:, 1], pts[:, 0]], order=1, mode="nearest")
+        acc += ndimage.map_coordinates(image, [pts[:, 1], pts[:, 0]], output=float, order=1, mode="nearest")
     return acc / (2 * half_width + 1)

@@ -465,9 +465,7 @@ def two_frame(
     f = max(1, int(round(WORK_MM / mm)))
     shift = _align(pre, post, f) if pre.shape == post.shape else np.zeros(2)
     # post-fire resampled into the pre-fire frame, then the difference at the working resolution
-    yy, xx = np.mgrid[0 : pre.shape[0], 0 : pre.shape[1]].astype(float)
-    post_a = ndimage.map_coordinates(post.astype(float), [yy + shift[1], xx + shift[0]], order=1, mode="nearest")
-    del yy, xx
+    post_a = ndimage.shift(post, (-shift[1], -shift[0]), output=float, order=1, mode="nearest")
     diff = ndimage.gaussian_filter(post_a - pre.astype(float), 0.08 / mm)
     # the frame's edges: the shifted post-fire frame is padded there, so an edge row or a scanner
     # border would read as a long straight "advance"; nothing there is compared
