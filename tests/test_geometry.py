@@ -78,3 +78,12 @@ def test_warp_samples_through_the_affine():
     img = np.arange(100.0).reshape(10, 10)
     out = geo.warp(img, geo.translation(2, 3), (4, 4), order=0)
     np.testing.assert_array_equal(out, img[3:7, 2:6])
+
+
+def test_angle_between_lines_ignores_which_way_each_points():
+    a = np.array([1.0, 0.0])
+    b = np.array([np.cos(np.radians(30)), np.sin(np.radians(30))])
+    assert geo.lines_angle_deg(a, b) == pytest.approx(30.0)
+    assert geo.lines_angle_deg(a, -b) == pytest.approx(30.0)
+    assert geo.lines_angle_deg(b, b) == pytest.approx(0.0, abs=1e-6)
+    assert geo.lines_angle_deg(a, np.array([0.0, 1.0])) == pytest.approx(90.0)

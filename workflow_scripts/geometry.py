@@ -114,6 +114,11 @@ def line_angle_deg(direction: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(direction[1], direction[0])))
 
 
+def lines_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle in degrees (0-90) between two lines given by unit direction vectors, whichever way each points."""
+    return float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(a, b)))))))
+
+
 def pixel_angle_deg(physical_deg: float, mm_per_px: tuple[float, float]) -> float:
     """A physical direction (degrees in mm space) as a direction in pixel space (anisotropic pixels)."""
     r = np.deg2rad(physical_deg)

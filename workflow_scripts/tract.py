@@ -520,7 +520,7 @@ def two_frame(
         sel = (np.abs((pts - point) @ nrm) < 0.3 / mm) & ((pts - point) @ u < tip["s1"] - 0.3 / mm)
         if sel.sum() > 20:
             p2, d2, fit2 = _tls(pts[sel], post_a[ys[sel], xs[sel]] - half_post, point, direction, 0.3 / mm)
-            if np.degrees(np.arccos(min(1.0, abs(float(d2 @ direction))))) < 2 * fit["sigma_deg"] + 0.1:
+            if geo.lines_angle_deg(d2, direction) < 2 * fit["sigma_deg"] + 0.1:
                 point, direction, fit = p2, d2, fit2
         tip = _tips(pre, post_a, point, direction, mm)
     u, s0, s1 = tip["u"], tip["s0"], tip["s1"]
@@ -541,7 +541,7 @@ def two_frame(
         # the fit's precision, a long enough baseline, and the advance's own direction agreeing (2 degree scale)
         "axis": float(np.exp(-fit["sigma_deg"] / 0.5))
         * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
-        * float(np.exp(-np.degrees(np.arccos(min(1.0, abs(float(advance_axis @ u))))) / 2.0)),
+        * float(np.exp(-geo.lines_angle_deg(advance_axis, u) / 2.0)),
     }
     return {
         "t0": point + s0 * u,
