@@ -394,17 +394,19 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     r = np.argmax(ndimage.sum(run, lab, range(1, n + 1))) + 1
     idx = np.flatnonzero(lab == r)
     a0, a1 = s[idx[0]], s[idx[-1]]
-    # the advance direction: the shaft (bright in both frames) lies just behind T0, tissue just beyond T1;
-    # an end with no image beyond it is where the needle entered
+    # the advance direction: the needle goes in from the skin, so it advances deeper.  Near the horizontal,
+    # the shaft (bright in both frames) lies just behind T0, tissue just beyond T1; an end with no image
+    # beyond it is where the needle entered
     both = np.minimum(r_pre, r_post)
 
     def outside(lo: float, hi: float) -> float:
         sel = (s > lo) & (s < hi)
         return float(np.median(both[sel])) if sel.sum() >= 4 else np.inf
 
-    sign = 1.0 if outside(a0 - 1 / mm, a0) >= outside(a1, a1 + 1 / mm) else -1.0
     if abs(direction[1]) > np.sin(np.radians(MIN_DESCENT_DEG)):
-        sign = float(np.sign(direction[1]))  # the needle goes in from the skin: it advances deeper
+        sign = float(np.sign(direction[1]))
+    else:
+        sign = 1.0 if outside(a0 - 1 / mm, a0) >= outside(a1, a1 + 1 / mm) else -1.0
     sd, pre_d, post_d, diff_d, ridge_d = (
         (s, r_pre, r_post, r_diff, r_ridge)
         if sign > 0
@@ -524,8 +526,9 @@ def two_frame(
                 point, direction, fit = p2, d2, fit2
         tip = _tips(pre, post_a, point, direction, mm)
     u, s0, s1 = tip["u"], tip["s0"], tip["s1"]
-    # the advance's own direction, independent of the post-fire frame: the difference's upper edge from T0
-    # to T1 (half its level there), else its pixel fit, which may tilt a little inside a wide echo band
+    # the advance's own direction, independent of the post-fire frame: the upper edge of the difference up
+    # to T1, at half its level between T0 and T1 (behind T0 the shaft cancels, so only the advance stands
+    # out), else the difference's pixel fit, which may tilt a little inside a wide echo band
     inner = np.arange(s0 + 0.5 / mm, s1 - 0.5 / mm, 0.5)
     if len(inner) > 8:
         level = 0.5 * float(np.median(geo.profile(diff, point, u, inner, half_width=1)))
