@@ -266,6 +266,18 @@ def test_dense_tumour_at_one_end_is_not_dye():
     assert found["stain_line"]["span"] < orient.MIN_SPAN and found["state"] == "review"
 
 
+def test_pale_tissue_at_the_undyed_end_is_not_dye():
+    """Chromaticity is noisier the paler the tissue: pale stroma at the undyed end strayed off the H-E
+    line by 2-4 times the dense tissue's scatter, and read as nearly as much "dye" as the red dye itself
+    (ambiguous, an error).  Off the line is judged against the middle's own scatter at each density."""
+    t, thumb, truth = varied_biopsy(1, "V0090")
+    found = find_orientation(thumb)
+    can = orient.canonical(found, 16.0, t.slide_um_per_px)
+    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+    assert dye[0] > 0 and found["state"] == "accepted", found
+    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the pale end holds no dye
+
+
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():
     from workflow_scripts import review
 

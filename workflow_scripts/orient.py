@@ -39,6 +39,7 @@ MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which
 SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
 DYE_MAX_WIDTHS = 2.0  # dye mass in from an end, in core widths, beyond which a novel colour is not taken for dye
 NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
+SCATTER_MARGIN = 1.5  # times the middle's 95th-percentile scatter at a density: a colour beyond it is off the line
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
@@ -205,7 +206,8 @@ def find_orientation(
     feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
     radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
     novel = ~_present(feats, feats[middle], radius, NOVEL_SHARE)
-    dyed = _solid_only(solid & (off > colour_radius) & novel, ys, xs, mask.shape)
+    beyond = off > np.maximum(colour_radius, _scatter_at_density(off, feats[:, 2], middle))
+    dyed = _solid_only(solid & beyond & novel, ys, xs, mask.shape)
     m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
     evidence, flagged = "colour", dyed
     if max(m_pos, m_neg) < scale:
@@ -262,6 +264,25 @@ def find_orientation(
     )
     state = "accepted" if ok and shared < SHARED_MAX else "review"
     return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
+
+
+def _scatter_at_density(off: np.ndarray, log_od: np.ndarray, middle: np.ndarray, step: float = 0.25) -> np.ndarray:
+    """Per pixel: how far the middle's own colours stray from the H-E line at that pixel's density.
+
+    Chromaticity is optical density over its sum, so its noise grows as the tissue gets fainter:
+    pale tissue strays off the line by several times the dense tissue's scatter.  The middle's
+    95th percentile per density band (times ``SCATTER_MARGIN``), carried to the faintest and
+    densest bands the middle lacks, and never more than in a fainter band (a sparse band of a
+    dye's bleed, or of bubble rims, in the middle must not hide that dye).
+    """
+    k = np.floor(log_od / step).astype(np.int64)
+    km, om = k[middle], off[middle]
+    bands = np.unique(km)
+    q = np.array([np.percentile(om[km == b], 95) if (km == b).sum() >= 50 else np.nan for b in bands])
+    bands, q = bands[np.isfinite(q)], np.minimum.accumulate(q[np.isfinite(q)])  # denser is never noisier
+    if len(bands) == 0:
+        return np.zeros_like(off)
+    return SCATTER_MARGIN * q[np.clip(np.searchsorted(bands, k), 0, len(bands) - 1)]
 
 
 def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarray) -> float:
