@@ -14,8 +14,9 @@ tissue just past the pre-fire tip makes it rise in two steps; the first is the
 tip), T1 where the post-fire echo ends (half-way crossings, sub-pixel); where
 bright pre-fire tissue dims the difference, the post-fire needle's ridge over
 the tissue just above it says how far the needle runs.  Each of T0, T1 and the
-axis gets a confidence (for T1, T0 plus the gun's throw is one more estimate to
-agree with); a biopsy below ``min_confidence`` on any goes to review.
+axis gets a confidence (the two tips lying as far apart as the gun advances, at
+most its throw and a little short of it, supports either); a biopsy below
+``min_confidence`` on any goes to review.
 
 With one frame (inference, or a throw override) the needle is the dominant
 bright line: Hough vote, weighted TLS refinement, and the tip at the end of the
@@ -144,6 +145,7 @@ def detect(
 
 WORK_MM = 0.08  # working resolution of the line search
 MIN_DESCENT_DEG = 3.0  # a needle steeper than this advances away from the probe; flatter, the echoes decide
+THROW_SHORTFALL = 0.03  # share of the throw the advance seen in the image plane may fall short of it
 
 
 def _align(pre: np.ndarray, post: np.ndarray, f: int) -> np.ndarray:
@@ -453,13 +455,22 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     }
 
 
+def _within(s1: float, s0: float, throw_px: float) -> float:
+    """The T1 the gun allows nearest ``s1``: from ``THROW_SHORTFALL`` short of the throw to the throw past T0.
+
+    The stroke is mechanical, so the tip seen in the image plane never advances further; tilt out of the
+    plane, deflection and the tissue's give shorten what is seen a little.
+    """
+    return float(np.clip(s1, s0 + (1 - THROW_SHORTFALL) * throw_px, s0 + throw_px))
+
+
 def two_frame(
     pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], throw_mm: float = float("nan")
 ) -> dict:
     """Axis, T0 and T1 (pre-fire px) from the needle's advance between the two frames, with confidences.
 
-    ``throw_mm``, the gun's throw, is only one more estimate of T1 for its confidence (T0 plus the throw),
-    never of T1 itself."""
+    ``throw_mm``, the gun's throw, only supports the tips' confidences (their distance fitting the gun);
+    it never moves them."""
     mm = float(np.mean(mm_per_px))
     for name, img in (("pre-fire", pre), ("post-fire", post)):
         if float(np.std(img)) < 1.0:
@@ -536,11 +547,14 @@ def two_frame(
         advance_axis = advance_axis if advance_edge is None else advance_edge[0]
     agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
+    # the two tips found independently and as far apart as the gun advances: support for either
+    stroke = agree(s1, _within(s1, s0, throw_mm / mm))
     conf = {
-        "t0": agree(s0, tip["d0"]) * clear(tip["snr"][0]),
+        # T0's second estimate: the end of the pre-fire echo, or the tips' distance fitting the gun
+        "t0": max(agree(s0, tip["d0"]), stroke) * clear(tip["snr"][0]),
         # T1's second estimate: the difference's fall, or where the post-fire needle stops standing out over
-        # the tissue above it (bright pre-fire tissue moves the first, not the second), or T0 plus the gun's throw
-        "t1": max(agree(s1, tip["d1"]), agree(s1, tip["r1"]), agree(s1, s0 + throw_mm / mm)) * clear(tip["snr"][1]),
+        # the tissue above it (bright pre-fire tissue moves the first, not the second), or the tips' distance
+        "t1": max(agree(s1, tip["d1"]), agree(s1, tip["r1"]), stroke) * clear(tip["snr"][1]),
         # the fit's precision, a long enough baseline, and the advance's own direction agreeing (2 degree scale)
         "axis": float(np.exp(-fit["sigma_deg"] / 0.5))
         * float(np.clip((s1 - s0) * mm / 5.0, 0.0, 1.0))
