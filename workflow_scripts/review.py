@@ -48,7 +48,7 @@ def entries(pid: str, bid: str, orient: dict, tract: dict, region_xy: list[float
         c = tract.get("confidence", {})
         x, y = np.array(tract["t0_px"]) + np.array(region_xy[:2])
         why = ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + (
-            "; length far from the throw" if tract["length_flag"] else ""
+            "; a length the throw cannot give" if tract["length_flag"] else ""
         )
         rows.append(
             {

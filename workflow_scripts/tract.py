@@ -146,6 +146,7 @@ def detect(
 WORK_MM = 0.08  # working resolution of the line search
 MIN_DESCENT_DEG = 3.0  # a needle steeper than this advances away from the probe; flatter, the echoes decide
 THROW_SHORTFALL = 0.03  # share of the throw the advance seen in the image plane may fall short of it
+STROKE_OVERSHOOT_MM = 0.5  # a tract longer than the throw by more than this has a tip in the wrong place
 
 
 def _align(pre: np.ndarray, post: np.ndarray, f: int) -> np.ndarray:
@@ -570,6 +571,11 @@ def two_frame(
     }
 
 
+def implausible_length(length_mm: float, throw_mm: float) -> bool:
+    """A sampled length the gun cannot give: past its stroke (by more than the tips' error), or a quarter short."""
+    return length_mm > throw_mm + STROKE_OVERSHOOT_MM or length_mm < 0.75 * throw_mm
+
+
 def tract(
     pre: np.ndarray,
     post: np.ndarray | None,
@@ -590,7 +596,7 @@ def tract(
     if post is not None and all(overrides.get(k) is None for k in ("tip", "axis_deg", "throw_mm")):
         r = two_frame(pre, post, mm_per_px, throw_mm)
         length = float(np.linalg.norm((r["t1"] - r["t0"]) * scale))
-        flag = abs(length - throw_mm) > 0.25 * throw_mm
+        flag = implausible_length(length, throw_mm)
         ok = min(r["confidence"].values()) >= min_confidence and not flag
         return {
             "t0_px": r["t0"].tolist(),
@@ -632,7 +638,7 @@ def tract(
         "axis_deg": geo.line_angle_deg(direction * scale),
         "sampled_length_mm": length,
         "throw_mm": throw_mm,
-        "length_flag": abs(length - throw_mm) > 0.25 * throw_mm,
+        "length_flag": implausible_length(length, throw_mm),
         "state": "override" if manual else "accepted",
         "source": {"t0": d0["source"], "t1": source1},
     }
@@ -693,7 +699,7 @@ def main(argv: list[str] | None = None) -> None:
         imsave(a.crop, crop, check_contrast=False)
         res.update(frame)
         Path(a.out).write_text(json.dumps(res, indent=1))
-        flag = "  (FLAG: far from the configured throw)" if res["length_flag"] else ""
+        flag = "  (FLAG: a length the configured throw cannot give)" if res["length_flag"] else ""
         print(f"tract {res['sampled_length_mm']:.2f} mm at {res['axis_deg']:.1f} deg{flag}; {res['state']}")
 
     run_cli(go, a.participant, a.biopsy, a.pre)
