@@ -296,6 +296,19 @@ def test_pale_tissue_at_the_undyed_end_is_not_dye():
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the pale end holds no dye
 
 
+@pytest.mark.parametrize("seed,pid", [(5, "V0020"), (8, "V0047")], ids=["violet-bleeding", "blue-near-h"])
+def test_each_half_is_compared_with_the_other(seed, pid):
+    """A dye close to haematoxylin bleeding in along one side (5:V0020), or over a blue-stained core whose
+    dense tissue near that end has the dye's colour (8:V0047), is found in its own half of the core's
+    middle too: "no dye found".  Each half's colours are now compared with the inner part of the other."""
+    t, thumb, truth = varied_biopsy(seed, pid)
+    found = find_orientation(thumb)
+    can = orient.canonical(found, 16.0, t.slide_um_per_px)
+    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+    assert dye[0] > 0 and found["state"] == "accepted", found
+    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0
+
+
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():
     from workflow_scripts import review
 
