@@ -284,29 +284,22 @@ def test_dense_tumour_at_one_end_is_not_dye():
     assert found["stain_line"]["span"] < orient.MIN_SPAN and found["state"] == "review"
 
 
-def test_pale_tissue_at_the_undyed_end_is_not_dye():
-    """Chromaticity is noisier the paler the tissue: pale stroma at the undyed end strayed off the H-E
-    line by 2-4 times the dense tissue's scatter, and read as nearly as much "dye" as the red dye itself
-    (ambiguous, an error).  Off the line is judged against the middle's own scatter at each density."""
-    t, thumb, truth = varied_biopsy(1, "V0090")
-    found = find_orientation(thumb)
-    can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
-    assert dye[0] > 0 and found["state"] == "accepted", found
-    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the pale end holds no dye
-
-
-@pytest.mark.parametrize("seed,pid", [(5, "V0020"), (8, "V0047")], ids=["violet-bleeding", "blue-near-h"])
-def test_each_half_is_compared_with_the_other(seed, pid):
-    """A dye close to haematoxylin bleeding in along one side (5:V0020), or over a blue-stained core whose
-    dense tissue near that end has the dye's colour (8:V0047), is found in its own half of the core's
-    middle too: "no dye found".  Each half's colours are now compared with the inner part of the other."""
+@pytest.mark.parametrize(
+    "seed,pid", [(1, "V0090"), (5, "V0020"), (8, "V0047")], ids=["pale-undyed-end", "violet-bleeding", "blue-near-h"]
+)
+def test_the_dyed_end_is_what_the_other_half_lacks(seed, pid):
+    """1:V0090: chromaticity is noisier the paler the tissue, and pale stroma at the undyed end strayed off the
+    H-E line by 2-4 times the dense tissue's scatter, reading as nearly as much "dye" as the red dye itself
+    (ambiguous, an error); off the line is now judged against the middle's own scatter at each density.
+    5:V0020, 8:V0047: a dye close to haematoxylin bleeding in along one side, or beside dense tissue of its
+    colour, was in its own half of the middle too ("no dye found"); each half is now compared with the
+    inner part of the other."""
     t, thumb, truth = varied_biopsy(seed, pid)
     found = find_orientation(thumb)
     can = orient.canonical(found, 16.0, t.slide_um_per_px)
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
     assert dye[0] > 0 and found["state"] == "accepted", found
-    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0
+    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the undyed end holds no dye
 
 
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():
