@@ -199,11 +199,12 @@ def _top_edge(
     ok = ~np.isnan(grid).any(axis=1)
     along, grid = along[ok], grid[ok]
     zero = int(np.argmin(np.abs(across)))
+    near = int(0.5 / mm / 0.5)  # samples within 0.5 mm of the line
+    lo, hi = max(zero - near, 0), zero + near + 1
     top, keep = [], []
     for i, g in enumerate(grid):
         lab, _ = ndimage.label(g > level)
-        lo = max(zero - int(0.5 / mm / 0.5), 0)
-        cand = np.flatnonzero(lab[lo : zero + int(0.5 / mm / 0.5) + 1]) + lo  # bright within 0.5 mm of the line
+        cand = np.flatnonzero(lab[lo:hi]) + lo  # bright within 0.5 mm of the line
         if len(cand) == 0:
             continue
         idx = np.flatnonzero(lab == lab[cand[np.argmin(np.abs(cand - zero))]])  # the run nearest the line
