@@ -10,16 +10,15 @@ its colour), and dense tumour (more haematoxylin) lies on that same line. Dye is
 colour population *off* this line; where no end holds enough of it (blue and violet dyes
 close to haematoxylin), the colour, with its density, that the core's middle lacks and
 that is haematoxylin-ward of the tissue or denser than most of it (pale stroma at one
-end is unlike the middle too, but is neither).  "The middle", for each half of the
-core, is the inner part of the *other* half: a dye bleeding in along one side, or dense
-tissue next to the dye with its colour, is not taken for the tissue's own colour. Off
-the line means beyond the middle's own scatter at that density (pale tissue's colour
-is noisier). The two ends are compared with each
-other: the dye mass in from each end, and the confidence is their contrast. A call is
-only accepted when that contrast reaches its evidence's threshold (stricter for the
-second kind: dense tumour at one end is also unlike the middle), the tissue spans enough
-of the line to fix its direction, and the "dye" colour is not also found at the other
-end.
+end is unlike the middle too, but is neither). For novelty, each half of the core is
+compared with the middle's part in the *other* half: a dye bleeding in along one side,
+or dense tissue next to the dye with its colour, is not taken for the tissue's own
+colour. Off the line means beyond the middle's own scatter at that density (pale
+tissue's colour is noisier). The two ends are compared with each other: the dye mass
+in from each end, and the confidence is their contrast. A call is only accepted when
+that contrast reaches its evidence's threshold (stricter for the second kind: dense
+tumour at one end is also unlike the middle), the tissue spans enough of the line to
+fix its direction, and the "dye" colour is not also found at the other end.
 """
 
 from __future__ import annotations
@@ -209,14 +208,11 @@ def find_orientation(
     colour_radius = max(2.5 * spread, CHROMA_FLOOR)
     feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
     radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
-    # each half against the inner part of the other half: a dye bleeding in along one side from its end,
+    # each half against the middle's part in the other half: a dye bleeding in along one side from its end,
     # or dense tissue beside the dye with its colour, must not make the dye's colour look like the tissue's
     mid_t = 0.5 * (lo + hi)
     novel = np.zeros(len(t), bool)
-    for half, ref in (
-        (t < mid_t, solid & (t >= mid_t) & (t < hi - 0.2 * (hi - lo))),
-        (t >= mid_t, solid & (t < mid_t) & (t > lo + 0.2 * (hi - lo))),
-    ):
+    for half, ref in ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t))):
         novel[half] = ~_present(feats[half], feats[ref], radius, NOVEL_SHARE)
     beyond = off > np.maximum(colour_radius, _scatter_at_density(off, feats[:, 2], middle))
     dyed = _solid_only(solid & beyond & novel, ys, xs, mask.shape)
