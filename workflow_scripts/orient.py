@@ -14,8 +14,10 @@ end is unlike the middle too, but is neither). For novelty, each half of the cor
 compared with the middle's part in the *other* half: a dye bleeding in along one side,
 or dense tissue next to the dye with its colour, is not taken for the tissue's own
 colour. Off the line means beyond the middle's own scatter at that density (pale
-tissue's colour is noisier). The two ends are compared with each other: the dye mass
-in from each end, and the confidence is their contrast. A call is only accepted when
+tissue's colour is noisier); a colour off the line is novel (and shared with the other end)
+only against the off-line pixels there, so tissue on the line close by cannot hide it.
+The two ends are compared with each other: the dye mass in from each end, and the
+confidence is their contrast. A call is only accepted when
 that contrast reaches its evidence's threshold (stricter for the second kind: dense
 tumour at one end is also unlike the middle), the tissue spans enough of the line to
 fix its direction, and the "dye" colour is not also found at the other end.
@@ -210,12 +212,16 @@ def find_orientation(
     radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
     # each half against the middle's part in the other half: a dye bleeding in along one side from its end,
     # or dense tissue beside the dye with its colour, must not make the dye's colour look like the tissue's
-    mid_t = 0.5 * (lo + hi)
-    novel = np.zeros(len(t), bool)
-    for half, ref in ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t))):
-        novel[half] = ~_present(feats[half], feats[ref], radius, NOVEL_SHARE)
+    # for a colour off the line, only the middle's own off-line pixels count: a tissue population off the line
+    # is off it in the middle too, while the tissue on the line nearby (within the coarse radius) is not that
+    # colour, and must not hide a dye just off the line
     beyond = off > np.maximum(colour_radius, _scatter_at_density(off, feats[:, 2], middle))
-    dyed = _solid_only(solid & beyond & novel, ys, xs, mask.shape)
+    mid_t = 0.5 * (lo + hi)
+    novel, novel_off = np.zeros(len(t), bool), np.zeros(len(t), bool)
+    for half, ref in ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t))):
+        novel[half] = ~_present(feats[half], feats[ref], radius, NOVEL_SHARE * ref.sum())
+        novel_off[half] = ~_present(feats[half], feats[ref & beyond], radius, NOVEL_SHARE * ref.sum())
+    dyed = _solid_only(solid & beyond & novel_off, ys, xs, mask.shape)
     m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
     evidence, flagged = "colour", dyed
     if max(m_pos, m_neg) < scale:
@@ -258,7 +264,9 @@ def find_orientation(
     pos = bool(m_pos > m_neg)
     zone = 0.25 * (hi - lo)
     win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
-    shared = _shared_colour(feats[win & flagged], feats[other & solid], radius)  # as found: colour and density
+    # as found: colour and density; a colour off the line against the other end's own off-line pixels (as above)
+    found_there = other & solid & beyond if evidence == "colour" else other & solid
+    shared = _shared_colour(feats[win & flagged], feats[found_there], radius, (other & solid).sum())
     res["shared_with_other_end"] = shared
     # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone.
     # A line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
@@ -293,12 +301,16 @@ def _scatter_at_density(off: np.ndarray, log_od: np.ndarray, middle: np.ndarray,
     return SCATTER_MARGIN * q[np.clip(np.searchsorted(bands, k), 0, len(bands) - 1)]
 
 
-def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarray) -> float:
-    """Share of the dye pixels whose colour also occurs (within about ``radius``) at the other end."""
+def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarray, n_end: int) -> float:
+    """Share of the dye pixels whose colour also occurs (within about ``radius``) at the other end.
+
+    ``other`` holds the other end's candidate pixels; a colour occurs there when 2% of the end's
+    ``n_end`` tissue pixels have it.
+    """
     if len(dye) == 0:
         return 0.0
     r = np.broadcast_to(np.asarray(radius, float), (dye.shape[1],))
-    return float(_present(dye, other, r, 0.02).mean()) if len(other) else 0.0
+    return float(_present(dye, other, r, 0.02 * n_end).mean())
 
 
 def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -308,8 +320,8 @@ def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[
     return ndimage.binary_opening(img, structure=np.ones((5, 5), bool))[ys, xs]
 
 
-def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_share: float) -> np.ndarray:
-    """Per row of ``x``: do at least ``min_share`` of ``ref`` lie within about ``radius`` (per feature) of it?
+def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: float) -> np.ndarray:
+    """Per row of ``x``: do at least ``min_count`` (and 10) rows of ``ref`` lie within about ``radius`` (per feature)?
 
     Tissue colours, however many populations the slide has, occur in the middle of the core;
     a dye's colour (and density) does not, even one close to haematoxylin.
@@ -321,7 +333,7 @@ def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_share: floa
     kr = np.floor((ref - lo) / radius).astype(np.int64) + 1
     hist = np.zeros(np.maximum(kx.max(axis=0), kr.max(axis=0)) + 2, np.int64)
     np.add.at(hist, tuple(kr.T), 1)
-    common = hist >= max(10, min_share * len(ref))
+    common = hist >= max(10, min_count)
     near = ndimage.maximum_filter(common.astype(np.uint8), size=3) > 0
     return near[tuple(kx.T)]
 
