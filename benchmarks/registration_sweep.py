@@ -42,13 +42,18 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(PIL.Image.open(buf).convert("RGB"))
 
 
-def render(seed: int, pid: str) -> tuple[synthetic.BiopsyTruth, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    """One varied biopsy as pixels: WSI level, pre-fire, post-fire, and the annotation features."""
+def render(
+    seed: int, pid: str, compress: bool = True
+) -> tuple[synthetic.BiopsyTruth, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """One varied biopsy as pixels: WSI level (``compress``: through a JPEG round trip), pre-fire, post-fire,
+    and the annotation features."""
     t = synthetic.sample_truth(seed, pid, "B1", varied=True)
     rng = synthetic.biopsy_rng(seed + 1, pid, "B1")
     synthetic.place_on_slide(t, rng)
     shape = [int(n * t.slide_um_per_px / LEVEL_UM) for n in t.slide_shape]
-    thumb = jpeg(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM), int(rng.integers(75, 96)))
+    thumb = synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM)
+    quality = int(rng.integers(75, 96))  # drawn either way: the annotation features below stay the same
+    thumb = jpeg(thumb, quality) if compress else thumb
     pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
     post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
     return t, thumb, pre, post, synthetic.qupath_features(t, rng)
@@ -89,10 +94,11 @@ def peak_mb(step, *args, **kwargs) -> float:
     return peak / 2**20
 
 
-def register_one(args: tuple[int, str, bool]) -> dict:
-    """Render, register and score one biopsy (``measure``: also the peak memory of each step, in a second run)."""
-    seed, pid, measure = args
-    t, thumb, pre, post, features = render(seed, pid)
+def register_one(args: tuple[int, str, bool, bool]) -> dict:
+    """Render, register and score one biopsy (``measure``: also the peak memory of each step, in a second run;
+    ``compress``: the slide level through a JPEG round trip)."""
+    seed, pid, measure, compress = args
+    t, thumb, pre, post, features = render(seed, pid, compress)
     truth = synthetic.truth_record(t)
     row = {"seed": seed, "biopsy": pid, **factors(t)}
     mm = (t.mm_per_px, t.mm_per_px)
@@ -188,8 +194,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default="benchmarks/out/registration_sweep.tsv")
     p.add_argument("--memory-every", type=int, default=4, help="measure each step's peak memory on every k-th biopsy")
+    p.add_argument("--no-jpeg", action="store_true", help="slide level as rendered (no JPEG round trip)")
     a = p.parse_args()
-    jobs = [(s, f"V{i:04d}", i % a.memory_every == 0) for s in a.seeds for i in range(a.n)]
+    jobs = [(s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg) for s in a.seeds for i in range(a.n)]
     t0 = time.time()
     with ProcessPoolExecutor(a.workers) as ex:
         rows = []
@@ -207,7 +214,8 @@ def main() -> None:
     df.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
     pd.set_option("display.width", 250, "display.max_columns", 30, "display.max_rows", 200)
     fmt = lambda d: d.to_string(float_format=lambda v: f"{v:.3g}")  # noqa: E731
-    print(f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, {time.time() - t0:.0f} s\n")
+    slide = "as rendered" if a.no_jpeg else "JPEG round trip"
+    print(f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, {time.time() - t0:.0f} s\n")
     print("OVERALL")
     print(fmt(pd.DataFrame([summary(df)])))
     for f in (
