@@ -16,17 +16,20 @@ or dense tissue next to the dye with its colour, is not taken for the tissue's o
 colour. Off the line means beyond the middle's own scatter at that density (pale
 tissue's colour is noisier); a colour off the line is novel (and shared with the other end)
 only against the off-line pixels there, so tissue on the line close by cannot hide it.
-The two ends are compared with each other: the dye mass in from each end, and the
+The two ends are compared with each other: the dye mass in from each end (counting the
+thick flagged parts first: a bubble's rim crossing an end is a thin arc), and the
 confidence is their contrast. A call is only accepted when
 that contrast reaches its evidence's threshold (stricter for the second kind: dense
 tumour at one end is also unlike the middle), the tissue spans enough of the line to
-fix its direction, and the "dye" colour is not also found at the other end.
+fix its direction or nothing else is off it, a colour found in thin parts only is more
+than the least dye, and the "dye" colour is not also found at the other end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,9 @@ SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above
 DYE_MAX_WIDTHS = 2.0  # dye mass in from an end, in core widths, beyond which a novel colour is not taken for dye
 NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
 SCATTER_MARGIN = 1.5  # times the middle's 95th-percentile scatter at a density: a colour beyond it is off the line
+LONE_SHARE = 0.005  # share of the core off the H-E line away from the dyed end above which a second population exists
+THICK_PX = 9  # disc radius (px of the ~16 um/px level) a flagged part must hold to count first: a rim is thinner
+THIN_MASS = 1.5  # dye mass, in least dye masses, that a colour found in thin parts only (rims too) needs
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
@@ -221,9 +227,9 @@ def find_orientation(
     for half, ref in ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t))):
         novel[half] = ~_present(feats[half], feats[ref], radius, NOVEL_SHARE * ref.sum())
         novel_off[half] = ~_present(feats[half], feats[ref & beyond], radius, NOVEL_SHARE * ref.sum())
-    dyed = _solid_only(solid & beyond & novel_off, ys, xs, mask.shape)
-    m_neg, m_pos = end_dye_mass(dyed, t, lo, hi)
-    evidence, flagged = "colour", dyed
+    ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale)
+    (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel_off)
+    evidence = "colour"
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
         #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
@@ -231,8 +237,7 @@ def find_orientation(
         toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
         # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
         darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
-        flagged = _solid_only(solid & novel & darker, ys, xs, mask.shape)
-        m_neg, m_pos = end_dye_mass(flagged, t, lo, hi)
+        (m_neg, m_pos), flagged, thick = ends(solid & novel & darker)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
     res = {
@@ -244,6 +249,7 @@ def find_orientation(
         "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)],
         "confidence": float(conf),
         "evidence": evidence,
+        "dye_parts": "thick" if thick else "thin",
         "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread, "span": span},
     }
     if override:
@@ -270,15 +276,25 @@ def find_orientation(
     res["shared_with_other_end"] = shared
     # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone.
     # A line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
-    # tissue population off it: such a colour decision is not accepted alone either.  A colour found only
-    # as unlike the middle (dense tumour at one end is, too) needs a clearer contrast between the ends.
-    # A novel colour deeper than a dye soaks in (a few core widths) is tissue whose mix the middle lacks.
-    ok = (
-        conf >= accept_confidence and span >= MIN_SPAN
-        if evidence == "colour"
-        else conf >= accept_novelty and max(m_pos, m_neg) <= DYE_MAX_WIDTHS * width
-    )
-    state = "accepted" if ok and shared < SHARED_MAX else "review"
+    # tissue population off it: a colour decision on such a line is not accepted alone if anything but the
+    # dyed end is off it.  A colour found in thin parts only (a bubble's rim crossing an end is one) needs
+    # more than the least dye.  A colour found only as unlike the middle (dense tumour at one end is, too)
+    # needs a clearer contrast between the ends, and one deeper than a dye soaks in (a few core widths) is
+    # tissue whose mix the middle lacks.
+    colour, dye_px = evidence == "colour", max(m_pos, m_neg)
+    bar = accept_confidence if colour else accept_novelty
+    doubts = [
+        (conf < bar, f"end contrast {conf:.2f} < {bar}"),
+        (
+            colour and span < MIN_SPAN and (beyond & solid & ~win).sum() > LONE_SHARE * solid.sum(),
+            "one tissue colour leaves the H-E line's direction open, and more than the dyed end is off it",
+        ),
+        (colour and not thick and dye_px < THIN_MASS * scale, "a small dye found in thin parts only (rims are thin)"),
+        (not colour and dye_px > DYE_MAX_WIDTHS * width, "the novel colour runs deeper than a dye soaks in"),
+        (shared >= SHARED_MAX, f"{shared:.0%} of the dye's colour is also at the other end"),
+    ]
+    res["review_reason"] = "; ".join(why for doubt, why in doubts if doubt)
+    state = "review" if res["review_reason"] else "accepted"
     return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
 
 
@@ -313,11 +329,38 @@ def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarra
     return float(_present(dye, other, r, 0.02 * n_end).mean())
 
 
-def _solid_only(flags: np.ndarray, ys: np.ndarray, xs: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Per-pixel flags with structures thinner than ~5 px (rims, edges, single pixels) removed."""
-    img = np.zeros(shape[:2], bool)
-    img[ys, xs] = flags
-    return ndimage.binary_opening(img, structure=np.ones((5, 5), bool))[ys, xs]
+def _dye_at_ends(
+    flags: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    t: np.ndarray,
+    extent: tuple[float, float],
+    scale: float,
+) -> tuple[tuple[float, float], np.ndarray, bool]:
+    """Dye mass in from each end, the flags it counts, and whether they are the thick parts only.
+
+    A bubble's dark rim crossing the core survives a small opening as an arc, and at the
+    wrong end it competes with the dye; a dye band is thicker than that.  So the parts that
+    hold a disc of ``THICK_PX`` count first, and all solid parts only if no end then has
+    ``scale``: a small dye (a thin band at the tip) is still seen.
+    """
+    y0, x0 = ys.min(), xs.min()
+    img = np.zeros((ys.max() - y0 + 1, xs.max() - x0 + 1), bool)  # the core's bounding box: it holds every flag
+    img[ys - y0, xs - x0] = flags
+    solid = ndimage.binary_opening(img, structure=np.ones((5, 5), bool))  # rims, edges, single pixels removed
+    labels, _ = ndimage.label(solid)
+    cores = np.unique(labels[ndimage.binary_erosion(solid, structure=_disc(THICK_PX))])
+    thick = np.isin(labels, cores[cores > 0])[ys - y0, xs - x0]
+    mass = end_dye_mass(thick, t, *extent)
+    if max(mass) >= scale:
+        return mass, thick, True
+    return end_dye_mass(solid[ys - y0, xs - x0], t, *extent), solid[ys - y0, xs - x0], False
+
+
+def _disc(radius: int) -> np.ndarray:
+    """A disc of ``radius`` px as a structuring element."""
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return yy**2 + xx**2 <= radius**2
 
 
 def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: float) -> np.ndarray:
