@@ -349,6 +349,7 @@ def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects()
         "confidence": 0.4,
         "evidence": "novelty",
         "dye_mass_px": [0.0, 30.0],
+        "review_reason": "end contrast 0.40 < 0.55",
     }
     t = {
         "state": "accepted",
@@ -360,6 +361,7 @@ def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects()
     }
     rows = review.entries("P001", "B1", o, t, [100, 50, 600, 500], "qc.png")
     assert [(r["step"], r["confirm"], r["correct"]) for r in rows] == [("orient", "dye_end=top", "dye_end=bottom")]
+    assert rows[0]["reason"].endswith("px in from the two ends): end contrast 0.40 < 0.55")  # why, as found
     rows = review.entries(
         "P001", "B1", {**o, "state": "accepted"}, {**t, "state": "review"}, [100, 50, 600, 500], "qc.png"
     )

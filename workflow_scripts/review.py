@@ -39,7 +39,8 @@ def entries(pid: str, bid: str, orient: dict, tract: dict, region_xy: list[float
             {
                 "step": "orient",
                 "reason": f"dyed end uncertain: confidence {orient['confidence']:.2f} ({orient.get('evidence')}; "
-                f"dye {m[0]:.0f} / {m[1]:.0f} px in from the two ends)",
+                f"dye {m[0]:.0f} / {m[1]:.0f} px in from the two ends)"
+                + (f": {orient['review_reason']}" if orient.get("review_reason") else ""),
                 "confirm": f"dye_end={dye_end_side(orient)}",
                 "correct": f"dye_end={dye_end_side(orient, flipped=True)}",
             }
