@@ -216,19 +216,23 @@ def find_orientation(
     colour_radius = max(2.5 * spread, CHROMA_FLOOR)
     feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
     radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
-    # each half against the middle's part in the other half: a dye bleeding in along one side from its end,
-    # or dense tissue beside the dye with its colour, must not make the dye's colour look like the tissue's
-    # for a colour off the line, only the middle's own off-line pixels count: a tissue population off the line
-    # is off it in the middle too, while the tissue on the line nearby (within the coarse radius) is not that
-    # colour, and must not hide a dye just off the line
     beyond = off > np.maximum(colour_radius, _scatter_at_density(off, feats[:, 2], middle))
     mid_t = 0.5 * (lo + hi)
-    novel, novel_off = np.zeros(len(t), bool), np.zeros(len(t), bool)
-    for half, ref in ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t))):
-        novel[half] = ~_present(feats[half], feats[ref], radius, NOVEL_SHARE * ref.sum())
-        novel_off[half] = ~_present(feats[half], feats[ref & beyond], radius, NOVEL_SHARE * ref.sum())
+    halves = ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t)))
+
+    def novel(among: np.ndarray) -> np.ndarray:
+        """Per pixel: a colour (with its density) that the middle's part in the *other* half lacks, among
+        ``among`` of its pixels.  A dye bleeding in along one side from its end, or dense tissue beside the
+        dye with its colour, must not make the dye's colour look like the tissue's."""
+        out = np.zeros(len(t), bool)
+        for half, ref in halves:
+            out[half] = ~_present(feats[half], feats[ref & among], radius, NOVEL_SHARE * ref.sum())
+        return out
+
     ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale)
-    (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel_off)
+    # a colour off the line is novel against the middle's own off-line pixels: a tissue population off the
+    # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it
+    (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel(beyond))
     evidence = "colour"
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
@@ -237,7 +241,7 @@ def find_orientation(
         toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
         # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
         darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
-        (m_neg, m_pos), flagged, thick = ends(solid & novel & darker)
+        (m_neg, m_pos), flagged, thick = ends(solid & novel(middle) & darker)
         evidence = "novelty"
     conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
     res = {
