@@ -68,7 +68,8 @@ def factors(t: synthetic.BiopsyTruth) -> dict:
         "dye": t.dye,
         "dye_cover": nz["dye_cover"],
         "dense_at_end": bool(ends),
-        "pen_or_bubble": bool(nz["pen"] or nz["bubbles"]),
+        "pen": bool(nz["pen"]),  # off the tissue
+        "bubbles": bool(nz["bubbles"]),  # on it: their dark rims cross the core
         "gaps_or_folds": bool(nz["gaps"] or nz["folds"]),
         "stain_h_scale": "faded" if nz["h_scale"] < 0.8 else ("over" if nz["h_scale"] > 1.3 else "normal"),
         "spacing_mm": "0.02-0.04" if t.mm_per_px < 0.04 else ("0.04-0.07" if t.mm_per_px < 0.07 else "0.07-0.10"),
@@ -222,7 +223,8 @@ def main() -> None:
         "dye",
         "dye_cover",
         "dense_at_end",
-        "pen_or_bubble",
+        "pen",
+        "bubbles",
         "gaps_or_folds",
         "stain_h_scale",
         "spacing_mm",
