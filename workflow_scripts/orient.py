@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 from skimage.io import imread, imsave
+from skimage.morphology import disk
 
 from workflow_scripts import geometry as geo
 from workflow_scripts.errors import InputError, run_cli
@@ -353,18 +354,13 @@ def _dye_at_ends(
     img[ys - y0, xs - x0] = flags
     solid = ndimage.binary_opening(img, structure=np.ones((5, 5), bool))  # rims, edges, single pixels removed
     labels, _ = ndimage.label(solid)
-    cores = np.unique(labels[ndimage.binary_erosion(solid, structure=_disc(THICK_PX))])
+    cores = np.unique(labels[ndimage.binary_erosion(solid, structure=disk(THICK_PX).astype(bool))])
     thick = np.isin(labels, cores[cores > 0])[ys - y0, xs - x0]
     mass = end_dye_mass(thick, t, *extent)
     if max(mass) >= scale:
         return mass, thick, True
-    return end_dye_mass(solid[ys - y0, xs - x0], t, *extent), solid[ys - y0, xs - x0], False
-
-
-def _disc(radius: int) -> np.ndarray:
-    """A disc of ``radius`` px as a structuring element."""
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return yy**2 + xx**2 <= radius**2
+    solid = solid[ys - y0, xs - x0]
+    return end_dye_mass(solid, t, *extent), solid, False
 
 
 def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: float) -> np.ndarray:
