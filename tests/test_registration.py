@@ -279,9 +279,10 @@ def test_dense_tumour_at_one_end_is_not_dye():
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [synthetic.truth_record(t)["dye_end_slide_px"]])[0]
     assert dye[0] > 0  # the right end
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the dense end holds no dye
-    # nearly all of this core is one dense colour, so the tissue barely fixes the stain line's direction;
-    # nothing but the dyed end is off the line, though, so no second population can be taken for dye
-    assert found["stain_line"]["span"] < orient.MIN_SPAN and found["state"] == "accepted"
+    # nearly all of this core is one dense colour, so the tissue barely fixes the stain line's direction,
+    # and the colours the middle lacks (the dense tissue) are at the other end: a person confirms the call
+    assert found["stain_line"]["span"] < orient.MIN_SPAN and found["state"] == "review"
+    assert found["review_reason"].endswith("the colours the middle lacks are at the other end")
 
 
 @pytest.mark.parametrize(
@@ -304,13 +305,13 @@ def test_the_dyed_end_is_what_the_other_half_lacks(seed, pid):
 
 @pytest.mark.parametrize(
     "seed,pid,parts",
-    [(9, "V0097", "thick"), (10, "V0028", "thick"), (2, "V0035", "thin")],
-    ids=["bubble-rim-green", "bubble-rim-violet-near-h", "small-violet-dye"],
+    [(9, "V0097", "thick"), (10, "V0028", "thick"), (7, "V0080", "thin")],
+    ids=["bubble-rim-green", "bubble-rim-violet-near-h", "small-blue-near-h-dye"],
 )
 def test_a_bubble_rim_at_the_other_end_does_not_compete_with_the_dye(seed, pid, parts):
     """9:V0097, 10:V0028: a bubble's dark rim crossing the undyed end survived the small opening as an arc
     as heavy as the dye ("dyed end is ambiguous"); a part must now hold a 19 px disc to count first.
-    2:V0035: a dye band too thin for that still counts, as no end holds enough thick dye."""
+    7:V0080: a dye band too thin for that still counts, as no end holds enough thick dye."""
     t, thumb, truth = varied_biopsy(seed, pid)
     assert t.nuisance["bubbles"]
     found = find_orientation(thumb)
@@ -320,12 +321,13 @@ def test_a_bubble_rim_at_the_other_end_does_not_compete_with_the_dye(seed, pid, 
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # nothing counted at the other end
 
 
-@pytest.mark.parametrize("seed,pid", [(9, "V0117"), (1, "V0095")], ids=["thin-rim-only", "second-population"])
-def test_colour_calls_that_could_be_tissue_or_a_rim_wait_for_review(seed, pid):
-    """9:V0117: the near-H dye is not off the line; a bubble's rim, in thin parts only, at the other end
-    was accepted (0.56), wrong.  A colour found in thin parts only now needs 1.5 times the least dye.
-    1:V0095: one tissue colour leaves the line's direction open, and stroma at the undyed end lies off it
-    (0.94, wrong): with anything off the line away from the dyed end, such a call waits for a person."""
+@pytest.mark.parametrize(
+    "seed,pid", [(1, "V0095"), (2, "V0102"), (12, "V0029")], ids=["dense-end", "thin-dye", "partial-dye"]
+)
+def test_an_open_stain_line_calls_nothing_the_second_evidence_contradicts(seed, pid):
+    """One tissue colour leaves the line's direction open; stroma at the undyed end lies off it and was
+    taken for a colour dye (0.94, 0.62, 0.72, all wrong), while the real dye, close to haematoxylin, lies on
+    it.  The colours the middle lacks are at the dye's end: such a call waits for a person."""
     t, thumb, truth = varied_biopsy(seed, pid)
     found = find_orientation(thumb)
     can = orient.canonical(found, 16.0, t.slide_um_per_px)
@@ -333,10 +335,51 @@ def test_colour_calls_that_could_be_tissue_or_a_rim_wait_for_review(seed, pid):
     assert dye[0] < 0 and found["evidence"] == "colour"  # the call points the wrong way ...
     assert found["state"] == "review", found  # ... and is not accepted
     assert found["confidence"] >= ORIENT["accept_confidence"]  # held back by the rule, not by the contrast
-    if pid == "V0117":
-        assert found["dye_parts"] == "thin" and found["review_reason"].startswith("a small dye found in thin parts")
-    else:
-        assert found["stain_line"]["span"] < orient.MIN_SPAN and "direction open" in found["review_reason"]
+    assert found["stain_line"]["span"] < orient.MIN_SPAN
+    assert "the colours the middle lacks are at the other end" in found["review_reason"]
+
+
+@pytest.mark.parametrize("seed,pid", [(10, "V0024"), (12, "V0037"), (7, "V0074")])
+def test_an_open_stain_line_call_the_second_evidence_confirms_is_accepted(seed, pid):
+    """The same open line with more than the dyed end off it held every such call for a person, right or
+    wrong; where the colours the middle lacks are at the same end, the call is accepted."""
+    t, thumb, truth = varied_biopsy(seed, pid)
+    found = find_orientation(thumb)
+    can = orient.canonical(found, 16.0, t.slide_um_per_px)
+    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+    assert found["stain_line"]["span"] < orient.MIN_SPAN and found["evidence"] == "colour"
+    assert dye[0] > 0 and found["state"] == "accepted", found
+
+
+@pytest.mark.parametrize("seed,pid", [(9, "V0117"), (5, "V0111")])
+def test_a_bubble_rim_that_runs_on_over_the_glass_is_not_dye(seed, pid):
+    """The near-H dye is neither off the line nor novel enough; a bubble's rim crossing the other end, in
+    thin parts only, was the only "dye" (5:V0111 accepted at 0.61, wrong).  The rim runs on over the glass,
+    a dye stops at the tissue: parts touching such a line are not counted, and nothing is left to call."""
+    t, thumb, truth = varied_biopsy(seed, pid)
+    assert t.nuisance["bubbles"]
+    with pytest.raises(InputError, match="no dye found") as e:
+        find_orientation(thumb)
+    assert "dye_end" in e.value.hint
+
+
+def test_rim_contacts_are_where_a_line_outside_the_core_meets_it():
+    """A core with a ring crossing its left end and a dye band at its right end: only the ring's crossing."""
+    yy, xx = np.mgrid[:120, :400]
+    core = (yy > 45) & (yy < 75) & (xx > 30) & (xx < 370)
+    ring = np.abs(np.hypot(yy - 60, xx - 50) - 30) < 1.5
+    rgb = np.full((120, 400, 3), 240, np.uint8)
+    rgb[core] = (200, 120, 190)
+    rgb[core & (xx > 340)] = (40, 160, 60)  # dye: on the tissue only
+    rgb[ring] = (120, 120, 120)
+    od = orient.optical_density(rgb)
+    mask = orient.tissue_mask(od)
+    ys, xs = np.nonzero(mask)
+    contacts = orient._rim_contacts(od, mask, ys, xs)
+    cy, cx = np.nonzero(contacts)
+    cx = cx + xs.min()
+    assert contacts.any() and cx.max() < 90  # at the ring's two crossings of the core, around x = 20-80
+    assert not contacts[:, 300 - xs.min() :].any()  # none at the dyed end
 
 
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():

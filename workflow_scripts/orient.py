@@ -17,12 +17,14 @@ colour. Off the line means beyond the middle's own scatter at that density (pale
 tissue's colour is noisier); a colour off the line is novel (and shared with the other end)
 only against the off-line pixels there, so tissue on the line close by cannot hide it.
 The two ends are compared with each other: the dye mass in from each end (counting the
-thick flagged parts first: a bubble's rim crossing an end is a thin arc), and the
-confidence is their contrast. A call is only accepted when
-that contrast reaches its evidence's threshold (stricter for the second kind: dense
-tumour at one end is also unlike the middle), the tissue spans enough of the line to
-fix its direction or nothing else is off it, a colour found in thin parts only is more
-than the least dye, and the "dye" colour is not also found at the other end.
+thick flagged parts first: a bubble's rim crossing an end is a thin arc; and of the thin
+parts, none beside a line that runs on over the glass, as a rim does and a dye does not),
+and the confidence is their contrast. A call is only accepted when that contrast reaches
+its evidence's threshold (stricter for the second kind: dense tumour at one end is also
+unlike the middle), the "dye" colour is not also found at the other end, a colour found
+in thin parts only is more than the least dye, and, where the tissue spans too little of
+the line to fix its direction, the second evidence does not point to the other end and,
+if more than the dyed end is off the line, confirms the end.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from workflow_scripts.errors import InputError, run_cli
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
 DYE_HINT = "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv"
+TISSUE_OD = 0.15  # largest channel's optical density above which a pixel absorbs (tissue, dye, rims, pen)
 MIN_OD = 0.25  # summed optical density below which a pixel's colour is too faint to judge
 CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
 MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
@@ -52,6 +55,7 @@ SCATTER_MARGIN = 1.5  # times the middle's 95th-percentile scatter at a density:
 LONE_SHARE = 0.005  # share of the core off the H-E line away from the dyed end above which a second population exists
 THICK_PX = 9  # disc radius (px of the ~16 um/px level) a flagged part must hold to count first: a rim is thinner
 THIN_MASS = 1.5  # dye mass, in least dye masses, that a colour found in thin parts only (rims too) needs
+RIM_REACH_PX = 6  # px an absorbing line outside the core must reach from it to be a rim (or pen), not a ragged edge
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
@@ -68,7 +72,7 @@ def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np
     return np.clip(od, 0, None, out=od)
 
 
-def tissue_mask(od: np.ndarray, threshold: float = 0.15, max_gap_px: float = 60.0) -> np.ndarray:
+def tissue_mask(od: np.ndarray, threshold: float = TISSUE_OD, max_gap_px: float = 60.0) -> np.ndarray:
     """The core: the largest absorbing component and the fragments in line with it."""
     mask = ndimage.binary_closing(od.max(axis=-1) > threshold, iterations=2)
     mask = ndimage.binary_opening(mask, structure=np.ones((7, 7), bool))  # drops thin rims (bubbles) touching the core
@@ -230,21 +234,31 @@ def find_orientation(
             out[half] = ~_present(feats[half], feats[ref & among], radius, NOVEL_SHARE * ref.sum())
         return out
 
-    ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale)
+    ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale, rims=_rim_contacts(od, mask, ys, xs))
     # a colour off the line is novel against the middle's own off-line pixels: a tissue population off the
     # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it
     (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel(beyond))
     evidence = "colour"
+
+    def unlike_middle() -> tuple:
+        """Dye by the second evidence: a colour the middle lacks, haematoxylin-ward or dense."""
+        toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
+        # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
+        darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
+        return ends(solid & novel(middle) & darker)
+
+    second = None
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
         #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
         #    middle too, so this evidence is held to a stricter bar (see the state below).
-        toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
-        # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
-        darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
-        (m_neg, m_pos), flagged, thick = ends(solid & novel(middle) & darker)
+        (m_neg, m_pos), flagged, thick = unlike_middle()
         evidence = "novelty"
-    conf = abs(m_pos - m_neg) / (m_pos + m_neg + scale)
+    elif span < MIN_SPAN:
+        # one tissue colour leaves the line's direction open, so "off the line" may be a second tissue
+        # population, and a dye close to haematoxylin may lie on it: the second evidence is asked too
+        second = unlike_middle()[0]
+    conf = _contrast(m_pos, m_neg, scale)
     res = {
         "centroid": centroid.tolist(),
         "axis": axis.tolist(),
@@ -281,18 +295,30 @@ def find_orientation(
     res["shared_with_other_end"] = shared
     # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone.
     # A line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
-    # tissue population off it: a colour decision on such a line is not accepted alone if anything but the
-    # dyed end is off it.  A colour found in thin parts only (a bubble's rim crossing an end is one) needs
-    # more than the least dye.  A colour found only as unlike the middle (dense tumour at one end is, too)
-    # needs a clearer contrast between the ends, and one deeper than a dye soaks in (a few core widths) is
-    # tissue whose mix the middle lacks.
+    # tissue population off it, and a dye close to haematoxylin on it: a colour decision on such a line is
+    # not accepted if the colours the middle lacks lie at the other end, nor, where more than the dyed end
+    # is off the line, unless they confirm the end.  A colour found in thin parts only needs more than the
+    # least dye (a rim that does not run on over the glass is thin too).  A colour found only as unlike the
+    # middle (dense tumour at one end is, too) needs a clearer contrast between the ends, and one deeper than
+    # a dye soaks in (a few core widths) is tissue whose mix the middle lacks.
     colour, dye_px = evidence == "colour", max(m_pos, m_neg)
     bar = accept_confidence if colour else accept_novelty
+    opened = second is not None
+    here, there = (second[1], second[0]) if opened and pos else second if opened else (0.0, 0.0)
     doubts = [
         (conf < bar, f"end contrast {conf:.2f} < {bar}"),
         (
-            colour and span < MIN_SPAN and (beyond & solid & ~win).sum() > LONE_SHARE * solid.sum(),
-            "one tissue colour leaves the H-E line's direction open, and more than the dyed end is off it",
+            opened and there >= max(here, scale),
+            "one tissue colour leaves the H-E line's direction open, and the colours the middle lacks are at the "
+            "other end",
+        ),
+        (
+            opened
+            and there < max(here, scale)
+            and (beyond & solid & ~win).sum() > LONE_SHARE * solid.sum()
+            and _contrast(here, there, scale) < bar,
+            "one tissue colour leaves the H-E line's direction open, more than the dyed end is off it, and the "
+            "colours the middle lacks do not confirm the end",
         ),
         (colour and not thick and dye_px < THIN_MASS * scale, "a small dye found in thin parts only (rims are thin)"),
         (not colour and dye_px > DYE_MAX_WIDTHS * width, "the novel colour runs deeper than a dye soaks in"),
@@ -301,6 +327,11 @@ def find_orientation(
     res["review_reason"] = "; ".join(why for doubt, why in doubts if doubt)
     state = "review" if res["review_reason"] else "accepted"
     return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
+
+
+def _contrast(a: float, b: float, scale: float) -> float:
+    """How much more dye one end holds than the other: (a - b) / (a + b + scale), from 0 to 1 for a >= b."""
+    return abs(a - b) / (a + b + scale)
 
 
 def _scatter_at_density(off: np.ndarray, log_od: np.ndarray, middle: np.ndarray, step: float = 0.25) -> np.ndarray:
@@ -334,6 +365,29 @@ def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarra
     return float(_present(dye, other, r, 0.02 * n_end).mean())
 
 
+def _rim_contacts(od: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The core's pixels (in its bounding box) beside an absorbing line that runs on outside the core.
+
+    A bubble's rim (or a pen line) crosses the glass as well as the tissue; a dye stops at the
+    tissue's edge.  Outside means beyond the core's mask, and running on means reaching
+    ``RIM_REACH_PX`` from it (the mask's own ragged edge does not).
+    """
+    y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+    m = RIM_REACH_PX + 4
+    b0, a0 = max(y0 - m, 0), max(x0 - m, 0)
+    core = mask[b0 : y1 + m, a0 : x1 + m]
+    outside = (od[b0 : y1 + m, a0 : x1 + m].max(axis=-1) > TISSUE_OD) & ~core
+    lab, n = ndimage.label(outside, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros((y1 - y0, x1 - x0), bool)
+    dist = ndimage.distance_transform_edt(~core)
+    reach = ndimage.maximum(dist, lab, range(1, n + 1))
+    touch = ndimage.minimum(dist, lab, range(1, n + 1))
+    rims = np.isin(lab, 1 + np.flatnonzero((reach >= RIM_REACH_PX) & (touch <= 2)))
+    near = ndimage.binary_dilation(rims, iterations=3) & core
+    return near[y0 - b0 : y1 - b0, x0 - a0 : x1 - a0]
+
+
 def _dye_at_ends(
     flags: np.ndarray,
     ys: np.ndarray,
@@ -341,13 +395,15 @@ def _dye_at_ends(
     t: np.ndarray,
     extent: tuple[float, float],
     scale: float,
+    rims: np.ndarray,
 ) -> tuple[tuple[float, float], np.ndarray, bool]:
     """Dye mass in from each end, the flags it counts, and whether they are the thick parts only.
 
     A bubble's dark rim crossing the core survives a small opening as an arc, and at the
     wrong end it competes with the dye; a dye band is thicker than that.  So the parts that
     hold a disc of ``THICK_PX`` count first, and all solid parts only if no end then has
-    ``scale``: a small dye (a thin band at the tip) is still seen.
+    ``scale``: a small dye (a thin band at the tip) is still seen, unless it touches a line
+    running on outside the core (``rims``, in the core's bounding box).
     """
     y0, x0 = ys.min(), xs.min()
     img = np.zeros((ys.max() - y0 + 1, xs.max() - x0 + 1), bool)  # the core's bounding box: it holds every flag
@@ -359,6 +415,7 @@ def _dye_at_ends(
     mass = end_dye_mass(thick, t, *extent)
     if max(mass) >= scale:
         return mass, thick, True
+    solid &= ~np.isin(labels, np.unique(labels[rims & solid]))
     solid = solid[ys - y0, xs - x0]
     return end_dye_mass(solid, t, *extent), solid, False
 
