@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import partial
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,8 @@ def find_orientation(
             out[half] = ~_present(feats[half], feats[ref & among], radius, NOVEL_SHARE * ref.sum())
         return out
 
-    ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale, rims=_rim_contacts(od, mask, ys, xs))
+    rims = cache(partial(_rim_contacts, od, mask, ys, xs))  # only the thin parts' count needs them
+    ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale, rims=rims)
     # a colour off the line is novel against the middle's own off-line pixels: a tissue population off the
     # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it
     (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel(beyond))
@@ -395,7 +397,7 @@ def _dye_at_ends(
     t: np.ndarray,
     extent: tuple[float, float],
     scale: float,
-    rims: np.ndarray,
+    rims: Callable[[], np.ndarray],
 ) -> tuple[tuple[float, float], np.ndarray, bool]:
     """Dye mass in from each end, the flags it counts, and whether they are the thick parts only.
 
@@ -403,7 +405,7 @@ def _dye_at_ends(
     wrong end it competes with the dye; a dye band is thicker than that.  So the parts that
     hold a disc of ``THICK_PX`` count first, and all solid parts only if no end then has
     ``scale``: a small dye (a thin band at the tip) is still seen, unless it touches a line
-    running on outside the core (``rims``, in the core's bounding box).
+    running on outside the core (``rims()``, in the core's bounding box).
     """
     y0, x0 = ys.min(), xs.min()
     img = np.zeros((ys.max() - y0 + 1, xs.max() - x0 + 1), bool)  # the core's bounding box: it holds every flag
@@ -415,7 +417,7 @@ def _dye_at_ends(
     mass = end_dye_mass(thick, t, *extent)
     if max(mass) >= scale:
         return mass, thick, True
-    solid &= ~np.isin(labels, np.unique(labels[rims & solid]))
+    solid &= ~np.isin(labels, np.unique(labels[rims() & solid]))
     solid = solid[ys - y0, xs - x0]
     return end_dye_mass(solid, t, *extent), solid, False
 
