@@ -242,7 +242,7 @@ def find_orientation(
     (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel(beyond))
     evidence = "colour"
 
-    def unlike_middle() -> tuple:
+    def unlike_middle() -> tuple[tuple[float, float], np.ndarray, bool]:
         """Dye by the second evidence: a colour the middle lacks, haematoxylin-ward or dense."""
         toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
         # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
@@ -305,8 +305,9 @@ def find_orientation(
     # a dye soaks in (a few core widths) is tissue whose mix the middle lacks.
     colour, dye_px = evidence == "colour", max(m_pos, m_neg)
     bar = accept_confidence if colour else accept_novelty
-    opened = second is not None
-    here, there = (second[1], second[0]) if opened and pos else second if opened else (0.0, 0.0)
+    opened, here, there = second is not None, 0.0, 0.0
+    if opened:  # the second evidence's dye mass at the called end and at the other
+        there, here = second if pos else second[::-1]
     doubts = [
         (conf < bar, f"end contrast {conf:.2f} < {bar}"),
         (
