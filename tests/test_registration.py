@@ -127,11 +127,18 @@ def varied_biopsy(seed: int, pid: str):
     return t, thumb, synthetic.truth_record(t)
 
 
+def dye_x(found: dict, t) -> float:
+    """Canonical x (um) of the true dye end, for a call on a 16 um/px level: > 0 when the call is right."""
+    can = orient.canonical(found, 16.0, t.slide_um_per_px)
+    end = synthetic.truth_record(t)["dye_end_slide_px"]
+    return float(geo.apply(np.array(can["slide_px_to_canonical_um"]), [end])[0][0])
+
+
 def test_varied_cohort_orientation_never_accepts_a_wrong_end():
     """A small sample of the varied cohort (the benchmark sweeps hundreds): stains, dyes, artefacts, dense tumour."""
     states, wrong = [], []
     for i in range(24):
-        t, thumb, truth = varied_biopsy(41, f"V{i:03d}")
+        t, thumb, _ = varied_biopsy(41, f"V{i:03d}")
         try:
             found = find_orientation(thumb)
         except InputError as e:
@@ -139,9 +146,8 @@ def test_varied_cohort_orientation_never_accepts_a_wrong_end():
             states.append("failed")
             continue
         states.append(found["state"])
-        can = orient.canonical(found, 16.0, t.slide_um_per_px)
-        dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
-        if found["state"] == "accepted" and dye[0] <= 0:
+        dye = dye_x(found, t)
+        if found["state"] == "accepted" and dye <= 0:
             wrong.append((t.participant_id, t.dye))
     assert not wrong, wrong
     assert states.count("accepted") >= 16, states  # most are decided, none wrongly
@@ -275,9 +281,8 @@ def test_dense_tumour_at_one_end_is_not_dye():
     synthetic.place_on_slide(t, np.random.default_rng(1))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
     found = find_orientation(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
-    can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [synthetic.truth_record(t)["dye_end_slide_px"]])[0]
-    assert dye[0] > 0  # the right end
+    dye = dye_x(found, t)
+    assert dye > 0  # the right end
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the dense end holds no dye
     # nearly all of this core is one dense colour, so the tissue barely fixes the stain line's direction,
     # and the colours the middle lacks (the dense tissue) are at the other end: a person confirms the call
@@ -295,11 +300,10 @@ def test_the_dyed_end_is_what_the_other_half_lacks(seed, pid):
     5:V0020, 8:V0047: a dye close to haematoxylin bleeding in along one side, or beside dense tissue of its
     colour, was in its own half of the middle too ("no dye found"); each half is now compared with the
     inner part of the other."""
-    t, thumb, truth = varied_biopsy(seed, pid)
+    t, thumb, _ = varied_biopsy(seed, pid)
     found = find_orientation(thumb)
-    can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
-    assert dye[0] > 0 and found["state"] == "accepted", found
+    dye = dye_x(found, t)
+    assert dye > 0 and found["state"] == "accepted", found
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the undyed end holds no dye
 
 
@@ -312,12 +316,11 @@ def test_a_bubble_rim_at_the_other_end_does_not_compete_with_the_dye(seed, pid, 
     """9:V0097, 10:V0028: a bubble's dark rim crossing the undyed end survived the small opening as an arc
     as heavy as the dye ("dyed end is ambiguous"); a part must now hold a 19 px disc to count first.
     7:V0080: a dye band too thin for that still counts, as no end holds enough thick dye."""
-    t, thumb, truth = varied_biopsy(seed, pid)
+    t, thumb, _ = varied_biopsy(seed, pid)
     assert t.nuisance["bubbles"]
     found = find_orientation(thumb)
-    can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
-    assert dye[0] > 0 and found["state"] == "accepted" and found["dye_parts"] == parts, found
+    dye = dye_x(found, t)
+    assert dye > 0 and found["state"] == "accepted" and found["dye_parts"] == parts, found
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # nothing counted at the other end
 
 
@@ -328,11 +331,10 @@ def test_an_open_stain_line_calls_nothing_the_second_evidence_contradicts(seed, 
     """One tissue colour leaves the line's direction open; stroma at the undyed end lies off it and was
     taken for a colour dye (0.94, 0.62, 0.72, all wrong), while the real dye, close to haematoxylin, lies on
     it.  The colours the middle lacks are at the dye's end: such a call waits for a person."""
-    t, thumb, truth = varied_biopsy(seed, pid)
+    t, thumb, _ = varied_biopsy(seed, pid)
     found = find_orientation(thumb)
-    can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
-    assert dye[0] < 0 and found["evidence"] == "colour"  # the call points the wrong way ...
+    dye = dye_x(found, t)
+    assert dye < 0 and found["evidence"] == "colour"  # the call points the wrong way ...
     assert found["state"] == "review", found  # ... and is not accepted
     assert found["confidence"] >= ORIENT["accept_confidence"]  # held back by the rule, not by the contrast
     assert found["stain_line"]["span"] < orient.MIN_SPAN
@@ -343,12 +345,11 @@ def test_an_open_stain_line_calls_nothing_the_second_evidence_contradicts(seed, 
 def test_an_open_stain_line_call_the_second_evidence_confirms_is_accepted(seed, pid):
     """The same open line with more than the dyed end off it held every such call for a person, right or
     wrong; where the colours the middle lacks are at the same end, the call is accepted."""
-    t, thumb, truth = varied_biopsy(seed, pid)
+    t, thumb, _ = varied_biopsy(seed, pid)
     found = find_orientation(thumb)
-    can = orient.canonical(found, 16.0, t.slide_um_per_px)
-    dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
+    dye = dye_x(found, t)
     assert found["stain_line"]["span"] < orient.MIN_SPAN and found["evidence"] == "colour"
-    assert dye[0] > 0 and found["state"] == "accepted", found
+    assert dye > 0 and found["state"] == "accepted", found
 
 
 @pytest.mark.parametrize("seed,pid", [(9, "V0117"), (5, "V0111")])
@@ -356,7 +357,7 @@ def test_a_bubble_rim_that_runs_on_over_the_glass_is_not_dye(seed, pid):
     """The near-H dye is neither off the line nor novel enough; a bubble's rim crossing the other end, in
     thin parts only, was the only "dye" (5:V0111 accepted at 0.61, wrong).  The rim runs on over the glass,
     a dye stops at the tissue: parts touching such a line are not counted, and nothing is left to call."""
-    t, thumb, truth = varied_biopsy(seed, pid)
+    t, thumb, _ = varied_biopsy(seed, pid)
     assert t.nuisance["bubbles"]
     with pytest.raises(InputError, match="no dye found") as e:
         find_orientation(thumb)
