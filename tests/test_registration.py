@@ -364,6 +364,33 @@ def test_a_bubble_rim_that_runs_on_over_the_glass_is_not_dye(seed, pid):
     assert "dye_end" in e.value.hint
 
 
+@pytest.mark.parametrize(
+    "seed,pid", [(1, "V0046"), (5, "V0064"), (7, "V0077")], ids=["yellow", "yellow-bleed", "violet-near-h"]
+)
+def test_a_colour_off_the_line_at_both_ends_is_tissue_not_dye(seed, pid):
+    """Pink stroma at both ends of a lavender core lies off its H-E line, and the middle lacks it: with the
+    dye beside it at one end, the two ends held about as much "dye" (136 / 184, 142 / 188, 100 / 149 px:
+    "dyed end is ambiguous", an error).  A dye is at one end, so a colour flagged at both is not counted."""
+    t, thumb, _ = varied_biopsy(seed, pid)
+    found = find_orientation(thumb)
+    dye = dye_x(found, t)
+    assert dye > 0 and found["state"] == "accepted" and found["evidence"] == "colour", found
+    assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # nothing left at the other end
+
+
+def test_at_both_ends_removes_a_shared_colour_and_keeps_the_lone_one():
+    """Flags at both quarters with one colour, and a second colour at the right end only."""
+    t = np.linspace(0.0, 100.0, 2001)
+    feats = np.zeros((len(t), 3))
+    feats[t > 90, 0] = 1.0  # a dye colour at the right end only
+    flags = (t < 10) | (t > 80)  # stroma (colour 0) at both ends, then the dye at the tip
+    radius = np.array([0.1, 0.1, 0.1])
+    shared = orient._at_both_ends(flags, feats, t, (0.0, 100.0), radius, np.ones(len(t), bool))
+    assert shared[(t < 10)].all() and shared[(t > 80) & (t <= 90)].all()  # the stroma, at both ends
+    assert not shared[t > 90].any()  # the dye stays
+    assert not shared[~flags].any()
+
+
 def test_rim_contacts_are_where_a_line_outside_the_core_meets_it():
     """A core with a ring crossing its left end and a dye band at its right end: only the ring's crossing."""
     yy, xx = np.mgrid[:120, :400]

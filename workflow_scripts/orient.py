@@ -16,6 +16,8 @@ or dense tissue next to the dye with its colour, is not taken for the tissue's o
 colour. Off the line means beyond the middle's own scatter at that density (pale
 tissue's colour is noisier); a colour off the line is novel (and shared with the other end)
 only against the off-line pixels there, so tissue on the line close by cannot hide it.
+A colour off the line that is flagged at both ends (stroma at either end, say) is tissue,
+as a dye is at one end, and counts at neither.
 The two ends are compared with each other: the dye mass in from each end (counting the
 thick flagged parts first: a bubble's rim crossing an end is a thin arc; and of the thin
 parts, none beside a line that runs on over the glass, as a rim does and a dye does not),
@@ -238,8 +240,10 @@ def find_orientation(
     rims = cache(partial(_rim_contacts, od, mask, ys, xs))  # only the thin parts' count needs them
     ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale, rims=rims)
     # a colour off the line is novel against the middle's own off-line pixels: a tissue population off the
-    # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it
-    (m_neg, m_pos), flagged, thick = ends(solid & beyond & novel(beyond))
+    # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it;
+    # and a colour flagged at both ends is tissue there (stroma at either end, say): a dye is at one end
+    flags = solid & beyond & novel(beyond)
+    (m_neg, m_pos), flagged, thick = ends(flags & ~_at_both_ends(flags, feats, t, (lo, hi), radius, solid))
     evidence = "colour"
 
     def unlike_middle() -> tuple[tuple[float, float], np.ndarray, bool]:
@@ -366,6 +370,28 @@ def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarra
         return 0.0
     r = np.broadcast_to(np.asarray(radius, float), (dye.shape[1],))
     return float(_present(dye, other, r, 0.02 * n_end).mean())
+
+
+def _at_both_ends(
+    flags: np.ndarray,
+    feats: np.ndarray,
+    t: np.ndarray,
+    extent: tuple[float, float],
+    radius: np.ndarray,
+    solid: np.ndarray,
+) -> np.ndarray:
+    """Flagged pixels whose colour (with its density) is flagged at the other end too: tissue, as a dye is at one.
+
+    Each half's flags are held against the far quarter's: a colour occurs there when 2 % of that
+    quarter's tissue pixels have it (as for ``_shared_colour``).
+    """
+    lo, hi = extent
+    mid, zone = 0.5 * (lo + hi), 0.25 * (hi - lo)
+    out = np.zeros_like(flags)
+    for half, there in ((t < mid, t > hi - zone), (t >= mid, t < lo + zone)):
+        here = flags & half
+        out[here] = _present(feats[here], feats[flags & there], radius, 0.02 * (there & solid).sum())
+    return out
 
 
 def _rim_contacts(od: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
