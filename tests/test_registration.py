@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
+from scipy import ndimage
 
 from workflow_scripts import geometry as geo
 from workflow_scripts import ingest, orient, slide, synthetic, tract
@@ -389,6 +390,46 @@ def test_at_both_ends_removes_a_shared_colour_and_keeps_the_lone_one():
     assert shared[(t < 10)].all() and shared[(t > 80) & (t <= 90)].all()  # the stroma, at both ends
     assert not shared[t > 90].any()  # the dye stays
     assert not shared[~flags].any()
+
+
+def test_a_bubble_inside_the_core_is_not_a_thin_dye():
+    """15:V0074: a bubble wholly inside the tissue near the undyed tip; its grey rim, smoothed, is a thick
+    ring that no end's thick dye outweighed, and as the only thin part it was accepted as the dye (0.61, the
+    wrong end).  Its centroid lies in its own hole: a closed rim.  Without it the violet dye is found as the
+    colour the middle lacks, at the right end."""
+    t, thumb, _ = varied_biopsy(15, "V0074")
+    assert t.nuisance["bubbles"]
+    found = find_orientation(thumb)
+    assert dye_x(found, t) > 0 and found["state"] == "accepted", found
+
+
+def test_a_novel_colour_is_not_accepted_where_the_colours_off_the_line_point_the_other_way():
+    """15:V0053 stored as JPEG (as scanners store tiles): the blue dye, close to haematoxylin, keeps too
+    little colour off the H-E line to call (5.8 px, the least dye is 10.4), and a dense tumour blob at the
+    undyed tip was the colour the middle lacks, accepted at 0.65.  The stronger evidence, however little of
+    it, points to the other end: the call waits for a person."""
+    import io
+
+    import PIL.Image
+
+    t, thumb, _ = varied_biopsy(15, "V0053")
+    buf = io.BytesIO()
+    PIL.Image.fromarray(thumb).save(buf, format="JPEG", quality=90)
+    found = find_orientation(np.asarray(PIL.Image.open(buf).convert("RGB")))
+    assert dye_x(found, t) < 0 and found["evidence"] == "novelty"  # the call points the wrong way ...
+    assert found["confidence"] >= ORIENT["accept_novelty"]  # ... clearly enough to pass the contrast
+    assert found["state"] == "review" and "off the H-E line" in found["review_reason"], found
+
+
+def test_rings_are_the_parts_around_their_own_hole():
+    """A ring, a disc, a C (an open rim) and a band with a hole off its centre: only the ring is closed."""
+    yy, xx = np.mgrid[:100, :400]
+    r1, r2 = np.hypot(yy - 50, xx - 50), np.hypot(yy - 50, xx - 150)
+    parts = (np.abs(r1 - 20) < 4) | (r2 < 20)
+    parts |= (np.abs(np.hypot(yy - 50, xx - 250) - 20) < 4) & (xx < 262)  # the C
+    parts |= (xx > 300) & (xx < 390) & (yy > 20) & (yy < 80) & (np.hypot(yy - 35, xx - 320) > 6)
+    labels, _ = ndimage.label(parts)
+    assert list(orient._rings(parts, labels)) == [labels[50, 30]]
 
 
 def test_rim_contacts_are_where_a_line_outside_the_core_meets_it():

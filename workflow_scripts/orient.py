@@ -20,10 +20,12 @@ A colour off the line that is flagged at both ends (stroma at either end, say) i
 as a dye is at one end, and counts at neither.
 The two ends are compared with each other: the dye mass in from each end (counting the
 thick flagged parts first: a bubble's rim crossing an end is a thin arc; and of the thin
-parts, none beside a line that runs on over the glass, as a rim does and a dye does not),
+parts, none beside a line that runs on over the glass, as a rim does and a dye does not, and
+none around a hole of its own, as a bubble's closed rim inside the core is),
 and the confidence is their contrast. A call is only accepted when that contrast reaches
 its evidence's threshold (stricter for the second kind: dense tumour at one end is also
-unlike the middle), the "dye" colour is not also found at the other end, a colour found
+unlike the middle, and the colours off the line, however few, must not lean to the other
+end), the "dye" colour is not also found at the other end, a colour found
 in thin parts only is more than the least dye, and, where the tissue spans too little of
 the line to fix its direction, the second evidence does not point to the other end and,
 if more than the dyed end is off the line, confirms the end.
@@ -253,17 +255,19 @@ def find_orientation(
         darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
         return ends(solid & novel(middle) & darker)
 
-    second = None
+    check = None  # the other evidence's dye mass at each end, where it is asked
     if max(m_pos, m_neg) < scale:
         # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
         #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
-        #    middle too, so this evidence is held to a stricter bar (see the state below).
+        #    middle too, so this evidence is held to a stricter bar (see the state below), and the
+        #    colours off the line, too few to call, are kept to check it
+        check = (m_neg, m_pos)
         (m_neg, m_pos), flagged, thick = unlike_middle()
         evidence = "novelty"
     elif span < MIN_SPAN:
         # one tissue colour leaves the line's direction open, so "off the line" may be a second tissue
         # population, and a dye close to haematoxylin may lie on it: the second evidence is asked too
-        second = unlike_middle()[0]
+        check = unlike_middle()[0]
     conf = _contrast(m_pos, m_neg, scale)
     res = {
         "centroid": centroid.tolist(),
@@ -306,12 +310,12 @@ def find_orientation(
     # is off the line, unless they confirm the end.  A colour found in thin parts only needs more than the
     # least dye (a rim that does not run on over the glass is thin too).  A colour found only as unlike the
     # middle (dense tumour at one end is, too) needs a clearer contrast between the ends, and one deeper than
-    # a dye soaks in (a few core widths) is tissue whose mix the middle lacks.
+    # a dye soaks in (a few core widths) is tissue whose mix the middle lacks, and one the colours off the
+    # line (the stronger evidence, however little of it) place at the other end is not accepted.
     colour, dye_px = evidence == "colour", max(m_pos, m_neg)
     bar = accept_confidence if colour else accept_novelty
-    opened, here, there = second is not None, 0.0, 0.0
-    if opened:  # the second evidence's dye mass at the called end and at the other
-        there, here = second if pos else second[::-1]
+    opened = colour and check is not None
+    here, there = (0.0, 0.0) if check is None else (check[1], check[0]) if pos else check  # called end, other
     doubts = [
         (conf < bar, f"end contrast {conf:.2f} < {bar}"),
         (
@@ -329,6 +333,7 @@ def find_orientation(
         ),
         (colour and not thick and dye_px < THIN_MASS * scale, "a small dye found in thin parts only (rims are thin)"),
         (not colour and dye_px > DYE_MAX_WIDTHS * width, "the novel colour runs deeper than a dye soaks in"),
+        (not colour and there > here, "the colours off the H-E line, too few to call, are at the other end"),
         (shared >= SHARED_MAX, f"{shared:.0%} of the dye's colour is also at the other end"),
     ]
     res["review_reason"] = "; ".join(why for doubt, why in doubts if doubt)
@@ -445,8 +450,19 @@ def _dye_at_ends(
     if max(mass) >= scale:
         return mass, thick, True
     solid &= ~np.isin(labels, np.unique(labels[rims() & solid]))
+    solid &= ~np.isin(labels, _rings(solid, labels))
     solid = solid[ys - y0, xs - x0]
     return end_dye_mass(solid, t, *extent), solid, False
+
+
+def _rings(parts: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels of the parts whose centroid lies in a hole of theirs: a closed rim (a bubble inside the core)."""
+    ids = np.unique(labels[parts])
+    if len(ids) == 0:
+        return ids
+    holes = ndimage.binary_fill_holes(parts) & ~parts
+    cy, cx = np.round(np.array(ndimage.center_of_mass(parts, labels, ids))).astype(int).T
+    return ids[holes[cy, cx]]
 
 
 def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: float) -> np.ndarray:
