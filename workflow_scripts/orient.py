@@ -314,8 +314,9 @@ def find_orientation(
     # line (the stronger evidence, however little of it) place at the other end is not accepted.
     colour, dye_px = evidence == "colour", max(m_pos, m_neg)
     bar = accept_confidence if colour else accept_novelty
-    opened = colour and check is not None
-    here, there = (0.0, 0.0) if check is None else (check[1], check[0]) if pos else check  # called end, other
+    opened, here, there = colour and check is not None, 0.0, 0.0
+    if check is not None:  # the other evidence's dye mass at the called end and at the other
+        here, there = (check[1], check[0]) if pos else check
     doubts = [
         (conf < bar, f"end contrast {conf:.2f} < {bar}"),
         (
