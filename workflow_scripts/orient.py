@@ -57,6 +57,7 @@ SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above
 DYE_MAX_WIDTHS = 2.0  # dye mass in from an end, in core widths, beyond which a novel colour is not taken for dye
 NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
 SCATTER_MARGIN = 1.5  # times the middle's 95th-percentile scatter at a density: a colour beyond it is off the line
+END_SHARE = 0.02  # share of an end's tissue pixels that must have a colour for the colour to occur at that end
 LONE_SHARE = 0.005  # share of the core off the H-E line away from the dyed end above which a second population exists
 THICK_PX = 9  # disc radius (px of the ~16 um/px level) a flagged part must hold to count first: a rim is thinner
 THIN_MASS = 1.5  # dye mass, in least dye masses, that a colour found in thin parts only (rims too) needs
@@ -369,13 +370,13 @@ def _scatter_at_density(off: np.ndarray, log_od: np.ndarray, middle: np.ndarray,
 def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarray, n_end: int) -> float:
     """Share of the dye pixels whose colour also occurs (within about ``radius``) at the other end.
 
-    ``other`` holds the other end's candidate pixels; a colour occurs there when 2% of the end's
-    ``n_end`` tissue pixels have it.
+    ``other`` holds the other end's candidate pixels; a colour occurs there when ``END_SHARE`` of
+    the end's ``n_end`` tissue pixels have it.
     """
     if len(dye) == 0:
         return 0.0
     r = np.broadcast_to(np.asarray(radius, float), (dye.shape[1],))
-    return float(_present(dye, other, r, 0.02 * n_end).mean())
+    return float(_present(dye, other, r, END_SHARE * n_end).mean())
 
 
 def _at_both_ends(
@@ -388,15 +389,15 @@ def _at_both_ends(
 ) -> np.ndarray:
     """Flagged pixels whose colour (with its density) is flagged at the other end too: tissue, as a dye is at one.
 
-    Each half's flags are held against the far quarter's: a colour occurs there when 2 % of that
-    quarter's tissue pixels have it (as for ``_shared_colour``).
+    Each half's flags are held against the far quarter's: a colour occurs there when ``END_SHARE`` of
+    that quarter's tissue pixels have it (as for ``_shared_colour``).
     """
     lo, hi = extent
     mid, zone = 0.5 * (lo + hi), 0.25 * (hi - lo)
     out = np.zeros_like(flags)
     for half, there in ((t < mid, t > hi - zone), (t >= mid, t < lo + zone)):
         here = flags & half
-        out[here] = _present(feats[here], feats[flags & there], radius, 0.02 * (there & solid).sum())
+        out[here] = _present(feats[here], feats[flags & there], radius, END_SHARE * (there & solid).sum())
     return out
 
 
