@@ -386,7 +386,8 @@ def test_at_both_ends_removes_a_shared_colour_and_keeps_the_lone_one():
     feats[t > 90, 0] = 1.0  # a dye colour at the right end only
     flags = (t < 10) | (t > 80)  # stroma (colour 0) at both ends, then the dye at the tip
     radius = np.array([0.1, 0.1, 0.1])
-    shared = orient._at_both_ends(flags, feats, t, (0.0, 100.0), radius, np.ones(len(t), bool))
+    quarters = (t < 25, t > 75)
+    shared = orient._at_both_ends(flags, feats, t < 50, quarters, radius, np.ones(len(t), bool))
     assert shared[(t < 10)].all() and shared[(t > 80) & (t <= 90)].all()  # the stroma, at both ends
     assert not shared[t > 90].any()  # the dye stays
     assert not shared[~flags].any()

@@ -228,8 +228,9 @@ def find_orientation(
     feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
     radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
     beyond = off > np.maximum(colour_radius, _scatter_at_density(off, feats[:, 2], middle))
-    mid_t = 0.5 * (lo + hi)
+    mid_t, zone = 0.5 * (lo + hi), 0.25 * (hi - lo)
     halves = ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t)))
+    quarters = (t < lo + zone, t > hi - zone)  # each end's quarter of the core
 
     def novel(among: np.ndarray) -> np.ndarray:
         """Per pixel: a colour (with its density) that the middle's part in the *other* half lacks, among
@@ -246,7 +247,7 @@ def find_orientation(
     # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it;
     # and a colour flagged at both ends is tissue there (stroma at either end, say): a dye is at one end
     flags = solid & beyond & novel(beyond)
-    (m_neg, m_pos), flagged, thick = ends(flags & ~_at_both_ends(flags, feats, t, (lo, hi), radius, solid))
+    (m_neg, m_pos), flagged, thick = ends(flags & ~_at_both_ends(flags, feats, t < mid_t, quarters, radius, solid))
     evidence = "colour"
 
     def unlike_middle() -> tuple[tuple[float, float], np.ndarray, bool]:
@@ -298,8 +299,7 @@ def find_orientation(
             DYE_HINT,
         )
     pos = bool(m_pos > m_neg)
-    zone = 0.25 * (hi - lo)
-    win, other = (t > hi - zone, t < lo + zone) if pos else (t < lo + zone, t > hi - zone)
+    other, win = quarters if pos else quarters[::-1]
     # as found: colour and density; a colour off the line against the other end's own off-line pixels (as above)
     found_there = other & solid & beyond if evidence == "colour" else other & solid
     shared = _shared_colour(feats[win & flagged], feats[found_there], radius, (other & solid).sum())
@@ -382,20 +382,18 @@ def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarra
 def _at_both_ends(
     flags: np.ndarray,
     feats: np.ndarray,
-    t: np.ndarray,
-    extent: tuple[float, float],
+    first: np.ndarray,
+    quarters: tuple[np.ndarray, np.ndarray],
     radius: np.ndarray,
     solid: np.ndarray,
 ) -> np.ndarray:
     """Flagged pixels whose colour (with its density) is flagged at the other end too: tissue, as a dye is at one.
 
-    Each half's flags are held against the far quarter's: a colour occurs there when ``END_SHARE`` of
-    that quarter's tissue pixels have it (as for ``_shared_colour``).
+    Each half's flags (``first``: the half at the low end) are held against the far quarter's: a colour
+    occurs there when ``END_SHARE`` of that quarter's tissue pixels have it (as for ``_shared_colour``).
     """
-    lo, hi = extent
-    mid, zone = 0.5 * (lo + hi), 0.25 * (hi - lo)
     out = np.zeros_like(flags)
-    for half, there in ((t < mid, t > hi - zone), (t >= mid, t < lo + zone)):
+    for half, there in ((first, quarters[1]), (~first, quarters[0])):
         here = flags & half
         out[here] = _present(feats[here], feats[flags & there], radius, END_SHARE * (there & solid).sum())
     return out
