@@ -48,8 +48,8 @@ rule all:
 # others finish): <results>/failures.tsv, with the reason and the fix.
 # Called in-process: no shell sees the configured results path.
 onsuccess:
-    failures.write(Path(LOGS), Path(RESULTS, "failures.tsv"))
+    failures.write(Path(LOGS), Path(RESULTS, "failures.tsv"), slides=SLIDE_BIOPSIES)
 
 
 onerror:
-    failures.write(Path(LOGS), Path(RESULTS, "failures.tsv"), log)
+    failures.write(Path(LOGS), Path(RESULTS, "failures.tsv"), log, slides=SLIDE_BIOPSIES)

@@ -69,6 +69,14 @@ if _problems:
 biopsies = biopsies.set_index(["participant_id", "biopsy_id"], drop=False).sort_index()
 # rows as plain dicts: input functions run once per job, and a dict lookup is ~100x cheaper than .loc
 ROWS = dict(zip(biopsies.index, biopsies.to_dict("records")))
+# slides: one per wsi path (several biopsies' cores may lie on one slide); read once per slide under
+# <results>/slides/<participant>/<slide>/, then one orientation per biopsy on its own core
+SLIDE = {key: sheetlib.slide_key(row["wsi"]) for key, row in ROWS.items()}
+SLIDE_ROW = {(p, SLIDE[(p, b)]): row for (p, b), row in reversed(ROWS.items())}  # any row: they agree (sheets.check)
+ON_SLIDE = {}  # (participant, slide) -> the rows of the biopsies whose cores lie on it
+for (_p, _b), _row in ROWS.items():
+    ON_SLIDE.setdefault((_p, SLIDE[(_p, _b)]), []).append(_row)
+SLIDE_BIOPSIES = {k: [r["biopsy_id"] for r in rows] for k, rows in ON_SLIDE.items()}  # for failures.tsv
 
 # IDs: the schema's patterns, used as wildcard constraints (participant IDs hold no '_',
 # so the VOC image ID <participant>_<biopsy> splits at its first '_')
@@ -78,6 +86,7 @@ _ID = {c: schema_properties("../schemas/biopsies.schema.yaml")[c]["pattern"].str
 wildcard_constraints:
     participant=_ID["participant_id"],
     biopsy=_ID["biopsy_id"],
+    slide="[A-Za-z0-9._-]+",
     phase="prefire|postfire",
     split="train|val|test|trainval|fold[0-9]+_(?:train|val)",
     fold="[0-9]+",
@@ -138,6 +147,35 @@ def sheet_value(column):
         return "" if v is None or (isinstance(v, float) and v != v) else str(v)
 
     return value
+
+
+def slide_value(column):
+    """A slide job's value of a biopsies.tsv column shared by every row on that slide ("" when empty)."""
+
+    def value(wildcards):
+        v = SLIDE_ROW[(wildcards.participant, wildcards.slide)].get(column)
+        return "" if v is None or (isinstance(v, float) and v != v) else str(v)
+
+    return value
+
+
+def slide_output(name):
+    """Input function: a slide-level output (<results>/slides/<participant>/<slide>/<name>) of a biopsy's slide."""
+    return lambda w: f"{RESULTS}/slides/{w.participant}/{SLIDE[(w.participant, w.biopsy)]}/{name}"
+
+
+def demo_slide_args(wildcards):
+    """Params of a demo rendering job: the biopsies whose cores share its slide (the sheet rows that name the
+    slide, or its own name alone when none does), whether the sheet names them, and the cohort's options."""
+    p = wildcards.participant
+    own = wildcards.get("biopsy") or wildcards.get("demo_slide")
+    wsi = ROWS[(p, own)]["wsi"] if (p, own) in ROWS else f"{DEMO['root']}/data/{p}/{own}_wsi.ome.tif"
+    rows = ON_SLIDE.get((p, sheetlib.slide_key(wsi))) or [{"biopsy_id": own}]
+    core = lambda r: "" if r.get("core") is None or r["core"] != r["core"] else str(r["core"]).strip()
+    flags = ["--named"] if any(core(r) and not core(r).isdigit() for r in rows) else []
+    flags += ["--large-slide"] if f"{p}/{rows[0]['biopsy_id']}" == DEMO.get("large_slide") and len(rows) == 1 else []
+    flags += ["--varied"] if DEMO.get("varied") else []
+    return ["--slide-biopsies=" + ",".join(r["biopsy_id"] for r in rows), *flags]
 
 
 def tract_override_args(wildcards):

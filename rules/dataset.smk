@@ -107,6 +107,9 @@ rule qc_figure:
         oriented=rules.orient.output.oriented,
         crop=rules.tract.output.crop,
         label=rules.voc_image.output.label,
+        slide=slide_output("wsi.png"),
+        cores=slide_output("cores.json"),
+        labels=slide_output("cores.png"),
     output:
         f"{RESULTS}/qc/{{participant}}/{{biopsy}}.png",
     group:
@@ -120,6 +123,7 @@ rule qc_figure:
     shell:
         "python -m workflow_scripts.qc figure --pre={input.pre:q} --tract={input.tract:q} --orient={input.orient:q} "
         "--oriented={input.oriented:q} --crop={input.crop:q} --label={input.label:q} --out={output:q} "
+        "--slide={input.slide:q} --cores={input.cores:q} --labels={input.labels:q} "
         "--title={wildcards.participant:q}/{wildcards.biopsy:q} > {log:q} 2>&1"
 
 

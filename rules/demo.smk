@@ -1,30 +1,49 @@
 # Synthetic demo cohort: a forward model renders each biopsy's files from a hidden
 # truth (workflow_scripts/synthetic/). Only defined when demo.enabled is true.
+# A slide that carries several biopsies' cores is rendered once, with all of them.
 
 if DEMO["enabled"]:
+    DEMO_DATA = f"{DEMO['root']}/data/{{participant}}"
 
-    rule demo_biopsy:
+    rule demo_ultrasound:
         output:
-            prefire=f"{DEMO['root']}/data/{{participant}}/{{biopsy}}_prefire.dcm",
-            postfire=f"{DEMO['root']}/data/{{participant}}/{{biopsy}}_postfire.dcm",
-            wsi=f"{DEMO['root']}/data/{{participant}}/{{biopsy}}_wsi.ome.tif",
-            annotation=f"{DEMO['root']}/data/{{participant}}/{{biopsy}}_annotations.geojson",
+            prefire=f"{DEMO_DATA}/{{biopsy}}_prefire.dcm",
+            postfire=f"{DEMO_DATA}/{{biopsy}}_postfire.dcm",
             truth=f"{DEMO['root']}/truth/{{participant}}/{{biopsy}}.json",
             truth_mask=f"{DEMO['root']}/truth/{{participant}}/{{biopsy}}_mask.png",
         params:
             seed=DEMO["seed"],
-            large=lambda w: ["--large-slide"] if f"{w.participant}/{w.biopsy}" == DEMO.get("large_slide") else [],
-            varied=["--varied"] if DEMO.get("varied") else [],
+            slide=demo_slide_args,
         group:
             "prep_{participant}"
         conda:
             "../envs/tractmap.yaml"
         log:
-            f"{LOGS}/demo_biopsy/{{participant}}/{{biopsy}}.log",
+            f"{LOGS}/demo_ultrasound/{{participant}}/{{biopsy}}.log",
         benchmark:
-            f"{JOB_BENCHMARKS}/demo_biopsy/{{participant}}/{{biopsy}}.tsv"
+            f"{JOB_BENCHMARKS}/demo_ultrasound/{{participant}}/{{biopsy}}.tsv"
         shell:
-            "python -m workflow_scripts.synthetic biopsy --seed={params.seed:q} --participant={wildcards.participant:q} "
-            "--biopsy={wildcards.biopsy:q} {params.large:q} {params.varied:q} --prefire={output.prefire:q} "
-            "--postfire={output.postfire:q} --wsi={output.wsi:q} --annotation={output.annotation:q} "
+            "python -m workflow_scripts.synthetic ultrasound --seed={params.seed:q} --participant={wildcards.participant:q} "
+            "--biopsy={wildcards.biopsy:q} {params.slide:q} --prefire={output.prefire:q} --postfire={output.postfire:q} "
             "--truth={output.truth:q} --truth-mask={output.truth_mask:q} > {log:q} 2>&1"
+
+    rule demo_slide:
+        output:
+            wsi=f"{DEMO_DATA}/{{demo_slide}}_wsi.ome.tif",
+            annotation=f"{DEMO_DATA}/{{demo_slide}}_annotations.geojson",
+        params:
+            seed=DEMO["seed"],
+            slide=demo_slide_args,
+        wildcard_constraints:
+            demo_slide="[A-Za-z0-9][A-Za-z0-9_-]*",
+        group:
+            "prep_{participant}"
+        conda:
+            "../envs/tractmap.yaml"
+        log:
+            f"{LOGS}/demo_slide/{{participant}}/{{demo_slide}}.log",
+        benchmark:
+            f"{JOB_BENCHMARKS}/demo_slide/{{participant}}/{{demo_slide}}.tsv"
+        shell:
+            "python -m workflow_scripts.synthetic slide --seed={params.seed:q} --participant={wildcards.participant:q} "
+            "{params.slide:q} --wsi={output.wsi:q} --annotation={output.annotation:q} > {log:q} 2>&1"

@@ -23,24 +23,54 @@ rule ingest_ultrasound:
         "-- {input:q} > {log:q} 2>&1"
 
 
+# One job per slide: a slide that carries several biopsies' cores is read once.
+SLIDE_DIR = f"{RESULTS}/slides/{{participant}}/{{slide}}"
+
+
 rule ingest_wsi:
     input:
-        sheet_file("wsi"),
+        slide_value("wsi"),
     output:
-        image=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.png",
-        meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/wsi.json",
+        image=f"{SLIDE_DIR}/wsi.png",
+        meta=f"{SLIDE_DIR}/wsi.json",
     params:
         um=config["ingest"]["thumb_um_per_px"],
-        sheet_um=sheet_value("wsi_um_per_px"),
+        sheet_um=slide_value("wsi_um_per_px"),
     group:
         "prep_{participant}"
     conda:
         "../envs/tractmap.yaml"
     log:
-        f"{LOGS}/ingest_wsi/{{participant}}/{{biopsy}}.log",
+        f"{LOGS}/ingest_wsi/{{participant}}/{{slide}}.log",
     benchmark:
-        f"{JOB_BENCHMARKS}/ingest_wsi/{{participant}}/{{biopsy}}.tsv"
+        f"{JOB_BENCHMARKS}/ingest_wsi/{{participant}}/{{slide}}.tsv"
     shell:
         "python -m workflow_scripts.ingest wsi --image={output.image:q} --meta={output.meta:q} "
-        "--thumb-um={params.um:q} --um-per-px={params.sheet_um:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "--thumb-um={params.um:q} --um-per-px={params.sheet_um:q} --participant={wildcards.participant:q} "
         "-- {input:q} > {log:q} 2>&1"
+
+
+rule cores:
+    input:
+        thumb=rules.ingest_wsi.output.image,
+        meta=rules.ingest_wsi.output.meta,
+        annotation=slide_value("annotation"),
+    output:
+        cores=f"{SLIDE_DIR}/cores.json",
+        labels=f"{SLIDE_DIR}/cores.png",
+    params:
+        c=config["cores"],
+    group:
+        "prep_{participant}"
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        f"{LOGS}/cores/{{participant}}/{{slide}}.log",
+    benchmark:
+        f"{JOB_BENCHMARKS}/cores/{{participant}}/{{slide}}.tsv"
+    shell:
+        "python -m workflow_scripts.cores --thumb={input.thumb:q} --meta={input.meta:q} "
+        "--annotation={input.annotation:q} --out={output.cores:q} --labels={output.labels:q} "
+        "--max-gap-mm={params.c[max_gap_mm]:q} --min-width-mm={params.c[min_width_mm]:q} "
+        "--min-area-mm2={params.c[min_area_mm2]:q} --dye-class={params.c[dye_class]:q} "
+        "--participant={wildcards.participant:q} > {log:q} 2>&1"

@@ -5,12 +5,15 @@ ING = f"{RESULTS}/ingest/{{participant}}/{{biopsy}}"
 
 rule orient:
     input:
-        thumb=f"{ING}/wsi.png",
-        meta=f"{ING}/wsi.json",
+        thumb=slide_output("wsi.png"),
+        meta=slide_output("wsi.json"),
+        cores=slide_output("cores.json"),
+        labels=slide_output("cores.png"),
     output:
         json=f"{RESULTS}/orient/{{participant}}/{{biopsy}}.json",
         oriented=f"{RESULTS}/orient/{{participant}}/{{biopsy}}_oriented.png",
     params:
+        core=sheet_value("core"),
         dye_end=dye_end_override,
         accept=config["orient"]["accept_confidence"],
         novelty=config["orient"]["accept_novelty"],
@@ -26,7 +29,8 @@ rule orient:
         f"{JOB_BENCHMARKS}/orient/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.orient --thumb={input.thumb:q} --meta={input.meta:q} --out={output.json:q} "
-        "--oriented={output.oriented:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} "
+        "--oriented={output.oriented:q} --cores={input.cores:q} --labels={input.labels:q} "
+        "--core={params.core:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} "
         "--accept-novelty={params.novelty:q} --min-confidence={params.conf:q} "
         "--min-dye-fraction={params.frac:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "> {log:q} 2>&1"
@@ -66,6 +70,9 @@ rule transfer:
         orient=rules.orient.output.json,
         tract=rules.tract.output.json,
         crop=rules.tract.output.crop,
+        cores=slide_output("cores.json"),
+        labels=slide_output("cores.png"),
+        slide_meta=slide_output("wsi.json"),
     output:
         labelme=f"{RESULTS}/transfer/{{participant}}/{{biopsy}}.json",
         summary=f"{RESULTS}/transfer/{{participant}}/{{biopsy}}_summary.json",
@@ -83,7 +90,8 @@ rule transfer:
         f"{JOB_BENCHMARKS}/transfer/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.transfer --annotation={input.annotation:q} --orient={input.orient:q} "
-        "--tract={input.tract:q} --crop={input.crop:q} --out={output.labelme:q} "
+        "--tract={input.tract:q} --crop={input.crop:q} --cores={input.cores:q} --labels={input.labels:q} "
+        "--slide-meta={input.slide_meta:q} --out={output.labelme:q} "
         "--summary={output.summary:q} --classes={params.classes:q} --outside-core={params.outside:q} "
         "--across={params.across:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 

@@ -55,7 +55,8 @@ def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
     """Write demo sheets for n participants into workdir/sheets."""
     from workflow_scripts import synthetic
 
-    parts, biops = synthetic.cohort_sheets(n, seed, "demo/data")
+    render_seed = yaml.safe_load((ROOT / "config.yaml").read_text())["demo"]["seed"]  # the cores' positions
+    parts, biops = synthetic.cohort_sheets(n, seed, "demo/data", render_seed=render_seed)
     (workdir / "sheets").mkdir(parents=True, exist_ok=True)
     parts.to_csv(workdir / "sheets/participants.tsv", sep="\t", index=False)
     biops.to_csv(workdir / "sheets/biopsies.tsv", sep="\t", index=False)

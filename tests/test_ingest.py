@@ -251,9 +251,8 @@ def test_wsi_ingest_memory_on_the_largest_demo_slide(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     pid, bid = yaml.safe_load((root / "config.yaml").read_text())["demo"]["large_slide"].split("/")
-    files = {k: tmp_path / k for k in ("prefire", "postfire", "wsi", "annotation", "truth")}
-    files["truth-mask"] = tmp_path / "mask.png"
-    gen = ["biopsy", "--seed", "2026", "--participant", pid, "--biopsy", bid, "--large-slide"]
+    files = {k: tmp_path / k for k in ("wsi", "annotation")}
+    gen = ["slide", "--seed", "2026", "--participant", pid, "--slide-biopsies", bid, "--large-slide"]
     run_measured("workflow_scripts.synthetic", gen + sum([[f"--{k}", str(v)] for k, v in files.items()], []))
     with tifffile.TiffFile(files["wsi"]) as tif:
         full = tif.series[0].levels[0].shape

@@ -29,9 +29,12 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 def test_dry_run_plans_one_ingest_job_per_image(tmp_path):
     make_cohort(tmp_path, 6, seed=3)
     write_config(tmp_path)
-    n = len(pd.read_csv(tmp_path / "sheets/biopsies.tsv", sep="\t"))
+    sheet = pd.read_csv(tmp_path / "sheets/biopsies.tsv", sep="\t")
+    n, slides = len(sheet), sheet["wsi"].nunique()
+    assert slides < n  # this cohort has a slide that carries several cores: it is read once
     jobs = planned_jobs(tmp_path)
-    assert jobs["ingest_ultrasound"] == 2 * n and jobs["ingest_wsi"] == n and jobs["demo_biopsy"] == n
+    assert jobs["ingest_ultrasound"] == 2 * n and jobs["demo_ultrasound"] == n
+    assert jobs["ingest_wsi"] == jobs["cores"] == jobs["demo_slide"] == slides and jobs["orient"] == n
 
 
 def test_lint_is_clean():
@@ -228,7 +231,7 @@ def test_new_test_participant_does_not_retrain_but_a_train_participant_does(copy
     add_participant(copy_run, "P900", "test")
     jobs = planned_jobs(copy_run)
     assert "train" not in jobs
-    assert jobs.get("demo_biopsy") == 1 and jobs.get("tract") == 1 and jobs.get("voc_image") == 1
+    assert jobs.get("demo_ultrasound") == 1 and jobs.get("tract") == 1 and jobs.get("voc_image") == 1
     add_participant(copy_run, "P901", "train")
     models = yaml.safe_load((copy_run / "config.yaml").read_text())["train"]["models"]
     assert planned_jobs(copy_run).get("train") == len(models)

@@ -52,7 +52,10 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
         "import os, sys\nif '--participant=P003' in sys.argv and sys.argv[1:2] == ['wsi']:\n    "
         "os.kill(os.getpid(), 9)\n"
     )
-    targets = [f"results/ingest/{p}/{b}/{k}.json" for p, b in cases for k in ("wsi", "prefire")]
+    from workflow_scripts.sheets import slide_key
+
+    slide_dir = {(p, b): f"results/slides/{p}/{slide_key(str(slides / s))}" for (p, b), (s, _, _) in cases.items()}
+    targets = [f"results/ingest/{p}/{b}/prefire.json" for p, b in cases] + [f"{d}/wsi.json" for d in slide_dir.values()]
     res = snakemake(tmp_path, "--cores", "2", "--keep-going", *targets, check=False, pythonpath=[hook])
     assert res.returncode != 0
 
@@ -60,7 +63,7 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
     got = {(r.participant_id, r.biopsy_id): r for r in failures.itertuples()}
     assert set(got) == {k for k, v in cases.items() if isinstance(v[2], str)}, failures
     for key, (_, _, outcome) in cases.items():
-        meta = tmp_path / f"results/ingest/{key[0]}/{key[1]}/wsi.json"
+        meta = tmp_path / slide_dir[key] / "wsi.json"
         assert (tmp_path / f"results/ingest/{key[0]}/{key[1]}/prefire.json").exists()  # the scans were never at fault
         if isinstance(outcome, float):
             assert json.loads(meta.read_text())["um_per_px"] == pytest.approx(outcome)
@@ -88,6 +91,9 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
                 "--crop={o}/c.png",
                 "--out={o}/l.json",
                 "--summary={o}/s.json",
+                "--cores={o}/cores.json",
+                "--labels={o}/cores.png",
+                "--slide-meta={o}/wsi.json",
                 '--classes={{"Tumor": "cancer"}}',
                 "--outside-core=void",
                 "--across=shrinkage",

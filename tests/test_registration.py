@@ -107,7 +107,7 @@ def test_slide_without_dye_is_a_clear_error(tmp_path):
     t = synthetic.sample_truth(4, "P200", "B1")
     t.dye_length_mm = 0.0
     synthetic.place_on_slide(t, np.random.default_rng(0))
-    synthetic.write_wsi(t, tmp_path / "w.ome.tif")
+    synthetic.write_wsi([t], tmp_path / "w.ome.tif")
     thumb, _ = slide.read_slide(tmp_path / "w.ome.tif", 16.0)
     with pytest.raises(InputError) as e:
         find_orientation(thumb)

@@ -84,7 +84,7 @@ def test_every_remote_job_went_through_sbatch_and_groups_are_per_participant(slu
             pid = re.match(r"group_prep_([^_]+)_", d).group(1)
             n = (biopsies["participant_id"] == pid).sum()
             assert len(re.findall(r"^\s*rule tract:", text, re.M)) == n  # the whole chain of every biopsy
-            assert len(re.findall(r"^\s*rule demo_biopsy:", text, re.M)) == n
+            assert len(re.findall(r"^\s*rule demo_ultrasound:", text, re.M)) == n
 
 
 def test_training_jobs_were_allocated_a_gpu(slurm_run):

@@ -78,15 +78,29 @@ def unrecorded(failed: list[Path], logs: Path, recorded: set[str]) -> pd.DataFra
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def write(logs: Path, out: Path, run_logs: list[str] | None = None) -> pd.DataFrame:
+def per_biopsy(table: pd.DataFrame, slides: dict[tuple[str, str], list[str]]) -> pd.DataFrame:
+    """A slide-level job's row (its log is <logs>/<step>/<participant>/<slide>.log) once for each biopsy
+    whose core lies on that slide: each of them failed."""
+    rows = []
+    for r in table.to_dict("records"):
+        on = slides.get((r["participant_id"], Path(r["log"]).stem), [])
+        rows += [{**r, "biopsy_id": b} for b in on] if on and r["biopsy_id"] in ("", Path(r["log"]).stem) else [r]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write(
+    logs: Path, out: Path, run_logs: list[str] | None = None, slides: dict[tuple[str, str], list[str]] | None = None
+) -> pd.DataFrame:
     """Collect the failures into ``out`` (TSV) and print them.
 
     ``run_logs`` are Snakemake's own logs of this run; a failed job they name whose
-    log holds no tractmap record is listed too, so every failed job has a row.
+    log holds no tractmap record is listed too, so every failed job has a row.  ``slides``
+    ((participant, slide) -> biopsies) lists a slide-level failure under each biopsy on the slide.
     """
     table = collect(logs)
     extra = unrecorded(failed_job_logs(run_logs or []), logs, set(table["log"]))
     table = pd.concat([table, extra], ignore_index=True) if len(extra) else table
+    table = per_biopsy(table, slides or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False)
     if len(table):

@@ -45,6 +45,7 @@ from skimage.io import imread, imsave
 from skimage.morphology import disk
 
 from workflow_scripts import geometry as geo
+from workflow_scripts.cores import GAP_PX, axis_of, gaps, select
 from workflow_scripts.errors import InputError, run_cli
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
@@ -62,6 +63,7 @@ LONE_SHARE = 0.005  # share of the core off the H-E line away from the dyed end 
 THICK_PX = 9  # disc radius (px of the ~16 um/px level) a flagged part must hold to count first: a rim is thinner
 THIN_MASS = 1.5  # dye mass, in least dye masses, that a colour found in thin parts only (rims too) needs
 RIM_REACH_PX = 6  # px an absorbing line outside the core must reach from it to be a rim (or pen), not a ragged edge
+ISOLATE_MARGIN_UM = 1500.0  # the level read around one core: its neighbours beyond are painted out
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
@@ -90,7 +92,7 @@ def tissue_mask(od: np.ndarray, threshold: float = TISSUE_OD, max_gap_px: float 
     sizes = ndimage.sum(mask, lab, range(1, n + 1))
     big = 1 + int(np.argmax(sizes))
     ys, xs = np.nonzero(lab == big)
-    c, axis, width = _axis(np.stack([xs, ys], 1).astype(float))
+    c, axis, width = axis_of(np.stack([xs, ys], 1).astype(float))
     keep = [big]
     for i in np.flatnonzero(sizes >= 0.01 * sizes.max()) + 1:
         if i == big:
@@ -100,15 +102,6 @@ def tissue_mask(od: np.ndarray, threshold: float = TISSUE_OD, max_gap_px: float 
         if np.median(d) < max(0.75 * width, 3.0):  # in line with the core: a fragment, not a pen mark beside it
             keep.append(i)
     return np.isin(lab, keep)
-
-
-def _axis(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Centroid, long-axis unit vector and width (1-99 % across) of a point cloud."""
-    c = pts.mean(axis=0)
-    evals, evecs = np.linalg.eigh(np.cov((pts - c).T))
-    axis = evecs[:, np.argmax(evals)]
-    across = (pts - c) @ np.array([-axis[1], axis[0]])
-    return c, axis, float(np.percentile(across, 99) - np.percentile(across, 1)) + 1.0
 
 
 def chromaticity(od: np.ndarray) -> np.ndarray:
@@ -187,23 +180,140 @@ def find_orientation(
     accept_novelty: float,
     min_confidence: float,
     override: str | None = None,
+    mask: np.ndarray | None = None,
+    marks: list[list[float]] | None = None,
 ) -> dict:
     """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px).
 
-    ``state`` is ``accepted`` (confidence >= accept_confidence for a dye off the H-E line,
-    >= accept_novelty for one found only as a colour the middle lacks), ``review`` (below:
-    a person confirms with dye_end) or ``override``.  No dye at either end, or
-    a confidence below ``min_confidence``, is an error.  ``min_dye_fraction`` is the dye at
-    the dyed end, as a fraction of the core's width times its length (in px).  The thresholds
-    are keyword-only and named as config.yaml's ``orient`` section: ``**config["orient"]``.
+    ``mask`` is the core's pixels (from :func:`workflow_scripts.cores.find_cores`; by default the
+    largest core and the fragments in line with it).  The automatic call (:func:`automatic_call`)
+    ends ``accepted`` or ``review``, or raises an error; ``decide`` then applies a ``dye_end``
+    override (which wins, and rescues a core whose automatic call fails) and the pathologist's dye
+    ``marks`` (level px: first-class evidence; where they disagree with an accepted automatic call,
+    the biopsy goes to review).  The thresholds are keyword-only and named as config.yaml's
+    ``orient`` section: ``**config["orient"]``.
     """
     od = optical_density(rgb)
-    mask = tissue_mask(od)
+    mask = tissue_mask(od) if mask is None else mask
+    shape = core_shape(mask)
+    try:
+        found = automatic_call(
+            od,
+            mask,
+            shape,
+            min_dye_fraction=min_dye_fraction,
+            accept_confidence=accept_confidence,
+            accept_novelty=accept_novelty,
+            min_confidence=min_confidence,
+        )
+    except InputError as e:
+        if not (override or marks):
+            raise
+        found = {"confidence": 0.0, "state": "failed", "review_reason": e.what, "dye_at_positive_end": None}
+    return decide({**shape, **found}, override, mark_end(marks or [], shape))
+
+
+def core_shape(mask: np.ndarray) -> dict:
+    """The core's centroid, long axis, extent along it (from the centroid, px) and width, and the gaps
+    between its fragments along the axis (level px from the centroid)."""
     ys, xs = np.nonzero(mask)
     pts = np.stack([xs, ys], 1).astype(float)
-    centroid, axis, width = _axis(pts)
+    centroid, axis, width = axis_of(pts)
     t = (pts - centroid) @ axis
-    lo, hi = t.min() - 0.5, t.max() + 0.5
+    return {
+        "centroid": centroid.tolist(),
+        "axis": axis.tolist(),
+        "extent": [float(t.min() - 0.5), float(t.max() + 0.5)],
+        "width": width,
+        "gaps_px": gaps(t, GAP_PX),
+    }
+
+
+def mark_end(marks: list[list[float]], shape: dict) -> str | None:
+    """Where the pathologist's dye marks (level px) lie on the core: ``positive`` / ``negative`` (an end's
+    quarter), ``both``, ``middle`` (none at an end), or None without marks."""
+    if not marks:
+        return None
+    lo, hi = shape["extent"]
+    f = ((np.asarray(marks, float) - shape["centroid"]) @ np.asarray(shape["axis"]) - lo) / (hi - lo)
+    ends = {"negative" for v in f if v < 0.25} | {"positive" for v in f if v > 0.75}
+    return ends.pop() if len(ends) == 1 else ("both" if ends else "middle")
+
+
+def decide(found: dict, override: str | None, mark: str | None) -> dict:
+    """The recorded call: a ``dye_end`` override wins; else a pathologist's dye mark at one end, held for
+    review where it contradicts an accepted automatic call; else the automatic call.  ``auto`` keeps
+    the automatic call as it was."""
+    auto = {k: found.get(k) for k in ("state", "dye_at_positive_end", "review_reason", "confidence")}
+    if override:
+        pos = bool(np.asarray(found["axis"]) @ DIRECTIONS[override] > 0)
+        return {
+            **found,
+            "auto": auto,
+            "dye_at_positive_end": pos,
+            "source": "override",
+            "state": "override",
+            "review_reason": "",
+            "mark": mark,
+        }
+    if mark is None:
+        return {**found, "source": "auto", "mark": None}
+    if mark in ("both", "middle"):
+        why = "dye marks at both ends" if mark == "both" else "a dye mark away from both ends"
+        state = "review" if found["state"] != "failed" else "failed"
+        if state == "failed":
+            raise InputError(f"{why} of the core, and {found['review_reason']}", DYE_HINT)
+        return {
+            **found,
+            "auto": auto,
+            "source": "auto",
+            "state": "review",
+            "mark": mark,
+            "review_reason": "; ".join(r for r in (found.get("review_reason"), f"QuPath: {why}") if r),
+        }
+    pos = mark == "positive"
+    if found["state"] == "accepted" and found["dye_at_positive_end"] != pos:
+        return {
+            **found,
+            "auto": auto,
+            "dye_at_positive_end": pos,
+            "source": "annotation",
+            "state": "review",
+            "mark": mark,
+            "review_reason": f"the QuPath dye mark is at the other end from the accepted "
+            f"automatic call (confidence {found['confidence']:.2f})",
+        }
+    return {
+        **found,
+        "auto": auto,
+        "dye_at_positive_end": pos,
+        "source": "annotation",
+        "state": "accepted",
+        "mark": mark,
+        "review_reason": "",
+    }
+
+
+def automatic_call(
+    od: np.ndarray,
+    mask: np.ndarray,
+    shape: dict,
+    *,
+    min_dye_fraction: float,
+    accept_confidence: float,
+    accept_novelty: float,
+    min_confidence: float,
+) -> dict:
+    """The dyed end from the pixels alone: ``dye_at_positive_end``, ``confidence``, the evidence, and
+    ``state`` ``accepted`` (confidence >= accept_confidence for a dye off the H-E line, >= accept_novelty
+    for one found only as a colour the middle lacks) or ``review`` (below; or a doubt).  No dye at either
+    end, or a confidence below ``min_confidence``, is an error.  ``min_dye_fraction`` is the dye at
+    the dyed end, as a fraction of the core's width times its length (in px).
+    """
+    ys, xs = np.nonzero(mask)
+    centroid, axis, width = np.asarray(shape["centroid"]), np.asarray(shape["axis"]), shape["width"]
+    t = (np.stack([xs, ys], 1) - centroid) @ axis
+    lo, hi = shape["extent"]
     solid = od[ys, xs].sum(axis=1) > MIN_OD
     # colour from optical density smoothed over ~2 px: compression noise and nuclei average out, a dye band stays
     # (smoothed over the core's bounding box only, with a margin the filter cannot see past)
@@ -272,10 +382,6 @@ def find_orientation(
         check = unlike_middle()[0]
     conf = _contrast(m_pos, m_neg, scale)
     res = {
-        "centroid": centroid.tolist(),
-        "axis": axis.tolist(),
-        "extent": [float(lo), float(hi)],
-        "width": width,
         "dye_mass_px": [m_neg, m_pos],
         "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)],
         "confidence": float(conf),
@@ -283,9 +389,6 @@ def find_orientation(
         "dye_parts": "thick" if thick else "thin",
         "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread, "span": span},
     }
-    if override:
-        v = np.array(DIRECTIONS[override], float)
-        return {**res, "dye_at_positive_end": bool(axis @ v > 0), "source": "override", "state": "override"}
     if max(m_pos, m_neg) < scale:
         raise InputError(
             f"no dye found at either end of the core (dye {m_neg:.1f} / {m_pos:.1f} px in from the ends, "
@@ -340,7 +443,7 @@ def find_orientation(
     ]
     res["review_reason"] = "; ".join(why for doubt, why in doubts if doubt)
     state = "review" if res["review_reason"] else "accepted"
-    return {**res, "dye_at_positive_end": pos, "source": "auto", "state": state}
+    return {**res, "dye_at_positive_end": pos, "state": state}
 
 
 def _contrast(a: float, b: float, scale: float) -> float:
@@ -484,14 +587,43 @@ def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: floa
 
 
 def canonical(found: dict, level_um: float, slide_um: float) -> dict:
-    """Slide full-res px -> canonical um transform and the core's canonical extent."""
+    """Slide full-res px -> canonical um transform, the core's canonical extent and its gaps (canonical um)."""
     scale = level_um / slide_um  # level px -> full-res px
     centroid = np.array(found["centroid"]) * scale + 0.5 * (scale - 1)  # pixel centres
     angle = float(np.arctan2(found["axis"][1], found["axis"][0]))
     m = geo.canonical_frame(centroid, angle, found["dye_at_positive_end"], slide_um)
-    lo, hi = (np.array(found["extent"]) * level_um).tolist()
-    x = [lo, hi] if found["dye_at_positive_end"] else [-hi, -lo]
-    return {"slide_px_to_canonical_um": m.tolist(), "core_x_um": x, "core_width_um": found["width"] * level_um}
+    sign = 1.0 if found["dye_at_positive_end"] else -1.0
+    to_x = lambda a, b: sorted([sign * a * level_um, sign * b * level_um])  # noqa: E731
+    return {
+        "slide_px_to_canonical_um": m.tolist(),
+        "core_x_um": to_x(*found["extent"]),
+        "core_width_um": found["width"] * level_um,
+        "core_gaps_x_um": sorted(to_x(a, b) for a, b in found.get("gaps_px", [])),
+    }
+
+
+def isolate(rgb: np.ndarray, labels: np.ndarray, position: int, margin_px: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The level around one core (its bounding box and a margin), every other core painted over with the
+    slide's background: (crop, the core's mask in it, the crop's (x, y) offset)."""
+    ys, xs = np.nonzero(labels == position)
+    y0, x0 = max(ys.min() - margin_px, 0), max(xs.min() - margin_px, 0)
+    y1, x1 = ys.max() + margin_px + 1, xs.max() + margin_px + 1
+    crop, lab = rgb[y0:y1, x0:x1, :3].copy(), labels[y0:y1, x0:x1]
+    others = ndimage.binary_dilation((lab > 0) & (lab != position), iterations=3) & (lab != position)
+    total = rgb[..., :3].sum(-1, dtype=np.int32)
+    crop[others] = np.median(rgb[..., :3][total >= np.percentile(total, 60)], axis=0).astype(np.uint8)
+    return crop, lab == position, (x0, y0)
+
+
+def orient_core(
+    rgb: np.ndarray, labels: np.ndarray, core: dict, level_um: float, override: str | None, **thresholds: float
+) -> dict:
+    """The orientation of one core of a slide level (level px), its neighbours painted out, its dye marks used."""
+    crop, mask, (x0, y0) = isolate(rgb, labels, core["position"], int(np.ceil(ISOLATE_MARGIN_UM / level_um)))
+    marks = [[x - x0, y - y0] for x, y in core.get("dye_marks_px", [])]
+    found = find_orientation(crop, **thresholds, override=override, mask=mask, marks=marks)
+    found["centroid"] = [found["centroid"][0] + x0, found["centroid"][1] + y0]
+    return {**found, "core_position": core["position"], "core_names": core.get("names", []), "mark": found.get("mark")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -500,7 +632,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--meta", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--oriented", required=True, help="PNG of the level in the canonical frame")
-    p.add_argument("--dye-end", default="", help="manual override: left/right/top/bottom")
+    p.add_argument("--cores", required=True, help="the slide's cores (workflow_scripts.cores)")
+    p.add_argument("--labels", required=True, help="the slide's core label image")
+    p.add_argument("--core", required=True, help="biopsies.tsv core: a name or a position ('' with one core)")
+    p.add_argument("--dye-end", required=True, help="biopsies.tsv dye_end override ('' for none)")
     p.add_argument("--accept-confidence", type=float, required=True, help="at or above: accepted; below: needs review")
     p.add_argument("--accept-novelty", type=float, required=True, help="the same, for a dye found as a novel colour")
     p.add_argument("--min-confidence", type=float, required=True, help="below: an error")
@@ -510,15 +645,18 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
 
     def go() -> None:
-        rgb = imread(a.thumb)
-        meta = json.loads(Path(a.meta).read_text())
-        found = find_orientation(
+        rgb, labels = imread(a.thumb), imread(a.labels)
+        meta, cores = json.loads(Path(a.meta).read_text()), json.loads(Path(a.cores).read_text())["cores"]
+        found = orient_core(
             rgb,
+            labels,
+            select(cores, a.core),
+            meta["level_um_per_px"],
+            a.dye_end or None,
             min_dye_fraction=a.min_dye_fraction,
             accept_confidence=a.accept_confidence,
             accept_novelty=a.accept_novelty,
             min_confidence=a.min_confidence,
-            override=a.dye_end or None,
         )
         res = {**found, **canonical(found, meta["level_um_per_px"], meta["um_per_px"])}
         Path(a.out).write_text(json.dumps(res, indent=1))
@@ -538,8 +676,8 @@ def main(argv: list[str] | None = None) -> None:
             check_contrast=False,
         )
         print(
-            f"dye end found ({res['source']}, {res['state']}), confidence {res['confidence']:.2f}, "
-            f"core {(x1 - x0) / 1000:.2f} mm"
+            f"core {res['core_position']} of {len(cores)}: dye end found ({res['source']}, {res['state']}), "
+            f"confidence {res['confidence']:.2f}, core {(x1 - x0) / 1000:.2f} mm"
         )
 
     run_cli(go, a.participant, a.biopsy, a.thumb)

@@ -93,13 +93,46 @@ def decisions(orient: dict, tract: dict) -> str:
     )
 
 
+def slide_panel(ax: plt.Axes, slide: np.ndarray, labels: np.ndarray, cores: list[dict], orient: dict) -> None:
+    """The whole slide level with every core outlined and numbered; this biopsy's core and its dyed end in red."""
+    ax.imshow(slide)
+    mine = orient["core_position"]
+    for c in cores:
+        k = c["position"]
+        ax.contour(labels == k, levels=[0.5], colors="r" if k == mine else "c", linewidths=1.6 if k == mine else 0.7)
+        ax.text(
+            *c["centre_px"],
+            str(k),
+            color="r" if k == mine else "c",
+            fontsize=11,
+            fontweight="bold",
+            ha="center",
+            va="center",
+            bbox={"facecolor": "white", "alpha": 0.6, "lw": 0},
+        )
+    v = np.asarray(orient["axis"]) * (1 if orient["dye_at_positive_end"] else -1)
+    end = np.asarray(orient["centroid"]) + v * max(abs(e) for e in orient["extent"])
+    ax.plot(*end, "o", ms=12, mfc="none", mec="r", mew=2, label="dyed end")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"slide: core {mine} of {len(cores)} ({orient.get('source', '?')} dye end)", fontsize=9)
+    ax.axis("off")
+
+
 def figure(
-    pre: np.ndarray, tract: dict, oriented: np.ndarray, crop: np.ndarray, label: np.ndarray, title: str, out: Path
+    pre: np.ndarray,
+    tract: dict,
+    oriented: np.ndarray,
+    crop: np.ndarray,
+    label: np.ndarray,
+    title: str,
+    out: Path,
+    slide: tuple[np.ndarray, np.ndarray, list[dict], dict],
 ) -> None:
-    """Pre-fire with axis, T0, T1 and crop box; oriented slide with dye end; ROI on the crop."""
-    fig = plt.figure(figsize=(11, 7), constrained_layout=True)
-    gs = fig.add_gridspec(3, 1, height_ratios=[4, 1, 1.2])
-    ax = fig.add_subplot(gs[0])
+    """Pre-fire with axis, T0, T1 and crop box; the slide and its cores; the oriented core; ROI on the crop."""
+    fig = plt.figure(figsize=(14, 7), constrained_layout=True)
+    gs = fig.add_gridspec(3, 2, height_ratios=[4, 1, 1.2], width_ratios=[3, 2])
+    slide_panel(fig.add_subplot(gs[0, 1]), *slide)
+    ax = fig.add_subplot(gs[0, 0])
     ax.imshow(pre, cmap="gray")
     t0, t1 = np.array(tract["t0_px"]), np.array(tract["t1_px"])
     d = (t1 - t0) / np.linalg.norm(t1 - t0)
@@ -113,7 +146,7 @@ def figure(
     ax.set_ylim(pre.shape[0], 0)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{title}: tract {tract['sampled_length_mm']:.1f} mm at {tract['axis_deg']:.1f} deg")
-    ax = fig.add_subplot(gs[1])
+    ax = fig.add_subplot(gs[1, :])
     ax.imshow(oriented)
     ax.annotate(
         "dye end",
@@ -124,7 +157,7 @@ def figure(
     )
     ax.set_title("WSI in the canonical frame (dye end right)", fontsize=9)
     ax.axis("off")
-    ax = fig.add_subplot(gs[2])
+    ax = fig.add_subplot(gs[2, :])
     ax.imshow(crop, cmap="gray", aspect="auto")
     ax.imshow(np.ma.masked_where(label != 1, label), cmap="autumn", alpha=0.45, aspect="auto")
     ax.contour(label == 255, levels=[0.5], colors="w", linewidths=0.5)
@@ -138,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="registration QC")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("figure")
-    for k in ("pre", "tract", "orient", "oriented", "crop", "label", "out", "title"):
+    for k in ("pre", "tract", "orient", "oriented", "crop", "label", "out", "title", "slide", "cores", "labels"):
         f.add_argument(f"--{k}", required=True)
     t = sub.add_parser("table")
     for k in ("tract", "orient", "transfer", "label"):
@@ -158,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
             np.array(PIL.Image.open(a.label)),
             title,
             Path(a.out),
+            (imread(a.slide), imread(a.labels), load("cores")["cores"], load("orient")),
         )
         return
     rows = []
@@ -175,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
             "dye_confidence": orient["confidence"],
             "shrinkage": transfer["shrinkage"],
             "orient_state": orient.get("state", ""),
+            "orient_source": orient.get("source", ""),
+            "core": orient.get("core_position", ""),
             "tract_state": tract.get("state", ""),
             **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
             "ignored_objects": transfer["ignored_total"],

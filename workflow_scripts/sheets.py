@@ -6,6 +6,7 @@ is line 1) and the IDs, and says how to fix it.  All problems are reported at on
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -96,6 +97,7 @@ def check(
             f"{bname} line {line(i)}: biopsy {key[i]} belongs to participant {biopsies.at[i, 'participant_id']}, "
             f"who is not in {pname}; add the participant there"
         )
+    problems += slide_problems(biopsies, bname)
     for col in FILE_COLUMNS:
         for i, path in biopsies[col].items():
             if generated_prefix and str(path).startswith(generated_prefix):
@@ -109,6 +111,48 @@ def check(
                 problems.append(
                     f"{bname} line {line(i)}: biopsy {key[i]}: {col} file {path} does not exist; fix the path"
                 )
+    return problems
+
+
+def slide_key(path: str) -> str:
+    """A slide's folder name under <results>/slides/<participant>/: its file name in safe characters and a
+    hash of its path (two slides of one name in different folders stay apart)."""
+    norm = os.path.normpath(str(path))
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(norm)).strip("._-")[:48] or "slide"
+    return f"{stem}-{hashlib.sha1(norm.encode()).hexdigest()[:8]}"
+
+
+SLIDE_COLUMNS = ("annotation", "wsi_um_per_px")  # what every row naming one slide must agree on
+
+
+def slide_problems(biopsies: pd.DataFrame, sheet: str) -> list[str]:
+    """A participant's rows that name one slide (several cores on it) but disagree: another annotation
+    file or pixel size, a missing or repeated ``core``."""
+    problems: list[str] = []
+    norm = biopsies["wsi"].map(lambda p: os.path.normpath(str(p)))
+    for (_, path), rows in biopsies.groupby([biopsies["participant_id"], norm], sort=False):
+        if len(rows) < 2:
+            continue
+        lines = ", ".join(str(line(i)) for i in rows.index)
+        for col in SLIDE_COLUMNS:
+            values = rows[col].dropna().astype(str).unique() if col in rows else []
+            if len(values) > 1 or (0 < rows[col].notna().sum() < len(rows) if col in rows else False):
+                problems.append(
+                    f"{sheet} lines {lines}: the biopsies on slide {path} give different {col} values; "
+                    f"give every row on one slide the same {col}"
+                )
+        core = rows["core"].fillna("").astype(str).str.strip() if "core" in rows else pd.Series("", rows.index)
+        for i in core.index[core == ""]:
+            problems.append(
+                f"{sheet} line {line(i)}: biopsy {rows.at[i, 'participant_id']}/{rows.at[i, 'biopsy_id']} shares slide "
+                f"{path} with {len(rows) - 1} other row(s) but gives no core; set core to the name of the core's "
+                "QuPath annotation or its position on the slide (1 = leftmost)"
+            )
+        for i in core.index[core.duplicated(keep="first") & (core != "")]:
+            problems.append(
+                f"{sheet} line {line(i)}: core {core[i]} of slide {path} is already another biopsy's; "
+                "each core of a slide is one biopsy"
+            )
     return problems
 
 

@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from skimage.io import imread
 
 from workflow_scripts import geometry as geo
 from workflow_scripts.errors import InputError, read_json, run_cli
@@ -123,6 +124,51 @@ def void_polygons(
     return [b for b in boxes if (b[:, 0].max() - b[:, 0].min()) > 0.5 and (b[:, 1].max() - b[:, 1].min()) > 0.5]
 
 
+SPAN_SHARE = 0.05  # share of a tumour outline's core pixels on a second core above which it spans two cores
+
+
+def on_core(
+    polys: list[tuple[str, str, Polygon]], labels: np.ndarray, position: int, scale: float, names: dict[int, str]
+) -> tuple[list[tuple[str, str, Polygon]], Counter]:
+    """The tumour outlines that lie on core ``position`` of the slide's label image (level px; ``scale``:
+    level-0 px per level px), and counts of those left out (on another core, on no core).
+
+    Each outline is assigned to the core that holds most of its pixels; one that holds more than
+    ``SPAN_SHARE`` of them on a second core spans two cores, an error naming both (``names``:
+    position -> description)."""
+    from skimage.draw import polygon as fill
+
+    kept, left = [], Counter()
+    for label, cls, poly in polys:
+        rr, cc = fill(poly[0][:, 1] / scale, poly[0][:, 0] / scale, labels.shape)
+        hits = np.bincount(labels[rr, cc].ravel(), minlength=int(labels.max()) + 1)[1:]
+        if hits.sum() == 0:
+            left["tumour outlines on no core"] += 1
+            continue
+        first, second = np.argsort(hits)[::-1][:2] + 1 if len(hits) > 1 else (1, 0)
+        if second and hits[second - 1] > SPAN_SHARE * hits.sum():
+            raise InputError(
+                f"a {cls} outline spans two cores: {names[first]} and {names[second]} "
+                f"({hits[first - 1]} and {hits[second - 1]} level px)",
+                "in QuPath, split the outline at the gap between the cores (one outline per core)",
+            )
+        if first == position:
+            kept.append((label, cls, poly))
+        else:
+            left["tumour outlines on another core"] += 1
+    return kept, left
+
+
+def gap_voids(gaps_x_um: list[list[float]], canon_to_crop: np.ndarray, crop_shape: tuple[int, int]) -> list:
+    """Void rectangles over the crop where the core has no tissue between its fragments (canonical um)."""
+    h = crop_shape[0]
+    out = []
+    for a, b in gaps_x_um:
+        x0, x1 = sorted(geo.apply(canon_to_crop, [[a, 0.0], [b, 0.0]])[:, 0])
+        out.append(np.array([[x0, -1], [x1, -1], [x1, h], [x0, h]], float))
+    return out
+
+
 def labelme_shapes(polys: list[tuple[str, str, Polygon]], voids: list[np.ndarray]) -> list[dict]:
     """Labelme shapes in drawing order: tumour exteriors, their holes, then void."""
 
@@ -183,7 +229,7 @@ def core_rows(orient: dict, canon_to_crop: np.ndarray) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="transfer QuPath tumour outlines onto the tract crop as Labelme JSON")
-    for k in ("annotation", "orient", "tract", "crop", "out", "summary"):
+    for k in ("annotation", "orient", "tract", "crop", "out", "summary", "cores", "labels", "slide-meta"):
         p.add_argument(f"--{k}", required=True)
     # settings that config.yaml carries have no second default here: the rule always passes them
     p.add_argument("--classes", required=True, help="JSON {QuPath class: label} (config transfer.classes)")
@@ -198,11 +244,20 @@ def main(argv: list[str] | None = None) -> None:
         classes = json.loads(a.classes)
         polys, ignored = tumour_polygons(parse_features(doc), classes)
         orient, tract = json.loads(Path(a.orient).read_text()), json.loads(Path(a.tract).read_text())
+        meta, cores = json.loads(Path(a.slide_meta).read_text()), json.loads(Path(a.cores).read_text())["cores"]
+        names = {
+            c["position"]: f"core {c['position']}" + (f" ({', '.join(c['names'])})" if c["names"] else "")
+            for c in cores
+        }
+        scale = meta["level_um_per_px"] / meta["um_per_px"]
+        polys, left = on_core(polys, imread(a.labels), orient["core_position"], scale, names)
+        ignored.update(left)
         to_crop = registered_canonical_to_crop(orient, tract, a.across)
         m = geo.compose(np.array(orient["slide_px_to_canonical_um"]), to_crop)
         polys = [(label, cls, geo.apply_polygons(m, [poly])[0]) for label, cls, poly in polys]
         voids = (
             void_polygons(tract["crop_shape"], tract["tract_x_px"], core_rows(orient, to_crop))
+            + gap_voids(orient.get("core_gaps_x_um", []), to_crop, tract["crop_shape"])
             if a.outside_core == "void"
             else []
         )

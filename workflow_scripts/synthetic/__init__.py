@@ -18,12 +18,13 @@ Modules: ``truth`` (sampling the truth), ``ultrasound`` (DICOM rendering),
 """
 
 from .annotations import qupath_features, write_geojson
-from .cohort import cohort_sheets, generate_biopsy
-from .histology import render_slide_tile, write_wsi
+from .cohort import cohort_sheets, generate_biopsy, generate_slide, generate_ultrasound, slide_truths
+from .histology import render_slide, render_slide_tile, write_wsi
 from .truth import (
     BiopsyTruth,
     biopsy_rng,
     cancer_inside,
+    place_cores_on_slide,
     place_on_slide,
     prefire_tip_positions,
     sample_truth,
@@ -38,6 +39,11 @@ __all__ = [
     "cancer_inside",
     "cohort_sheets",
     "generate_biopsy",
+    "generate_slide",
+    "generate_ultrasound",
+    "place_cores_on_slide",
+    "render_slide",
+    "slide_truths",
     "place_on_slide",
     "prefire_tip_positions",
     "qupath_features",

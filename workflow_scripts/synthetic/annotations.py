@@ -85,10 +85,43 @@ def qupath_features(t: BiopsyTruth, rng: np.random.Generator) -> list[dict]:
     return feats
 
 
-def write_geojson(t: BiopsyTruth, path: Path, rng: np.random.Generator) -> None:
-    """Write the annotation export in the biopsy's QuPath export shape."""
-    feats = qupath_features(t, rng)
-    if t.geojson_shape == "FeatureCollection":
+def core_features(t: BiopsyTruth, rng: np.random.Generator) -> list[dict]:
+    """A pathologist's outline around the core, named after it (class Region*), and a mark of its dyed end
+    (class Dye: a point, a line across the end or a polygon around it), where the truth has them."""
+    feats = []
+    pt = lambda u, v: [round(float(c[0]), 2) for c in core_to_slide_px(t, np.array([u]), np.array([v]))]  # noqa: E731
+
+    def feature(geom: dict, cls: str, name: str | None = None) -> dict:
+        props = {"objectType": "annotation", "classification": {"name": cls, "color": [0, 120, 200]}}
+        props.update({"name": name} if name else {})
+        return {
+            "type": "Feature",
+            "id": str(uuid.UUID(int=int(rng.integers(0, 2**63)))),
+            "geometry": geom,
+            "properties": props,
+        }
+
+    if t.core_name:
+        m, half = 0.3, t.core_width_mm / 2 + 0.3
+        ring = [pt(u, v) for u, v in ((-m, -half), (t.throw_mm + m, -half), (t.throw_mm + m, half), (-m, half))]
+        feats.append(feature({"type": "Polygon", "coordinates": [ring + ring[:1]]}, "Region*", t.core_name))
+    u = t.throw_mm - min(t.dye_length_mm, 1.0) / 2  # in the dye, near the tip
+    half = t.core_width_mm / 2
+    if t.dye_mark == "Point":
+        feats.append(feature({"type": "Point", "coordinates": pt(u, 0.0)}, "Dye"))
+    elif t.dye_mark == "LineString":
+        feats.append(feature({"type": "LineString", "coordinates": [pt(u, -half), pt(u, half)]}, "Dye"))
+    elif t.dye_mark == "Polygon":
+        ring = [pt(a, b) for a, b in ((u - 0.3, -half), (t.throw_mm, -half), (t.throw_mm, half), (u - 0.3, half))]
+        feats.append(feature({"type": "Polygon", "coordinates": [ring + ring[:1]]}, "Dye"))
+    return feats
+
+
+def write_geojson(ts: list[BiopsyTruth], path: Path, rng: np.random.Generator) -> None:
+    """Write the annotation export of a slide's cores (one core: in the biopsy's QuPath export shape)."""
+    t = ts[0]
+    feats = [f for c in ts for f in qupath_features(c, rng) + core_features(c, rng)]
+    if t.geojson_shape == "FeatureCollection" or len(ts) > 1:
         doc: object = {"type": "FeatureCollection", "features": feats}
     elif t.geojson_shape == "array":
         doc = feats

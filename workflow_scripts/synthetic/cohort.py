@@ -15,12 +15,62 @@ from .histology import write_wsi
 from .truth import (
     BiopsyTruth,
     biopsy_rng,
+    place_cores_on_slide,
     place_on_slide,
     sample_truth,
     truth_label,
     truth_record,
 )
 from .ultrasound import render_prefire, render_ultrasound, write_dicom
+
+
+def slide_truths(
+    seed: int,
+    participant_id: str,
+    biopsy_ids: list[str],
+    large_slide: bool = False,
+    varied: bool = False,
+    named: bool = False,
+) -> list[BiopsyTruth]:
+    """The truths of the cores on one slide (one biopsy: as a single-core slide), placed on it.
+
+    Several cores lie side by side, pointing either way, some in fragments; ``named``: the pathologist
+    drew a named outline around each core.  A few biopsies carry a QuPath mark of their dyed end."""
+    ts = [sample_truth(seed, participant_id, b, large_slide, varied) for b in biopsy_ids]
+    for t in ts:
+        extra = biopsy_rng(seed + 3, participant_id, t.biopsy_id)  # a stream of its own: the draws above stay
+        t.dye_mark = str(extra.choice(["", "", "", "", "", "Point", "LineString", "Polygon"]))
+        if len(ts) > 1:
+            t.slide_id, t.core_name = f"S-{'-'.join(biopsy_ids)}", t.biopsy_id if named else ""
+            if extra.random() < 0.5:
+                t.gaps_mm = [[float(extra.uniform(0.3, 0.7) * t.throw_mm), float(extra.uniform(0.2, 0.7))]]
+    if len(ts) == 1:
+        place_on_slide(ts[0], biopsy_rng(seed + 1, participant_id, biopsy_ids[0]))
+    else:
+        place_cores_on_slide(ts, biopsy_rng(seed + 1, participant_id, "+".join(biopsy_ids)))
+    return ts
+
+
+def generate_ultrasound(t: BiopsyTruth, out: dict[str, Path]) -> None:
+    """Render one biopsy's pre- and post-fire DICOMs and write its truth (slide placement included)."""
+    rng = biopsy_rng(t.seed[0] + 2, t.participant_id, t.biopsy_id)
+    write_dicom(t, out["prefire"], render_prefire(t, first_noise_seed=100), rng)
+    post_t = BiopsyTruth(**{**asdict(t), "frames": 1})
+    shift = tuple(t.nuisance.get("shift_mm", (0.0, 0.0)))
+    write_dicom(post_t, out["postfire"], [render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)], rng)
+    out["truth_mask"].parent.mkdir(parents=True, exist_ok=True)
+    from skimage.io import imsave
+
+    imsave(out["truth_mask"], truth_label(t), check_contrast=False)
+    out["truth"].write_text(json.dumps(truth_record(t), indent=1))
+
+
+def generate_slide(ts: list[BiopsyTruth], out: dict[str, Path]) -> None:
+    """Render one slide carrying the cores ``ts`` and its QuPath export."""
+    write_wsi(ts, out["wsi"])
+    write_geojson(
+        ts, out["annotation"], biopsy_rng(ts[0].seed[0] + 4, ts[0].participant_id, ts[0].slide_id or ts[0].biopsy_id)
+    )
 
 
 def generate_biopsy(
@@ -31,28 +81,23 @@ def generate_biopsy(
     large_slide: bool = False,
     varied: bool = False,
 ) -> BiopsyTruth:
-    """Render every file of one biopsy and its truth."""
-    t = sample_truth(seed, participant_id, biopsy_id, large_slide, varied)
-    rng = biopsy_rng(seed + 1, participant_id, biopsy_id)
-    place_on_slide(t, rng)
-    pre = render_prefire(t, first_noise_seed=100)
-    write_dicom(t, out["prefire"], pre, rng)
-    post_t = BiopsyTruth(**{**asdict(t), "frames": 1})
-    shift = tuple(t.nuisance.get("shift_mm", (0.0, 0.0)))
-    write_dicom(post_t, out["postfire"], [render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)], rng)
-    write_wsi(t, out["wsi"])
-    write_geojson(t, out["annotation"], rng)
-    out["truth_mask"].parent.mkdir(parents=True, exist_ok=True)
-    from skimage.io import imsave
-
-    imsave(out["truth_mask"], truth_label(t), check_contrast=False)
-    out["truth"].write_text(json.dumps(truth_record(t), indent=1))
+    """Render every file of one biopsy on a slide of its own, and its truth."""
+    (t,) = slide_truths(seed, participant_id, [biopsy_id], large_slide, varied)
+    generate_ultrasound(t, out)
+    generate_slide([t], out)
     return t
 
 
-def cohort_sheets(n: int, seed: int, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Participants (Table 1 characteristics) and biopsies sheets for a demo cohort."""
+def cohort_sheets(
+    n: int, seed: int, data_dir: str, render_seed: int | None = None, multi_share: float = 0.4
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Participants (Table 1 characteristics) and biopsies sheets for a demo cohort.
+
+    About ``multi_share`` of the participants with several biopsies have all their cores on one slide;
+    the sheet picks each core by its QuPath name or by its position on the slide (as rendered with
+    ``render_seed``, the demo's seed; default ``seed``)."""
     rng = np.random.default_rng(seed)
+    slides = np.random.default_rng([seed, 1])  # a stream of its own: the draws above stay as they were
     cat = lambda opts, p=None: str(rng.choice(opts, p=p))  # noqa: E731
     parts, biops = [], []
     for i in range(1, n + 1):
@@ -75,17 +120,25 @@ def cohort_sheets(n: int, seed: int, data_dir: str) -> tuple[pd.DataFrame, pd.Da
                 "histology": cat(["invasive", "DCIS"], [0.87, 0.13]),
             }
         )
-        for b in range(1, int(rng.integers(1, 5)) + 1):
-            bid = f"B{b}"
-            stem = f"{data_dir}/{pid}/{bid}"
+        bids = [f"B{b}" for b in range(1, int(rng.integers(1, 5)) + 1)]
+        shared = len(bids) > 1 and slides.random() < multi_share
+        if shared:
+            named = (
+                sum(1 for r in biops if r["core"] == "B1") % 2 == 0
+            )  # alternate: names, positions, ...  # the lab sheet records each core's name or its position on the slide
+            ts = slide_truths(seed if render_seed is None else render_seed, pid, bids, named=named)
+            core = {t.biopsy_id: t.biopsy_id if named else str(t.core_position) for t in ts}
+        for bid in bids:
+            stem, slide = f"{data_dir}/{pid}/{bid}", f"{data_dir}/{pid}/{'S1' if shared else bid}"
             biops.append(
                 {
                     "participant_id": pid,
                     "biopsy_id": bid,
                     "prefire": f"{stem}_prefire.dcm",
                     "postfire": f"{stem}_postfire.dcm",
-                    "wsi": f"{stem}_wsi.ome.tif",
-                    "annotation": f"{stem}_annotations.geojson",
+                    "wsi": f"{slide}_wsi.ome.tif",
+                    "annotation": f"{slide}_annotations.geojson",
+                    "core": core[bid] if shared else "",
                 }
             )
     return pd.DataFrame(parts), pd.DataFrame(biops)
@@ -99,27 +152,33 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=2026)
     s.add_argument("--data-dir", default="demo/data")
     s.add_argument("--outdir", default="demo")
-    b = sub.add_parser("biopsy", help="render one biopsy")
-    b.add_argument("--seed", type=int, required=True)
-    b.add_argument("--participant", required=True)
-    b.add_argument("--biopsy", required=True)
-    b.add_argument("--large-slide", action="store_true")
-    b.add_argument("--varied", action="store_true", help="domain-randomised: the nuisances of real data")
-    for k in ("prefire", "postfire", "wsi", "annotation", "truth", "truth_mask"):
-        b.add_argument(f"--{k.replace('_', '-')}", required=True, type=Path)
+    files = {"ultrasound": ("prefire", "postfire", "truth", "truth_mask"), "slide": ("wsi", "annotation")}
+    for cmd, keys in files.items():
+        b = sub.add_parser(cmd, help=f"render one biopsy's {cmd} files")
+        b.add_argument("--seed", type=int, required=True)
+        b.add_argument("--participant", required=True)
+        b.add_argument("--biopsy", required=cmd == "ultrasound", help="the biopsy (ultrasound)")
+        b.add_argument("--slide-biopsies", required=True, help="comma-separated biopsies whose cores share the slide")
+        b.add_argument("--named", action="store_true", help="named QuPath outlines around the cores")
+        b.add_argument("--large-slide", action="store_true")
+        b.add_argument("--varied", action="store_true", help="domain-randomised: the nuisances of real data")
+        for k in keys:
+            b.add_argument(f"--{k.replace('_', '-')}", required=True, type=Path)
     a = p.parse_args(argv)
     if a.cmd == "sheets":
         parts, biops = cohort_sheets(a.n, a.seed, a.data_dir)
         Path(a.outdir).mkdir(parents=True, exist_ok=True)
         parts.to_csv(Path(a.outdir) / "participants.tsv", sep="\t", index=False)
         biops.to_csv(Path(a.outdir) / "biopsies.tsv", sep="\t", index=False)
+        return
+    ts = slide_truths(a.seed, a.participant, a.slide_biopsies.split(","), a.large_slide, a.varied, a.named)
+    out = {k: getattr(a, k) for k in files[a.cmd]}
+    if a.cmd == "slide":
+        generate_slide(ts, out)
     else:
-        out = {k: getattr(a, k) for k in ("prefire", "postfire", "wsi", "annotation", "truth", "truth_mask")}
-        t = generate_biopsy(a.seed, a.participant, a.biopsy, out, a.large_slide, a.varied)
-        print(
-            f"rendered {a.participant}/{a.biopsy}: slide {t.slide_shape[1]}x{t.slide_shape[0]} px at "
-            f"{t.slide_um_per_px} um/px"
-        )
+        generate_ultrasound(next(t for t in ts if t.biopsy_id == a.biopsy), out)
+    t = ts[0]
+    print(f"rendered {a.participant} {a.cmd}: slide {t.slide_shape[1]}x{t.slide_shape[0]} px, {len(ts)} core(s)")
 
 
 if __name__ == "__main__":

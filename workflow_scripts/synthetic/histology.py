@@ -14,6 +14,7 @@ from .truth import (
     VARIED_DYES,
     BiopsyTruth,
     cancer_inside,
+    core_to_slide_px,
     core_to_us,
     edge_wobble,
     slide_to_core,
@@ -27,6 +28,8 @@ def render_slide_tile(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_p
     yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(float)
     u, v = slide_to_core(t, (xx + 0.5) * um_per_px, (yy + 0.5) * um_per_px)
     inside = (u >= 0) & (u <= t.throw_mm) & (np.abs(v) <= t.core_width_mm / 2 * edge_wobble(t, u))
+    for g0, gw in t.gaps_mm:  # a core broken into fragments: the tissue between them is lost
+        inside &= ~((u > g0) & (u < g0 + gw))
     if t.nuisance:
         return _render_varied_tile(t, u, v, inside, um_per_px)
     out = np.full((h, w, 3), 242, np.uint8)
@@ -108,8 +111,36 @@ def _render_varied_tile(
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def write_wsi(t: BiopsyTruth, path: Path) -> None:
-    """Write a pyramidal tiled OME-TIFF tile by tile (never the whole plane in memory)."""
+def _reaches(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_px: float) -> bool:
+    """Whether a core (with the room its artefacts take beside it) can reach a tile."""
+    u = np.array([0.0, t.throw_mm, 0.0, t.throw_mm])
+    v = np.array([-1.0, -1.0, 1.0, 1.0]) * t.core_width_mm
+    x, y = core_to_slide_px(t, u, v)
+    room = (4000.0 if t.nuisance else 200.0) / t.slide_um_per_px
+    f = um_per_px / t.slide_um_per_px  # tile px -> level-0 px
+    return not (
+        x.max() + room < x0 * f
+        or x.min() - room > (x0 + w) * f
+        or y.max() + room < y0 * f
+        or y.min() - room > (y0 + h) * f
+    )
+
+
+def render_slide(ts: list[BiopsyTruth], y0: int, x0: int, h: int, w: int, um_per_px: float) -> np.ndarray:
+    """RGB uint8 tile of a slide carrying one or several cores: their transmittances multiply."""
+    if len(ts) == 1:
+        return render_slide_tile(ts[0], y0, x0, h, w, um_per_px)
+    bg = np.array(ts[0].nuisance.get("background", [242, 242, 242]), float)
+    out = np.broadcast_to(bg, (h, w, 3)).copy()
+    for t in ts:
+        if _reaches(t, y0, x0, h, w, um_per_px):
+            out *= render_slide_tile(t, y0, x0, h, w, um_per_px) / bg
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def write_wsi(ts: list[BiopsyTruth], path: Path) -> None:
+    """Write a pyramidal tiled OME-TIFF of a slide's cores tile by tile (never the whole plane in memory)."""
+    t = ts[0]
     levels = [1]
     while max(t.slide_shape) / levels[-1] > 1024:
         levels.append(levels[-1] * 2)
@@ -118,7 +149,7 @@ def write_wsi(t: BiopsyTruth, path: Path) -> None:
         h, w = -(-t.slide_shape[0] // f), -(-t.slide_shape[1] // f)
         for ty in range(0, h, TILE):
             for tx in range(0, w, TILE):
-                yield render_slide_tile(t, ty, tx, TILE, TILE, t.slide_um_per_px * f)
+                yield render_slide(ts, ty, tx, TILE, TILE, t.slide_um_per_px * f)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:

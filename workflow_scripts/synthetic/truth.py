@@ -71,6 +71,13 @@ class BiopsyTruth:
     dye_length_mm: float = 1.0
     geojson_shape: str = "FeatureCollection"
     canaries: dict = field(default_factory=dict)
+    # several cores on one slide: the slide's file stem, this core's name (a named QuPath outline around it;
+    # "" for none) and its position left to right; fragments: gaps (u from, length; mm) in the core
+    slide_id: str = ""
+    core_name: str = ""
+    core_position: int = 1
+    gaps_mm: list = field(default_factory=list)
+    dye_mark: str = ""  # a pathologist's QuPath mark of the dyed end: "", Point, LineString or Polygon
     # domain randomisation (the varied cohort); empty for the demo, whose rendering it leaves unchanged
     nuisance: dict = field(default_factory=dict)
 
@@ -321,6 +328,58 @@ def place_on_slide(t: BiopsyTruth, rng: np.random.Generator) -> None:
     size = pts.max(axis=0) - lo + margin + np.array([rng.uniform(400, 1500), rng.uniform(400, 1500)]) + room
     t.core_origin_um = (-lo + margin).tolist()
     t.slide_shape = [int(size[1] / t.slide_um_per_px), int(size[0] / t.slide_um_per_px)]
+
+
+def place_cores_on_slide(ts: list[BiopsyTruth], rng: np.random.Generator) -> None:
+    """Several cores side by side on one slide, pointing either way (fills each one's slide fields).
+
+    They share the first core's pixel size (and background); core positions are numbered left to right
+    by the x of their centres, as a lab sheet records them."""
+    um = ts[0].slide_um_per_px
+    a0 = float(rng.uniform(0, 360))
+    along, across = (
+        np.array([np.cos(np.radians(a0)), np.sin(np.radians(a0))]),
+        np.array([-np.sin(np.radians(a0)), np.cos(np.radians(a0))]),
+    )
+    centres, spans = [], []
+    offset = 0.0
+    for k, t in enumerate(ts):
+        t.slide_um_per_px = um
+        if t.nuisance:
+            t.nuisance["background"] = ts[0].nuisance["background"]
+        t.slide_rotation_deg = float((a0 + rng.choice([0.0, 180.0]) + rng.uniform(-5, 5)) % 360)
+        length = t.throw_mm * t.shrink * 1000
+        du = np.array([np.cos(np.radians(t.slide_rotation_deg)), np.sin(np.radians(t.slide_rotation_deg))])
+        shift, clear = rng.uniform(-1500.0, 1500.0), rng.uniform(1000.0, 2500.0)
+        offset += (t.core_width_mm * 1000 + clear) if k else 0.0
+        while True:  # side by side, never touching: each core clears the others by ``clear``
+            centre = offset * across + shift * along
+            ends = (centre - du * length / 2, centre + du * length / 2)
+            if all(_segment_distance(*ends, a, b) > t.core_width_mm * 1000 + clear for a, b, _ in spans):
+                break
+            offset += 200.0
+        centres.append(centre)
+        spans.append((*ends, du))
+    pts = np.concatenate([[a, b] for a, b, _ in spans])
+    margin = np.array([rng.uniform(800, 1500), rng.uniform(800, 1500)]) + (3500.0 if ts[0].nuisance else 0.0)
+    lo = pts.min(axis=0) - margin
+    size = pts.max(axis=0) - lo + margin
+    order = np.lexsort(([c[1] for c in centres], [c[0] for c in centres]))
+    for rank, k in enumerate(order, start=1):
+        ts[k].core_position = rank
+    for t, (start, _, _) in zip(ts, spans, strict=True):
+        t.core_origin_um = (start - lo).tolist()
+        t.slide_shape = [int(size[1] / um), int(size[0] / um)]
+
+
+def _segment_distance(p0: np.ndarray, p1: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> float:
+    """Least distance between two line segments (they do not cross here: side-by-side cores)."""
+
+    def to_segment(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        s = np.clip((x - a) @ (b - a) / max((b - a) @ (b - a), 1e-9), 0, 1)
+        return float(np.linalg.norm(x - (a + s * (b - a))))
+
+    return min(to_segment(p0, q0, q1), to_segment(p1, q0, q1), to_segment(q0, p0, p1), to_segment(q1, p0, p1))
 
 
 def slide_to_core(t: BiopsyTruth, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

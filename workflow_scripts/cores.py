@@ -1,0 +1,337 @@
+"""Cores on a slide: every core found as its own object, fragments joined, numbered and named.
+
+A slide may carry several cores side by side (the cores of one lesion embedded in one
+cassette), pointing either way, some broken into fragments.  On a low-resolution level:
+- the absorbing parts (tissue, dye, pen, bubble rims) are found against the slide's own
+  background, and thin rims are opened away;
+- parts in line with a larger part (their pixels within its width of its axis, their own
+  axis parallel) and at most ``max_gap_mm`` beyond its end are fragments of one core;
+- a part that joins no core is a core of its own only if it is as thick as a core
+  (``min_width_mm``: a pen line is thinner) and large enough (``min_area_mm2``); else it is debris;
+- cores are numbered 1, 2, ... left to right by the x of their centres (the middle of each
+  core's extent along its axis) at level 0;
+- a QuPath annotation with a name, drawn around a core (any class), names that core, and
+  marks of the dye class (a point, line or polygon) are assigned to the core they lie on.
+
+The biopsy's row picks its core by name or position (:func:`select`).  Lengths are in µm
+and converted with the level's resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.draw import polygon as fill_polygon
+from skimage.io import imread, imsave
+from skimage.morphology import skeletonize
+
+from workflow_scripts.errors import InputError, read_json, run_cli
+
+TISSUE_OD = 0.15  # largest channel's optical density above which a pixel absorbs (tissue, dye, rims, pen)
+OPEN_UM = 110.0  # parts thinner than this are opened away (bubble rims touching a core, hairline pen strokes)
+DEBRIS_SHARE = 0.01  # parts smaller than this share of the largest part are dust, whatever their place
+IN_LINE = 0.75  # a fragment's pixels lie within this many core widths of the core's axis (median)
+PARALLEL_DEG = 20.0  # an elongated fragment's own axis lies within this angle of the core's
+NAME_COVER = 0.5  # share of a core's pixels that a named annotation must enclose to name it
+MARK_REACH_UM = 1000.0  # a dye mark off the tissue is assigned to the nearest core within this distance
+GAP_PX = 2.0  # level px without tissue along the axis that count as a gap between fragments
+CORE_HINT = "set core in biopsies.tsv to one of the names or positions listed"
+
+
+def absorbing(od: np.ndarray, level_um: float) -> np.ndarray:
+    """Pixels that absorb, closed over small holes, with thin rims and hairlines opened away."""
+    mask = ndimage.binary_closing(od.max(axis=-1) > TISSUE_OD, iterations=2)
+    size = max(3, int(round(OPEN_UM / level_um)) | 1)  # odd, at least 3
+    return ndimage.binary_opening(mask, structure=np.ones((size, size), bool))
+
+
+def axis_of(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centroid, long-axis unit vector and width (1-99 % across) of a point cloud (x, y)."""
+    c = pts.mean(axis=0)
+    if len(pts) < 3:
+        return c, np.array([1.0, 0.0]), 1.0
+    evals, evecs = np.linalg.eigh(np.cov((pts - c).T))
+    axis = evecs[:, np.argmax(evals)]
+    across = (pts - c) @ np.array([-axis[1], axis[0]])
+    return c, axis, float(np.percentile(across, 99) - np.percentile(across, 1)) + 1.0
+
+
+def thickness(part: np.ndarray) -> float:
+    """Typical thickness (px) of a binary part: twice the distance to its edge along its skeleton.
+
+    Unlike the spread across a principal axis, it stays small for a curved pen line."""
+    padded = np.pad(part, 1)
+    dist = ndimage.distance_transform_edt(padded)
+    skel = skeletonize(padded)
+    return float(2 * np.median(dist[skel])) if skel.any() else float(2 * dist.max())
+
+
+def _part(lab: np.ndarray, i: int, sl: tuple[slice, slice]) -> dict:
+    """One labelled part: its pixels (x, y), axis, extent along it and thickness."""
+    sub = lab[sl] == i
+    ys, xs = np.nonzero(sub)
+    pts = np.stack([xs + sl[1].start, ys + sl[0].start], 1).astype(float)
+    c, axis, width = axis_of(pts)
+    t = (pts - c) @ axis
+    return {
+        "ids": [i],
+        "pts": pts,
+        "c": c,
+        "axis": axis,
+        "width": width,
+        "extent": (t.min(), t.max()),
+        "thick": thickness(sub),
+    }
+
+
+def joins(core: dict, part: dict, max_gap_px: float) -> bool:
+    """Is ``part`` a fragment of ``core``: in line with its axis, parallel if elongated, within the gap?"""
+    n = np.array([-core["axis"][1], core["axis"][0]])
+    if np.median(np.abs((part["pts"] - core["c"]) @ n)) >= max(IN_LINE * core["thick"], 3.0):
+        return False
+    length = part["extent"][1] - part["extent"][0]
+    if length > 2 * part["thick"] and abs(part["axis"] @ core["axis"]) < np.cos(np.radians(PARALLEL_DEG)):
+        return False
+    t = (part["pts"] - core["c"]) @ core["axis"]
+    lo, hi = core["extent"]
+    return max(t.min() - hi, lo - t.max(), 0.0) <= max_gap_px
+
+
+def merged(core: dict, part: dict) -> dict:
+    """A core with one more fragment: axis and extent refitted on all its pixels."""
+    pts = np.concatenate([core["pts"], part["pts"]])
+    c, axis, width = axis_of(pts)
+    t = (pts - c) @ axis
+    return {
+        "ids": core["ids"] + part["ids"],
+        "pts": pts,
+        "c": c,
+        "axis": axis,
+        "width": width,
+        "extent": (t.min(), t.max()),
+        "thick": core["thick"],
+    }
+
+
+def group(parts: list[dict], max_gap_px: float, is_core: Callable[[dict], bool]) -> list[dict]:
+    """Cores from parts: parts that are fragments of one another (:func:`joins`, judged on the larger
+    one's axis), transitively, are one core.  A group whose largest part is not core-like (``is_core``)
+    is dropped as debris or a pen mark."""
+    parts = sorted(parts, key=lambda p: -len(p["pts"]))
+    root = list(range(len(parts)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            i = root[i]
+        return i
+
+    for i, big in enumerate(parts):
+        for j in range(i + 1, len(parts)):
+            if find(i) != find(j) and joins(big, parts[j], max_gap_px):
+                root[find(j)] = find(i)
+    cores = []
+    for r in sorted({find(i) for i in range(len(parts))}):
+        members = [parts[i] for i in range(len(parts)) if find(i) == r]
+        if is_core(members[0]):
+            cores.append(functools.reduce(merged, members))
+    return cores
+
+
+def gaps(t: np.ndarray, min_px: float) -> list[list[float]]:
+    """Stretches along the axis (from, to) with no tissue between fragments, at least ``min_px`` long."""
+    s = np.sort(t)
+    jump = np.flatnonzero(np.diff(s) >= min_px)
+    return [[float(s[i]), float(s[i + 1])] for i in jump]
+
+
+def find_cores(
+    od: np.ndarray, level_um: float, *, max_gap_mm: float, min_width_mm: float, min_area_mm2: float
+) -> tuple[np.ndarray, list[dict]]:
+    """Label image (0: none, k: core k) and the cores, numbered left to right by their centres' x."""
+    lab, n = ndimage.label(absorbing(od, level_um))
+    if n == 0:
+        raise InputError(
+            "no tissue found on the slide", "check that the WSI shows the cores (not an empty or overexposed scan)"
+        )
+    sizes = ndimage.sum(np.ones_like(lab), lab, range(1, n + 1))
+    boxes = ndimage.find_objects(lab)
+    parts = [_part(lab, i + 1, boxes[i]) for i in np.flatnonzero(sizes >= DEBRIS_SHARE * sizes.max())]
+    min_area_px = min_area_mm2 * 1e6 / level_um**2
+
+    def is_core(p: dict) -> bool:
+        return p["thick"] * level_um >= min_width_mm * 1000 and len(p["pts"]) >= min_area_px
+
+    found = group(parts, max_gap_mm * 1000 / level_um, is_core)
+    if not found:
+        raise InputError(
+            f"no core found on the slide: no absorbing part is at least {min_width_mm} mm thick and "
+            f"{min_area_mm2} mm² large",
+            "check the WSI, or lower cores.min_width_mm / cores.min_area_mm2 in config.yaml",
+        )
+    centre = lambda k: k["c"] + k["axis"] * 0.5 * sum(k["extent"])  # noqa: E731 - the middle of the extent
+    found.sort(key=lambda k: (centre(k)[0], centre(k)[1]))
+    labels = np.zeros(lab.shape, np.uint16)
+    cores = []
+    for pos, k in enumerate(found, start=1):
+        labels[np.isin(lab, k["ids"])] = pos
+        lo, hi = k["extent"]
+        cores.append(
+            {
+                "position": pos,
+                "centre_px": centre(k).tolist(),
+                "axis": k["axis"].tolist(),
+                "length_mm": float((hi - lo) * level_um / 1000),
+                "width_mm": float(k["thick"] * level_um / 1000),
+                "fragments": len(k["ids"]),
+                "gaps_mm": [
+                    round((b - a) * level_um / 1000, 3) for a, b in gaps((k["pts"] - k["c"]) @ k["axis"], GAP_PX)
+                ],
+                "names": [],
+                "dye_marks_px": [],
+            }
+        )
+    return labels, cores
+
+
+# ------------------------------------------------------------------ QuPath names and dye marks
+
+
+def _rings(geom: dict) -> list[np.ndarray]:
+    """Exterior rings (or the vertices of points and lines) of a GeoJSON geometry, as (N, 2) x/y arrays."""
+    kind, co = geom.get("type"), geom.get("coordinates")
+    if kind == "Point":
+        return [np.array([co], float)[:, :2]]
+    if kind in ("LineString", "MultiPoint"):
+        return [np.array(co, float)[:, :2]]
+    if kind == "MultiLineString":
+        return [np.array(line, float)[:, :2] for line in co]
+    if kind == "Polygon":
+        return [np.array(co[0], float)[:, :2]]
+    if kind == "MultiPolygon":
+        return [np.array(p[0], float)[:, :2] for p in co]
+    return []
+
+
+def enclosed(labels: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Per core (index k-1): the share of core k's pixels inside a polygon ring given in level px."""
+    inside = np.zeros(labels.shape, bool)
+    rr, cc = fill_polygon(ring[:, 1], ring[:, 0], labels.shape)
+    inside[rr, cc] = True
+    n = int(labels.max())
+    total = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    within = np.bincount(labels[inside], minlength=n + 1)[1:]
+    return within / np.maximum(total, 1)
+
+
+def nearest_core(labels: np.ndarray, pts: np.ndarray, reach_px: float) -> int:
+    """The core (1-based) whose pixels lie nearest the points' mean, within ``reach_px``; 0 for none."""
+    dist, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    x, y = np.clip(np.round(pts.mean(axis=0)).astype(int), 0, np.array(labels.shape[::-1]) - 1)
+    return int(labels[iy[y, x], ix[y, x]]) if dist[y, x] <= reach_px else 0
+
+
+def annotate(
+    cores: list[dict], labels: np.ndarray, features: list[dict], scale: float, level_um: float, dye_class: str
+) -> None:
+    """Add each named annotation drawn around a core to its names, and each dye mark to its marks (level px).
+
+    ``scale``: level-0 px per level px (QuPath coordinates are level-0 px)."""
+    from workflow_scripts.transfer import class_name  # the QuPath dialects are read in one place
+
+    for f in features:
+        rings = [r / scale for r in _rings(f.get("geometry") or {}) if len(r)]
+        if not rings:
+            continue
+        name = (f.get("properties") or {}).get("name")
+        if class_name(f) == dye_class:
+            k = nearest_core(labels, np.concatenate(rings), MARK_REACH_UM / level_um)
+            if k:
+                cores[k - 1]["dye_marks_px"].append(np.concatenate(rings).mean(axis=0).tolist())
+        elif (
+            isinstance(name, str) and name.strip() and f.get("geometry", {}).get("type") in ("Polygon", "MultiPolygon")
+        ):
+            cover = np.max([enclosed(labels, r) for r in rings], axis=0)
+            k = int(np.argmax(cover))
+            if cover[k] >= NAME_COVER and name.strip() not in cores[k]["names"]:
+                cores[k]["names"].append(name.strip())
+
+
+def listing(cores: list[dict]) -> str:
+    """The cores found, as an error message lists them: position, names, length."""
+    return "; ".join(
+        f"{c['position']}"
+        + (f" ({', '.join(repr(n) for n in c['names'])})" if c["names"] else "")
+        + f": {c['length_mm']:.1f} mm"
+        + (f", {c['fragments']} fragments" if c["fragments"] > 1 else "")
+        for c in cores
+    )
+
+
+def select(cores: list[dict], value: str) -> dict:
+    """The core a biopsy's ``core`` value picks: an annotation name, else a 1-based position; empty with one core."""
+    found = f"{len(cores)} core(s) on the slide, left to right: {listing(cores)}"
+    value = (value or "").strip()
+    if not value:
+        if len(cores) == 1:
+            return cores[0]
+        raise InputError(f"the slide carries several cores and biopsies.tsv gives no core: {found}", CORE_HINT)
+    named = [c for c in cores if value in c["names"]]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise InputError(
+            f"core {value!r} names several cores ({', '.join(str(c['position']) for c in named)}): {found}",
+            "give each core's annotation a unique name in QuPath, or set core to a position",
+        )
+    if value.isdigit():
+        if 1 <= int(value) <= len(cores):
+            return cores[int(value) - 1]
+        raise InputError(f"core position {value} is past the {len(cores)} core(s) found: {found}", CORE_HINT)
+    raise InputError(f"no annotation named {value!r} is drawn around a core on this slide: {found}", CORE_HINT)
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    from workflow_scripts.orient import optical_density
+    from workflow_scripts.transfer import parse_features
+
+    p = argparse.ArgumentParser(description="find every core on a slide level, number and name them")
+    for k in ("thumb", "meta", "annotation", "out", "labels"):
+        p.add_argument(f"--{k}", required=True)
+    p.add_argument("--max-gap-mm", type=float, required=True, help="config cores.max_gap_mm")
+    p.add_argument("--min-width-mm", type=float, required=True, help="config cores.min_width_mm")
+    p.add_argument("--min-area-mm2", type=float, required=True, help="config cores.min_area_mm2")
+    p.add_argument("--dye-class", required=True, help="config cores.dye_class")
+    p.add_argument("--participant")
+    a = p.parse_args(argv)
+
+    def go() -> None:
+        doc = read_json(a.annotation, "the annotation file", "re-export it from QuPath as GeoJSON")
+        features = parse_features(doc)
+        rgb, meta = imread(a.thumb), json.loads(Path(a.meta).read_text())
+        level_um = meta["level_um_per_px"]
+        labels, cores = find_cores(
+            optical_density(rgb),
+            level_um,
+            max_gap_mm=a.max_gap_mm,
+            min_width_mm=a.min_width_mm,
+            min_area_mm2=a.min_area_mm2,
+        )
+        annotate(cores, labels, features, level_um / meta["um_per_px"], level_um, a.dye_class)
+        imsave(a.labels, labels, check_contrast=False)
+        Path(a.out).write_text(json.dumps({"level_um_per_px": level_um, "cores": cores}, indent=1))
+        print(f"{len(cores)} core(s), left to right: {listing(cores)}")
+
+    run_cli(go, a.participant, None, a.annotation)
+
+
+if __name__ == "__main__":
+    main()
