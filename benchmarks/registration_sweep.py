@@ -23,12 +23,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from workflow_scripts import cores, orient, qc, synthetic, tract, transfer, voc  # noqa: E402
 from workflow_scripts import geometry as geo
-from workflow_scripts import orient, qc, synthetic, tract, transfer, voc  # noqa: E402
 from workflow_scripts.errors import InputError  # noqa: E402
 
 LEVEL_UM = 16.0
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+CORES = {k: v for k, v in CONFIG["cores"].items() if k != "dye_class"}
 
 
 def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
@@ -43,20 +44,38 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 
 def render(
-    seed: int, pid: str, compress: bool = True
-) -> tuple[synthetic.BiopsyTruth, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    """One varied biopsy as pixels: WSI level (``compress``: through a JPEG round trip), pre-fire, post-fire,
-    and the annotation features."""
-    t = synthetic.sample_truth(seed, pid, "B1", varied=True)
+    seed: int, pid: str, compress: bool = True, n_cores: int = 1, marks: bool = False
+) -> tuple[list[synthetic.BiopsyTruth], np.ndarray, list[dict]]:
+    """One varied slide as pixels: its cores' truths (biopsies B1..Bn of ``pid``), the WSI level (``compress``:
+    through a JPEG round trip) and the annotation features (several cores: a named outline around every core
+    of every other slide; ``marks``: the pathologist's dye marks the forward model drew)."""
+    named = n_cores > 1 and seed % 2 == int(pid[1:]) % 2
+    ts = synthetic.slide_truths(seed, pid, [f"B{k + 1}" for k in range(n_cores)], varied=True, named=named)
     rng = synthetic.biopsy_rng(seed + 1, pid, "B1")
-    synthetic.place_on_slide(t, rng)
-    shape = [int(n * t.slide_um_per_px / LEVEL_UM) for n in t.slide_shape]
-    thumb = synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM)
+    if n_cores == 1:
+        synthetic.place_on_slide(ts[0], rng)  # as before: the single-core draws stay as they were
+    shape = [int(n * ts[0].slide_um_per_px / LEVEL_UM) for n in ts[0].slide_shape]
+    thumb = synthetic.render_slide(ts, 0, 0, shape[0], shape[1], LEVEL_UM)
     quality = int(rng.integers(75, 96))  # drawn either way: the annotation features below stay the same
     thumb = jpeg(thumb, quality) if compress else thumb
+    feats = [f for t in ts for f in synthetic.qupath_features(t, rng)]
+    if n_cores > 1 or marks:
+        feats += [f for t in ts for f in synthetic.annotations.core_features(t if marks else _no_mark(t), rng)]
+    return ts, thumb, feats
+
+
+def _no_mark(t: synthetic.BiopsyTruth) -> synthetic.BiopsyTruth:
+    """The truth without a dye mark: the automatic call is what is measured."""
+    from dataclasses import replace
+
+    return replace(t, dye_mark="")
+
+
+def ultrasound(t: synthetic.BiopsyTruth) -> tuple[np.ndarray, np.ndarray]:
+    """A biopsy's pre-fire and post-fire tissue regions."""
     pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
     post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
-    return t, thumb, pre, post, synthetic.qupath_features(t, rng)
+    return pre, post
 
 
 def factors(t: synthetic.BiopsyTruth) -> dict:
@@ -66,6 +85,10 @@ def factors(t: synthetic.BiopsyTruth) -> dict:
     angle = abs(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], abs(t.t1_mm[0] - t.t0_mm[0]))))
     return {
         "dye": t.dye,
+        "cores_on_slide": 1 if not t.slide_id else int(t.slide_id.count("-")),
+        "core_by": "" if not t.slide_id else ("name" if t.core_name else "position"),
+        "fragments": 1 + len(t.gaps_mm) + len(nz["gaps"]),
+        "dye_mark": t.dye_mark or "none",
         "dye_cover": nz["dye_cover"],
         "dense_at_end": bool(ends),
         "pen": bool(nz["pen"]),  # off the tissue
@@ -95,26 +118,55 @@ def peak_mb(step, *args, **kwargs) -> float:
     return peak / 2**20
 
 
-def register_one(args: tuple[int, str, bool, bool]) -> dict:
-    """Render, register and score one biopsy (``measure``: also the peak memory of each step, in a second run;
-    ``compress``: the slide level through a JPEG round trip)."""
-    seed, pid, measure, compress = args
-    t, thumb, pre, post, features = render(seed, pid, compress)
+def register_slide(args: tuple[int, str, bool, bool, int, bool]) -> list[dict]:
+    """Render one slide of one or several cores, find its cores once, then register and score each biopsy on its
+    own core, picked as the sheet would (by name or position) (``measure``: also the peak memory of each step;
+    ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used)."""
+    seed, pid, measure, compress, n_cores, marks = args
+    ts, thumb, features = render(seed, pid, compress, n_cores, marks)
+    rows = []
+    try:
+        labels, found = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+        cores.annotate(
+            found, labels, features, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CONFIG["cores"]["dye_class"]
+        )
+    except InputError as e:
+        labels, found = None, e.what
+    for t in ts:
+        rows.append(register_one(t, thumb, features, labels, found, measure))
+    return rows
+
+
+def register_one(
+    t: synthetic.BiopsyTruth, thumb: np.ndarray, features: list[dict], labels: np.ndarray | None, found, measure: bool
+) -> dict:
+    """Register and score one biopsy whose core lies on a slide level with the cores ``found`` (or their error)."""
+    pre, post = ultrasound(t)
+    seed, pid = t.seed[0], f"{t.participant_id}/{t.biopsy_id}"
     truth = synthetic.truth_record(t)
     row = {"seed": seed, "biopsy": pid, **factors(t)}
     mm = (t.mm_per_px, t.mm_per_px)
     c = CONFIG
     t_start = time.process_time()
+    value = "" if not t.slide_id else (t.core_name or str(t.core_position))
     try:
-        found = orient.find_orientation(thumb, **c["orient"])
-        row.update(
-            orient_state=found["state"],
-            orient_conf=found["confidence"],
-            orient_evidence=found["evidence"],
-            orient_shared=found.get("shared_with_other_end"),
+        if labels is None:
+            raise InputError(found)
+        mine = cores.select(found, value)
+        centre = np.round(np.array(truth["core_centre_slide_px"]) * t.slide_um_per_px / LEVEL_UM).astype(int)
+        row["core_matched"] = bool(
+            labels[min(centre[1], labels.shape[0] - 1), min(centre[0], labels.shape[1] - 1)] == mine["position"]
         )
-        can = orient.canonical(found, LEVEL_UM, t.slide_um_per_px)
-        res_o = {**found, **can}
+        found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, **c["orient"])
+        row.update(
+            orient_state=found_o["state"],
+            orient_source=found_o["source"],
+            orient_conf=found_o["confidence"],
+            orient_evidence=found_o.get("evidence"),
+            orient_shared=found_o.get("shared_with_other_end"),
+        )
+        can = orient.canonical(found_o, LEVEL_UM, t.slide_um_per_px)
+        res_o = {**found_o, **can}
     except InputError as e:
         row.update(orient_state="failed", orient_error=e.what)
         res_o = None
@@ -138,7 +190,7 @@ def register_one(args: tuple[int, str, bool, bool]) -> dict:
         res_t = None
     row["tract_s"] = time.process_time() - t_start
     if measure:
-        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"])
+        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"]) if not t.slide_id else np.nan
         row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
     if res_t is not None:
         err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * t.mm_per_px))  # noqa: E731
@@ -153,10 +205,14 @@ def register_one(args: tuple[int, str, bool, bool]) -> dict:
         row["orient_correct"] = bool(dye[0] > 0)
     if res_o is not None and res_t is not None:
         polys, _ = transfer.tumour_polygons(transfer.parse_features(features), CONFIG["transfer"]["classes"])
+        if labels is not None:  # only the outlines on this biopsy's core (an outline spanning two: an error)
+            scale, names = LEVEL_UM / t.slide_um_per_px, {k["position"]: str(k["position"]) for k in found}
+            polys, _ = transfer.on_core(polys, labels, res_o["core_position"], scale, names)
         to_crop = transfer.registered_canonical_to_crop(res_o, res_t, CONFIG["transfer"]["across"])
         m = geo.compose(np.array(res_o["slide_px_to_canonical_um"]), to_crop)
         polys = [(lab, cls, geo.apply_polygons(m, [poly])[0]) for lab, cls, poly in polys]
         voids = transfer.void_polygons(res_t["crop_shape"], res_t["tract_x_px"], transfer.core_rows(res_o, to_crop))
+        voids += transfer.gap_voids(res_o["core_gaps_x_um"], to_crop, res_t["crop_shape"])
         label = voc.rasterize(transfer.labelme_shapes(polys, voids), crop.shape, voc.label_values())
         row["dice"] = qc.score(res_t, res_o, label, truth, synthetic.truth_label(t))["dice"]
     return row
@@ -171,6 +227,7 @@ def summary(df: pd.DataFrame) -> dict:
     q = lambda c, p: float(np.nanpercentile(df[c], p)) if c in df and df[c].notna().any() else float("nan")  # noqa: E731
     return {
         "n": n,
+        "core_wrong": int((~df.get("core_matched", pd.Series(True, index=df.index)).fillna(True).astype(bool)).sum()),
         "orient_auto_correct_%": 100 * float((acc_o & correct).mean()),
         "orient_wrong_accepted": int((acc_o & ~correct).sum()),
         "orient_review": int((df["orient_state"] == "review").sum()),
@@ -196,17 +253,23 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/registration_sweep.tsv")
     p.add_argument("--memory-every", type=int, default=4, help="measure each step's peak memory on every k-th biopsy")
     p.add_argument("--no-jpeg", action="store_true", help="slide level as rendered (no JPEG round trip)")
+    p.add_argument("--cores", type=int, nargs="+", default=[1], help="cores per slide, cycled over the slides")
+    p.add_argument("--marks", action="store_true", help="use the pathologist's dye marks the model drew (~3 in 8)")
     a = p.parse_args()
-    jobs = [(s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg) for s in a.seeds for i in range(a.n)]
+    jobs = [
+        (s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg, a.cores[i % len(a.cores)], a.marks)
+        for s in a.seeds
+        for i in range(a.n)
+    ]
     t0 = time.time()
     with ProcessPoolExecutor(a.workers) as ex:
         rows = []
-        for k, r in enumerate(ex.map(register_one, jobs, chunksize=2), 1):
-            rows.append(r)
-            if k % 20 == 0:
+        for k, r in enumerate(ex.map(register_slide, jobs, chunksize=2), 1):
+            rows += r
+            if k % 10 == 0:
                 el = time.time() - t0
                 print(
-                    f"  {k}/{len(jobs)} biopsies, {el:.0f} s, ETA {el / k * (len(jobs) - k):.0f} s",
+                    f"  {k}/{len(jobs)} slides, {len(rows)} biopsies, {el:.0f} s, ETA {el / k * (len(jobs) - k):.0f} s",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -220,6 +283,10 @@ def main() -> None:
     print("OVERALL")
     print(fmt(pd.DataFrame([summary(df)])))
     for f in (
+        "cores_on_slide",
+        "core_by",
+        "fragments",
+        "dye_mark",
         "dye",
         "dye_cover",
         "dense_at_end",

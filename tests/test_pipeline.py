@@ -321,3 +321,47 @@ def test_cross_validation_trains_one_model_per_fold_and_evaluates_the_fold_ensem
     assert [set(f["val"]) for f in nn] == vals
     html = (copy_run / "results/report.html").read_text()
     assert "Cross-validation (2 folds by participant)" in html and "unet_ensemble" in html
+
+
+def test_a_biopsy_appended_on_a_read_slide_adds_only_its_own_jobs_and_a_bad_core_lists_the_cores(copy_run):
+    # real data: the slide files are inputs, not rendered by the demo
+    write_config(
+        copy_run,
+        truth_dir=None,
+        demo={"enabled": False, "root": "demo", "seed": 1, "large_slide": ""},
+        logs=RUN_LOGS,
+        job_benchmarks=RUN_BENCHMARKS,
+    )
+    sheet = copy_run / "sheets/biopsies.tsv"
+    full = pd.read_csv(sheet, sep="\t", dtype=str)
+    on_slide = full[full.duplicated("wsi", keep=False)]
+    assert len(on_slide) >= 2  # the cohort has a slide that carries several cores
+    last = on_slide.iloc[-1]
+    pid, bid = last["participant_id"], last["biopsy_id"]
+    full.drop(index=last.name).to_csv(sheet, sep="\t", index=False)
+    for f in [*copy_run.glob(f"results/*/{pid}/{bid}.*"), *copy_run.glob(f"results/*/{pid}/{bid}_*")]:
+        f.unlink()
+    snakemake(copy_run, "--cores", "2", "results/review.tsv")
+    full.to_csv(sheet, sep="\t", index=False)  # the biopsy appended again
+    jobs = planned_jobs(copy_run, "results/review.tsv")
+    assert jobs == {
+        "ingest_ultrasound": 2,
+        "orient": 1,
+        "tract": 1,
+        "transfer": 1,
+        "labelme": 1,
+        "voc_image": 1,
+        "qc_figure": 1,
+        "review": 1,
+    }, jobs  # the slide is not read again, no other biopsy reruns
+    # a core value that picks nothing fails that biopsy alone, listing the cores found
+    other = on_slide.iloc[0]
+    full.loc[other.name, "core"] = "B9"
+    full.to_csv(sheet, sep="\t", index=False)
+    target = f"results/orient/{other['participant_id']}/{other['biopsy_id']}.json"
+    assert snakemake(copy_run, "--cores", "1", "--keep-going", target, check=False).returncode != 0
+    failures = pd.read_csv(copy_run / "results/failures.tsv", sep="\t", dtype=str)
+    row = failures[failures["biopsy_id"] == other["biopsy_id"]].iloc[0]
+    assert row["step"] == "orient" and "no annotation named 'B9'" in row["problem"]
+    assert all(f"'{b}'" in row["problem"] for b in on_slide["core"])  # every core found, by name
+    assert "set core in biopsies.tsv" in row["hint"]

@@ -412,6 +412,7 @@ def prefire_tip_positions(t: BiopsyTruth) -> list[np.ndarray]:
 def truth_record(t: BiopsyTruth) -> dict:
     """The truth as scoring reads it: every hidden parameter plus tips, axis and dye end in pixels."""
     dx, dy = core_to_slide_px(t, np.array([t.throw_mm]), np.array([0.0]))
+    cx, cy = core_to_slide_px(t, np.array([t.throw_mm / 2]), np.array([0.0]))
     px = lambda p: [p[0] / t.mm_per_px, p[1] / t.mm_per_px]  # noqa: E731
     return {
         **asdict(t),
@@ -419,5 +420,6 @@ def truth_record(t: BiopsyTruth) -> dict:
         "t1_px": px(t.t1_mm),
         "axis_deg": float(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], t.t1_mm[0] - t.t0_mm[0]))),
         "dye_end_slide_px": [float(dx[0]), float(dy[0])],
+        "core_centre_slide_px": [float(cx[0]), float(cy[0])],
         "mask_values": {"0": "outside core", "1": "benign core", "2": "cancer core"},
     }
