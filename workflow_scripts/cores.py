@@ -7,7 +7,8 @@ cassette), pointing either way, some broken into fragments.  On a low-resolution
 - parts in line with a larger part (their pixels within its width of its axis, their own
   axis parallel) and at most ``max_gap_mm`` beyond its end are fragments of one core;
 - a part that joins no core is a core of its own only if it is as thick as a core
-  (``min_width_mm``: a pen line is thinner) and large enough (``min_area_mm2``); else it is debris;
+  (``min_width_mm``: a pen line is thinner), large enough (``min_area_mm2``) and elongated
+  (``ELONGATION``: a pen dot or a crumb is round); else it is debris;
 - cores are numbered 1, 2, ... left to right by the x of their centres (the middle of each
   core's extent along its axis) at level 0;
 - a QuPath annotation with a name, drawn around a core (any class), names that core, and
@@ -38,6 +39,7 @@ OPEN_UM = 110.0  # parts thinner than this are opened away (bubble rims touching
 DEBRIS_SHARE = 0.01  # parts smaller than this share of the largest part are dust, whatever their place
 IN_LINE = 0.75  # a fragment's pixels lie within this many core widths of the core's axis (median)
 PARALLEL_DEG = 20.0  # an elongated fragment's own axis lies within this angle of the core's
+ELONGATION = 2.0  # a part that joins no core is a core only if this many times longer than thick
 NAME_COVER = 0.5  # share of a core's pixels that a named annotation must enclose to name it
 MARK_REACH_UM = 1000.0  # a dye mark off the tissue is assigned to the nearest core within this distance
 GAP_PX = 2.0  # level px without tissue along the axis that count as a gap between fragments
@@ -165,7 +167,8 @@ def find_cores(
     min_area_px = min_area_mm2 * 1e6 / level_um**2
 
     def is_core(p: dict) -> bool:
-        return p["thick"] * level_um >= min_width_mm * 1000 and len(p["pts"]) >= min_area_px
+        long = p["extent"][1] - p["extent"][0] >= ELONGATION * p["thick"]  # a pen dot or a crumb is round
+        return long and p["thick"] * level_um >= min_width_mm * 1000 and len(p["pts"]) >= min_area_px
 
     found = group(parts, max_gap_mm * 1000 / level_um, is_core)
     if not found:
