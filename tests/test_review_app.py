@@ -20,6 +20,8 @@ import yaml
 from conftest import ROOT, snakemake
 
 from workflow_scripts import decisions as decisionlib
+from workflow_scripts import report
+from workflow_scripts.review_app import review_page
 
 # ------------------------------------------------------------------ the decisions file (fast)
 
@@ -195,7 +197,7 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
     try:
         # refused and nothing written: no token, a wrong one, a bad value, an unknown field, a biopsy not held
         assert app.request("/", token=False)[0] == 403
-        assert app.request("/b/{}/{}".format(*flip), token=False)[0] == 403
+        assert app.request(review_page(*flip), token=False)[0] == 403
         good = {"participant_id": flip[0], "biopsy_id": flip[1], "decision": "flip", "dye_end": "left"}
         assert app.request("/api/decision", good, token=False)[0] == 403
         app.token, token = "x" + app.token[1:], app.token
@@ -218,7 +220,7 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(app.url)  # the token becomes a cookie
             # flip the dyed end: one key
-            page.goto(app.base + "/b/{}/{}".format(*flip))
+            page.goto(app.base + review_page(*flip))
             side = json.loads(page.locator("#data").text_content())["orient"]["other_side"]
             page.keyboard.press("f")
             page.wait_for_function("document.getElementById('current').textContent.includes('flip')")
@@ -227,7 +229,7 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
                 page.keyboard.press("n")
                 page.wait_for_url(f"**/b/{drag[0]}/{drag[1]}")
             else:
-                page.goto(app.base + "/b/{}/{}".format(*drag))
+                page.goto(app.base + review_page(*drag))
             box0, box1 = page.locator("#t0").bounding_box(), page.locator("#t1").bounding_box()
             c0 = np.array([box0["x"] + box0["width"] / 2, box0["y"] + box0["height"] / 2])
             c1 = np.array([box1["x"] + box1["width"] / 2, box1["y"] + box1["height"] / 2])
@@ -241,7 +243,7 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
             page.keyboard.press("s")
             page.wait_for_function("document.getElementById('current').textContent.includes('correct')")
             # exclude: refused without a reason, kept with one
-            page.goto(app.base + "/b/{}/{}".format(*excl))
+            page.goto(app.base + review_page(*excl))
             page.click("#exclude")
             assert "reason" in page.locator("#status").text_content()
             page.fill("#exclude-reason", "air bubble over the tract")
@@ -289,6 +291,16 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
     assert excl not in qc.index and qc.loc[untouched[0], "override_source"] == "auto"
     review = pd.read_csv(w / "results/review.tsv", sep="\t", dtype=str)
     assert not ((review["participant_id"] == flip[0]) & (review["biopsy_id"] == flip[1])).any()
+
+
+def test_the_report_links_each_held_biopsy_to_its_review_page():
+    rev = pd.DataFrame(
+        {"participant_id": ["P1", "P1", "P2"], "biopsy_id": ["B1", "B1", "B_2"], "step": ["orient", "tract", "orient"]}
+    )
+    text = report.review_links(rev, Path("out/results"))
+    assert "<code>tractmap-review out/results --port 8765</code>" in text
+    assert re.findall(r'href="([^"]+)"', text) == ["http://127.0.0.1:8765/b/P1/B1", "http://127.0.0.1:8765/b/P2/B_2"]
+    assert report.review_links(rev.head(0), Path("results")) == ""
 
 
 def test_host_other_than_loopback_needs_an_explicit_option(tmp_path):

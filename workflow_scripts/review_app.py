@@ -60,6 +60,8 @@ JSONS = {
     "post": "ingest/{p}/{b}/postfire.json",
 }
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+# the port the report's links to review pages assume (tractmap-review --port); by default the app takes a free one
+REVIEW_PORT = 8765
 # what a browser may send in a decision; reviewer and time are the server's
 CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", *decisionlib.VALUES}
 
@@ -103,6 +105,11 @@ class Queue:
     def data(self, key: tuple[str, str]) -> dict:
         """A biopsy's orient, tract and ingest records (read per request: the pipeline may rerun meanwhile)."""
         return {k: json.loads(self.file(key, pat).read_text()) for k, pat in JSONS.items()}
+
+
+def review_page(p: str, b: str) -> str:
+    """The path of a biopsy's review page."""
+    return f"/b/{urllib.parse.quote(p, safe='')}/{urllib.parse.quote(b, safe='')}"
 
 
 def utc_now() -> str:
@@ -221,8 +228,8 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
         },
         "decision": decision,
         "wsi_size": list(PIL.Image.open(queue.file(key, IMAGES["wsi"])).size),  # reads the header only
-        "prev": "/b/{}/{}".format(*keys[i - 1]) if i > 0 else None,
-        "next": "/b/{}/{}".format(*keys[i + 1]) if i + 1 < len(keys) else None,
+        "prev": review_page(*keys[i - 1]) if i > 0 else None,
+        "next": review_page(*keys[i + 1]) if i + 1 < len(keys) else None,
         "position": [i + 1, len(keys)],
     }
 
@@ -238,7 +245,7 @@ def index_html(queue: Queue, decisions_file: Path) -> str:
     rows = []
     for key, items in queue.rows.items():
         d = decisionlib.current(decisions_file, key) or {}
-        href = "/b/{}/{}".format(*map(urllib.parse.quote, key))
+        href = review_page(*key)
         steps = ", ".join(r["step"] for r in items)
         rows.append(
             f"<tr><td><a href='{html.escape(href)}'>{html.escape('/'.join(key))}</a></td><td>{html.escape(steps)}</td>"
@@ -365,6 +372,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             self._route()
         except Refused as e:
+            if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a person, not app.js
+                page = f"<!DOCTYPE html><title>tractmap review</title><p>{html.escape(e.message)}</p>"
+                return self._send(e.status, page.encode(), "text/html; charset=utf-8")
             self._json(e.status, {"error": e.message})
 
     do_GET = do_HEAD = do_POST = _handle  # noqa: N815
