@@ -15,18 +15,23 @@ with a sheet axis); groups the decision leaves empty keep the sheet's values.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import functools
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema
-import pandas as pd
 import yaml
 
-from workflow_scripts import sheets as sheetlib
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and the sheet checks are imported where the workflow reads the file: the app, which only
+# writes it, starts without them
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "decisions.schema.yaml"
 TRACT = ("tip_x", "tip_y", "axis_deg", "override_length_mm")
@@ -61,6 +66,10 @@ def clean(record: dict) -> dict:
 
 def read(path: str | Path) -> pd.DataFrame:
     """The decisions file, numbers as numbers; an empty table when there is none yet."""
+    import pandas as pd
+
+    from workflow_scripts import sheets as sheetlib
+
     if not Path(path).is_file():
         return pd.DataFrame(columns=COLUMNS)
     return sheetlib.read_sheet(str(path), NUMERIC)
@@ -68,6 +77,8 @@ def read(path: str | Path) -> pd.DataFrame:
 
 def problems(table: pd.DataFrame, path: str, known: set[tuple[str, str]]) -> list[str]:
     """Every schema violation, duplicate and unknown biopsy of a decisions table, named by file and line."""
+    from workflow_scripts import sheets as sheetlib
+
     found = sheetlib.schema_problems(table, schema(), path, IDS)
     seen = set()
     for i, r in enumerate(table.to_dict("records")):
@@ -93,6 +104,8 @@ def source(sheet_row: dict, decision: dict | None) -> str:
 
 def apply(sheet: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
     """The sheet with each decision's groups in place of its own values, and each biopsy's override source."""
+    import pandas as pd
+
     out = sheet.copy()
     for c in VALUES:
         if c not in out:
@@ -136,22 +149,27 @@ def locked(path: Path) -> Iterator[None]:
 def _rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False).to_dict("records")
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{c: r.get(c) or "" for c in COLUMNS} for r in csv.DictReader(f, delimiter="\t")]
 
 
 def _write(path: Path, rows: list[dict]) -> None:
     """Replace a decisions file atomically (a reader sees the old or the new file, never a part)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp, sep="\t", index=False)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        out = csv.DictWriter(f, COLUMNS, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
     os.replace(tmp, path)
 
 
 def _append(path: Path, row: dict) -> None:
     new = not path.is_file()
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        out = csv.DictWriter(f, COLUMNS, delimiter="\t", lineterminator="\n", extrasaction="ignore")
         if new:
-            f.write("\t".join(COLUMNS) + "\n")
-        f.write("\t".join(str(row.get(c, "")) for c in COLUMNS) + "\n")
+            out.writeheader()
+        out.writerow(row)
 
 
 def _text(record: dict) -> dict:

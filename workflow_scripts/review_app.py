@@ -15,12 +15,14 @@ the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import getpass
 import hmac
 import html
 import http.cookies
 import http.server
+import importlib
 import io
 import ipaddress
 import json
@@ -28,18 +30,20 @@ import math
 import secrets
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import PIL.Image
 
 from workflow_scripts import decisions as decisionlib
-from workflow_scripts import review as reviewlib
-from workflow_scripts import tract as tractlib
+
+# the pipeline's own steps (scipy, scikit-image) are imported by a thread once the server listens
+# (warm_up), so that the app starts at once; a request that needs one waits for that import
+STEPS = ("workflow_scripts.tract", "workflow_scripts.review")
 
 STATIC = Path(__file__).with_name("review_static")
 COOKIE = "tractmap_review_token"
@@ -83,10 +87,10 @@ class Queue:
 
     @classmethod
     def load(cls, results: Path) -> Queue:
-        table = pd.read_csv(results / "review.tsv", sep="\t", dtype=str, keep_default_na=False)
         q = cls(results)
-        for r in table.to_dict("records"):
-            q.rows.setdefault((r["participant_id"], r["biopsy_id"]), []).append(r)
+        with open(results / "review.tsv", newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f, delimiter="\t"):
+                q.rows.setdefault((r["participant_id"], r["biopsy_id"]), []).append(r)
         return q
 
     def keys(self) -> list[tuple[str, str]]:
@@ -125,6 +129,8 @@ def region(meta: dict) -> tuple[np.ndarray, np.ndarray]:
 def tract_points(values: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
     """T0 and T1 in pre-fire tissue-region px: a decision's tip/axis/length through the tract step's own
     override path (``tract.pixel_overrides`` + ``tract.tract``), or the automatic result."""
+    from workflow_scripts import tract as tractlib
+
     t = data["tract"]
     if "tip_x" not in values:
         return np.array(t["t0_px"], float), np.array(t["t1_px"], float)
@@ -172,6 +178,8 @@ def check(body: object, queue: Queue, reviewer: str) -> dict:
 
 def preview_png(record: dict, queue: Queue) -> bytes:
     """The crop strip a decision would give, by the tract step's own crop (``tract.crop_strip``)."""
+    from workflow_scripts import tract as tractlib
+
     key = queue.known(record["participant_id"], record["biopsy_id"])
     data = queue.data(key)
     t = data["tract"]
@@ -188,6 +196,8 @@ def preview_png(record: dict, queue: Queue) -> bytes:
 
 def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
+    from workflow_scripts import review as reviewlib
+
     data = queue.data(key)
     o, t = data["orient"], data["tract"]
     c, a = np.array(o["centroid"]), np.array(o["axis"])
@@ -380,6 +390,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = _handle  # noqa: N815
 
 
+def warm_up() -> threading.Thread:
+    """Import the pipeline's steps in the background (a page that needs one before then waits for it)."""
+    t = threading.Thread(target=lambda: [importlib.import_module(m) for m in STEPS], daemon=True)
+    t.start()
+    return t
+
+
 def free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
@@ -448,6 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     n = len(server.RequestHandlerClass.app.queue.rows)
     print(f"tractmap-review: {n} held biopsies of {a.results}; decisions to {decisions_file}", flush=True)
     print(f"    http://{host}:{server.server_address[1]}/?token={server.RequestHandlerClass.app.token}", flush=True)
+    warm_up()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
