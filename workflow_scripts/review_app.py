@@ -54,6 +54,7 @@ IMAGES = {
     "prefire": "ingest/{p}/{b}/prefire.png",
     "postfire": "ingest/{p}/{b}/postfire.png",
     "wsi": "ingest/{p}/{b}/wsi.png",
+    "oriented": "orient/{p}/{b}_oriented.png",
     "crop": "tract/{p}/{b}_crop.png",
     "qc": "qc/{p}/{b}.png",
 }
@@ -263,7 +264,8 @@ def index_html(queue: Queue, decisions_file: Path) -> str:
         )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap review queue</title>"
-        "<link rel='stylesheet' href='/static/style.css'></head><body><h1>Review queue</h1>"
+        "<link rel='stylesheet' href='/static/style.css'><link rel='icon' href='data:,'></head>"
+        "<body><h1>Review queue</h1>"
         f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}.</p>"
         "<table id='queue'><tr><th>biopsy</th><th>held step(s)</th><th>decision</th><th>reviewer</th></tr>"
         + "".join(rows)

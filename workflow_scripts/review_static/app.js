@@ -28,10 +28,11 @@ function el(parent, name, attrs) {
   return e;
 }
 
+const [SW, SH] = D.wsi_size;
 function drawSlide() {
-  const [sw, sh] = D.wsi_size;
-  const svg = $("slide");
-  svg.setAttribute("viewBox", `0 0 ${sw} ${sh}`);
+  const [sw, sh] = [SW, SH];
+  $("slide").setAttribute("viewBox", slideView.vb.join(" "));
+  $("oriented").className = state.flipped ? "flipped" : "";
   const img = $("slide-img");
   img.setAttribute("href", `${base}/wsi`);
   img.setAttribute("width", sw);
@@ -54,7 +55,8 @@ function drawSlide() {
     ` - orientation ${D.orient.state}, confidence ${D.orient.confidence.toFixed(2)}`;
 }
 
-let view = { post: false, vb: [0, 0, W, H] };
+const slideView = { vb: [0, 0, SW, SH] };
+const view = { post: false, vb: [0, 0, W, H] };
 function drawUS() {
   const svg = $("us");
   svg.setAttribute("viewBox", view.vb.join(" "));
@@ -202,22 +204,26 @@ for (const id of ["t0", "t1"]) {
   });
 }
 
-function zoom(f, cx, cy) {
-  const [x, y, w, h] = view.vb;
+// zoom: the view box of an SVG shrinks or grows about a point (the centre, or the pointer)
+function zoom(v, size, redraw, f, cx, cy) {
+  const [x, y, w, h] = v.vb;
   cx = cx === undefined ? x + w / 2 : cx;
   cy = cy === undefined ? y + h / 2 : cy;
-  const nw = Math.min(W * 2, Math.max(8, w * f));
-  const k = nw / w;
-  view.vb = [cx - (cx - x) * k, cy - (cy - y) * k, w * k, h * k];
-  drawUS();
+  const k = Math.min(size[0] * 2, Math.max(8, w * f)) / w;
+  v.vb = [cx - (cx - x) * k, cy - (cy - y) * k, w * k, h * k];
+  redraw();
 }
-$("us").addEventListener("wheel", (e) => {
-  e.preventDefault();
-  const [px, py] = svgPoint(e, $("us"));
-  zoom(e.deltaY < 0 ? 0.8 : 1.25, px, py);
-});
-$("zoom-in").onclick = () => zoom(0.5);
-$("zoom-out").onclick = () => zoom(2);
+function wheelZoom(svg, v, size, redraw) {
+  svg.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const p = new DOMPoint(e.clientX, e.clientY).matrixTransform(svg.getScreenCTM().inverse());
+    zoom(v, size, redraw, e.deltaY < 0 ? 0.8 : 1.25, p.x, p.y);
+  });
+}
+wheelZoom($("us"), view, [W, H], drawUS);
+wheelZoom($("slide"), slideView, [SW, SH], drawSlide);
+$("zoom-in").onclick = () => zoom(view, [W, H], drawUS, 0.5);
+$("zoom-out").onclick = () => zoom(view, [W, H], drawUS, 2);
 $("zoom-reset").onclick = () => { view.vb = [0, 0, W, H]; drawUS(); };
 $("show-pre").onclick = () => { view.post = false; $("show-pre").className = "on"; $("show-post").className = ""; drawUS(); };
 $("show-post").onclick = () => { view.post = true; $("show-post").className = "on"; $("show-pre").className = ""; drawUS(); };
@@ -249,6 +255,7 @@ for (const r of D.reasons) {
   reasons.appendChild(li);
 }
 $("preview").src = `${base}/crop`;
+$("oriented").src = `${base}/oriented`;
 state = fromDecision(D.decision);
 draw();
 if (state.moved) preview();
