@@ -21,7 +21,7 @@ from conftest import ROOT, snakemake
 
 from workflow_scripts import decisions as decisionlib
 from workflow_scripts import report
-from workflow_scripts.review_app import review_page
+from workflow_scripts.review_app import decisions_path, review_page
 
 # ------------------------------------------------------------------ the decisions file (fast)
 
@@ -301,6 +301,16 @@ def test_the_report_links_each_held_biopsy_to_its_review_page():
     assert "<code>tractmap-review out/results --port 8765</code>" in text
     assert re.findall(r'href="([^"]+)"', text) == ["http://127.0.0.1:8765/b/P1/B1", "http://127.0.0.1:8765/b/P2/B_2"]
     assert report.review_links(rev.head(0), Path("results")) == ""
+
+
+def test_the_app_writes_the_decisions_file_the_workflow_reads(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"review": {"decisions": "elsewhere/d.tsv"}}))
+    assert decisions_path(tmp_path / "results") == tmp_path / "elsewhere/d.tsv"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"results": "results"}))  # the schema's default
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    default = schema["properties"]["review"]["properties"]["decisions"]["default"]
+    assert decisions_path(tmp_path / "results") == tmp_path / default == tmp_path / "reviews/decisions.tsv"
 
 
 def test_host_other_than_loopback_needs_an_explicit_option(tmp_path):

@@ -49,6 +49,12 @@ def schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
+def default_path() -> str:
+    """review.decisions when config.yaml leaves it out: the config schema's default (one place)."""
+    doc = yaml.safe_load(SCHEMA.with_name("config.schema.yaml").read_text())
+    return doc["properties"]["review"]["properties"]["decisions"]["default"]
+
+
 def history_path(path: Path) -> Path:
     """The append-only history beside a decisions file."""
     return path.with_name(f"{path.stem}.log{path.suffix}")

@@ -275,7 +275,7 @@ def build(a: argparse.Namespace) -> str:
         "<h2>Failures and exclusions</h2>",
         "<h3>Failed jobs (from the logs of this working directory)</h3>",
         table(fails.drop(columns=["log"])),
-        "<h3>Biopsies excluded in biopsies.tsv</h3>",
+        "<h3>Biopsies excluded (in biopsies.tsv, or by a review decision)</h3>",
         table(excl),
     ]
     return (

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import getpass
 import hmac
 import html
@@ -427,15 +426,17 @@ def make_server(
     return server
 
 
-@functools.cache
-def config_decisions(workdir: Path) -> str:
-    """The decisions file named in a working directory's config.yaml (review.decisions), or the default."""
-    cfg = workdir / "config.yaml"
-    if cfg.is_file():
-        import yaml
+def decisions_path(results: Path) -> Path:
+    """The decisions file of the working directory that made ``results`` (its parent, else the current
+    folder): review.decisions of its config.yaml, relative to it, or the config schema's default."""
+    import yaml
 
-        return (yaml.safe_load(cfg.read_text()) or {}).get("review", {}).get("decisions", "reviews/decisions.tsv")
-    return "reviews/decisions.tsv"
+    for workdir in (results.resolve().parent, Path.cwd()):
+        cfg = workdir / "config.yaml"
+        if cfg.is_file():
+            name = ((yaml.safe_load(cfg.read_text()) or {}).get("review") or {}).get("decisions")
+            return workdir / (name or decisionlib.default_path())
+    return Path.cwd() / decisionlib.default_path()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--decisions",
         type=Path,
-        help="decisions file (default: review.decisions of ./config.yaml, relative to the working directory)",
+        help="decisions file (default: review.decisions of the config.yaml beside RESULTS_DIR, else in this folder)",
     )
     p.add_argument("--reviewer", default=None, help="who decides (default: the OS user name)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (another than loopback needs --expose)")
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     if not loopback(a.host):
         print(f"WARNING: serving on {a.host}: anyone who can reach it and has the token can change decisions",
               file=sys.stderr)  # fmt: skip
-    decisions_file = a.decisions or Path(config_decisions(Path.cwd()))
+    decisions_file = a.decisions or decisions_path(a.results)
     server = make_server(
         a.results, decisions_file, a.host, a.port, a.reviewer or getpass.getuser(), secrets.token_urlsafe(24)
     )
