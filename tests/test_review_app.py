@@ -21,7 +21,7 @@ from conftest import ROOT, snakemake
 
 from workflow_scripts import decisions as decisionlib
 from workflow_scripts import report
-from workflow_scripts.review_app import decisions_path, review_page
+from workflow_scripts.review_app import IMAGES, decisions_path, review_page
 
 # ------------------------------------------------------------------ the decisions file (fast)
 
@@ -251,6 +251,15 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
             page.wait_for_function("document.getElementById('current').textContent.includes('exclude')")
             assert not errors, errors
             browser.close()
+        # nothing the app serves holds a DICOM patient or study header value (the demo plants them)
+        canaries = set()
+        for t in (w / "demo/truth").rglob("*.json"):
+            canaries |= set(json.loads(t.read_text())["canaries"].values())
+        needles = [c.encode() for c in canaries] + [c.replace("^", " ").encode() for c in canaries]
+        paths = ["/"] + [review_page(*k) for k in keys] + [f"/img/{k[0]}/{k[1]}/{n}" for k in keys for n in IMAGES]
+        served = [app.request(p) for p in paths]
+        assert canaries and all(status == 200 for status, _ in served)
+        assert not [n for _, body in served for n in needles if n in body]
     finally:
         app.close()
 
