@@ -242,8 +242,13 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
             page.wait_for_function("document.getElementById('preview-label').textContent.includes('preview')")
             page.keyboard.press("s")
             page.wait_for_function("document.getElementById('current').textContent.includes('correct')")
-            # exclude: refused without a reason, kept with one
+            # confirm (c), then take it back (u): the page comes back undecided
             page.goto(app.base + review_page(*excl))
+            page.keyboard.press("c")
+            page.wait_for_function("document.getElementById('current').textContent.includes('confirm')")
+            page.keyboard.press("u")
+            page.wait_for_function("document.getElementById('current').textContent === 'No decision yet.'")
+            # exclude: refused without a reason, kept with one
             page.click("#exclude")
             assert "reason" in page.locator("#status").text_content()
             page.fill("#exclude-reason", "air bubble over the tract")
@@ -267,6 +272,9 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
     assert set(table.index) == {flip, drag, excl}
     assert table.loc[flip, "decision"] == "flip" and table.loc[flip, "dye_end"] == side
     assert table.loc[excl, "decision"] == "exclude" and table.loc[excl, "exclude"] == "air bubble over the tract"
+    history = pd.read_csv(decisionlib.history_path(decisions), sep="\t", dtype=str)
+    steps = history.loc[(history["participant_id"] == excl[0]) & (history["biopsy_id"] == excl[1]), "decision"]
+    assert list(steps) == ["confirm", "undo", "exclude"]
     d = table.loc[drag]
     assert d["decision"] == "correct" and (table["reviewer"] == "tester").all()
     assert d["override_length_mm"] == pytest.approx(0.8 * tract_before["sampled_length_mm"], rel=0.1)
