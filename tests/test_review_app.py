@@ -240,6 +240,8 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
             page.mouse.move(*to, steps=3)
             page.mouse.up()
             page.wait_for_function("document.getElementById('preview-label').textContent.includes('preview')")
+            page.fill("#stroke", "18")  # the gun's stroke, kept with the correction
+            page.locator("#stroke").blur()
             page.keyboard.press("s")
             page.wait_for_function("document.getElementById('current').textContent.includes('correct')")
             # confirm (c), then take it back (u): the page comes back undecided
@@ -271,6 +273,7 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
     table = decisionlib.read(decisions).set_index(["participant_id", "biopsy_id"])
     assert set(table.index) == {flip, drag, excl}
     assert table.loc[flip, "decision"] == "flip" and table.loc[flip, "dye_end"] == side
+    assert table.loc[drag, "stroke_mm"] == 18.0 and "stroke_mm" not in decisionlib.clean(table.loc[flip].to_dict())
     assert table.loc[excl, "decision"] == "exclude" and table.loc[excl, "exclude"] == "air bubble over the tract"
     history = pd.read_csv(decisionlib.history_path(decisions), sep="\t", dtype=str)
     steps = history.loc[(history["participant_id"] == excl[0]) & (history["biopsy_id"] == excl[1]), "decision"]

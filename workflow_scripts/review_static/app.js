@@ -119,7 +119,6 @@ function values(decision) {
   }
   if (D.held.includes("orient") || state.flipped) v.dye_end = state.flipped ? D.orient.other_side : D.orient.found_side;
   if (D.held.includes("tract") || state.moved) Object.assign(v, tractValues());
-  state.stroke = $("stroke").value.trim();
   if (state.stroke !== "") v.stroke_mm = Number(state.stroke);
   return v;
 }
@@ -240,6 +239,7 @@ const actions = {
   next: () => { if (D.next) location.href = D.next; },
 };
 for (const id of ["confirm", "flip", "save", "undo", "exclude"]) $(id).onclick = actions[id];
+$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); };
 document.addEventListener("keydown", (e) => {
   if (e.target.tagName === "INPUT" || e.ctrlKey || e.metaKey || e.altKey) return;
   const a = { c: "confirm", f: "flip", s: "save", u: "undo", n: "next" }[e.key];
