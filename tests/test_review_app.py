@@ -170,12 +170,20 @@ class App:
         self.proc.wait(10)
 
 
-@pytest.mark.slow
-def test_review_in_the_browser_reruns_only_the_decided_biopsies(held_run):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium")
-    if not chromium:
+@pytest.fixture
+def chromium() -> str:
+    """The system Chromium for Playwright (checked before the cohort is prepared)."""
+    pytest.importorskip("playwright.sync_api")
+    path = shutil.which("chromium")
+    if not path:
         pytest.skip("no system Chromium (tests/run.sh installs Debian's chromium as root)")
+    return path
+
+
+@pytest.mark.slow
+def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_run):
+    from playwright import sync_api
+
     w = held_run
     queue = pd.read_csv(w / "results/review.tsv", sep="\t", dtype=str)
     keys = list(dict.fromkeys(zip(queue["participant_id"], queue["biopsy_id"], strict=True)))
