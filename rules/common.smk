@@ -8,6 +8,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from workflow_scripts import decisions as decisionlib
 from workflow_scripts import geometry
 from workflow_scripts import sheets as sheetlib
 from workflow_scripts import split
@@ -57,6 +58,15 @@ def read_sheet(key, schema, ids):
 participants, _problems = read_sheet("participants", "../schemas/participants.schema.yaml", ("participant_id",))
 biopsies, _bproblems = read_sheet("biopsies", "../schemas/biopsies.schema.yaml", ("participant_id", "biopsy_id"))
 _problems += _bproblems
+# review decisions (tractmap-review): each wins over the sheet's overrides of the same group
+# (decisions.GROUPS; README "Review in the browser"); they reach jobs as params, so a decision
+# reruns only its biopsy's jobs and the aggregates
+DECISIONS = decisionlib.read(config["review"]["decisions"])
+OVERRIDE_SOURCE = {}  # (participant, biopsy) -> auto / sheet / review (<reviewer>), shown in the QC table
+if not _problems:
+    _problems += decisionlib.problems(DECISIONS, config["review"]["decisions"], set(zip(biopsies["participant_id"], biopsies["biopsy_id"])))
+if not _problems:
+    biopsies, OVERRIDE_SOURCE = decisionlib.apply(biopsies, DECISIONS)
 # biopsies excluded by hand (a reason in the `exclude` column): not processed, listed in the report
 _reason = biopsies["exclude"].fillna("").str.strip() if "exclude" in biopsies else biopsies["biopsy_id"].str.slice(0, 0)
 EXCLUDED = [[p, b, r] for p, b, r in zip(biopsies["participant_id"], biopsies["biopsy_id"], _reason, strict=True) if r]
@@ -186,8 +196,8 @@ def tract_override_args(wildcards):
         args += ["--tip", str(o["tip_x"]), str(o["tip_y"])]
     if "axis_deg" in o:
         args += ["--axis-deg", str(o["axis_deg"])]
-    if "throw_mm" in o:
-        args += ["--override-throw-mm", str(o["throw_mm"])]
+    if "throw_mm" in o or "override_length_mm" in o:  # a review's override_length_mm wins (decisions.GROUPS)
+        args += ["--override-throw-mm", str(o.get("override_length_mm", o.get("throw_mm")))]
     return args
 
 

@@ -139,6 +139,9 @@ rule qc_table:
                      labels={"output": "per biopsy"}),
         figure=report(f"{RESULTS}/qc/registration_qc.png", caption="report/qc_figure.rst", category="Registration QC",
                       labels={"output": "histograms"}),
+    params:
+        # each biopsy's override source (auto / sheet / review (<reviewer>), common.smk)
+        sources=json.dumps({f"{p}/{b}": OVERRIDE_SOURCE.get((p, b), "auto") for p, b in biopsies.index}),
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -147,7 +150,7 @@ rule qc_table:
         f"{JOB_BENCHMARKS}/qc_table.tsv"
     shell:
         "python -m workflow_scripts.qc table --tract {input.tract:q} --orient {input.orient:q} "
-        "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} "
+        "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} --sources={params.sources:q} "
         "--out={output.table:q} --figure={output.figure:q} > {log:q} 2>&1"
 
 

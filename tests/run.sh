@@ -2,6 +2,12 @@
 # Install tractmap with its test extras into .venv and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the review app's browser test drives Debian's Chromium (Playwright's own browser download is not reachable);
+# installed before the SLURM packages' background install so that the two never wait on apt's lock
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+        echo "chromium could not be installed: tests/test_review_app.py's browser test will be skipped" >&2
+fi
 # the SLURM tests' packages (tests/test_slurm.py, as root): installed in the background while the
 # Python packages install and the first tests run; the harness waits for this install before it starts the daemons
 if [ "$(id -u)" = 0 ]; then

@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in ("tract", "orient", "transfer", "label"):
         t.add_argument(f"--{k}", nargs="+", required=True, help=f"per-biopsy {k} files, in the same biopsy order")
     t.add_argument("--truth", nargs="*", default=[], help="demo truth JSONs, same biopsy order (scoring only)")
+    t.add_argument("--sources", default="{}", help='JSON {"<participant>/<biopsy>": override source}')
     t.add_argument("--out", required=True)
     t.add_argument("--figure", help="summary figure PNG")
     a = p.parse_args(argv)
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             "orient_source": orient.get("source", ""),
             "core": orient.get("core_position", ""),
             "tract_state": tract.get("state", ""),
+            "override_source": json.loads(a.sources).get(f"{pid}/{bid}", "auto"),
             **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
             "ignored_objects": transfer["ignored_total"],
         }

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts import failures, provenance
+from workflow_scripts.review_app import REVIEW_PORT, review_page
 
 PACKAGES = (
     "tractmap",
@@ -168,7 +169,23 @@ def evaluation_section(d: Path, split: str) -> str:
     )
 
 
-def review_section(rev: pd.DataFrame) -> str:
+def review_links(rev: pd.DataFrame, results: Path) -> str:
+    """The command that starts the review app on this results folder, and each held biopsy's page in it."""
+    if rev.empty:
+        return ""
+    base = f"http://127.0.0.1:{REVIEW_PORT}"
+    cmd = html.escape(f"tractmap-review {results} --port {REVIEW_PORT}")
+    keys = dict.fromkeys(zip(rev["participant_id"], rev["biopsy_id"], strict=True))
+    links = "".join(
+        f'<li><a href="{html.escape(base + review_page(p, b))}">{html.escape(f"{p}/{b}")}</a></li>' for p, b in keys
+    )
+    return (
+        f"<p>Review in the browser: run <code>{cmd}</code> in the working directory and open the URL it prints "
+        f"once (it carries the access token); then each held biopsy's page:</p><ul class='review-links'>{links}</ul>"
+    )
+
+
+def review_section(rev: pd.DataFrame, results: Path) -> str:
     """Biopsies held out of the dataset until a person confirms them, each with its QC figure and override."""
     parts = [
         "<h2>Needs review</h2>",
@@ -176,6 +193,7 @@ def review_section(rev: pd.DataFrame) -> str:
         "the VOC split lists (so of training and evaluation) until confirmed: add the <b>confirm</b> override to "
         "biopsies.tsv if the QC figure agrees, or the <b>correct</b> one if it does not; only that biopsy reruns. "
         "The same list is in review.tsv.</p>",
+        review_links(rev, results),
         table(rev.drop(columns=["qc_figure"])),
     ]
     for r in rev.itertuples():
@@ -246,7 +264,7 @@ def build(a: argparse.Namespace) -> str:
         "<details><summary>per-biopsy QC</summary>"
         + table(qc[~qc["participant_id"].isin(["median", "p95"])])
         + "</details>",
-        review_section(pd.read_csv(a.review, sep="\t", dtype=str, keep_default_na=False)),
+        review_section(pd.read_csv(a.review, sep="\t", dtype=str, keep_default_na=False), Path(a.review).parent),
         "<h2>Training</h2>",
         *train_parts,
         *cv_section(a.cv),
@@ -257,7 +275,7 @@ def build(a: argparse.Namespace) -> str:
         "<h2>Failures and exclusions</h2>",
         "<h3>Failed jobs (from the logs of this working directory)</h3>",
         table(fails.drop(columns=["log"])),
-        "<h3>Biopsies excluded in biopsies.tsv</h3>",
+        "<h3>Biopsies excluded (in biopsies.tsv, or by a review decision)</h3>",
         table(excl),
     ]
     return (

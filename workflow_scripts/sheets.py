@@ -158,5 +158,5 @@ def slide_problems(biopsies: pd.DataFrame, sheet: str) -> list[str]:
 
 def overrides(row: dict) -> dict:
     """The manual override columns present (non-empty) in one biopsies.tsv row."""
-    cols = ("tip_x", "tip_y", "axis_deg", "throw_mm", "dye_end")
+    cols = ("tip_x", "tip_y", "axis_deg", "throw_mm", "override_length_mm", "stroke_mm", "dye_end")
     return {c: row[c] for c in cols if c in row and pd.notna(row[c]) and row[c] != ""}

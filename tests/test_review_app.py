@@ -1,0 +1,348 @@
+"""tractmap-review: the decisions file (locking, undo, precedence) and the app in a real (headless) browser."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+import pytest
+import yaml
+from conftest import ROOT, snakemake
+
+from workflow_scripts import decisions as decisionlib
+from workflow_scripts import report
+from workflow_scripts.review_app import IMAGES, decisions_path, review_page
+
+# ------------------------------------------------------------------ the decisions file (fast)
+
+
+def decision(p: str, b: str, **values) -> dict:
+    return {"participant_id": p, "biopsy_id": b, "reviewer": "tester", "decided_at": "2026-01-01T00:00:00Z", **values}
+
+
+def save_many(path: str, who: str, n: int) -> None:
+    for i in range(n):
+        decisionlib.save(Path(path), decision(who, f"B{i}", decision="flip", dye_end="left"))
+
+
+def test_two_processes_saving_at_once_lose_nothing(tmp_path):
+    path = tmp_path / "reviews/decisions.tsv"
+    ctx = multiprocessing.get_context("spawn")  # two real processes, each re-reading under the lock
+    procs = [ctx.Process(target=save_many, args=(str(path), who, 30)) for who in ("PA", "PB")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    table = decisionlib.read(path)
+    assert sorted(zip(table["participant_id"], table["biopsy_id"], strict=True)) == sorted(
+        (who, f"B{i}") for who in ("PA", "PB") for i in range(30)
+    )
+    assert len(pd.read_csv(decisionlib.history_path(path), sep="\t")) == 60
+    assert not list(path.parent.glob(".*.tmp"))  # every temporary file was renamed into place
+
+
+def test_latest_decision_wins_and_undo_steps_back_through_the_history(tmp_path):
+    path = tmp_path / "decisions.tsv"
+    decisionlib.save(path, decision("P1", "B1", decision="flip", dye_end="left"))
+    decisionlib.save(path, decision("P2", "B1", decision="exclude", exclude="bubble over the core"))
+    decisionlib.save(path, decision("P1", "B1", decision="confirm", dye_end="right", stroke_mm=15))
+    assert len(decisionlib.read(path)) == 2
+    assert decisionlib.current(path, ("P1", "B1"))["dye_end"] == "right"
+    assert decisionlib.current(path, ("P1", "B1"))["stroke_mm"] == 15.0
+    assert decisionlib.undo(path, ("P1", "B1"), "tester", "2026-01-02T00:00:00Z")["dye_end"] == "left"
+    assert decisionlib.undo(path, ("P1", "B1"), "tester", "2026-01-02T00:00:00Z") == {}  # none left
+    assert decisionlib.undo(path, ("P1", "B1"), "tester", "2026-01-02T00:00:00Z") is None  # nothing to undo
+    assert decisionlib.current(path, ("P1", "B1")) is None
+    assert decisionlib.current(path, ("P2", "B1"))["exclude"] == "bubble over the core"  # the other biopsy's stays
+
+
+def test_a_decision_wins_over_the_sheet_group_by_group():
+    sheet = pd.DataFrame(
+        [
+            {
+                "participant_id": "P1",
+                "biopsy_id": "B1",
+                "tip_x": 10.0,
+                "tip_y": 20.0,
+                "axis_deg": 5.0,
+                "dye_end": "top",
+            },
+            {"participant_id": "P1", "biopsy_id": "B2", "tip_x": float("nan"), "dye_end": "left"},
+            {"participant_id": "P1", "biopsy_id": "B3"},
+        ]
+    )
+    table = pd.DataFrame(
+        [decision("P1", "B1", decision="correct", tip_x=30.0, tip_y=40.0, axis_deg=90.0, override_length_mm=18.0)]
+    )
+    merged, sources = decisionlib.apply(sheet, table)
+    rows = merged.set_index("biopsy_id").to_dict("index")
+    # the review's tract group replaces the sheet's whole group; the sheet's dye end stays
+    assert {k: rows["B1"][k] for k in decisionlib.TRACT} == dict(
+        tip_x=30.0, tip_y=40.0, axis_deg=90.0, override_length_mm=18.0
+    )
+    assert rows["B1"]["dye_end"] == "top"
+    assert sources == {("P1", "B1"): "review (tester) + sheet", ("P1", "B2"): "sheet", ("P1", "B3"): "auto"}
+
+
+def test_bad_decisions_are_named_by_file_and_line(tmp_path):
+    table = pd.DataFrame(
+        [
+            decision("P1", "B1", decision="flip", dye_end="sideways"),
+            decision("P1", "B2", decision="exclude"),  # no reason
+            decision("P9", "B1", decision="confirm", dye_end="left"),  # not in the sheet
+            decision("P1", "B3", decision="correct", tip_x=3.0),  # a tip without its axis and length
+        ]
+    )
+    problems = decisionlib.problems(table, "reviews/decisions.tsv", {("P1", "B1"), ("P1", "B2"), ("P1", "B3")})
+    text = "\n".join(problems)
+    assert "line 2 (P1, B1): column dye_end" in text and "sideways" in text
+    assert "line 3 (P1, B2)" in text and "exclude" in text
+    assert "line 4: biopsy P9/B1 is not in the biopsies sheet" in text
+    assert "line 5 (P1, B3)" in text and "tip_y" in text
+    assert {re.search(r" line (\d+)", p).group(1) for p in problems} == {"2", "3", "4", "5"}  # each row, no other
+
+
+# ------------------------------------------------------------------ the app in a browser (a real pipeline run)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of the tumour (label 1) of two labels."""
+    return float(2 * ((a == 1) & (b == 1)).sum() / max((a == 1).sum() + (b == 1).sum(), 1))
+
+
+def dry_run_jobs(workdir: Path, *targets: str) -> set[tuple[str, str]]:
+    """(rule, participant/biopsy or '') of every job a dry run plans."""
+    out = snakemake(workdir, "-n", *targets).stdout
+    jobs = set()
+    for block in re.split(r"\n(?=\s*(?:local)?rule \w+:)", out):
+        m = re.match(r"\s*(?:local)?rule (\w+):", block)
+        if m:
+            w = re.search(r"wildcards: participant=([^,\s]+), biopsy=([^,\s]+)", block)
+            jobs.add((m.group(1), f"{w.group(1)}/{w.group(2)}" if w else ""))
+    return jobs
+
+
+@pytest.fixture
+def held_run(copy_run) -> Path:
+    """The cohort run (5 biopsies) with every orientation held for review, run up to results/review.tsv."""
+    sheet = copy_run / "sheets/biopsies.tsv"
+    pd.read_csv(sheet, sep="\t", dtype=str).head(5).to_csv(sheet, sep="\t", index=False)
+    cfg = yaml.safe_load((copy_run / "config.yaml").read_text())
+    cfg["orient"]["accept_confidence"] = cfg["orient"]["accept_novelty"] = 0.99
+    (copy_run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(copy_run, "--cores", "2", "results/review.tsv", "results/qc/registration_qc.tsv")
+    return copy_run
+
+
+class App:
+    """tractmap-review on a results folder, as a user starts it."""
+
+    def __init__(self, workdir: Path):
+        cmd = [sys.executable, "-m", "workflow_scripts.review_app", "results", "--reviewer", "tester"]
+        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc.stdout.readline()
+        self.url = self.proc.stdout.readline().strip()
+        self.base, self.token = self.url.split("/?token=")
+
+    def request(self, path: str, body: object = None, token: bool = True) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} | ({"X-Tractmap-Token": self.token} if token else {})
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The system Chromium for Playwright (checked before the cohort is prepared)."""
+    pytest.importorskip("playwright.sync_api")
+    path = shutil.which("chromium")
+    if not path:
+        pytest.skip("no system Chromium (tests/run.sh installs Debian's chromium as root)")
+    return path
+
+
+@pytest.mark.slow
+def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_run):
+    from playwright import sync_api
+
+    w = held_run
+    queue = pd.read_csv(w / "results/review.tsv", sep="\t", dtype=str)
+    keys = list(dict.fromkeys(zip(queue["participant_id"], queue["biopsy_id"], strict=True)))
+    confirm = {(r.participant_id, r.biopsy_id): r.confirm for r in queue.itertuples() if r.step == "orient"}
+    assert len(keys) >= 4
+    labels = {k: np.asarray(PIL.Image.open(w / f"results/voc/SegmentationClass/{k[0]}_{k[1]}.png")) for k in keys}
+    # the flipped core: the one whose tumour is least like itself turned end over end, so that a flip shows
+    tumour = [k for k in keys if (labels[k] == 1).sum() > 50]
+    flip = min(tumour, key=lambda k: dice(labels[k], labels[k][::-1, ::-1]))
+    assert dice(labels[flip], labels[flip][::-1, ::-1]) < 0.6
+    i = keys.index(flip)
+    drag = keys[i + 1] if i + 1 < len(keys) else keys[0]  # reached with the n key where it is the next one
+    excl = next(k for k in keys if k not in (flip, drag))
+    untouched = [k for k in keys if k not in (flip, drag, excl)]
+    decisions = w / "reviews/decisions.tsv"
+    tract_before = json.loads((w / "results/tract/{}/{}.json".format(*drag)).read_text())
+
+    app = App(w)
+    try:
+        # refused and nothing written: no token, a wrong one, a bad value, an unknown field, a biopsy not held
+        assert app.request("/", token=False)[0] == 403
+        assert app.request(review_page(*flip), token=False)[0] == 403
+        good = {"participant_id": flip[0], "biopsy_id": flip[1], "decision": "flip", "dye_end": "left"}
+        assert app.request("/api/decision", good, token=False)[0] == 403
+        app.token, token = "x" + app.token[1:], app.token
+        assert app.request("/api/decision", good)[0] == 403
+        app.token = token
+        far = {**good, "decision": "correct", "tip_x": 1e6, "tip_y": 10.0, "axis_deg": 0.0, "override_length_mm": 20.0}
+        status, body = app.request("/api/decision", far)
+        assert status == 400 and b"outside the pre-fire image" in body
+        assert app.request("/api/decision", {**good, "dye_end": "sideways"})[0] == 400
+        assert app.request("/api/decision", {**good, "reviewer": "mallory"})[0] == 400
+        assert app.request("/api/decision", {**good, "decision": "exclude"})[0] == 400  # no reason
+        assert app.request("/api/decision", {**good, "biopsy_id": "B99"})[0] == 404
+        assert app.request("/img/{}/{}/..%2F..%2Fconfig.yaml".format(*flip))[0] == 404
+        assert not decisions.exists()
+
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium)
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(app.url)  # the token becomes a cookie
+            # flip the dyed end: one key
+            page.goto(app.base + review_page(*flip))
+            side = json.loads(page.locator("#data").text_content())["orient"]["other_side"]
+            page.keyboard.press("f")
+            page.wait_for_function("document.getElementById('current').textContent.includes('flip')")
+            # drag T1 20% of the way towards T0 (the axis follows), see the preview, save
+            if i + 1 < len(keys):
+                page.keyboard.press("n")
+                page.wait_for_url(f"**/b/{drag[0]}/{drag[1]}")
+            else:
+                page.goto(app.base + review_page(*drag))
+            box0, box1 = page.locator("#t0").bounding_box(), page.locator("#t1").bounding_box()
+            c0 = np.array([box0["x"] + box0["width"] / 2, box0["y"] + box0["height"] / 2])
+            c1 = np.array([box1["x"] + box1["width"] / 2, box1["y"] + box1["height"] / 2])
+            to = c1 + 0.2 * (c0 - c1)
+            page.mouse.move(*c1)
+            page.mouse.down()
+            page.mouse.move(*(c1 + 0.1 * (c0 - c1)), steps=3)
+            page.mouse.move(*to, steps=3)
+            page.mouse.up()
+            page.wait_for_function("document.getElementById('preview-label').textContent.includes('preview')")
+            page.fill("#stroke", "18")  # the gun's stroke, kept with the correction
+            page.locator("#stroke").blur()
+            page.keyboard.press("s")
+            page.wait_for_function("document.getElementById('current').textContent.includes('correct')")
+            # confirm (c), then take it back (u): the page comes back undecided
+            page.goto(app.base + review_page(*excl))
+            page.keyboard.press("c")
+            page.wait_for_function("document.getElementById('current').textContent.includes('confirm')")
+            page.keyboard.press("u")
+            page.wait_for_function("document.getElementById('current').textContent === 'No decision yet.'")
+            # exclude: refused without a reason, kept with one
+            page.click("#exclude")
+            assert "reason" in page.locator("#status").text_content()
+            page.fill("#exclude-reason", "air bubble over the tract")
+            page.click("#exclude")
+            page.wait_for_function("document.getElementById('current').textContent.includes('exclude')")
+            assert not errors, errors
+            browser.close()
+        # nothing the app serves holds a DICOM patient or study header value (the demo plants them)
+        canaries = set()
+        for t in (w / "demo/truth").rglob("*.json"):
+            canaries |= set(json.loads(t.read_text())["canaries"].values())
+        needles = [c.encode() for c in canaries] + [c.replace("^", " ").encode() for c in canaries]
+        paths = ["/"] + [review_page(*k) for k in keys] + [f"/img/{k[0]}/{k[1]}/{n}" for k in keys for n in IMAGES]
+        served = [app.request(p) for p in paths]
+        assert canaries and all(status == 200 for status, _ in served)
+        assert not [n for _, body in served for n in needles if n in body]
+    finally:
+        app.close()
+
+    table = decisionlib.read(decisions).set_index(["participant_id", "biopsy_id"])
+    assert set(table.index) == {flip, drag, excl}
+    assert table.loc[flip, "decision"] == "flip" and table.loc[flip, "dye_end"] == side
+    assert table.loc[drag, "stroke_mm"] == 18.0 and "stroke_mm" not in decisionlib.clean(table.loc[flip].to_dict())
+    assert table.loc[excl, "decision"] == "exclude" and table.loc[excl, "exclude"] == "air bubble over the tract"
+    history = pd.read_csv(decisionlib.history_path(decisions), sep="\t", dtype=str)
+    steps = history.loc[(history["participant_id"] == excl[0]) & (history["biopsy_id"] == excl[1]), "decision"]
+    assert list(steps) == ["confirm", "undo", "exclude"]
+    d = table.loc[drag]
+    assert d["decision"] == "correct" and (table["reviewer"] == "tester").all()
+    assert d["override_length_mm"] == pytest.approx(0.8 * tract_before["sampled_length_mm"], rel=0.1)
+    assert d["axis_deg"] == pytest.approx(tract_before["axis_deg"], abs=3)
+
+    # only the decided biopsies' jobs and the aggregates are planned; the excluded one has none
+    jobs = dry_run_jobs(w, "results/review.tsv", "results/qc/registration_qc.tsv")
+    per_biopsy = {b for _, b in jobs if b}
+    assert per_biopsy == {"{}/{}".format(*flip), "{}/{}".format(*drag)}, jobs
+    # the flip reruns the orientation only; the drag reruns the tract (and the orientation, held too here,
+    # which the same save confirmed as the page showed it)
+    assert ("orient", "{}/{}".format(*flip)) in jobs and ("tract", "{}/{}".format(*flip)) not in jobs
+    assert ("tract", "{}/{}".format(*drag)) in jobs and f"dye_end={d['dye_end']}" == confirm[drag]
+    assert {r for r, b in jobs if not b} == {"review", "qc_table"}
+    assert untouched  # and none of theirs is planned (per_biopsy above)
+
+    # the rerun follows the decisions: the flipped core's label is turned end over end along the tract
+    snakemake(w, "--cores", "2", "results/review.tsv", "results/qc/registration_qc.tsv")
+    after = np.asarray(PIL.Image.open(w / f"results/voc/SegmentationClass/{flip[0]}_{flip[1]}.png"))
+    before = labels[flip]
+    assert after.shape == before.shape
+    assert dice(after, before[::-1, ::-1]) > 0.9 > 0.6 > dice(after, before)
+    orient = json.loads((w / "results/orient/{}/{}.json".format(*flip)).read_text())
+    assert orient["state"] == "override"
+    tract = json.loads((w / "results/tract/{}/{}.json".format(*drag)).read_text())
+    assert tract["sampled_length_mm"] == pytest.approx(d["override_length_mm"], abs=0.01)
+    qc = pd.read_csv(w / "results/qc/registration_qc.tsv", sep="\t", dtype=str).set_index(
+        ["participant_id", "biopsy_id"]
+    )
+    assert qc.loc[flip, "override_source"] == qc.loc[drag, "override_source"] == "review (tester)"
+    assert excl not in qc.index and qc.loc[untouched[0], "override_source"] == "auto"
+    review = pd.read_csv(w / "results/review.tsv", sep="\t", dtype=str)
+    assert not ((review["participant_id"] == flip[0]) & (review["biopsy_id"] == flip[1])).any()
+
+
+def test_the_report_links_each_held_biopsy_to_its_review_page():
+    rev = pd.DataFrame(
+        {"participant_id": ["P1", "P1", "P2"], "biopsy_id": ["B1", "B1", "B_2"], "step": ["orient", "tract", "orient"]}
+    )
+    text = report.review_links(rev, Path("out/results"))
+    assert "<code>tractmap-review out/results --port 8765</code>" in text
+    assert re.findall(r'href="([^"]+)"', text) == ["http://127.0.0.1:8765/b/P1/B1", "http://127.0.0.1:8765/b/P2/B_2"]
+    assert report.review_links(rev.head(0), Path("results")) == ""
+
+
+def test_the_app_writes_the_decisions_file_the_workflow_reads(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"review": {"decisions": "elsewhere/d.tsv"}}))
+    assert decisions_path(tmp_path / "results") == tmp_path / "elsewhere/d.tsv"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"results": "results"}))  # the schema's default
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    default = schema["properties"]["review"]["properties"]["decisions"]["default"]
+    assert decisions_path(tmp_path / "results") == tmp_path / default == tmp_path / "reviews/decisions.tsv"
+
+
+def test_host_other_than_loopback_needs_an_explicit_option(tmp_path):
+    (tmp_path / "review.tsv").write_text("participant_id\tbiopsy_id\tstep\treason\tconfirm\tcorrect\tqc_figure\n")
+    cmd = [sys.executable, "-m", "workflow_scripts.review_app", str(tmp_path), "--host", "0.0.0.0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.returncode == 2 and "--expose" in res.stderr

@@ -1,0 +1,220 @@
+"""Review decisions as data: the file tractmap-review writes and the workflow reads.
+
+One row per biopsy (its latest decision) in ``review.decisions`` (config.yaml; default
+``reviews/decisions.tsv``).  Every save and undo is also appended to the history beside it
+(``decisions.log.tsv``), which undo replays.  Writes hold an exclusive lock on ``<file>.lock``,
+re-read the file inside the lock and replace it atomically, so two browser tabs saving at once
+lose nothing.
+
+The value columns mean what the biopsies.tsv override columns of the same name mean.  Precedence,
+decided here only: a decision wins over the sheet, group by group (:data:`GROUPS`): a decision that
+sets any of a group's columns replaces all of that group's sheet values (a review tip never pairs
+with a sheet axis); groups the decision leaves empty keep the sheet's values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import functools
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jsonschema
+import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas and the sheet checks are imported where the workflow reads the file: the app, which only
+# writes it, starts without them
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "decisions.schema.yaml"
+TRACT = ("tip_x", "tip_y", "axis_deg", "override_length_mm")
+# override groups, each taken whole from the decision or whole from the sheet
+GROUPS = {"dye_end": ("dye_end",), "tract": TRACT, "stroke": ("stroke_mm",), "exclude": ("exclude",)}
+VALUES = tuple(c for cols in GROUPS.values() for c in cols)
+COLUMNS = ["participant_id", "biopsy_id", "decision", *VALUES, "reviewer", "decided_at"]
+NUMERIC = {"tip_x", "tip_y", "axis_deg", "override_length_mm", "stroke_mm"}
+IDS = ("participant_id", "biopsy_id")
+
+
+@functools.cache
+def schema() -> dict:
+    """The JSON schema of one decision (schemas/decisions.schema.yaml)."""
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def default_path() -> str:
+    """review.decisions when config.yaml leaves it out: the config schema's default (one place)."""
+    doc = yaml.safe_load(SCHEMA.with_name("config.schema.yaml").read_text())
+    return doc["properties"]["review"]["properties"]["decisions"]["default"]
+
+
+def history_path(path: Path) -> Path:
+    """The append-only history beside a decisions file."""
+    return path.with_name(f"{path.stem}.log{path.suffix}")
+
+
+def present(value: object) -> bool:
+    """Whether a cell holds a value (not NaN, None or blank)."""
+    return not (value is None or (isinstance(value, float) and value != value) or str(value).strip() == "")
+
+
+def clean(record: dict) -> dict:
+    """A row's non-empty cells, numbers as numbers."""
+    return {k: float(v) if k in NUMERIC else v for k, v in record.items() if present(v)}
+
+
+def read(path: str | Path) -> pd.DataFrame:
+    """The decisions file, numbers as numbers; an empty table when there is none yet."""
+    import pandas as pd
+
+    from workflow_scripts import sheets as sheetlib
+
+    if not Path(path).is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    return sheetlib.read_sheet(str(path), NUMERIC)
+
+
+def problems(table: pd.DataFrame, path: str, known: set[tuple[str, str]]) -> list[str]:
+    """Every schema violation, duplicate and unknown biopsy of a decisions table, named by file and line."""
+    from workflow_scripts import sheets as sheetlib
+
+    found = sheetlib.schema_problems(table, schema(), path, IDS)
+    seen = set()
+    for i, r in enumerate(table.to_dict("records")):
+        key = (str(r.get("participant_id")), str(r.get("biopsy_id")))
+        if key in seen:
+            found.append(f"{path} line {sheetlib.line(i)}: a second decision for {key[0]}/{key[1]}; keep one row")
+        elif key not in known:
+            found.append(
+                f"{path} line {sheetlib.line(i)}: biopsy {key[0]}/{key[1]} is not in the biopsies sheet; "
+                "delete the row, or add the biopsy back to the sheet"
+            )
+        seen.add(key)
+    return found
+
+
+def source(sheet_row: dict, decision: dict | None) -> str:
+    """Where a biopsy's overrides come from: ``auto``, ``sheet``, ``review (<reviewer>)`` or both."""
+    groups = {g for g, cols in GROUPS.items() if decision and any(present(decision.get(c)) for c in cols)}
+    from_sheet = any(present(sheet_row.get(c)) for g, cols in GROUPS.items() if g not in groups for c in cols)
+    parts = ([f"review ({decision['reviewer']})"] if decision else []) + (["sheet"] if from_sheet else [])
+    return " + ".join(parts) or "auto"
+
+
+def apply(sheet: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
+    """The sheet with each decision's groups in place of its own values, and each biopsy's override source."""
+    import pandas as pd
+
+    out = sheet.copy()
+    for c in VALUES:
+        if c not in out:
+            out[c] = pd.Series([float("nan")] * len(out), index=out.index, dtype=object)
+    by_key = {(r["participant_id"], r["biopsy_id"]): clean(r) for r in table.to_dict("records")}
+    sources = {}
+    for i, row in zip(out.index, out.to_dict("records"), strict=True):
+        key = (row["participant_id"], row["biopsy_id"])
+        d = by_key.get(key)
+        sources[key] = source(row, d)
+        for cols in GROUPS.values():
+            if d and any(c in d for c in cols):
+                for c in cols:
+                    out.at[i, c] = d.get(c, float("nan"))
+    return out, sources
+
+
+def validate(record: dict) -> list[str]:
+    """Schema problems of one decision (empty: valid)."""
+    v = jsonschema.Draft202012Validator(schema())
+    return [f"{'/'.join(map(str, e.absolute_path)) or 'decision'}: {e.message}" for e in v.iter_errors(record)]
+
+
+# ------------------------------------------------------------------ writing (the app)
+
+_THREAD_LOCK = threading.Lock()  # flock excludes other processes; this, other threads of the app
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive access to a decisions file and its history, across processes and threads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{c: r.get(c) or "" for c in COLUMNS} for r in csv.DictReader(f, delimiter="\t")]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    """Replace a decisions file atomically (a reader sees the old or the new file, never a part)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        out = csv.DictWriter(f, COLUMNS, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _append(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        out = csv.DictWriter(f, COLUMNS, delimiter="\t", lineterminator="\n", extrasaction="ignore")
+        if new:
+            out.writeheader()
+        out.writerow(row)
+
+
+def _text(record: dict) -> dict:
+    """A decision as the file's text cells (numbers without a trailing .0 where whole)."""
+    fmt = lambda v: repr(float(v)).removesuffix(".0") if isinstance(v, int | float) else str(v)  # noqa: E731
+    return {c: fmt(record[c]) if c in record else "" for c in COLUMNS}
+
+
+def current(path: Path, key: tuple[str, str]) -> dict | None:
+    """A biopsy's latest decision (its non-empty cells), if any."""
+    return next((clean(r) for r in _rows(path) if (r["participant_id"], r["biopsy_id"]) == key), None)
+
+
+def save(path: Path, record: dict) -> dict:
+    """Keep one (validated) decision: it replaces the biopsy's row, the others are re-read and kept."""
+    row = _text(record)
+    key = (row["participant_id"], row["biopsy_id"])
+    with locked(path):
+        rows = [r for r in _rows(path) if (r["participant_id"], r["biopsy_id"]) != key]
+        _write(path, [*rows, row])
+        _append(history_path(path), row)
+    return clean(row)
+
+
+def undo(path: Path, key: tuple[str, str], reviewer: str, at: str) -> dict | None:
+    """Take back a biopsy's latest decision: the one before it (from the history) is current again, or none."""
+    with locked(path):
+        stack: list[dict] = []
+        for r in _rows(history_path(path)):
+            if (r["participant_id"], r["biopsy_id"]) == key:
+                if r["decision"] == "undo":
+                    stack = stack[:-1]
+                else:
+                    stack.append(r)
+        if not stack:
+            return None
+        stack.pop()
+        rows = [r for r in _rows(path) if (r["participant_id"], r["biopsy_id"]) != key]
+        _write(path, rows + stack[-1:])
+        _append(history_path(path), {"participant_id": key[0], "biopsy_id": key[1], "decision": "undo",
+                                     "reviewer": reviewer, "decided_at": at})  # fmt: skip
+    return clean(stack[-1]) if stack else {}

@@ -1,0 +1,481 @@
+"""tractmap-review: confirm or correct the held biopsies of a results folder in the browser.
+
+``tractmap-review RESULTS_DIR`` serves the review queue (``<results>/review.tsv``) on
+127.0.0.1 at a free port and prints the URL with a random access token, as Jupyter does.
+A person confirms, flips the dyed end, drags T0/T1, sets the gun stroke or excludes;
+each decision is one row of the decisions file (:mod:`workflow_scripts.decisions`),
+which the workflow reads as biopsies.tsv overrides (only that biopsy reruns).
+
+Built on the standard library's ``http.server`` (no dependency): the app has a handful of
+routes, and every byte it serves is looked up by (participant, biopsy) in the queue and a
+fixed file name; no request path or value reaches the file system.  Every request must carry
+the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import hmac
+import html
+import http.cookies
+import http.server
+import importlib
+import io
+import ipaddress
+import json
+import math
+import secrets
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from workflow_scripts import decisions as decisionlib
+
+# the pipeline's own steps (scipy, scikit-image) are imported by a thread once the server listens
+# (warm_up), so that the app starts at once; a request that needs one waits for that import
+STEPS = ("workflow_scripts.tract", "workflow_scripts.review")
+
+STATIC = Path(__file__).with_name("review_static")
+COOKIE = "tractmap_review_token"
+HEADER = "X-Tractmap-Token"
+MAX_BODY = 64 * 1024
+# what a page may ask for: its image's name -> the file under <results> ({p}/{b}: the queue's IDs)
+IMAGES = {
+    "prefire": "ingest/{p}/{b}/prefire.png",
+    "postfire": "ingest/{p}/{b}/postfire.png",
+    "wsi": "ingest/{p}/{b}/wsi.png",
+    "oriented": "orient/{p}/{b}_oriented.png",
+    "crop": "tract/{p}/{b}_crop.png",
+    "qc": "qc/{p}/{b}.png",
+}
+JSONS = {
+    "orient": "orient/{p}/{b}.json",
+    "tract": "tract/{p}/{b}.json",
+    "pre": "ingest/{p}/{b}/prefire.json",
+    "post": "ingest/{p}/{b}/postfire.json",
+}
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+# the port the report's links to review pages assume (tractmap-review --port); by default the app takes a free one
+REVIEW_PORT = 8765
+# what a browser may send in a decision; reviewer and time are the server's
+CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", *decisionlib.VALUES}
+
+
+class Refused(Exception):
+    """A request the app answers with an error status and a message, changing nothing."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Queue:
+    """The held biopsies of a results folder, in review.tsv order, with their review rows."""
+
+    results: Path
+    rows: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, results: Path) -> Queue:
+        q = cls(results)
+        with open(results / "review.tsv", newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f, delimiter="\t"):
+                q.rows.setdefault((r["participant_id"], r["biopsy_id"]), []).append(r)
+        return q
+
+    def keys(self) -> list[tuple[str, str]]:
+        return list(self.rows)
+
+    def known(self, p: str, b: str) -> tuple[str, str]:
+        """The queue's own key for (p, b); a biopsy not in the queue is refused."""
+        for key in self.rows:
+            if key == (p, b):
+                return key
+        raise Refused(404 if p and b else 400, f"biopsy {p}/{b} is not in the review queue")
+
+    def file(self, key: tuple[str, str], pattern: str) -> Path:
+        return self.results / pattern.format(p=key[0], b=key[1])
+
+    def data(self, key: tuple[str, str]) -> dict:
+        """A biopsy's orient, tract and ingest records (read per request: the pipeline may rerun meanwhile)."""
+        return {k: json.loads(self.file(key, pat).read_text()) for k, pat in JSONS.items()}
+
+
+def review_page(p: str, b: str) -> str:
+    """The path of a biopsy's review page."""
+    return f"/b/{urllib.parse.quote(p, safe='')}/{urllib.parse.quote(b, safe='')}"
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def region(meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Origin (DICOM frame px of the tissue region's top-left) and inclusive far corner of an ingest record."""
+    x0, y0, x1, y1 = meta["region_bounds_xyxy"]
+    return np.array([x0, y0], float), np.array([x1, y1], float)
+
+
+def tract_points(values: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """T0 and T1 in pre-fire tissue-region px: a decision's tip/axis/length through the tract step's own
+    override path (``tract.pixel_overrides`` + ``tract.tract``), or the automatic result."""
+    from workflow_scripts import tract as tractlib
+
+    t = data["tract"]
+    if "tip_x" not in values:
+        return np.array(t["t0_px"], float), np.array(t["t1_px"], float)
+    mm = tuple(data["pre"]["mm_per_px"])
+    origin, _ = region(data["pre"])
+    ov = tractlib.pixel_overrides([values["tip_x"], values["tip_y"]], values["axis_deg"], list(origin), mm)
+    res = tractlib.tract(None, None, mm, t["throw_mm"], {**ov, "throw_mm": values["override_length_mm"]})
+    return np.array(res["t0_px"], float), np.array(res["t1_px"], float)
+
+
+def check(body: object, queue: Queue, reviewer: str) -> dict:
+    """A decision from the browser, validated: known biopsy and fields, schema, tips inside the pre-fire frame."""
+    if not isinstance(body, dict):
+        raise Refused(400, "a decision is a JSON object")
+    unknown = sorted(set(body) - CLIENT_FIELDS)
+    if unknown:
+        raise Refused(400, f"unknown field(s): {', '.join(map(str, unknown))}")
+    key = queue.known(str(body.get("participant_id", "")), str(body.get("biopsy_id", "")))
+    for k, v in body.items():
+        if k in decisionlib.NUMERIC and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
+            raise Refused(400, f"{k} must be a finite number")
+    record = {
+        **{k: v for k, v in body.items() if decisionlib.present(v)},
+        "reviewer": reviewer,
+        "decided_at": utc_now(),
+    }
+    problems = decisionlib.validate(record)
+    if problems:
+        raise Refused(400, "; ".join(problems))
+    if "tip_x" in record:
+        data = queue.data(key)
+        lo, hi = region(data["pre"])
+        origin = lo
+        t0, t1 = tract_points(record, data)
+        for name, pt in (("T0 (tip_x, tip_y)", t0), ("T1 (from axis_deg and override_length_mm)", t1)):
+            frame_pt = pt + origin
+            if not (np.all(frame_pt >= lo) and np.all(frame_pt <= hi)):
+                raise Refused(
+                    400,
+                    f"{name} at ({frame_pt[0]:.1f}, {frame_pt[1]:.1f}) is outside the pre-fire image "
+                    f"(x {lo[0]:.0f}-{hi[0]:.0f}, y {lo[1]:.0f}-{hi[1]:.0f})",
+                )
+    return record
+
+
+def preview_png(record: dict, queue: Queue) -> bytes:
+    """The crop strip a decision would give, by the tract step's own crop (``tract.crop_strip``)."""
+    from workflow_scripts import tract as tractlib
+
+    key = queue.known(record["participant_id"], record["biopsy_id"])
+    data = queue.data(key)
+    t = data["tract"]
+    t0, t1 = tract_points(record, data)
+    pre = np.asarray(PIL.Image.open(queue.file(key, IMAGES["prefire"])).convert("L"))
+    margin = t["tract_x_px"][0] * t["out_mm_per_px"]  # the crop's margin before T0, as the run set it
+    crop, _ = tractlib.crop_strip(
+        pre, {"t0_px": t0, "t1_px": t1}, tuple(t["mm_per_px"]), t["width_mm"], t["out_mm_per_px"], margin
+    )
+    buf = io.BytesIO()
+    PIL.Image.fromarray(crop).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
+    """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
+    from workflow_scripts import review as reviewlib
+
+    data = queue.data(key)
+    o, t = data["orient"], data["tract"]
+    c, a = np.array(o["centroid"]), np.array(o["axis"])
+    ends = [(c + a * e).tolist() for e in o["extent"]]
+    keys = queue.keys()
+    i = keys.index(key)
+    held = {r["step"] for r in queue.rows[key]}
+    decision = decisionlib.current(decisions_file, key)
+    if decision and "tip_x" in decision:  # its T0/T1, as the tract step will place them
+        decision["points"] = [p.tolist() for p in tract_points(decision, data)]
+    return {
+        "participant_id": key[0],
+        "biopsy_id": key[1],
+        "reasons": [{"step": r["step"], "reason": r["reason"]} for r in queue.rows[key]],
+        "held": sorted(held),
+        "orient": {
+            "state": o.get("state"),
+            "confidence": o.get("confidence"),
+            "ends": ends,
+            "dyed": 1 if o["dye_at_positive_end"] else 0,
+            "found_side": reviewlib.dye_end_side(o),
+            "other_side": reviewlib.dye_end_side(o, flipped=True),
+            "width": o.get("width", 20),
+        },
+        "tract": {
+            "state": t.get("state"),
+            "confidence": t.get("confidence", {}),
+            "t0": t["t0_px"],
+            "t1": t["t1_px"],
+            "length_mm": t["sampled_length_mm"],
+            "axis_deg": t["axis_deg"],
+            "stroke_mm": t["throw_mm"],
+            "mm_per_px": data["pre"]["mm_per_px"],
+            "origin": data["pre"]["region_bounds_xyxy"][:2],
+            "shape": data["pre"]["shape"],
+            "post_shape": data["post"]["shape"],
+            "post_shift": t.get("post_shift_px", [0.0, 0.0]),
+        },
+        "decision": decision,
+        "wsi_size": list(PIL.Image.open(queue.file(key, IMAGES["wsi"])).size),  # reads the header only
+        "prev": review_page(*keys[i - 1]) if i > 0 else None,
+        "next": review_page(*keys[i + 1]) if i + 1 < len(keys) else None,
+        "position": [i + 1, len(keys)],
+    }
+
+
+def page_html(data: dict) -> str:
+    """One biopsy's page: the data as JSON for app.js, which draws and acts."""
+    title = html.escape(f"{data['participant_id']}/{data['biopsy_id']}")
+    blob = json.dumps(data).replace("</", "<\\/")
+    return (STATIC / "page.html").read_text().replace("{{title}}", title).replace("{{data}}", blob)
+
+
+def index_html(queue: Queue, decisions_file: Path) -> str:
+    rows = []
+    for key, items in queue.rows.items():
+        d = decisionlib.current(decisions_file, key) or {}
+        href = review_page(*key)
+        steps = ", ".join(r["step"] for r in items)
+        rows.append(
+            f"<tr><td><a href='{html.escape(href)}'>{html.escape('/'.join(key))}</a></td><td>{html.escape(steps)}</td>"
+            f"<td>{html.escape(d.get('decision', 'open'))}</td><td>{html.escape(d.get('reviewer', ''))}</td></tr>"
+        )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap review queue</title>"
+        "<link rel='stylesheet' href='/static/style.css'><link rel='icon' href='data:,'></head>"
+        "<body><h1>Review queue</h1>"
+        f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}.</p>"
+        "<table id='queue'><tr><th>biopsy</th><th>held step(s)</th><th>decision</th><th>reviewer</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+
+
+@dataclass
+class App:
+    queue: Queue
+    decisions_file: Path
+    token: str
+    reviewer: str
+
+    def authorised(self, query: dict, cookie: str, header: str) -> bool:
+        given = [query.get("token", [""])[0], cookie, header]
+        return any(g and hmac.compare_digest(g.encode(), self.token.encode()) for g in given)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    app: App  # set on the subclass made by serve()
+    server_version = "tractmap-review"
+    sys_version = ""
+
+    def log_message(self, fmt: str, *args: object) -> None:  # no query strings (the token) in the log
+        sys.stderr.write(f"{self.command} {urllib.parse.urlsplit(self.path).path} {args[1] if len(args) > 1 else ''}\n")
+
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: object, extra: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", extra)
+
+    def _route(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        jar = http.cookies.SimpleCookie(self.headers.get("Cookie", ""))
+        cookie = jar[COOKIE].value if COOKIE in jar else ""
+        app = self.app
+        if not app.authorised(query, cookie, self.headers.get(HEADER, "")):
+            raise Refused(403, "missing or wrong token: open the URL tractmap-review printed")
+        extra = {}
+        if query.get("token"):  # the first visit: the token moves into a cookie that only this site sends
+            extra["Set-Cookie"] = f"{COOKIE}={app.token}; HttpOnly; SameSite=Strict; Path=/"
+        parts = [urllib.parse.unquote(s) for s in url.path.split("/")[1:]]
+        if self.command == "GET":
+            self._get(parts, extra)
+        else:
+            self._post(parts)
+
+    def _get(self, parts: list[str], extra: dict) -> None:
+        app = self.app
+        if parts in ([""], []):
+            return self._send(200, index_html(app.queue, app.decisions_file).encode(), "text/html", extra)
+        if len(parts) == 3 and parts[0] == "b":
+            key = app.queue.known(parts[1], parts[2])
+            body = page_html(page_data(key, app.queue, app.decisions_file))
+            return self._send(200, body.encode(), "text/html; charset=utf-8", extra)
+        if len(parts) == 4 and parts[0] == "img" and parts[3] in IMAGES:
+            key = app.queue.known(parts[1], parts[2])
+            path = app.queue.file(key, IMAGES[parts[3]])
+            if not path.is_file():
+                raise Refused(404, f"{parts[3]} image of {key[0]}/{key[1]} is not in the results folder")
+            return self._send(200, path.read_bytes(), "image/png", extra)
+        if len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC_FILES:
+            return self._send(200, (STATIC / parts[1]).read_bytes(), STATIC_FILES[parts[1]], extra)
+        if len(parts) == 4 and parts[:2] == ["api", "decision"]:
+            key = app.queue.known(parts[2], parts[3])
+            return self._json(200, decisionlib.current(app.decisions_file, key), extra)
+        raise Refused(404, "no such page")
+
+    def _body(self) -> object:
+        if self.headers.get_content_type() != "application/json":
+            raise Refused(415, "send JSON (Content-Type: application/json)")
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise Refused(400, "bad Content-Length") from None
+        if not 0 < n <= MAX_BODY:
+            raise Refused(413, f"a body of 1 to {MAX_BODY} bytes")
+        try:
+            return json.loads(self.rfile.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Refused(400, "the body is not JSON") from None
+
+    def _post(self, parts: list[str]) -> None:
+        app = self.app
+        body = self._body()
+        if parts == ["api", "decision"]:
+            record = check(body, app.queue, app.reviewer)
+            return self._json(200, decisionlib.save(app.decisions_file, record))
+        if parts == ["api", "preview"]:
+            record = check(body, app.queue, app.reviewer)
+            return self._send(200, preview_png(record, app.queue), "image/png")
+        if parts == ["api", "undo"]:
+            if not isinstance(body, dict) or set(body) != {"participant_id", "biopsy_id"}:
+                raise Refused(400, "undo takes participant_id and biopsy_id only")
+            key = app.queue.known(str(body["participant_id"]), str(body["biopsy_id"]))
+            left = decisionlib.undo(app.decisions_file, key, app.reviewer, utc_now())
+            if left is None:
+                raise Refused(409, f"no decision of {key[0]}/{key[1]} to undo")
+            return self._json(200, left or None)
+        raise Refused(404, "no such action")
+
+    def _handle(self) -> None:
+        try:
+            self._route()
+        except Refused as e:
+            if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a person, not app.js
+                page = f"<!DOCTYPE html><title>tractmap review</title><p>{html.escape(e.message)}</p>"
+                return self._send(e.status, page.encode(), "text/html; charset=utf-8")
+            self._json(e.status, {"error": e.message})
+
+    do_GET = do_HEAD = do_POST = _handle  # noqa: N815
+
+
+def warm_up() -> threading.Thread:
+    """Import the pipeline's steps in the background (a page that needs one before then waits for it)."""
+    t = threading.Thread(target=lambda: [importlib.import_module(m) for m in STEPS], daemon=True)
+    t.start()
+    return t
+
+
+def free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def make_server(
+    results: Path, decisions_file: Path, host: str, port: int, reviewer: str, token: str
+) -> http.server.ThreadingHTTPServer:
+    """The app's server (not yet serving): the queue is read once here; pages read their biopsy's files."""
+    app = App(Queue.load(results), decisions_file, token, reviewer)
+    handler = type("BoundHandler", (Handler,), {"app": app})
+    cls = http.server.ThreadingHTTPServer
+    if ":" in host:
+        cls = type("Server6", (cls,), {"address_family": socket.AF_INET6})
+    server = cls((host, port or free_port(host)), handler)
+    server.daemon_threads = True
+    return server
+
+
+def decisions_path(results: Path) -> Path:
+    """The decisions file of the working directory that made ``results`` (its parent, else the current
+    folder): review.decisions of its config.yaml, relative to it, or the config schema's default."""
+    import yaml
+
+    for workdir in (results.resolve().parent, Path.cwd()):
+        cfg = workdir / "config.yaml"
+        if cfg.is_file():
+            name = ((yaml.safe_load(cfg.read_text()) or {}).get("review") or {}).get("decisions")
+            return workdir / (name or decisionlib.default_path())
+    return Path.cwd() / decisionlib.default_path()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="tractmap-review", description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, help="the results folder (holds review.tsv)")
+    p.add_argument(
+        "--decisions",
+        type=Path,
+        help="decisions file (default: review.decisions of the config.yaml beside RESULTS_DIR, else in this folder)",
+    )
+    p.add_argument("--reviewer", default=None, help="who decides (default: the OS user name)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (another than loopback needs --expose)")
+    p.add_argument("--expose", action="store_true", help="allow --host other than loopback (anyone reaching it "
+                   "with the token can write decisions)")  # fmt: skip
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    a = p.parse_args(argv)
+    if not (a.results / "review.tsv").is_file():
+        p.error(f"{a.results}/review.tsv does not exist: run the workflow first (snakemake {a.results}/review.tsv)")
+    if not loopback(a.host) and not a.expose:
+        p.error(f"--host {a.host} is not loopback: add --expose to serve the review app on another interface")
+    if not loopback(a.host):
+        print(f"WARNING: serving on {a.host}: anyone who can reach it and has the token can change decisions",
+              file=sys.stderr)  # fmt: skip
+    decisions_file = a.decisions or decisions_path(a.results)
+    server = make_server(
+        a.results, decisions_file, a.host, a.port, a.reviewer or getpass.getuser(), secrets.token_urlsafe(24)
+    )
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    n = len(server.RequestHandlerClass.app.queue.rows)
+    print(f"tractmap-review: {n} held biopsies of {a.results}; decisions to {decisions_file}", flush=True)
+    print(f"    http://{host}:{server.server_address[1]}/?token={server.RequestHandlerClass.app.token}", flush=True)
+    warm_up()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+// tractmap-review: one held biopsy's page. The server embeds the data; every decision is sent as JSON
+// and validated there (workflow_scripts/review_app.py); this script only draws and collects.
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const SVGNS = "http://www.w3.org/2000/svg";
+const $ = (id) => document.getElementById(id);
+const ids = { participant_id: D.participant_id, biopsy_id: D.biopsy_id };
+const base = `/img/${encodeURIComponent(D.participant_id)}/${encodeURIComponent(D.biopsy_id)}`;
+const T = D.tract;
+const [W, H] = [T.shape[1], T.shape[0]];
+let state; // flipped, t0, t1, moved, stroke
+
+function fromDecision(d) {
+  const s = { flipped: false, t0: T.t0.slice(), t1: T.t1.slice(), moved: false, stroke: "" };
+  if (d) {
+    s.flipped = d.dye_end === D.orient.other_side;
+    if (d.points) { s.t0 = d.points[0]; s.t1 = d.points[1]; s.moved = true; }
+    if (d.stroke_mm !== undefined) s.stroke = String(d.stroke_mm);
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- drawing
+function el(parent, name, attrs) {
+  const e = document.createElementNS(SVGNS, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  parent.appendChild(e);
+  return e;
+}
+
+const [SW, SH] = D.wsi_size;
+function drawSlide() {
+  const [sw, sh] = [SW, SH];
+  $("slide").setAttribute("viewBox", slideView.vb.join(" "));
+  $("oriented").className = state.flipped ? "flipped" : "";
+  const img = $("slide-img");
+  img.setAttribute("href", `${base}/wsi`);
+  img.setAttribute("width", sw);
+  img.setAttribute("height", sh);
+  const g = $("slide-overlay");
+  g.replaceChildren();
+  const [a, b] = D.orient.ends;
+  const r = Math.max(sw, sh) / 60;
+  el(g, "line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: "#ffd400", "stroke-width": r / 4,
+    "stroke-dasharray": `${r} ${r / 2}` });
+  const dyed = state.flipped ? 1 - D.orient.dyed : D.orient.dyed;
+  D.orient.ends.forEach((p, i) => {
+    el(g, "circle", { id: i === dyed ? "dyed-end" : "undyed-end", cx: p[0], cy: p[1], r,
+      fill: i === dyed ? "#1e64ff" : "none", stroke: "#fff", "stroke-width": r / 4 });
+    const t = el(g, "text", { x: p[0] + r * 1.3, y: p[1], fill: "#fff", "font-size": r * 1.6 });
+    t.textContent = i === dyed ? "dye" : "other end";
+  });
+  const side = state.flipped ? D.orient.other_side : D.orient.found_side;
+  $("slide-legend").textContent = `dyed end: ${side}` + (state.flipped ? " (flipped)" : " (as found)") +
+    ` - orientation ${D.orient.state}, confidence ${D.orient.confidence.toFixed(2)}`;
+}
+
+const slideView = { vb: [0, 0, SW, SH] };
+const view = { post: false, vb: [0, 0, W, H] };
+function drawUS() {
+  const svg = $("us");
+  svg.setAttribute("viewBox", view.vb.join(" "));
+  const img = $("us-img");
+  const [pw, ph] = view.post ? [T.post_shape[1], T.post_shape[0]] : [W, H];
+  img.setAttribute("href", `${base}/${view.post ? "postfire" : "prefire"}`);
+  img.setAttribute("width", pw);
+  img.setAttribute("height", ph);
+  // T0/T1 are pre-fire px; on the post-fire frame they sit where the run aligned the two frames
+  const s = view.post ? T.post_shift : [0, 0];
+  $("us-overlay").setAttribute("transform", `translate(${s[0]} ${s[1]})`);
+  const r = Math.max(3, view.vb[2] / 70);
+  const [p0, p1] = [state.t0, state.t1];
+  for (const [id, p] of [["t0", p0], ["t1", p1]]) {
+    const c = $(id);
+    c.setAttribute("cx", p[0]); c.setAttribute("cy", p[1]); c.setAttribute("r", r);
+    c.setAttribute("stroke-width", r / 4);
+    const t = $(`${id}-label`);
+    t.setAttribute("x", p[0] + r * 1.2); t.setAttribute("y", p[1] - r * 1.2); t.setAttribute("font-size", r * 2.2);
+  }
+  const ax = $("axis");
+  ax.setAttribute("x1", p0[0]); ax.setAttribute("y1", p0[1]); ax.setAttribute("x2", p1[0]); ax.setAttribute("y2", p1[1]);
+  ax.setAttribute("stroke-width", r / 3);
+  const v = tractValues();
+  $("tract-values").textContent = `T0 at (${v.tip_x.toFixed(1)}, ${v.tip_y.toFixed(1)}) DICOM px, axis ` +
+    `${v.axis_deg.toFixed(1)} deg, sampled length ${v.override_length_mm.toFixed(2)} mm` +
+    (state.moved ? " (moved)" : ` (as found: needle ${T.state})`);
+}
+
+function draw() {
+  drawSlide();
+  drawUS();
+  $("save").disabled = !state.moved;
+  $("stroke").value = state.stroke;
+  const d = D.decision;
+  $("current").textContent = d
+    ? `Decision: ${d.decision} by ${d.reviewer} at ${d.decided_at}` + (d.exclude ? ` (${d.exclude})` : "")
+    : "No decision yet.";
+}
+
+// ---------------------------------------------------------------- values sent
+function tractValues() {
+  const [sx, sy] = T.mm_per_px;
+  const dx = (state.t1[0] - state.t0[0]) * sx;
+  const dy = (state.t1[1] - state.t0[1]) * sy;
+  const round = (x, n) => Math.round(x * 10 ** n) / 10 ** n;
+  return {
+    tip_x: round(state.t0[0] + T.origin[0], 2),
+    tip_y: round(state.t0[1] + T.origin[1], 2),
+    axis_deg: round((Math.atan2(dy, dx) * 180) / Math.PI, 3),
+    override_length_mm: round(Math.hypot(dx, dy), 3),
+  };
+}
+
+function values(decision) {
+  const v = { ...ids, decision };
+  if (decision === "exclude") {
+    v.exclude = $("exclude-reason").value;
+    return v;
+  }
+  if (D.held.includes("orient") || state.flipped) v.dye_end = state.flipped ? D.orient.other_side : D.orient.found_side;
+  if (D.held.includes("tract") || state.moved) Object.assign(v, tractValues());
+  if (state.stroke !== "") v.stroke_mm = Number(state.stroke);
+  return v;
+}
+
+const kind = () => (state.moved ? "correct" : state.flipped ? "flip" : "confirm");
+
+// ---------------------------------------------------------------- server
+function say(text, error) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+async function post(path, body) {
+  const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body) });
+  if (!r.ok) {
+    const e = await r.json().catch(() => ({ error: r.statusText }));
+    throw new Error(e.error || r.statusText);
+  }
+  return r;
+}
+
+async function save(decision) {
+  try {
+    const r = await post("/api/decision", values(decision));
+    D.decision = await r.json();
+    draw();
+    say(`saved: ${D.decision.decision}`);
+  } catch (e) {
+    say(`not saved: ${e.message}`, true);
+  }
+}
+
+let previewing = 0;
+async function preview() {
+  const n = ++previewing;
+  try {
+    const r = await post("/api/preview", values(kind()));
+    const url = URL.createObjectURL(await r.blob());
+    if (n === previewing) {
+      $("preview").src = url;
+      $("preview-label").textContent = "preview of these T0/T1 (not saved yet: Save)";
+    }
+  } catch (e) {
+    say(`no preview: ${e.message}`, true);
+  }
+}
+
+async function undo() {
+  try {
+    await post("/api/undo", ids);
+    location.reload(); // the page comes back with the decision now current (or none)
+  } catch (e) {
+    say(`nothing undone: ${e.message}`, true);
+  }
+}
+
+// ---------------------------------------------------------------- interaction
+function svgPoint(evt, node) {
+  const m = node.getScreenCTM().inverse();
+  const p = new DOMPoint(evt.clientX, evt.clientY).matrixTransform(m);
+  return [Math.min(Math.max(p.x, 0), W - 1), Math.min(Math.max(p.y, 0), H - 1)];
+}
+
+for (const id of ["t0", "t1"]) {
+  const c = $(id);
+  c.addEventListener("pointerdown", (e) => {
+    c.setPointerCapture(e.pointerId);
+    e.preventDefault();
+  });
+  c.addEventListener("pointermove", (e) => {
+    if (!c.hasPointerCapture(e.pointerId)) return;
+    state[id] = svgPoint(e, $("us-overlay"));
+    state.moved = true;
+    drawUS();
+  });
+  c.addEventListener("pointerup", (e) => {
+    if (!c.hasPointerCapture(e.pointerId)) return;
+    c.releasePointerCapture(e.pointerId);
+    draw();
+    preview();
+  });
+}
+
+// zoom: the view box of an SVG shrinks or grows about a point (the centre, or the pointer)
+function zoom(v, size, redraw, f, cx, cy) {
+  const [x, y, w, h] = v.vb;
+  cx = cx === undefined ? x + w / 2 : cx;
+  cy = cy === undefined ? y + h / 2 : cy;
+  const k = Math.min(size[0] * 2, Math.max(8, w * f)) / w;
+  v.vb = [cx - (cx - x) * k, cy - (cy - y) * k, w * k, h * k];
+  redraw();
+}
+function wheelZoom(svg, v, size, redraw) {
+  svg.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const p = new DOMPoint(e.clientX, e.clientY).matrixTransform(svg.getScreenCTM().inverse());
+    zoom(v, size, redraw, e.deltaY < 0 ? 0.8 : 1.25, p.x, p.y);
+  });
+}
+wheelZoom($("us"), view, [W, H], drawUS);
+wheelZoom($("slide"), slideView, [SW, SH], drawSlide);
+$("zoom-in").onclick = () => zoom(view, [W, H], drawUS, 0.5);
+$("zoom-out").onclick = () => zoom(view, [W, H], drawUS, 2);
+$("zoom-reset").onclick = () => { view.vb = [0, 0, W, H]; drawUS(); };
+$("show-pre").onclick = () => { view.post = false; $("show-pre").className = "on"; $("show-post").className = ""; drawUS(); };
+$("show-post").onclick = () => { view.post = true; $("show-post").className = "on"; $("show-pre").className = ""; drawUS(); };
+
+const actions = {
+  confirm: () => save(kind()),
+  flip: () => { state.flipped = !state.flipped; draw(); save(kind()); },
+  save: () => state.moved && save("correct"),
+  undo,
+  exclude: () => {
+    if (!$("exclude-reason").value.trim()) return say("give a reason to exclude", true);
+    save("exclude");
+  },
+  next: () => { if (D.next) location.href = D.next; },
+};
+for (const id of ["confirm", "flip", "save", "undo", "exclude"]) $(id).onclick = actions[id];
+$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); };
+document.addEventListener("keydown", (e) => {
+  if (e.target.tagName === "INPUT" || e.ctrlKey || e.metaKey || e.altKey) return;
+  const a = { c: "confirm", f: "flip", s: "save", u: "undo", n: "next" }[e.key];
+  if (a) { e.preventDefault(); actions[a](); }
+});
+
+$("position").textContent = `${D.position[0]} of ${D.position[1]}`;
+for (const k of ["prev", "next"]) if (D[k]) $(k).href = D[k]; else $(k).style.visibility = "hidden";
+const reasons = $("reasons");
+for (const r of D.reasons) {
+  const li = document.createElement("li");
+  li.textContent = `${r.step}: ${r.reason}`;
+  reasons.appendChild(li);
+}
+$("preview").src = `${base}/crop`;
+$("oriented").src = `${base}/oriented`;
+state = fromDecision(D.decision);
+draw();
+if (state.moved) preview();
