@@ -658,7 +658,11 @@ def main(argv: list[str] | None = None) -> None:
             accept_novelty=a.accept_novelty,
             min_confidence=a.min_confidence,
         )
-        res = {**found, **canonical(found, meta["level_um_per_px"], meta["um_per_px"])}
+        res = {
+            **found,
+            **canonical(found, meta["level_um_per_px"], meta["um_per_px"]),
+            "slide": Path(a.thumb).parent.name,
+        }
         Path(a.out).write_text(json.dumps(res, indent=1))
         # the level in the canonical frame, for QC: canonical um -> level px
         lvl = geo.compose(

@@ -52,7 +52,7 @@ MAX_BODY = 64 * 1024
 IMAGES = {
     "prefire": "ingest/{p}/{b}/prefire.png",
     "postfire": "ingest/{p}/{b}/postfire.png",
-    "wsi": "ingest/{p}/{b}/wsi.png",
+    "wsi": "slides/{p}/{s}/wsi.png",  # {s}: the biopsy's slide, as its orientation record names it
     "oriented": "orient/{p}/{b}_oriented.png",
     "crop": "tract/{p}/{b}_crop.png",
     "qc": "qc/{p}/{b}.png",
@@ -104,7 +104,8 @@ class Queue:
         raise Refused(404 if p and b else 400, f"biopsy {p}/{b} is not in the review queue")
 
     def file(self, key: tuple[str, str], pattern: str) -> Path:
-        return self.results / pattern.format(p=key[0], b=key[1])
+        slide = json.loads(self.file(key, JSONS["orient"]).read_text())["slide"] if "{s}" in pattern else ""
+        return self.results / pattern.format(p=key[0], b=key[1], s=slide)
 
     def data(self, key: tuple[str, str]) -> dict:
         """A biopsy's orient, tract and ingest records (read per request: the pipeline may rerun meanwhile)."""
