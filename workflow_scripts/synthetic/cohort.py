@@ -20,7 +20,7 @@ from .truth import (
     truth_label,
     truth_record,
 )
-from .ultrasound import render_prefire, render_ultrasound, write_dicom
+from .ultrasound import export_dicom, render_prefire, render_ultrasound, write_dicom
 
 
 def generate_biopsy(
@@ -50,9 +50,20 @@ def generate_biopsy(
     return t
 
 
-def cohort_sheets(n: int, seed: int, data_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Participants (Table 1 characteristics) and biopsies sheets for a demo cohort."""
+EXPORT_EXTENSIONS = {"png": "png", "jpg": "jpeg"}  # file extension -> export format (rules/demo.smk: demo_export)
+
+
+def cohort_sheets(
+    n: int, seed: int, data_dir: str, exports: float = 0.0, render_seed: int = 2026, varied: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Participants (Table 1 characteristics) and biopsies sheets for a demo cohort.
+
+    A share ``exports`` of the biopsies has its ultrasound as PNG or JPEG exports of the rendered
+    DICOMs (half each), with ``us_mm_per_px`` set to the spacing the DICOMs are rendered at (with
+    ``render_seed`` and ``varied``, as config demo.seed and demo.varied); 0 (default) leaves the sheet as it was.
+    """
     rng = np.random.default_rng(seed)
+    export_rng = np.random.default_rng([seed, 28])  # a separate stream: the other draws stay as they were
     cat = lambda opts, p=None: str(rng.choice(opts, p=p))  # noqa: E731
     parts, biops = [], []
     for i in range(1, n + 1):
@@ -78,16 +89,18 @@ def cohort_sheets(n: int, seed: int, data_dir: str) -> tuple[pd.DataFrame, pd.Da
         for b in range(1, int(rng.integers(1, 5)) + 1):
             bid = f"B{b}"
             stem = f"{data_dir}/{pid}/{bid}"
-            biops.append(
-                {
-                    "participant_id": pid,
-                    "biopsy_id": bid,
-                    "prefire": f"{stem}_prefire.dcm",
-                    "postfire": f"{stem}_postfire.dcm",
-                    "wsi": f"{stem}_wsi.ome.tif",
-                    "annotation": f"{stem}_annotations.geojson",
-                }
-            )
+            ext = str(export_rng.choice(list(EXPORT_EXTENSIONS))) if export_rng.random() < exports else "dcm"
+            row = {
+                "participant_id": pid,
+                "biopsy_id": bid,
+                "prefire": f"{stem}_prefire.{ext}",
+                "postfire": f"{stem}_postfire.{ext}",
+                "wsi": f"{stem}_wsi.ome.tif",
+                "annotation": f"{stem}_annotations.geojson",
+            }
+            if ext != "dcm":
+                row["us_mm_per_px"] = f"{sample_truth(render_seed, pid, bid, varied=varied).mm_per_px:.6g}"
+            biops.append(row)
     return pd.DataFrame(parts), pd.DataFrame(biops)
 
 
@@ -99,6 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=2026)
     s.add_argument("--data-dir", default="demo/data")
     s.add_argument("--outdir", default="demo")
+    s.add_argument("--exports", type=float, default=0.0, help="share of biopsies with PNG/JPEG ultrasound exports")
+    s.add_argument("--render-seed", type=int, default=2026, help="config demo.seed (for the exports' us_mm_per_px)")
+    s.add_argument("--varied", action="store_true", help="config demo.varied (for the exports' us_mm_per_px)")
+    e = sub.add_parser("export", help="export a rendered DICOM's saved frame as PNG or JPEG (format by extension)")
+    e.add_argument("dicom", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--quality", type=int, default=85, help="JPEG quality")
     b = sub.add_parser("biopsy", help="render one biopsy")
     b.add_argument("--seed", type=int, required=True)
     b.add_argument("--participant", required=True)
@@ -109,10 +129,12 @@ def main(argv: list[str] | None = None) -> None:
         b.add_argument(f"--{k.replace('_', '-')}", required=True, type=Path)
     a = p.parse_args(argv)
     if a.cmd == "sheets":
-        parts, biops = cohort_sheets(a.n, a.seed, a.data_dir)
+        parts, biops = cohort_sheets(a.n, a.seed, a.data_dir, a.exports, a.render_seed, a.varied)
         Path(a.outdir).mkdir(parents=True, exist_ok=True)
         parts.to_csv(Path(a.outdir) / "participants.tsv", sep="\t", index=False)
         biops.to_csv(Path(a.outdir) / "biopsies.tsv", sep="\t", index=False)
+    elif a.cmd == "export":
+        export_dicom(a.dicom, a.out, EXPORT_EXTENSIONS[a.out.suffix.lstrip(".").lower()], a.quality)
     else:
         out = {k: getattr(a, k) for k in ("prefire", "postfire", "wsi", "annotation", "truth", "truth_mask")}
         t = generate_biopsy(a.seed, a.participant, a.biopsy, out, a.large_slide, a.varied)
