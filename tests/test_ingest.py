@@ -485,3 +485,19 @@ def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
     tract.main([*args, "--min-confidence=0"])
     res = json.loads((d / "t.json").read_text())
     assert res["state"] == "accepted" and "review_reason" not in res
+
+
+def test_demo_exports_carry_the_spacing_the_dicoms_are_rendered_at(tmp_path, biopsy):
+    out, truth = biopsy  # rendered with seed 5
+    _, sheet = synthetic.cohort_sheets(1, 11, "demo/data", exports=1.0, render_seed=5)
+    row = sheet.set_index(["participant_id", "biopsy_id"]).loc[("P001", "B1")]
+    assert row["prefire"].endswith((".png", ".jpg")) and row["postfire"].rsplit(".")[-1] == row["prefire"][-3:]
+    assert float(row["us_mm_per_px"]) == pytest.approx(truth["mm_per_px"], rel=1e-5)
+    synthetic.export_dicom(out["prefire"], tmp_path / "pre.png", "png")
+    img, meta = ingest.read_ultrasound(tmp_path / "pre.png", "last", ingest.parse_spacing(row["us_mm_per_px"]))
+    ref, ref_meta = ingest.read_ultrasound(out["prefire"])
+    assert meta["region_bounds_xyxy"] == ref_meta["region_bounds_xyxy"] and np.array_equal(img, ref)
+    assert meta["mm_per_px"] == pytest.approx(ref_meta["mm_per_px"], rel=1e-5)
+    # the default sheet is as it was: DICOMs only, no spacing column
+    _, plain = synthetic.cohort_sheets(3, 11, "demo/data")
+    assert "us_mm_per_px" not in plain and plain["prefire"].str.endswith(".dcm").all()
