@@ -501,3 +501,15 @@ def test_demo_exports_carry_the_spacing_the_dicoms_are_rendered_at(tmp_path, bio
     # the default sheet is as it was: DICOMs only, no spacing column
     _, plain = synthetic.cohort_sheets(3, 11, "demo/data")
     assert "us_mm_per_px" not in plain and plain["prefire"].str.endswith(".dcm").all()
+
+
+def test_a_broken_export_or_unknown_file_is_a_clear_error(tmp_path, scene):
+    png = export(tmp_path, scene, "png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png.read_bytes()[:200])  # the PNG signature, then nothing readable
+    with pytest.raises(InputError, match="not a readable PNG image"):
+        ingest.read_ultrasound(cut, "last", (0.05, 0.05))
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match="neither a readable DICOM file nor a PNG/JPEG/TIFF image"):
+        ingest.read_ultrasound(text, "last", (0.05, 0.05))

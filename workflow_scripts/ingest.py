@@ -163,9 +163,15 @@ def pick_frame(n_frames: int, choice: str | int) -> int:
 
 
 def file_format(path: str | Path) -> str:
-    """'png', 'jpeg' or 'tiff' by the file's first bytes (not its name); anything else is read as DICOM."""
+    """'dicom', 'png', 'jpeg' or 'tiff' by the file's first bytes (not its name).
+
+    'DICM' after the 128-byte preamble wins: a preamble may itself be a TIFF header (dual-personality
+    DICOM files).  Anything unrecognised is tried as DICOM (a file without preamble).
+    """
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(132)
+    if head[128:132] == b"DICM":
+        return "dicom"
     return next((fmt for magic, fmt in MAGIC.items() if head.startswith(magic)), "dicom")
 
 
@@ -180,6 +186,8 @@ def read_export(path: str | Path, fmt: str, frame: str | int) -> tuple[np.ndarra
         if fmt == "tiff":
             with tifffile.TiffFile(path) as tif:
                 n = len(tif.pages)
+                if not n:
+                    raise ValueError("no pages")
                 page = tif.pages[pick_frame(n, frame)]
                 arr, white = page.asarray(), page.photometric == tifffile.PHOTOMETRIC.MINISWHITE
             photometric = "MONOCHROME1" if white else ("RGB" if arr.ndim == 3 else "MONOCHROME2")
