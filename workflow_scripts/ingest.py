@@ -200,7 +200,7 @@ def read_export(path: str | Path, fmt: str, frame: str | int) -> tuple[np.ndarra
                     arr, photometric = np.asarray(im), "MONOCHROME2"
                 else:  # RGB, RGBA, LA, P, CMYK, YCbCr: to RGB, alpha dropped
                     arr, photometric = np.asarray(im.convert("RGB")), "RGB"
-    except (OSError, ValueError, tifffile.TiffFileError) as e:
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError, tifffile.TiffFileError) as e:
         raise InputError(
             f"not a readable {fmt.upper()} image ({type(e).__name__})", "re-export the frame from the scanner"
         ) from None
