@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workflow_scripts import cores, orient, qc, synthetic, tract, transfer, voc  # noqa: E402
+from workflow_scripts import (  # noqa: E402
+    cores,
+    ingest,  # noqa: E402
+    orient,
+    qc,
+    synthetic,
+    tract,
+    transfer,
+    voc,
+)
 from workflow_scripts import geometry as geo
 from workflow_scripts.errors import InputError  # noqa: E402
 
@@ -78,6 +88,38 @@ def ultrasound(t: synthetic.BiopsyTruth) -> tuple[np.ndarray, np.ndarray]:
     return pre, post
 
 
+US_FORMATS = ("mixed", "dicom", "png", "jpeg75", "jpeg90")
+
+
+def us_format(seed: int, pid: str, choice: str, bid: str = "B1") -> tuple[str, int]:
+    """(format, JPEG quality) of a biopsy's ultrasound: ``choice``, or for 'mixed' a draw (half of them exports:
+    PNG a fifth, JPEG at quality 70-95 three tenths) from its own stream, so that every other draw stays."""
+    if choice != "mixed":
+        return (choice[:4], int(choice[4:])) if choice.startswith("jpeg") else (choice, 0)
+    rng = synthetic.biopsy_rng(seed + 28, pid, bid)
+    u, quality = rng.random(), int(rng.integers(70, 96))
+    return ("dicom", 0) if u < 0.5 else ("png", 0) if u < 0.7 else ("jpeg", quality)
+
+
+def as_export(
+    t: synthetic.BiopsyTruth, pre: np.ndarray, post: np.ndarray, fmt: str, quality: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pre- and post-fire frames through a screen export (with a 1 mm depth ruler) and the pipeline's reader
+    (given the spacing, as us_mm_per_px): the two tissue regions it finds, the pre-fire one's offset from the
+    truth's region (px), and the pre-fire export's pixels over the truth's region (for scoring the crop)."""
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, region in (("pre", pre), ("post", post)):
+            path = Path(d) / f"{name}.{fmt}"
+            synthetic.write_export(t, path, region, rng, fmt, quality)
+            gray, meta = ingest.read_ultrasound(path, "last", (t.mm_per_px, t.mm_per_px))
+            out.append((gray, meta))
+        full, _ = ingest.read_export(Path(d) / f"pre.{fmt}", fmt, "last")
+    offset = np.array(out[0][1]["region_bounds_xyxy"][:2]) - [t.region_x0, t.region_y0]
+    truth_view = full[t.region_y0 : t.region_y0 + t.rows, t.region_x0 : t.region_x0 + t.cols]
+    return out[0][0], out[1][0], offset, truth_view
+
+
 def factors(t: synthetic.BiopsyTruth) -> dict:
     """The nuisance levels a row is grouped by."""
     nz = t.nuisance
@@ -118,11 +160,11 @@ def peak_mb(step, *args, **kwargs) -> float:
     return peak / 2**20
 
 
-def register_slide(args: tuple[int, str, bool, bool, int, bool]) -> list[dict]:
+def register_slide(args: tuple[int, str, bool, bool, int, bool, str]) -> list[dict]:
     """Render one slide of one or several cores, find its cores once, then register and score each biopsy on its
     own core, picked as the sheet would (by name or position) (``measure``: also the peak memory of each step;
-    ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used)."""
-    seed, pid, measure, compress, n_cores, marks = args
+    ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used; ``formats``: the ultrasound's, see ``us_format``)."""
+    seed, pid, measure, compress, n_cores, marks, formats = args
     ts, thumb, features = render(seed, pid, compress, n_cores, marks)
     rows = []
     try:
@@ -133,18 +175,29 @@ def register_slide(args: tuple[int, str, bool, bool, int, bool]) -> list[dict]:
     except InputError as e:
         labels, found = None, e.what
     for t in ts:
-        rows.append(register_one(t, thumb, features, labels, found, measure))
+        rows.append(register_one(t, thumb, features, labels, found, measure, formats))
     return rows
 
 
 def register_one(
-    t: synthetic.BiopsyTruth, thumb: np.ndarray, features: list[dict], labels: np.ndarray | None, found, measure: bool
+    t: synthetic.BiopsyTruth,
+    thumb: np.ndarray,
+    features: list[dict],
+    labels: np.ndarray | None,
+    found,
+    measure: bool,
+    formats: str,
 ) -> dict:
     """Register and score one biopsy whose core lies on a slide level with the cores ``found`` (or their error)."""
     pre, post = ultrasound(t)
     seed, pid = t.seed[0], f"{t.participant_id}/{t.biopsy_id}"
     truth = synthetic.truth_record(t)
-    row = {"seed": seed, "biopsy": pid, **factors(t)}
+    fmt, quality = us_format(seed, t.participant_id, formats, t.biopsy_id)
+    offset, truth_view = np.zeros(2), pre
+    if fmt != "dicom":
+        furniture = synthetic.biopsy_rng(seed + 29, t.participant_id, t.biopsy_id)
+        pre, post, offset, truth_view = as_export(t, pre, post, fmt, quality, furniture)
+    row = {"seed": seed, "biopsy": pid, **factors(t), "us_format": fmt, "us_jpeg_quality": quality or None}
     mm = (t.mm_per_px, t.mm_per_px)
     c = CONFIG
     t_start = time.process_time()
@@ -175,8 +228,10 @@ def register_one(
     try:
         res_t = tract.tract(pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
         row["tract_state"] = res_t["state"]
+        for k in ("t0_px", "t1_px"):  # an export's region (trimmed by the reader) -> the truth's region
+            res_t[k] = (np.array(res_t[k]) + offset).tolist()
         crop, frame = tract.crop_strip(
-            pre, res_t, mm, c["tract"]["width_mm"], c["tract"]["out_mm_per_px"], c["tract"]["margin_mm"]
+            truth_view, res_t, mm, c["tract"]["width_mm"], c["tract"]["out_mm_per_px"], c["tract"]["margin_mm"]
         )
         res_t.update(frame)
         row.update({f"conf_{k}": v for k, v in res_t["confidence"].items()})
@@ -255,9 +310,15 @@ def main() -> None:
     p.add_argument("--no-jpeg", action="store_true", help="slide level as rendered (no JPEG round trip)")
     p.add_argument("--cores", type=int, nargs="+", default=[1], help="cores per slide, cycled over the slides")
     p.add_argument("--marks", action="store_true", help="use the pathologist's dye marks the model drew (~3 in 8)")
+    p.add_argument(
+        "--us-format",
+        choices=US_FORMATS,
+        default="mixed",
+        help="ultrasound as rendered (dicom), or through a PNG/JPEG screen export read by ingest; mixed: half exports",
+    )
     a = p.parse_args()
     jobs = [
-        (s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg, a.cores[i % len(a.cores)], a.marks)
+        (s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg, a.cores[i % len(a.cores)], a.marks, a.us_format)
         for s in a.seeds
         for i in range(a.n)
     ]
@@ -279,7 +340,10 @@ def main() -> None:
     pd.set_option("display.width", 250, "display.max_columns", 30, "display.max_rows", 200)
     fmt = lambda d: d.to_string(float_format=lambda v: f"{v:.3g}")  # noqa: E731
     slide = "as rendered" if a.no_jpeg else "JPEG round trip"
-    print(f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, {time.time() - t0:.0f} s\n")
+    print(
+        f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, ultrasound {a.us_format}, "
+        f"{time.time() - t0:.0f} s\n"
+    )
     print("OVERALL")
     print(fmt(pd.DataFrame([summary(df)])))
     for f in (
@@ -302,6 +366,7 @@ def main() -> None:
         "fascia",
         "moved",
         "border",
+        "us_format",
     ):
         print(f"\nBY {f}")
         print(fmt(pd.DataFrame([{f: k, **summary(g)} for k, g in df.groupby(f)])))

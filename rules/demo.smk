@@ -47,3 +47,23 @@ if DEMO["enabled"]:
         shell:
             "python -m workflow_scripts.synthetic slide --seed={params.seed:q} --participant={wildcards.participant:q} "
             "{params.slide:q} --wsi={output.wsi:q} --annotation={output.annotation:q} > {log:q} 2>&1"
+
+
+    rule demo_export:
+        # a PNG/JPEG export of a rendered DICOM (sheets with us_mm_per_px; see synthetic.cohort_sheets)
+        input:
+            f"{DEMO['root']}/data/{{participant}}/{{biopsy}}_{{phase}}.dcm",
+        output:
+            f"{DEMO['root']}/data/{{participant}}/{{biopsy}}_{{phase}}.{{ext}}",
+        wildcard_constraints:
+            ext="png|jpg",
+        group:
+            "prep_{participant}"
+        conda:
+            "../envs/tractmap.yaml"
+        log:
+            f"{LOGS}/demo_export/{{participant}}/{{biopsy}}_{{phase}}_{{ext}}.log",
+        benchmark:
+            f"{JOB_BENCHMARKS}/demo_export/{{participant}}/{{biopsy}}_{{phase}}_{{ext}}.tsv"
+        shell:
+            "python -m workflow_scripts.synthetic export -- {input:q} {output:q} > {log:q} 2>&1"

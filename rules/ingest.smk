@@ -9,6 +9,7 @@ rule ingest_ultrasound:
         meta=f"{RESULTS}/ingest/{{participant}}/{{biopsy}}/{{phase}}.json",
     params:
         frame=config["ingest"]["frame"],
+        sheet_mm=sheet_value("us_mm_per_px"),
     group:
         "prep_{participant}"
     conda:
@@ -19,7 +20,7 @@ rule ingest_ultrasound:
         f"{JOB_BENCHMARKS}/ingest_ultrasound/{{participant}}/{{biopsy}}_{{phase}}.tsv"
     shell:
         "python -m workflow_scripts.ingest ultrasound --image={output.image:q} --meta={output.meta:q} "
-        "--frame={params.frame:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "--frame={params.frame:q} --us-mm-per-px={params.sheet_mm:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "-- {input:q} > {log:q} 2>&1"
 
 

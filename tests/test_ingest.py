@@ -2,12 +2,15 @@
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import tifffile
+from skimage import io as skimage_io
 
 from workflow_scripts import ingest, slide, synthetic
 from workflow_scripts.errors import InputError
@@ -323,3 +326,189 @@ def test_qupath_02_03_04_dialects_and_invalid_geometry():
     assert len(kept) == 3  # the 0.2 annotation and the bow-tie's two valid triangles
     assert all(P(rings[0], rings[1:]).is_valid for _, _, rings in kept)
     assert sum(P(r[0]).area for _, _, r in kept[1:]) == pytest.approx(50.0)
+
+
+# ---------------------------------------------------------------- exports and us_mm_per_px (issue 28, part 3)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A rendered saved frame (truth region) and its truth."""
+    t = synthetic.sample_truth(3, "P009", "B2")
+    return t, synthetic.render_prefire(t)[-1]
+
+
+def export(tmp_path, scene, fmt, quality=90, ruler_mm=1.0):
+    t, region = scene
+    path = tmp_path / ("frame.jpg" if fmt == "jpeg" else f"frame.{fmt}")
+    synthetic.write_export(t, path, region, np.random.default_rng(0), fmt, quality, ruler_mm)
+    return path
+
+
+def same_region(img, meta, t):
+    """The reader trimmed the screen furniture to exactly the rendered tissue region."""
+    assert img.shape == (t.rows, t.cols)
+    assert meta["region_bounds_xyxy"] == [t.region_x0, t.region_y0, t.region_x0 + t.cols - 1, t.region_y0 + t.rows - 1]
+
+
+@pytest.mark.parametrize("fmt, tolerance", [("png", 0), ("jpeg", 4.0)])
+def test_png_and_jpeg_exports_read_with_the_sheet_spacing(tmp_path, scene, fmt, tolerance):
+    t, region = scene
+    path = export(tmp_path, scene, fmt)
+    img, meta = ingest.read_ultrasound(path, "last", (0.05, 0.06))
+    same_region(img, meta, t)
+    assert meta["format"] == fmt and meta["photometric"] == "RGB"  # a colour screen export, grey as an RGB DICOM
+    assert meta["mm_per_px"] == [0.05, 0.06] and meta["calibration_source"] == "biopsies.tsv us_mm_per_px"
+    assert np.abs(img.astype(float) - region).mean() <= tolerance  # JPEG: close; PNG: the very pixels
+    # the format comes from the content, not the name
+    moved = tmp_path / "frame.dcm"
+    moved.write_bytes(path.read_bytes())
+    assert ingest.read_ultrasound(moved, "last", (0.05, 0.05))[1]["format"] == fmt
+
+
+def test_tiff_export_rgba_and_16_bit(tmp_path, scene):
+    t, region = scene
+    frame = np.zeros((t.frame_rows, t.frame_cols, 4), np.uint8)
+    frame[t.region_y0 : t.region_y0 + t.rows, t.region_x0 : t.region_x0 + t.cols, :3] = region[..., None]
+    frame[..., 3] = 128  # alpha: dropped, not blended
+    tifffile.imwrite(tmp_path / "rgba.tif", frame, photometric="rgb", extrasamples=["unassalpha"])
+    img, meta = ingest.read_ultrasound(tmp_path / "rgba.tif", "last", (0.05, 0.05))
+    same_region(img, meta, t)
+    assert meta["format"] == "tiff" and np.array_equal(img, region)
+    deep = frame[..., 0].astype(np.uint16) * 257  # 16-bit grey: scaled to 8 bits by its maximum, as DICOM is
+    tifffile.imwrite(tmp_path / "grey16.tif", deep)
+    img, _ = ingest.read_ultrasound(tmp_path / "grey16.tif", "last", (0.05, 0.05))
+    expected = np.round(region.astype(float) * 257 * 255 / deep.max())
+    assert np.abs(img - expected).max() <= 1
+
+
+def test_export_identities_never_reach_the_outputs(tmp_path, scene):
+    t, _ = scene
+    for fmt in ("png", "jpeg"):
+        path = export(tmp_path, scene, fmt)
+        assert t.canaries["PatientID"].encode() in path.read_bytes()  # the export carries it (text chunk / EXIF)
+        cmd = [sys.executable, "-m", "workflow_scripts.ingest", "ultrasound", f"--image={tmp_path / 'o.png'}"]
+        cmd += [f"--meta={tmp_path / 'o.json'}", "--us-mm-per-px=0.05 0.06", "--", str(path)]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        assert res.returncode == 0, res.stderr
+        meta = json.loads((tmp_path / "o.json").read_text())
+        assert meta["mm_per_px"] == [0.05, 0.06] and meta["format"] == fmt
+        for out in (tmp_path / "o.json", tmp_path / "o.png"):
+            data = out.read_bytes()
+            assert not any(v.encode() in data for v in t.canaries.values()), out
+        assert not any(v in res.stdout + res.stderr for v in t.canaries.values())
+
+
+def test_dicom_without_calibration_takes_the_column(tmp_path, biopsy):
+    out, truth = biopsy
+    path = broken(tmp_path, out["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions"))
+    with pytest.raises(InputError, match="no SequenceOfUltrasoundRegions") as e:
+        ingest.read_ultrasound(path)
+    assert "add us_mm_per_px" in e.value.hint
+    img, meta = ingest.read_ultrasound(path, "last", (0.07, 0.07))
+    assert meta["format"] == "dicom" and meta["calibration_source"] == "biopsies.tsv us_mm_per_px"
+    assert meta["mm_per_px"] == [0.07, 0.07] and "calibration_conflict" not in meta
+    # the scanner screen's furniture is trimmed to the image, as for an export
+    assert meta["region_bounds_xyxy"][:2] == [truth["region_x0"], truth["region_y0"]]
+    assert img.shape == (truth["rows"], truth["cols"])
+
+
+def test_missing_spacing_names_the_column_and_suggests_the_ruler(tmp_path, scene):
+    t, _ = scene
+    with pytest.raises(InputError, match="PNG export carries no pixel spacing") as e:
+        ingest.read_ultrasound(export(tmp_path, scene, "png"))
+    period = 1.0 / t.mm_per_px  # the rendered ruler: a tick every 1 mm
+    assert "add us_mm_per_px (mm per pixel, from the scanner's depth setting) to biopsies.tsv" in e.value.hint
+    assert f"ticks every {period:.1f} px" in e.value.hint
+    assert f"{t.mm_per_px:.4g} mm/px if they are 1 mm apart" in e.value.hint
+    assert f"{5 * t.mm_per_px:.4g} mm/px if they are 5 mm apart" in e.value.hint
+    assert "does not use this guess" in e.value.hint
+    # a JPEG at quality 75 still shows the ruler; at a coarser spacing too
+    jpg = export(tmp_path, scene, "jpeg", quality=75, ruler_mm=2.0)
+    gray, _ = ingest.read_export(jpg, "jpeg", "last")
+    assert ingest.ruler_period(gray)["period_px"] == pytest.approx(2 * period, abs=0.1)
+    # without a ruler (the bare image) the hint says so, and no number is guessed
+    skimage_io.imsave(tmp_path / "bare.png", scene[1], check_contrast=False)
+    with pytest.raises(InputError) as e:
+        ingest.read_ultrasound(tmp_path / "bare.png")
+    assert "add us_mm_per_px" in e.value.hint and "no depth ruler" in e.value.hint and "mm/px if" not in e.value.hint
+
+
+@pytest.mark.parametrize("text", ["0.0001", "2", "0.05,0.06,0.07", "-0.05", "abc"])
+def test_bad_spacing_text_is_an_input_error(text):
+    with pytest.raises(InputError, match="us_mm_per_px"):
+        ingest.parse_spacing(text)
+
+
+def test_spacing_text():
+    assert ingest.parse_spacing("0.05") == (0.05, 0.05)
+    assert ingest.parse_spacing("0.05,0.06") == ingest.parse_spacing(" 0.05 0.06 ") == (0.05, 0.06)
+    assert ingest.parse_spacing("") is None
+
+
+def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
+    from workflow_scripts import review, tract
+
+    out, truth = biopsy
+    dicom_mm = truth["mm_per_px"]
+    _, near = ingest.read_ultrasound(out["prefire"], "last", (dicom_mm * 1.01,) * 2)
+    assert "calibration_conflict" not in near  # within 2%: the column is used, and no conflict
+    assert near["mm_per_px"] == [dicom_mm * 1.01] * 2 and near["calibration_source"] == "biopsies.tsv us_mm_per_px"
+    _, own = ingest.read_ultrasound(out["prefire"])
+    assert own["calibration_source"] == "dicom SequenceOfUltrasoundRegions" and "calibration_conflict" not in own
+    sheet = round(dicom_mm * 1.2, 4)
+    d = tmp_path / "run"
+    d.mkdir()
+    for phase in ("prefire", "postfire"):
+        img, meta = ingest.read_ultrasound(out[phase], "last", (sheet, sheet))
+        assert meta["mm_per_px"] == [sheet, sheet]  # the column, which the user set explicitly, is used
+        assert meta["calibration_conflict"] == f"DICOM {dicom_mm:.4g} mm/px vs us_mm_per_px {sheet:.4g} mm/px " + (
+            "(us_mm_per_px used)"
+        )
+        skimage_io.imsave(d / f"{phase}.png", img, check_contrast=False)
+        (d / f"{phase}.json").write_text(json.dumps(meta))
+    args = [f"--{k}={d / f}" for k, f in [("pre", "prefire.png"), ("pre-meta", "prefire.json")]]
+    args += [f"--{k}={d / f}" for k, f in [("post", "postfire.png"), ("post-meta", "postfire.json")]]
+    # the gun's stroke at the sheet's scale, so that only the conflict can hold the tract
+    args += [f"--out={d / 't.json'}", f"--crop={d / 'c.png'}", f"--throw-mm={truth['throw_mm'] * sheet / dicom_mm}"]
+    tract.main([*args, "--min-confidence=0"])
+    res = json.loads((d / "t.json").read_text())
+    assert res["state"] == "review"
+    assert f"DICOM {dicom_mm:.4g} mm/px vs us_mm_per_px {sheet:.4g} mm/px" in res["review_reason"]
+    rows = review.entries("P001", "B1", {"state": "accepted"}, res, meta["region_bounds_xyxy"], "qc.png")
+    assert len(rows) == 1 and f"vs us_mm_per_px {sheet:.4g} mm/px" in rows[0]["reason"]
+    for phase in ("prefire", "postfire"):  # the same tract without the conflict is accepted
+        m = json.loads((d / f"{phase}.json").read_text())
+        del m["calibration_conflict"]
+        (d / f"{phase}.json").write_text(json.dumps(m))
+    tract.main([*args, "--min-confidence=0"])
+    res = json.loads((d / "t.json").read_text())
+    assert res["state"] == "accepted" and "review_reason" not in res
+
+
+def test_demo_exports_carry_the_spacing_the_dicoms_are_rendered_at(tmp_path, biopsy):
+    out, truth = biopsy  # rendered with seed 5
+    _, sheet = synthetic.cohort_sheets(1, 11, "demo/data", exports=1.0, render_seed=5)
+    row = sheet.set_index(["participant_id", "biopsy_id"]).loc[("P001", "B1")]
+    assert row["prefire"].endswith((".png", ".jpg")) and row["postfire"].rsplit(".")[-1] == row["prefire"][-3:]
+    assert float(row["us_mm_per_px"]) == pytest.approx(truth["mm_per_px"], rel=1e-5)
+    synthetic.export_dicom(out["prefire"], tmp_path / "pre.png", "png")
+    img, meta = ingest.read_ultrasound(tmp_path / "pre.png", "last", ingest.parse_spacing(row["us_mm_per_px"]))
+    ref, ref_meta = ingest.read_ultrasound(out["prefire"])
+    assert meta["region_bounds_xyxy"] == ref_meta["region_bounds_xyxy"] and np.array_equal(img, ref)
+    assert meta["mm_per_px"] == pytest.approx(ref_meta["mm_per_px"], rel=1e-5)
+    # the default sheet is as it was: DICOMs only, no spacing column
+    _, plain = synthetic.cohort_sheets(3, 11, "demo/data")
+    assert "us_mm_per_px" not in plain and plain["prefire"].str.endswith(".dcm").all()
+
+
+def test_a_broken_export_or_unknown_file_is_a_clear_error(tmp_path, scene):
+    png = export(tmp_path, scene, "png")
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png.read_bytes()[:200])  # the PNG signature, then nothing readable
+    with pytest.raises(InputError, match="not a readable PNG image"):
+        ingest.read_ultrasound(cut, "last", (0.05, 0.05))
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match="neither a readable DICOM file nor a PNG/JPEG/TIFF image"):
+        ingest.read_ultrasound(text, "last", (0.05, 0.05))

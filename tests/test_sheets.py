@@ -65,6 +65,7 @@ def test_duplicate_biopsy(workdir):
         ("biopsies.tsv", 0, "tip_x", "120", ["biopsies.tsv line 2", "tip_y"]),  # half an override
         ("participants.tsv", 1, "participant_id", "P_2 x", ["participants.tsv line 3", "does not match"]),
         ("biopsies.tsv", 1, "annotation", "/data/{sample}/a.geojson", ["biopsies.tsv line 3", "reads as a wildcard"]),
+        ("biopsies.tsv", 2, "us_mm_per_px", "0.0004", ["biopsies.tsv line 4", "us_mm_per_px", "mm per pixel"]),
     ],
     ids=[
         "unknown-participant",
@@ -73,6 +74,7 @@ def test_duplicate_biopsy(workdir):
         "half-an-override",
         "bad-id-pattern",
         "wildcard-in-path",
+        "implausible-us-spacing",
     ],
 )
 def test_bad_cell_is_rejected_naming_sheet_and_line(workdir, sheet, row, column, value, needles):
@@ -116,6 +118,21 @@ def test_underscored_biopsy_ids_and_a_sheet_pixel_size_plan(workdir):
     out = snakemake(workdir, "-n", "-p").stdout
     assert "Job stats" in out and "SegmentationClass/P001_B1.png" not in out
     assert "--um-per-px=0.25" in out and "voc/SegmentationClass/P001_P001_B1.png" in out
+
+
+def test_export_rows_plan_their_spacing_and_the_demo_exports(workdir):
+    def exports(d):
+        d.loc[0, "prefire"] = d.loc[0, "prefire"].replace(".dcm", ".png")
+        d.loc[0, "postfire"] = d.loc[0, "postfire"].replace(".dcm", ".jpg")
+        d["us_mm_per_px"] = ""
+        d.loc[0, "us_mm_per_px"] = "0.05"
+        d.loc[1, "us_mm_per_px"] = "0.05 0.06"  # a DICOM row: the column wins over its calibration
+        return d
+
+    edit(workdir, "biopsies.tsv", exports)
+    out = snakemake(workdir, "-n", "-p").stdout
+    assert "rule demo_export" in out and "B1_prefire.png" in out and "B1_postfire.jpg" in out
+    assert "--us-mm-per-px=0.05 " in out and "--us-mm-per-px='0.05 0.06'" in out
 
 
 def test_bad_config(workdir):

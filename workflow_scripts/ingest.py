@@ -1,7 +1,11 @@
-"""Ingest: calibrated grayscale ultrasound from DICOM, and a low-resolution WSI view.
+"""Ingest: calibrated grayscale ultrasound (DICOM or a PNG/JPEG/TIFF export), and a low-resolution WSI view.
 
 Only technical attributes are read from DICOM headers (an allow-list below);
-patient and study attributes are never copied anywhere.  Slides are read by
+patient and study attributes are never copied anywhere, nor is any text, EXIF or
+TIFF tag of an image export (only its pixels are read).  An export, or a DICOM
+without ``SequenceOfUltrasoundRegions``, takes its pixel spacing from the
+``us_mm_per_px`` column of biopsies.tsv; a depth ruler burnt into the frame only
+suggests a value in the error's hint.  Slides are read by
 :mod:`workflow_scripts.slide` (OpenSlide or tifffile), tile by tile.
 """
 
@@ -9,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pydicom
+import tifffile
 from pydicom.pixels import apply_color_lut, pixel_array
 from skimage.io import imsave
 
@@ -20,19 +27,45 @@ from workflow_scripts.errors import InputError, run_cli
 from workflow_scripts.slide import read_slide
 
 TISSUE, SPATIAL_2D, UNITS_CM = 1, 1, 3
+SPACING_RANGE_MM = (0.005, 1.0)  # plausible ultrasound pixel spacings (also in schemas/biopsies.schema.yaml)
+CONFLICT_REL = 0.02  # a DICOM calibration and us_mm_per_px further apart than this send the biopsy to review
+SOURCE_DICOM, SOURCE_SHEET = "dicom SequenceOfUltrasoundRegions", "biopsies.tsv us_mm_per_px"
+SPACING_HINT = "add us_mm_per_px (mm per pixel, from the scanner's depth setting) to biopsies.tsv"
+MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
+MAGIC.update({b"II+\x00": "tiff", b"MM\x00+": "tiff"})  # BigTIFF
 
 
 # ---------------------------------------------------------------- ultrasound
 
 
-def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
-    """The calibrated 2-D tissue region (the largest, if there are several), validated."""
+def parse_spacing(text: str | float | None) -> tuple[float, float] | None:
+    """``us_mm_per_px`` as (x, y) mm per pixel: one number, or x and y ("0.05,0.06" or "0.05 0.06"); empty: None."""
+    if text is None or (isinstance(text, float) and text != text) or not str(text).strip():
+        return None
+    parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    lo, hi = SPACING_RANGE_MM
+    if len(values) not in (1, 2) or not all(lo <= v <= hi for v in values):
+        raise InputError(
+            f"us_mm_per_px {text!r} is not one or two pixel spacings between {lo} and {hi} mm",
+            "give mm per pixel as one number (e.g. 0.05) or x and y (e.g. 0.05,0.06); a 4 cm deep image of "
+            "800 rows is 0.05 mm/px",
+        )
+    return (values[0], values[-1])
+
+
+def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict] | None:
+    """The 2-D tissue region (the largest, if there are several), validated; None without any region.
+
+    The region's ``mm_per_px`` is None, with ``uncalibrated`` saying why, when it has no usable
+    physical spacing (the bounds still hold).
+    """
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
-        raise InputError(
-            "no SequenceOfUltrasoundRegions: the image carries no physical calibration",
-            "export the DICOM from the scanner with calibration, or re-export it as an ultrasound object",
-        )
+        return None
     tissue = [
         (i, r)
         for i, r in enumerate(regions)
@@ -62,20 +95,20 @@ def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
         )
     dx, dy = r.get("PhysicalDeltaX"), r.get("PhysicalDeltaY")
     ux, uy = r.get("PhysicalUnitsXDirection"), r.get("PhysicalUnitsYDirection")
+    mm, why = None, ""
     if not dx or not dy or float(dx) <= 0 or float(dy) <= 0:
-        raise InputError(
-            "tissue region has no PhysicalDeltaX/PhysicalDeltaY: missing resolution", "re-export with calibration"
-        )
-    if ux != UNITS_CM or uy != UNITS_CM:
-        raise InputError(
-            f"tissue region units are {ux}/{uy}, not 3 (cm)", "re-export the image with spatial calibration in cm"
-        )
+        why = "tissue region has no PhysicalDeltaX/PhysicalDeltaY: missing resolution"
+    elif ux != UNITS_CM or uy != UNITS_CM:
+        why = f"tissue region units are {ux}/{uy}, not 3 (cm)"
+    else:
+        mm = [float(dx) * 10, float(dy) * 10]
     return index, {
         "x0": x0,
         "y0": y0,
         "x1": x1,
         "y1": y1,
-        "mm_per_px": [float(dx) * 10, float(dy) * 10],
+        "mm_per_px": mm,
+        "uncalibrated": why,
         "bounds_clamped": clamped,
         "tissue_regions": len(tissue),
         "equal_views": ties,
@@ -84,7 +117,7 @@ def tissue_region(ds: pydicom.Dataset) -> tuple[int, dict]:
 
 
 def to_gray(frame: np.ndarray, photometric: str) -> np.ndarray:
-    """uint8 grayscale from MONOCHROME1/2, RGB or (already converted) YBR pixels."""
+    """uint8 grayscale from MONOCHROME1/2, RGB or (already converted) YBR pixels (a 4th, alpha, channel dropped)."""
     if frame.ndim == 2:
         g = frame.astype(float)
         if photometric == "MONOCHROME1":
@@ -123,53 +156,202 @@ def pick_frame(n_frames: int, choice: str | int) -> int:
     k = int(choice)
     if not -n_frames <= k < n_frames:
         raise InputError(
-            f"frame {k} requested but the DICOM has {n_frames} frames",
+            f"frame {k} requested but the file has {n_frames} frames",
             "set ingest.frame to 'last', 'first' or a valid index",
         )
     return k % n_frames
 
 
+def file_format(path: str | Path) -> str:
+    """'dicom', 'png', 'jpeg' or 'tiff' by the file's first bytes (not its name).
+
+    'DICM' after the 128-byte preamble wins: a preamble may itself be a TIFF header (dual-personality
+    DICOM files).  Anything unrecognised is tried as DICOM (a file without preamble).
+    """
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return next((fmt for magic, fmt in MAGIC.items() if head.startswith(magic)), "dicom")
+
+
+def read_export(path: str | Path, fmt: str, frame: str | int) -> tuple[np.ndarray, dict]:
+    """The whole frame of a PNG/JPEG/TIFF export as uint8 grey, converted as an RGB DICOM is (:func:`to_gray`).
+
+    Only pixels are read: text chunks, EXIF and TIFF tags never leave this function.  A palette or
+    CMYK image becomes RGB, alpha is dropped, 16-bit grey is scaled by its maximum (as 16-bit DICOM
+    pixels are); a multi-page TIFF is a cine whose page ``frame`` is used.
+    """
+    try:
+        if fmt == "tiff":
+            with tifffile.TiffFile(path) as tif:
+                n = len(tif.pages)
+                if not n:
+                    raise ValueError("no pages")
+                page = tif.pages[pick_frame(n, frame)]
+                arr, white = page.asarray(), page.photometric == tifffile.PHOTOMETRIC.MINISWHITE
+            photometric = "MONOCHROME1" if white else ("RGB" if arr.ndim == 3 else "MONOCHROME2")
+            if arr.ndim == 3 and arr.shape[-1] == 2:  # grey + alpha
+                arr, photometric = arr[..., 0], "MONOCHROME1" if white else "MONOCHROME2"
+        else:
+            with PIL.Image.open(path) as im:
+                n = 1
+                if im.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
+                    arr, photometric = np.asarray(im), "MONOCHROME2"
+                else:  # RGB, RGBA, LA, P, CMYK, YCbCr: to RGB, alpha dropped
+                    arr, photometric = np.asarray(im.convert("RGB")), "RGB"
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError, tifffile.TiffFileError) as e:
+        raise InputError(
+            f"not a readable {fmt.upper()} image ({type(e).__name__})", "re-export the frame from the scanner"
+        ) from None
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 16:
+        raise InputError(f"a {fmt.upper()} image of shape {arr.shape} is not an ultrasound frame", "check the path")
+    return to_gray(arr, photometric), {
+        "photometric": photometric,
+        "frames": n,
+        "frame_used": pick_frame(n, frame),
+    }
+
+
+def content_region(gray: np.ndarray, level: int = 10, share: float = 0.3) -> dict:
+    """The image inside an uncalibrated frame: rows and columns trimmed from the edges while fewer than
+    ``share`` of their pixels exceed grey ``level`` (black screen with text, ticks and icons).
+
+    Speckle fills nearly every row and column of the image itself, screen furniture only a few; the
+    whole frame is kept when the trim would leave less than half of it in either direction.
+    """
+    bright = gray > level
+    rows, cols = np.flatnonzero(bright.mean(axis=1) >= share), np.flatnonzero(bright.mean(axis=0) >= share)
+    h, w = gray.shape
+    x0, y0, x1, y1 = 0, 0, w - 1, h - 1
+    rule = "whole frame (no furniture to trim, or too little image left)"
+    if len(rows) and len(cols):
+        cx0, cy0, cx1, cy1 = int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+        if (cx1 - cx0 + 1) >= w / 2 and (cy1 - cy0 + 1) >= h / 2:
+            x0, y0, x1, y1 = cx0, cy0, cx1, cy1
+            rule = f"rows/columns trimmed from the edges while under {share:.0%} of their pixels exceed grey {level}"
+    return {"x0": x0, "y0": y0, "x1": x1, "y1": y1, "region_rule": rule}
+
+
+def ruler_period(gray: np.ndarray, level: int = 150, min_ticks: int = 6) -> dict | None:
+    """A depth ruler's tick period in px: the column with the most evenly spaced bright runs (ticks), or None.
+
+    In each column the runs of pixels brighter than ``level`` are candidate ticks; a column counts
+    when at least ``min_ticks`` of them follow one spacing (each gap within 15% of a whole multiple
+    of the median gap, so a missing tick or a label is tolerated).  The period is a least-squares fit
+    of the tick centres against their tick numbers.  Speckle, the needle and calipers give irregular
+    or too few runs.
+    """
+    best = None
+    h = gray.shape[0]
+    for x in range(gray.shape[1]):
+        on = np.concatenate([[False], gray[:, x] > level, [False]])
+        edges = np.flatnonzero(np.diff(on.astype(np.int8)))
+        starts, ends = edges[::2], edges[1::2]
+        if len(starts) < min_ticks or np.max(ends - starts) > h / 20:  # long runs: tissue or a line, not ticks
+            continue
+        centres = (starts + ends - 1) / 2.0
+        gaps = np.diff(centres)
+        d = float(np.median(gaps))
+        if d < 3:
+            continue
+        k = gaps / d
+        if np.mean(np.abs(k - np.round(k)) < 0.15) < 0.9 or np.any(np.round(k) < 1):
+            continue
+        idx = np.concatenate([[0], np.cumsum(np.round(k))])
+        period = float(np.polyfit(idx, centres, 1)[0])
+        score = len(centres)
+        if best is None or score > best["ticks"]:
+            best = {"column": x, "ticks": score, "period_px": period}
+    return best
+
+
+def ruler_hint(gray: np.ndarray) -> str:
+    """What a depth ruler in the frame suggests about the spacing (stated as a guess, for the error's hint)."""
+    found = ruler_period(gray)
+    if found is None:
+        return "no depth ruler with evenly spaced ticks was found in the frame to suggest a value"
+    p, rows = found["period_px"], gray.shape[0]
+    lo, hi = SPACING_RANGE_MM
+    guesses = [
+        f"{mm / p:.4g} mm/px if they are {mm} mm apart (a {rows * mm / p / 10:.1f} cm deep frame)"
+        for mm in (1, 5, 10)
+        if lo <= mm / p <= hi
+    ]
+    return (
+        f"a depth ruler (column {found['column']}, {found['ticks']} ticks) has ticks every {p:.1f} px, which "
+        f"suggests about {'; '.join(guesses) or 'nothing plausible'}; check which against the scanner's depth "
+        "setting (tractmap does not use this guess by itself)"
+    )
+
+
+def calibration(
+    region: dict | None, manual: tuple[float, float] | None, uncalibrated: str, gray: np.ndarray
+) -> tuple[list[float], str, str]:
+    """(mm_per_px, source, conflict): the sheet's us_mm_per_px wins when set; else the DICOM's; else an error.
+
+    ``conflict`` names both values when they differ by more than CONFLICT_REL; the caller records it
+    and the tract step sends the biopsy to review.
+    """
+    own = region.get("mm_per_px") if region else None
+    if manual is None:
+        if own is None:
+            raise InputError(f"{uncalibrated}: the pixel spacing is unknown", f"{SPACING_HINT}; {ruler_hint(gray)}")
+        return own, SOURCE_DICOM, ""
+    sheet = [float(v) for v in manual]
+    conflict = ""
+    if own is not None and any(abs(s - o) > CONFLICT_REL * o for s, o in zip(sheet, own, strict=True)):
+        fmt = lambda v: "x".join(dict.fromkeys(f"{x:.4g}" for x in v))  # noqa: E731 - "0.05" or "0.05x0.06"
+        conflict = f"DICOM {fmt(own)} mm/px vs us_mm_per_px {fmt(sheet)} mm/px (us_mm_per_px used)"
+    return sheet, SOURCE_SHEET, conflict
+
+
 def read_ultrasound(
     path: str | Path, frame: str | int = "last", mm_per_px: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, dict]:
-    """Grayscale tissue-region image and its calibration metadata (no header identities).
+    """Grayscale tissue-region image and its calibration metadata (no header identities, no export text).
 
-    ``mm_per_px`` is a manual calibration for a DICOM without one: the whole frame is used.
+    A DICOM's tissue region gives the bounds and, unless ``mm_per_px`` (the sheet's us_mm_per_px) is
+    set, the spacing.  An export or a DICOM without regions has its furniture trimmed
+    (:func:`content_region`) and needs ``mm_per_px``.
     """
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:  # pydicom raises many types for a broken file
-        raise InputError(f"not a readable DICOM file ({type(e).__name__})", "check the path in biopsies.tsv") from None
-    if mm_per_px is None:
-        index, region = tissue_region(ds)
+    fmt = file_format(path)
+    if fmt == "dicom":
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as e:  # pydicom raises many types for a broken file
+            raise InputError(
+                f"neither a readable DICOM file nor a PNG/JPEG/TIFF image ({type(e).__name__})",
+                "check the path in biopsies.tsv",
+            ) from None
+        found = tissue_region(ds)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        k = pick_frame(n, frame)
+        arr = decode_frame(ds, k if n > 1 else None)
+        if photometric == "PALETTE COLOR":  # indices through the LUT to RGB; a 16-bit LUT to 8 bits
+            rgb = apply_color_lut(arr, ds)
+            arr = rgb / 257.0 if rgb.dtype == np.uint16 else rgb
+        full = to_gray(arr, photometric)
+        info = {"photometric": photometric, "frames": n, "frame_used": k}
+        index, region = found if found else (-1, None)
+        why = region["uncalibrated"] if region else "no SequenceOfUltrasoundRegions in the DICOM"
     else:
-        index, region = (
-            -1,
-            {
-                "x0": 0,
-                "y0": 0,
-                "x1": int(ds.Columns) - 1,
-                "y1": int(ds.Rows) - 1,
-                "mm_per_px": [float(v) for v in mm_per_px],
-            },
-        )
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    n = int(ds.get("NumberOfFrames", 1) or 1)
-    k = pick_frame(n, frame)
-    arr = decode_frame(ds, k if n > 1 else None)
-    if photometric == "PALETTE COLOR":  # indices through the LUT to RGB; a 16-bit LUT to 8 bits
-        rgb = apply_color_lut(arr, ds)
-        arr = rgb / 257.0 if rgb.dtype == np.uint16 else rgb
-    gray = to_gray(arr, photometric)[region["y0"] : region["y1"] + 1, region["x0"] : region["x1"] + 1]
+        full, info = read_export(path, fmt, frame)
+        index, region, why = -1, None, f"a {fmt.upper()} export carries no pixel spacing"
+    mm, source, conflict = calibration(region, mm_per_px, why, full)
+    region = region or content_region(full)
+    gray = full[region["y0"] : region["y1"] + 1, region["x0"] : region["x1"] + 1]
     meta = {
-        "mm_per_px": region["mm_per_px"],
+        "format": fmt,
+        "mm_per_px": mm,
+        "calibration_source": source,
+        **({"calibration_conflict": conflict} if conflict else {}),
         "shape": list(gray.shape),
         "region_index": index,
         "region_bounds_xyxy": [region[k] for k in ("x0", "y0", "x1", "y1")],
         **{k: region[k] for k in ("bounds_clamped", "tissue_regions", "equal_views", "region_rule") if k in region},
-        "photometric": photometric,
-        "frames": n,
-        "frame_used": k,
+        **info,
         "frame_rule": str(frame),
     }
     return gray, meta
@@ -179,7 +361,7 @@ def read_ultrasound(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="ingest one ultrasound DICOM or one WSI")
+    p = argparse.ArgumentParser(description="ingest one ultrasound frame (DICOM or PNG/JPEG/TIFF export) or one WSI")
     p.add_argument("kind", choices=["ultrasound", "wsi"])
     p.add_argument("source")
     p.add_argument("--image", required=True)
@@ -189,13 +371,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--um-per-px", default="", help="slide pixel size from the sheet (overrides the file's); empty: from the file"
     )
+    p.add_argument(
+        "--us-mm-per-px",
+        default="",
+        help="ultrasound pixel spacing from the sheet (x or 'x,y' mm; wins over the DICOM's); empty: from the DICOM",
+    )
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     a = p.parse_args(argv)
 
     def go() -> None:
         if a.kind == "ultrasound":
-            img, meta = read_ultrasound(a.source, a.frame)
+            img, meta = read_ultrasound(a.source, a.frame, parse_spacing(a.us_mm_per_px))
         else:
             img, meta = read_slide(a.source, a.thumb_um, float(a.um_per_px) if a.um_per_px else None)
         imsave(a.image, img, check_contrast=False)

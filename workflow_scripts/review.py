@@ -48,8 +48,10 @@ def entries(pid: str, bid: str, orient: dict, tract: dict, region_xy: list[float
     if tract.get("state") == "review":
         c = tract.get("confidence", {})
         x, y = np.array(tract["t0_px"]) + np.array(region_xy[:2])
-        why = ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + (
-            "; a length the throw cannot give" if tract["length_flag"] else ""
+        why = (
+            ", ".join(f"{k} {v:.2f}" for k, v in c.items())
+            + ("; a length the throw cannot give" if tract["length_flag"] else "")
+            + (f"; {tract['review_reason']}" if tract.get("review_reason") else "")
         )
         rows.append(
             {

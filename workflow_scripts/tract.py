@@ -645,6 +645,12 @@ def tract(
     }
 
 
+def calibration_reasons(*metas: dict) -> list[str]:
+    """Review reasons from the ingest metadata: each distinct DICOM-vs-us_mm_per_px calibration conflict."""
+    found = [m["calibration_conflict"] for m in metas if m.get("calibration_conflict")]
+    return [f"ultrasound calibration: {c}" for c in dict.fromkeys(found)]
+
+
 def pixel_overrides(
     tip: list[float] | None, axis_deg: float | None, origin: list[float], mm_per_px: tuple[float, float]
 ) -> dict:
@@ -696,6 +702,11 @@ def main(argv: list[str] | None = None) -> None:
         mm = tuple(meta["mm_per_px"])
         ov = pixel_overrides(a.tip, a.axis_deg, meta["region_bounds_xyxy"][:2], mm)
         res = tract(pre, post, mm, a.throw_mm, {**ov, "throw_mm": a.override_throw_mm}, a.min_confidence)
+        post_meta = json.loads(Path(a.post_meta).read_text())
+        reasons = calibration_reasons(meta, post_meta)
+        if reasons:  # the sheet's spacing won over a DICOM's that disagrees: a person decides (an override stands)
+            res["review_reason"] = "; ".join(reasons)
+            res["state"] = "review" if res["state"] == "accepted" else res["state"]
         crop, frame = crop_strip(pre, res, mm, a.width_mm, a.out_mm_per_px, a.margin_mm)
         imsave(a.crop, crop, check_contrast=False)
         res.update(frame)

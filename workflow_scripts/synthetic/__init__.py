@@ -3,7 +3,8 @@
 Every biopsy gets a hidden ground truth (needle geometry, lesion, cancer
 sub-regions, slide placement, dye colour).  From it we render what a hospital
 would hand us: pre-fire and post-fire ultrasound DICOMs calibrated only through
-``SequenceOfUltrasoundRegions``, a pyramidal tiled OME-TIFF of the H&E core with
+``SequenceOfUltrasoundRegions`` (or, as an option, PNG/JPEG screen exports whose
+spacing only the sheet's ``us_mm_per_px`` gives), a pyramidal tiled OME-TIFF of the H&E core with
 dye on the distal end, and a QuPath 0.4 GeoJSON export.  The truth itself is
 written to a separate folder and is read by scoring only.
 
@@ -31,13 +32,14 @@ from .truth import (
     truth_label,
     truth_record,
 )
-from .ultrasound import render_prefire, render_ultrasound, write_dicom
+from .ultrasound import export_dicom, render_prefire, render_ultrasound, write_dicom, write_export
 
 __all__ = [
     "BiopsyTruth",
     "biopsy_rng",
     "cancer_inside",
     "cohort_sheets",
+    "export_dicom",
     "generate_biopsy",
     "generate_slide",
     "generate_ultrasound",
@@ -54,6 +56,7 @@ __all__ = [
     "truth_label",
     "truth_record",
     "write_dicom",
+    "write_export",
     "write_geojson",
     "write_wsi",
 ]

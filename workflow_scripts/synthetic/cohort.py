@@ -21,7 +21,7 @@ from .truth import (
     truth_label,
     truth_record,
 )
-from .ultrasound import render_prefire, render_ultrasound, write_dicom
+from .ultrasound import export_dicom, render_prefire, render_ultrasound, write_dicom
 
 
 def slide_truths(
@@ -88,16 +88,29 @@ def generate_biopsy(
     return t
 
 
+EXPORT_EXTENSIONS = {"png": "png", "jpg": "jpeg"}  # file extension -> export format (rules/demo.smk: demo_export)
+
+
 def cohort_sheets(
-    n: int, seed: int, data_dir: str, render_seed: int | None = None, multi_share: float = 0.4
+    n: int,
+    seed: int,
+    data_dir: str,
+    render_seed: int | None = None,
+    multi_share: float = 0.4,
+    exports: float = 0.0,
+    varied: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Participants (Table 1 characteristics) and biopsies sheets for a demo cohort.
 
     About ``multi_share`` of the participants with several biopsies have all their cores on one slide;
-    the sheet picks each core by its QuPath name or by its position on the slide (as rendered with
-    ``render_seed``, the demo's seed; default ``seed``)."""
+    the sheet picks each core by its QuPath name or by its position on the slide.  A share ``exports`` of
+    the biopsies has its ultrasound as PNG or JPEG exports of the rendered DICOMs (half each), with
+    ``us_mm_per_px`` set to the spacing the DICOMs are rendered at.  Positions and spacings are those of
+    the cohort as rendered with ``render_seed`` (config demo.seed; default ``seed``) and ``varied``."""
+    render_seed = seed if render_seed is None else render_seed
     rng = np.random.default_rng(seed)
-    slides = np.random.default_rng([seed, 1])  # a stream of its own: the draws above stay as they were
+    slides = np.random.default_rng([seed, 1])  # streams of their own: the draws above stay as they were
+    export_rng = np.random.default_rng([seed, 28])
     cat = lambda opts, p=None: str(rng.choice(opts, p=p))  # noqa: E731
     parts, biops = [], []
     for i in range(1, n + 1):
@@ -122,25 +135,25 @@ def cohort_sheets(
         )
         bids = [f"B{b}" for b in range(1, int(rng.integers(1, 5)) + 1)]
         shared = len(bids) > 1 and slides.random() < multi_share
-        if shared:
-            named = (
-                sum(1 for r in biops if r["core"] == "B1") % 2 == 0
-            )  # alternate: names, positions, ...  # the lab sheet records each core's name or its position on the slide
-            ts = slide_truths(seed if render_seed is None else render_seed, pid, bids, named=named)
+        if shared:  # the lab sheet records each core's name or its position: names and positions alternate
+            named = sum(1 for r in biops if r["core"] == "B1") % 2 == 0
+            ts = slide_truths(render_seed, pid, bids, varied=varied, named=named)
             core = {t.biopsy_id: t.biopsy_id if named else str(t.core_position) for t in ts}
         for bid in bids:
             stem, slide = f"{data_dir}/{pid}/{bid}", f"{data_dir}/{pid}/{'S1' if shared else bid}"
-            biops.append(
-                {
-                    "participant_id": pid,
-                    "biopsy_id": bid,
-                    "prefire": f"{stem}_prefire.dcm",
-                    "postfire": f"{stem}_postfire.dcm",
-                    "wsi": f"{slide}_wsi.ome.tif",
-                    "annotation": f"{slide}_annotations.geojson",
-                    "core": core[bid] if shared else "",
-                }
-            )
+            ext = str(export_rng.choice(list(EXPORT_EXTENSIONS))) if export_rng.random() < exports else "dcm"
+            row = {
+                "participant_id": pid,
+                "biopsy_id": bid,
+                "prefire": f"{stem}_prefire.{ext}",
+                "postfire": f"{stem}_postfire.{ext}",
+                "wsi": f"{slide}_wsi.ome.tif",
+                "annotation": f"{slide}_annotations.geojson",
+                "core": core[bid] if shared else "",
+            }
+            if ext != "dcm":
+                row["us_mm_per_px"] = f"{sample_truth(render_seed, pid, bid, varied=varied).mm_per_px:.6g}"
+            biops.append(row)
     return pd.DataFrame(parts), pd.DataFrame(biops)
 
 
@@ -152,6 +165,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--seed", type=int, default=2026)
     s.add_argument("--data-dir", default="demo/data")
     s.add_argument("--outdir", default="demo")
+    s.add_argument("--exports", type=float, default=0.0, help="share of biopsies with PNG/JPEG ultrasound exports")
+    s.add_argument("--render-seed", type=int, default=2026, help="config demo.seed (positions, exports' spacing)")
+    s.add_argument("--varied", action="store_true", help="config demo.varied (positions, exports' spacing)")
+    e = sub.add_parser("export", help="export a rendered DICOM's saved frame as PNG or JPEG (format by extension)")
+    e.add_argument("dicom", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--quality", type=int, default=85, help="JPEG quality")
     files = {"ultrasound": ("prefire", "postfire", "truth", "truth_mask"), "slide": ("wsi", "annotation")}
     for cmd, keys in files.items():
         b = sub.add_parser(cmd, help=f"render one biopsy's {cmd} files")
@@ -166,10 +186,15 @@ def main(argv: list[str] | None = None) -> None:
             b.add_argument(f"--{k.replace('_', '-')}", required=True, type=Path)
     a = p.parse_args(argv)
     if a.cmd == "sheets":
-        parts, biops = cohort_sheets(a.n, a.seed, a.data_dir)
+        parts, biops = cohort_sheets(
+            a.n, a.seed, a.data_dir, render_seed=a.render_seed, exports=a.exports, varied=a.varied
+        )
         Path(a.outdir).mkdir(parents=True, exist_ok=True)
         parts.to_csv(Path(a.outdir) / "participants.tsv", sep="\t", index=False)
         biops.to_csv(Path(a.outdir) / "biopsies.tsv", sep="\t", index=False)
+        return
+    if a.cmd == "export":
+        export_dicom(a.dicom, a.out, EXPORT_EXTENSIONS[a.out.suffix.lstrip(".").lower()], a.quality)
         return
     ts = slide_truths(a.seed, a.participant, a.slide_biopsies.split(","), a.large_slide, a.varied, a.named)
     out = {k: getattr(a, k) for k in files[a.cmd]}

@@ -135,14 +135,73 @@ def _overlays(t: BiopsyTruth, img: np.ndarray) -> np.ndarray:
     return img
 
 
-def _frame(t: BiopsyTruth, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Place the tissue region in a scanner screen (RGB) with UI furniture around it."""
+def _frame(t: BiopsyTruth, region: np.ndarray, rng: np.random.Generator, ruler_mm: float | None = None) -> np.ndarray:
+    """Place the tissue region in a scanner screen (RGB) with UI furniture around it.
+
+    The depth scale beside the image has a tick every 25 px, or (``ruler_mm``) a physical depth
+    ruler: a tick every ``ruler_mm`` mm, every fifth one longer, as scanners draw it.
+    """
     f = np.zeros((t.frame_rows, t.frame_cols, 3), np.uint8)
     f[t.region_y0 : t.region_y0 + t.rows, t.region_x0 : t.region_x0 + t.cols] = region[..., None]
     x1 = t.region_x0 + t.cols + 10
-    f[t.region_y0 : t.region_y0 + t.rows : 25, x1 : x1 + 8] = (220, 220, 220)  # depth scale ticks
+    if ruler_mm is None:
+        f[t.region_y0 : t.region_y0 + t.rows : 25, x1 : x1 + 8] = (220, 220, 220)  # depth scale ticks
+    else:
+        for k, y in enumerate(np.arange(t.region_y0, t.region_y0 + t.rows, ruler_mm / t.mm_per_px)):
+            f[int(round(y)), x1 : x1 + (12 if k % 5 == 0 else 6)] = (220, 220, 220)
     f[10:22, 10 : 10 + int(rng.integers(60, 160))] = (240, 200, 40)  # annotation text box
     return f
+
+
+def save_export(frame: np.ndarray, path: Path, fmt: str, quality: int, identities: dict) -> None:
+    """Write a screen frame as a PNG or JPEG export: no DICOM header, no calibration.
+
+    The file carries the identities an archive exporter may embed (PNG text chunks, JPEG EXIF), so
+    that a test can check that none of them reaches an output.
+    """
+    import PIL.Image
+    import PIL.PngImagePlugin
+
+    img = PIL.Image.fromarray(frame)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "png":
+        info = PIL.PngImagePlugin.PngInfo()
+        for key, value in identities.items():
+            info.add_text(key, str(value))
+        img.save(path, format="PNG", pnginfo=info)
+    elif fmt == "jpeg":
+        exif = PIL.Image.Exif()
+        exif[0x010E] = " ".join(map(str, identities.values()))  # ImageDescription
+        img.save(path, format="JPEG", quality=quality, exif=exif)
+    else:
+        raise ValueError(f"export format {fmt!r}: png or jpeg")
+
+
+def write_export(
+    t: BiopsyTruth,
+    path: Path,
+    region: np.ndarray,
+    rng: np.random.Generator,
+    fmt: str = "png",
+    quality: int = 90,
+    ruler_mm: float | None = 1.0,
+) -> None:
+    """The saved frame as a screen export with the scanner's furniture: a depth ruler at ``ruler_mm``
+    (None: the DICOM screen's 25 px ticks) and a text box without text."""
+    save_export(_frame(t, region, rng, ruler_mm), path, fmt, quality, t.canaries)
+
+
+def export_dicom(dicom: Path, path: Path, fmt: str, quality: int = 90) -> None:
+    """Export a rendered DICOM's saved (last) frame as an archive would: its pixels as RGB, its header
+    identities embedded in the image file's metadata, its calibration lost."""
+    from pydicom.pixels import pixel_array
+
+    ds = pydicom.dcmread(dicom)
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    frame = pixel_array(ds, index=n - 1 if n > 1 else None)
+    frame = np.repeat(frame[..., None], 3, axis=-1) if frame.ndim == 2 else frame
+    identities = {k: str(ds[k].value) for k in ("PatientName", "PatientID", "StudyDescription") if k in ds}
+    save_export(np.ascontiguousarray(frame, np.uint8), path, fmt, quality, identities)
 
 
 def write_dicom(t: BiopsyTruth, path: Path, regions: list[np.ndarray], rng: np.random.Generator) -> None:
