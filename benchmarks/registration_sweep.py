@@ -162,8 +162,9 @@ def peak_mb(step, *args, **kwargs) -> float:
 
 def register_slide(args: tuple[int, str, bool, bool, int, bool, str]) -> list[dict]:
     """Render one slide of one or several cores, find its cores once, then register and score each biopsy on its
-    own core, picked as the sheet would (by name or position) (``measure``: also the peak memory of each step;
-    ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used; ``formats``: the ultrasound's, see ``us_format``)."""
+    own core, picked as the sheet would (by name or position).  ``measure``: also the peak memory of each step;
+    ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used;
+    ``formats``: the ultrasound's (see ``us_format``)."""
     seed, pid, measure, compress, n_cores, marks, formats = args
     ts, thumb, features = render(seed, pid, compress, n_cores, marks)
     rows = []
