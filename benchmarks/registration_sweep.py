@@ -6,6 +6,10 @@ features.  Registration runs through the pipeline's own functions with the thres
 the truth is read only to score.  Run from the repository root:
 
     python benchmarks/registration_sweep.py --n 240 --seeds 1 2 --workers 2
+    python benchmarks/registration_sweep.py --n 60 --strokes 15 22 --steps tract   # mixed gun strokes, tract only
+
+Each biopsy's gun stroke (``--strokes``: drawn per biopsy) reaches the tract step as biopsies.tsv's
+``stroke_mm`` would (``--config-stroke``: the config's one stroke for all, as without that column).
 """
 
 from __future__ import annotations
@@ -43,17 +47,17 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 
 def render(
-    seed: int, pid: str, compress: bool = True
-) -> tuple[synthetic.BiopsyTruth, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
-    """One varied biopsy as pixels: WSI level (``compress``: through a JPEG round trip), pre-fire, post-fire,
-    and the annotation features."""
-    t = synthetic.sample_truth(seed, pid, "B1", varied=True)
+    seed: int, pid: str, compress: bool = True, strokes: tuple[float, ...] = (22.0,), slide: bool = True
+) -> tuple[synthetic.BiopsyTruth, np.ndarray | None, np.ndarray, np.ndarray, list[dict]]:
+    """One varied biopsy as pixels: WSI level (``compress``: through a JPEG round trip; ``slide``: else none),
+    pre-fire, post-fire, and the annotation features; its gun's stroke is one of ``strokes``."""
+    t = synthetic.sample_truth(seed, pid, "B1", varied=True, strokes=strokes)
     rng = synthetic.biopsy_rng(seed + 1, pid, "B1")
     synthetic.place_on_slide(t, rng)
     shape = [int(n * t.slide_um_per_px / LEVEL_UM) for n in t.slide_shape]
-    thumb = synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM)
+    thumb = synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], LEVEL_UM) if slide else None
     quality = int(rng.integers(75, 96))  # drawn either way: the annotation features below stay the same
-    thumb = jpeg(thumb, quality) if compress else thumb
+    thumb = jpeg(thumb, quality) if compress and slide else thumb
     pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
     post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=tuple(t.nuisance["shift_mm"]))
     return t, thumb, pre, post, synthetic.qupath_features(t, rng)
@@ -65,6 +69,7 @@ def factors(t: synthetic.BiopsyTruth) -> dict:
     ends = [d for d in nz["dense"] if d[0] < 2.0 or d[0] > t.throw_mm - 2.0]
     angle = abs(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], abs(t.t1_mm[0] - t.t0_mm[0]))))
     return {
+        "stroke": t.stroke_mm,
         "dye": t.dye,
         "dye_cover": nz["dye_cover"],
         "dense_at_end": bool(ends),
@@ -95,16 +100,9 @@ def peak_mb(step, *args, **kwargs) -> float:
     return peak / 2**20
 
 
-def register_one(args: tuple[int, str, bool, bool]) -> dict:
-    """Render, register and score one biopsy (``measure``: also the peak memory of each step, in a second run;
-    ``compress``: the slide level through a JPEG round trip)."""
-    seed, pid, measure, compress = args
-    t, thumb, pre, post, features = render(seed, pid, compress)
-    truth = synthetic.truth_record(t)
-    row = {"seed": seed, "biopsy": pid, **factors(t)}
-    mm = (t.mm_per_px, t.mm_per_px)
+def orient_one(thumb: np.ndarray, t: synthetic.BiopsyTruth, row: dict) -> dict | None:
+    """The orientation step on one slide level, its state and evidence written into ``row``."""
     c = CONFIG
-    t_start = time.process_time()
     try:
         found = orient.find_orientation(thumb, **c["orient"])
         row.update(
@@ -118,11 +116,30 @@ def register_one(args: tuple[int, str, bool, bool]) -> dict:
     except InputError as e:
         row.update(orient_state="failed", orient_error=e.what)
         res_o = None
+    return res_o
+
+
+def register_one(args: tuple[int, str, bool, bool, tuple[float, ...], bool, tuple[str, ...]]) -> dict:
+    """Render, register and score one biopsy (``measure``: also the peak memory of each step, in a second run;
+    ``compress``: the slide level through a JPEG round trip; ``strokes``: the guns' strokes drawn from;
+    ``stroke_given``: the biopsy's stroke reaches the tract step, else the config's; ``steps``: which run)."""
+    seed, pid, measure, compress, strokes, stroke_given, steps = args
+    t, thumb, pre, post, features = render(seed, pid, compress, strokes, "orient" in steps)
+    truth = synthetic.truth_record(t)
+    row = {"seed": seed, "biopsy": pid, **factors(t)}
+    mm = (t.mm_per_px, t.mm_per_px)
+    c = CONFIG
+    stroke = t.stroke_mm if stroke_given else c["tract"]["throw_mm"]
+    t_start = time.process_time()
+    if "orient" not in steps:
+        row["orient_state"], res_o = "skipped", None
+    else:
+        res_o = orient_one(thumb, t, row)
     row["orient_s"] = time.process_time() - t_start
     t_start = time.process_time()
     try:
-        res_t = tract.tract(pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
-        row["tract_state"] = res_t["state"]
+        res_t = tract.tract(pre, post, mm, stroke, {}, c["tract"]["min_confidence"])
+        row["tract_state"], row["length_flag"] = res_t["state"], res_t["length_flag"]
         crop, frame = tract.crop_strip(
             pre, res_t, mm, c["tract"]["width_mm"], c["tract"]["out_mm_per_px"], c["tract"]["margin_mm"]
         )
@@ -138,8 +155,9 @@ def register_one(args: tuple[int, str, bool, bool]) -> dict:
         res_t = None
     row["tract_s"] = time.process_time() - t_start
     if measure:
-        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"])
-        row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
+        if "orient" in steps:
+            row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"])
+        row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, stroke, {}, c["tract"]["min_confidence"])
     if res_t is not None:
         err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * t.mm_per_px))  # noqa: E731
         row["t0_mm"], row["t1_mm"] = err(res_t["t0_px"], truth["t0_px"]), err(res_t["t1_px"], truth["t1_px"])
@@ -168,6 +186,7 @@ def summary(df: pd.DataFrame) -> dict:
     acc_o = df["orient_state"] == "accepted"
     correct = df.get("orient_correct", pd.Series(False, index=df.index)).fillna(False).astype(bool)
     review = (df["orient_state"] == "review") | (df["tract_state"] == "review")
+    acc_t = df["tract_state"] == "accepted"
     q = lambda c, p: float(np.nanpercentile(df[c], p)) if c in df and df[c].notna().any() else float("nan")  # noqa: E731
     return {
         "n": n,
@@ -177,6 +196,7 @@ def summary(df: pd.DataFrame) -> dict:
         "orient_failed": int((df["orient_state"] == "failed").sum()),
         "tract_review": int((df["tract_state"] == "review").sum()),
         "tract_failed": int((df["tract_state"] == "failed").sum()),
+        "length_flag": int(df.get("length_flag", pd.Series(False, index=df.index)).fillna(False).astype(bool).sum()),
         "T0_med": q("t0_mm", 50),
         "T0_p95": q("t0_mm", 95),
         "T1_med": q("t1_mm", 50),
@@ -184,6 +204,8 @@ def summary(df: pd.DataFrame) -> dict:
         "axis_med": q("axis_deg", 50),
         "axis_p95": q("axis_deg", 95),
         "dice_med": q("dice", 50),
+        "T0_p95_acc": float(np.nanpercentile(df.loc[acc_t, "t0_mm"], 95)) if acc_t.any() else float("nan"),
+        "T1_p95_acc": float(np.nanpercentile(df.loc[acc_t, "t1_mm"], 95)) if acc_t.any() else float("nan"),
         "review_%": 100 * float(review.mean()),
     }
 
@@ -196,8 +218,15 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/registration_sweep.tsv")
     p.add_argument("--memory-every", type=int, default=4, help="measure each step's peak memory on every k-th biopsy")
     p.add_argument("--no-jpeg", action="store_true", help="slide level as rendered (no JPEG round trip)")
+    p.add_argument("--strokes", type=float, nargs="+", default=[22.0], help="gun strokes (mm), one drawn per biopsy")
+    p.add_argument("--config-stroke", action="store_true", help="the config's stroke for all, not each biopsy's")
+    p.add_argument("--steps", nargs="+", choices=["orient", "tract"], default=["orient", "tract"], help="tract: always")
     a = p.parse_args()
-    jobs = [(s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg) for s in a.seeds for i in range(a.n)]
+    jobs = [
+        (s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg, tuple(a.strokes), not a.config_stroke, tuple(a.steps))
+        for s in a.seeds
+        for i in range(a.n)
+    ]
     t0 = time.time()
     with ProcessPoolExecutor(a.workers) as ex:
         rows = []
@@ -216,10 +245,15 @@ def main() -> None:
     pd.set_option("display.width", 250, "display.max_columns", 30, "display.max_rows", 200)
     fmt = lambda d: d.to_string(float_format=lambda v: f"{v:.3g}")  # noqa: E731
     slide = "as rendered" if a.no_jpeg else "JPEG round trip"
-    print(f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, {time.time() - t0:.0f} s\n")
+    given = "the config's" if a.config_stroke else "each biopsy's"
+    print(
+        f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, strokes {a.strokes} mm "
+        f"({given} given), steps {a.steps}, {time.time() - t0:.0f} s\n"
+    )
     print("OVERALL")
     print(fmt(pd.DataFrame([summary(df)])))
     for f in (
+        "stroke",
         "dye",
         "dye_cover",
         "dense_at_end",
@@ -242,10 +276,11 @@ def main() -> None:
         f"\nCPU seconds per biopsy: orient median {df['orient_s'].median():.2f} max {df['orient_s'].max():.2f}; "
         f"tract median {df['tract_s'].median():.2f} max {df['tract_s'].max():.2f}"
     )
+    o_mb = df.get("orient_mb", pd.Series(np.nan, index=df.index))
     print(
-        f"Peak memory per biopsy (MB allocated by the step, {df['orient_mb'].notna().sum()} biopsies; the interpreter "
-        f"with its libraries adds about 100 MB): orient median {df['orient_mb'].median():.0f} max "
-        f"{df['orient_mb'].max():.0f}; tract median {df['tract_mb'].median():.0f} max {df['tract_mb'].max():.0f}"
+        f"Peak memory per biopsy (MB allocated by the step, {df['tract_mb'].notna().sum()} biopsies; the interpreter "
+        f"with its libraries adds about 100 MB): orient median {o_mb.median():.0f} max "
+        f"{o_mb.max():.0f}; tract median {df['tract_mb'].median():.0f} max {df['tract_mb'].max():.0f}"
     )
     bad = df[
         (df["orient_state"] == "accepted")
