@@ -15,10 +15,11 @@ tip), T1 where the post-fire echo ends (half-way crossings, sub-pixel); where
 bright pre-fire tissue dims the difference, the post-fire needle's ridge over
 the tissue just above it says how far the needle runs.  Each of T0, T1 and the
 axis gets a confidence (the two tips lying as far apart as the gun advances, at
-most its throw and a little short of it, supports either); a biopsy below
-``min_confidence`` on any goes to review.
+most its stroke and a little short of it, supports either); a biopsy below
+``min_confidence`` on any goes to review.  The stroke is the biopsy's
+(biopsies.tsv ``stroke_mm``) or the config's default; it never moves a tip.
 
-With one frame (inference, or a throw override) the needle is the dominant
+With one frame (inference, or a length override) the needle is the dominant
 bright line: Hough vote, weighted TLS refinement, and the tip at the end of the
 bright run away from the entry edge.
 """
