@@ -486,11 +486,11 @@ def _within(s1: float, s0: float, throw_px: float) -> float:
 
 
 def two_frame(
-    pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], throw_mm: float = float("nan")
+    pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], stroke_mm: float = float("nan")
 ) -> dict:
     """Axis, T0 and T1 (pre-fire px) from the needle's advance between the two frames, with confidences.
 
-    ``throw_mm``, the gun's throw, only supports the tips' confidences (their distance fitting the gun);
+    ``stroke_mm``, the gun's stroke, only supports the tips' confidences (their distance fitting the gun);
     it never moves them."""
     mm = float(np.mean(mm_per_px))
     for name, img in (("pre-fire", pre), ("post-fire", post)):
@@ -577,7 +577,7 @@ def two_frame(
     agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
     # the two tips found independently and as far apart as the gun advances: support for either
-    stroke = agree(s1, _within(s1, s0, throw_mm / mm))
+    stroke = agree(s1, _within(s1, s0, stroke_mm / mm))
     conf = {
         # T0's second estimate: the end of the pre-fire echo, or the tips' distance fitting the gun
         "t0": max(agree(s0, tip["d0"]), stroke) * clear(tip["snr"][0]),
@@ -600,9 +600,9 @@ def two_frame(
     }
 
 
-def implausible_length(length_mm: float, throw_mm: float) -> bool:
+def implausible_length(length_mm: float, stroke_mm: float) -> bool:
     """A sampled length the gun cannot give: past its stroke (by more than the tips' error), or a quarter short."""
-    return length_mm > throw_mm + STROKE_OVERSHOOT_MM or length_mm < 0.75 * throw_mm
+    return length_mm > stroke_mm + STROKE_OVERSHOOT_MM or length_mm < 0.75 * stroke_mm
 
 
 def tract(
