@@ -47,6 +47,9 @@ def test_registration_accuracy_from_the_qc_table(cohort_run):
     rows = qc[~qc["participant_id"].isin(["median", "p95"])]
     assert len(rows) == len(pd.read_csv(cohort_run / "sheets/biopsies.tsv", sep="\t"))
     assert rows["orientation_correct"].astype(bool).all()
+    # no stroke_mm in the demo sheet: every biopsy's stroke is the config's, and no length was set by hand
+    assert (rows["stroke_mm"] == 22.0).all() and (rows["stroke_source"] == "config tract.throw_mm").all()
+    assert (rows["length_source"] == "auto").all() and rows["override_length_mm"].isna().all()
     tips = np.concatenate([rows["tip0_error_mm"], rows["tip1_error_mm"]])
     assert np.median(tips) < 0.3 and np.percentile(tips, 95) < 1.0
     assert rows["axis_error_deg"].median() < 1.0
