@@ -187,10 +187,11 @@ def summary(df: pd.DataFrame) -> dict:
     correct = df.get("orient_correct", pd.Series(False, index=df.index)).fillna(False).astype(bool)
     review = (df["orient_state"] == "review") | (df["tract_state"] == "review")
     acc_t = df["tract_state"] == "accepted"
+    orient_run = bool((df["orient_state"] != "skipped").any())
     q = lambda c, p: float(np.nanpercentile(df[c], p)) if c in df and df[c].notna().any() else float("nan")  # noqa: E731
     return {
         "n": n,
-        "orient_auto_correct_%": 100 * float((acc_o & correct).mean()),
+        "orient_auto_correct_%": 100 * float((acc_o & correct).mean()) if orient_run else float("nan"),
         "orient_wrong_accepted": int((acc_o & ~correct).sum()),
         "orient_review": int((df["orient_state"] == "review").sum()),
         "orient_failed": int((df["orient_state"] == "failed").sum()),
