@@ -6,6 +6,10 @@ features.  Registration runs through the pipeline's own functions with the thres
 the truth is read only to score.  Run from the repository root:
 
     python benchmarks/registration_sweep.py --n 240 --seeds 1 2 --workers 2
+    python benchmarks/registration_sweep.py --n 60 --strokes 15 22 --steps tract   # mixed gun strokes, tract only
+
+Each biopsy's gun stroke (``--strokes``: drawn per biopsy) reaches the tract step as biopsies.tsv's
+``stroke_mm`` would (``--config-stroke``: the config's one stroke for all, as without that column).
 """
 
 from __future__ import annotations
@@ -54,20 +58,29 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
 
 
 def render(
-    seed: int, pid: str, compress: bool = True, n_cores: int = 1, marks: bool = False
-) -> tuple[list[synthetic.BiopsyTruth], np.ndarray, list[dict]]:
+    seed: int,
+    pid: str,
+    compress: bool = True,
+    n_cores: int = 1,
+    marks: bool = False,
+    strokes: tuple[float, ...] = (22.0,),
+    slide: bool = True,
+) -> tuple[list[synthetic.BiopsyTruth], np.ndarray | None, list[dict]]:
     """One varied slide as pixels: its cores' truths (biopsies B1..Bn of ``pid``), the WSI level (``compress``:
     through a JPEG round trip) and the annotation features (several cores: a named outline around every core
-    of every other slide; ``marks``: the pathologist's dye marks the forward model drew)."""
+    of every other slide; ``marks``: the pathologist's dye marks the forward model drew); each gun's stroke is
+    one of ``strokes``; ``slide``: else no slide level is rendered."""
     named = n_cores > 1 and seed % 2 == int(pid[1:]) % 2
-    ts = synthetic.slide_truths(seed, pid, [f"B{k + 1}" for k in range(n_cores)], varied=True, named=named)
+    ts = synthetic.slide_truths(
+        seed, pid, [f"B{k + 1}" for k in range(n_cores)], varied=True, named=named, strokes=strokes
+    )
     rng = synthetic.biopsy_rng(seed + 1, pid, "B1")
     if n_cores == 1:
         synthetic.place_on_slide(ts[0], rng)  # as before: the single-core draws stay as they were
     shape = [int(n * ts[0].slide_um_per_px / LEVEL_UM) for n in ts[0].slide_shape]
-    thumb = synthetic.render_slide(ts, 0, 0, shape[0], shape[1], LEVEL_UM)
+    thumb = synthetic.render_slide(ts, 0, 0, shape[0], shape[1], LEVEL_UM) if slide else None
     quality = int(rng.integers(75, 96))  # drawn either way: the annotation features below stay the same
-    thumb = jpeg(thumb, quality) if compress else thumb
+    thumb = jpeg(thumb, quality) if compress and slide else thumb
     feats = [f for t in ts for f in synthetic.qupath_features(t, rng)]
     if n_cores > 1 or marks:
         feats += [f for t in ts for f in synthetic.annotations.core_features(t if marks else _no_mark(t), rng)]
@@ -126,6 +139,7 @@ def factors(t: synthetic.BiopsyTruth) -> dict:
     ends = [d for d in nz["dense"] if d[0] < 2.0 or d[0] > t.throw_mm - 2.0]
     angle = abs(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], abs(t.t1_mm[0] - t.t0_mm[0]))))
     return {
+        "stroke": t.stroke_mm,
         "dye": t.dye,
         "cores_on_slide": 1 if not t.slide_id else int(t.slide_id.count("-")),
         "core_by": "" if not t.slide_id else ("name" if t.core_name else "position"),
@@ -160,15 +174,18 @@ def peak_mb(step, *args, **kwargs) -> float:
     return peak / 2**20
 
 
-def register_slide(args: tuple[int, str, bool, bool, int, bool, str]) -> list[dict]:
+def register_slide(args: tuple) -> list[dict]:
     """Render one slide of one or several cores, find its cores once, then register and score each biopsy on its
     own core, picked as the sheet would (by name or position).  ``measure``: also the peak memory of each step;
     ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used;
-    ``formats``: the ultrasound's (see ``us_format``)."""
-    seed, pid, measure, compress, n_cores, marks, formats = args
-    ts, thumb, features = render(seed, pid, compress, n_cores, marks)
+    ``formats``: the ultrasound's (see ``us_format``); ``strokes``: the guns' strokes drawn from;
+    ``stroke_given``: each biopsy's stroke reaches the tract step, else the config's; ``steps``: which run."""
+    seed, pid, measure, compress, n_cores, marks, formats, strokes, stroke_given, steps = args
+    ts, thumb, features = render(seed, pid, compress, n_cores, marks, strokes, "orient" in steps)
     rows = []
     try:
+        if thumb is None:
+            raise InputError("orientation skipped")
         labels, found = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
         cores.annotate(
             found, labels, features, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CONFIG["cores"]["dye_class"]
@@ -176,7 +193,8 @@ def register_slide(args: tuple[int, str, bool, bool, int, bool, str]) -> list[di
     except InputError as e:
         labels, found = None, e.what
     for t in ts:
-        rows.append(register_one(t, thumb, features, labels, found, measure, formats))
+        stroke = t.stroke_mm if stroke_given else CONFIG["tract"]["throw_mm"]
+        rows.append(register_one(t, thumb, features, labels, found, measure, formats, stroke))
     return rows
 
 
@@ -188,8 +206,10 @@ def register_one(
     found,
     measure: bool,
     formats: str,
+    stroke: float,
 ) -> dict:
-    """Register and score one biopsy whose core lies on a slide level with the cores ``found`` (or their error)."""
+    """Register and score one biopsy whose core lies on a slide level with the cores ``found`` (or their error);
+    ``stroke``: the gun's stroke the tract step is given."""
     pre, post = ultrasound(t)
     seed, pid = t.seed[0], f"{t.participant_id}/{t.biopsy_id}"
     truth = synthetic.truth_record(t)
@@ -207,10 +227,8 @@ def register_one(
         if labels is None:
             raise InputError(found)
         mine = cores.select(found, value)
-        centre = np.round(np.array(truth["core_centre_slide_px"]) * t.slide_um_per_px / LEVEL_UM).astype(int)
-        row["core_matched"] = bool(
-            labels[min(centre[1], labels.shape[0] - 1), min(centre[0], labels.shape[1] - 1)] == mine["position"]
-        )
+        centre = np.array([truth["core_centre_slide_px"]]) * t.slide_um_per_px / LEVEL_UM
+        row["core_matched"] = cores.nearest_core(labels, centre, 1000 / LEVEL_UM) == mine["position"]
         found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, **c["orient"])
         row.update(
             orient_state=found_o["state"],
@@ -222,13 +240,13 @@ def register_one(
         can = orient.canonical(found_o, LEVEL_UM, t.slide_um_per_px)
         res_o = {**found_o, **can}
     except InputError as e:
-        row.update(orient_state="failed", orient_error=e.what)
+        row.update(orient_state="skipped" if thumb is None else "failed", orient_error=e.what)
         res_o = None
     row["orient_s"] = time.process_time() - t_start
     t_start = time.process_time()
     try:
-        res_t = tract.tract(pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
-        row["tract_state"] = res_t["state"]
+        res_t = tract.tract(pre, post, mm, stroke, {}, c["tract"]["min_confidence"])
+        row["tract_state"], row["length_flag"] = res_t["state"], res_t["length_flag"]
         for k in ("t0_px", "t1_px"):  # an export's region (trimmed by the reader) -> the truth's region
             res_t[k] = (np.array(res_t[k]) + offset).tolist()
         crop, frame = tract.crop_strip(
@@ -246,8 +264,8 @@ def register_one(
         res_t = None
     row["tract_s"] = time.process_time() - t_start
     if measure:
-        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"]) if not t.slide_id else np.nan
-        row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, c["tract"]["throw_mm"], {}, c["tract"]["min_confidence"])
+        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"]) if thumb is not None else np.nan
+        row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, stroke, {}, c["tract"]["min_confidence"])
     if res_t is not None:
         err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * t.mm_per_px))  # noqa: E731
         row["t0_mm"], row["t1_mm"] = err(res_t["t0_px"], truth["t0_px"]), err(res_t["t1_px"], truth["t1_px"])
@@ -280,16 +298,19 @@ def summary(df: pd.DataFrame) -> dict:
     acc_o = df["orient_state"] == "accepted"
     correct = df.get("orient_correct", pd.Series(False, index=df.index)).fillna(False).astype(bool)
     review = (df["orient_state"] == "review") | (df["tract_state"] == "review")
+    acc_t = df["tract_state"] == "accepted"
+    orient_run = bool((df["orient_state"] != "skipped").any())
     q = lambda c, p: float(np.nanpercentile(df[c], p)) if c in df and df[c].notna().any() else float("nan")  # noqa: E731
     return {
         "n": n,
         "core_wrong": int((~df.get("core_matched", pd.Series(True, index=df.index)).fillna(True).astype(bool)).sum()),
-        "orient_auto_correct_%": 100 * float((acc_o & correct).mean()),
+        "orient_auto_correct_%": 100 * float((acc_o & correct).mean()) if orient_run else float("nan"),
         "orient_wrong_accepted": int((acc_o & ~correct).sum()),
         "orient_review": int((df["orient_state"] == "review").sum()),
         "orient_failed": int((df["orient_state"] == "failed").sum()),
         "tract_review": int((df["tract_state"] == "review").sum()),
         "tract_failed": int((df["tract_state"] == "failed").sum()),
+        "length_flag": int(df.get("length_flag", pd.Series(False, index=df.index)).fillna(False).astype(bool).sum()),
         "T0_med": q("t0_mm", 50),
         "T0_p95": q("t0_mm", 95),
         "T1_med": q("t1_mm", 50),
@@ -297,6 +318,8 @@ def summary(df: pd.DataFrame) -> dict:
         "axis_med": q("axis_deg", 50),
         "axis_p95": q("axis_deg", 95),
         "dice_med": q("dice", 50),
+        "T0_p95_acc": float(np.nanpercentile(df.loc[acc_t, "t0_mm"], 95)) if acc_t.any() else float("nan"),
+        "T1_p95_acc": float(np.nanpercentile(df.loc[acc_t, "t1_mm"], 95)) if acc_t.any() else float("nan"),
         "review_%": 100 * float(review.mean()),
     }
 
@@ -317,9 +340,23 @@ def main() -> None:
         default="mixed",
         help="ultrasound as rendered (dicom), or through a PNG/JPEG screen export read by ingest; mixed: half exports",
     )
+    p.add_argument("--strokes", type=float, nargs="+", default=[22.0], help="gun strokes (mm), one drawn per biopsy")
+    p.add_argument("--config-stroke", action="store_true", help="the config's stroke for all, not each biopsy's")
+    p.add_argument("--steps", nargs="+", choices=["orient", "tract"], default=["orient", "tract"], help="tract: always")
     a = p.parse_args()
     jobs = [
-        (s, f"V{i:04d}", i % a.memory_every == 0, not a.no_jpeg, a.cores[i % len(a.cores)], a.marks, a.us_format)
+        (
+            s,
+            f"V{i:04d}",
+            i % a.memory_every == 0,
+            not a.no_jpeg,
+            a.cores[i % len(a.cores)],
+            a.marks,
+            a.us_format,
+            tuple(a.strokes),
+            not a.config_stroke,
+            tuple(a.steps),
+        )
         for s in a.seeds
         for i in range(a.n)
     ]
@@ -343,6 +380,7 @@ def main() -> None:
     slide = "as rendered" if a.no_jpeg else "JPEG round trip"
     print(
         f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, ultrasound {a.us_format}, "
+        f"strokes {a.strokes} mm ({'the config' if a.config_stroke else 'each biopsy'}'s given), steps {a.steps}, "
         f"{time.time() - t0:.0f} s\n"
     )
     print("OVERALL")
@@ -352,6 +390,7 @@ def main() -> None:
         "core_by",
         "fragments",
         "dye_mark",
+        "stroke",
         "dye",
         "dye_cover",
         "dense_at_end",
@@ -375,10 +414,11 @@ def main() -> None:
         f"\nCPU seconds per biopsy: orient median {df['orient_s'].median():.2f} max {df['orient_s'].max():.2f}; "
         f"tract median {df['tract_s'].median():.2f} max {df['tract_s'].max():.2f}"
     )
+    o_mb = df.get("orient_mb", pd.Series(np.nan, index=df.index))
     print(
-        f"Peak memory per biopsy (MB allocated by the step, {df['orient_mb'].notna().sum()} biopsies; the interpreter "
-        f"with its libraries adds about 100 MB): orient median {df['orient_mb'].median():.0f} max "
-        f"{df['orient_mb'].max():.0f}; tract median {df['tract_mb'].median():.0f} max {df['tract_mb'].max():.0f}"
+        f"Peak memory per biopsy (MB allocated by the step, {df['tract_mb'].notna().sum()} biopsies; the interpreter "
+        f"with its libraries adds about 100 MB): orient median {o_mb.median():.0f} max "
+        f"{o_mb.max():.0f}; tract median {df['tract_mb'].median():.0f} max {df['tract_mb'].max():.0f}"
     )
     bad = df[
         (df["orient_state"] == "accepted")

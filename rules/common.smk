@@ -52,7 +52,8 @@ def read_sheet(key, schema, ids):
         df = sheetlib.read_sheet(path, numeric)
     except sheetlib.SheetError as e:
         raise WorkflowError(str(e))
-    return df, sheetlib.schema_problems(df, schema_document(schema), path, ids)
+    problems = sheetlib.unknown_columns(df, schema_document(schema), path)
+    return df, problems + sheetlib.schema_problems(df, schema_document(schema), path, ids)
 
 
 participants, _problems = read_sheet("participants", "../schemas/participants.schema.yaml", ("participant_id",))
@@ -189,15 +190,17 @@ def demo_slide_args(wildcards):
 
 
 def tract_override_args(wildcards):
-    """Command-line override flags from biopsies.tsv for the tract step."""
+    """Command-line flags from biopsies.tsv for the tract step: the overrides, and the gun's stroke if given."""
     o = sheetlib.overrides(sheet_row(wildcards))
     args = []
     if "tip_x" in o:
         args += ["--tip", str(o["tip_x"]), str(o["tip_y"])]
     if "axis_deg" in o:
         args += ["--axis-deg", str(o["axis_deg"])]
-    if "throw_mm" in o or "override_length_mm" in o:  # a review's override_length_mm wins (decisions.GROUPS)
-        args += ["--override-throw-mm", str(o.get("override_length_mm", o.get("throw_mm")))]
+    if "override_length_mm" in o:  # the sheet's, or a review's (decisions win: workflow_scripts.decisions)
+        args += ["--override-length-mm", str(o["override_length_mm"])]
+    if "stroke_mm" in o:
+        args += ["--stroke-mm", str(o["stroke_mm"])]
     return args
 
 

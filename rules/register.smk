@@ -59,7 +59,7 @@ rule tract:
     shell:
         "python -m workflow_scripts.tract --pre={input.pre:q} --pre-meta={input.pre_meta:q} --post={input.post:q} "
         "--post-meta={input.post_meta:q} --out={output.json:q} --crop={output.crop:q} "
-        "--throw-mm={params.t[throw_mm]:q} --width-mm={params.t[width_mm]:q} "
+        "--default-stroke-mm={params.t[throw_mm]:q} --width-mm={params.t[width_mm]:q} "
         "--margin-mm={params.t[margin_mm]:q} --out-mm-per-px={params.t[out_mm_per_px]:q} --min-confidence={params.t[min_confidence]:q} "
         "{params.overrides:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 

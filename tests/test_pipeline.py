@@ -50,6 +50,9 @@ def test_registration_accuracy_from_the_qc_table(cohort_run):
     rows = qc[~qc["participant_id"].isin(["median", "p95"])]
     assert len(rows) == len(pd.read_csv(cohort_run / "sheets/biopsies.tsv", sep="\t"))
     assert rows["orientation_correct"].astype(bool).all()
+    # no stroke_mm in the demo sheet: every biopsy's stroke is the config's, and no length was set by hand
+    assert (rows["stroke_mm"] == 22.0).all() and (rows["stroke_source"] == "config tract.throw_mm").all()
+    assert (rows["length_source"] == "auto").all() and rows["override_length_mm"].isna().all()
     tips = np.concatenate([rows["tip0_error_mm"], rows["tip1_error_mm"]])
     assert np.median(tips) < 0.3 and np.percentile(tips, 95) < 1.0
     assert rows["axis_error_deg"].median() < 1.0
@@ -124,8 +127,8 @@ def test_corrected_labelme_file_wins_and_reruns_only_that_biopsy(copy_run):
 def test_manual_overrides_are_honoured(copy_run):
     sheet = copy_run / "sheets/biopsies.tsv"
     b = pd.read_csv(sheet, sep="\t", dtype=str)
-    b["tip_x"], b["tip_y"], b["axis_deg"], b["throw_mm"] = "", "", "", ""
-    b.loc[0, ["tip_x", "tip_y", "axis_deg", "throw_mm"]] = ["300", "250", "15", "18"]
+    b["tip_x"], b["tip_y"], b["axis_deg"], b["override_length_mm"], b["stroke_mm"] = "", "", "", "", ""
+    b.loc[0, ["tip_x", "tip_y", "axis_deg", "override_length_mm", "stroke_mm"]] = ["300", "250", "15", "18", "19"]
     b.to_csv(sheet, sep="\t", index=False)
     jobs = planned_jobs(copy_run)
     assert jobs.get("tract") == 1
@@ -136,6 +139,12 @@ def test_manual_overrides_are_honoured(copy_run):
     x0, y0 = meta["region_bounds_xyxy"][:2]
     np.testing.assert_allclose(res["t0_px"], [300 - x0, 250 - y0])
     assert res["axis_deg"] == pytest.approx(15.0) and res["sampled_length_mm"] == pytest.approx(18.0)
+    assert (res["stroke_mm"], res["stroke_source"], res["length_source"]) == (
+        19.0,
+        "biopsies.tsv stroke_mm",
+        "biopsies.tsv override_length_mm",
+    )
+    assert res["state"] == "override" and res["source"] == {"t0": "sheet", "axis": "sheet", "t1": "sheet"}
 
 
 def test_one_bad_biopsy_spares_everyone_else(copy_run):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import PIL.Image
 import pytest
 import yaml
 from conftest import ROOT
@@ -65,12 +66,12 @@ def test_orientation_puts_true_dye_end_right(case):
 def test_manual_overrides_win(case):
     pre, post, meta, _, _, truth = case
     tip = np.array(truth["t0_px"]) + [5.0, -3.0]
-    res = tract.tract(pre, post, tuple(meta["mm_per_px"]), 22.0, {"tip": tip, "axis_deg": 10.0, "throw_mm": 15.0})
+    res = tract.tract(pre, post, tuple(meta["mm_per_px"]), 22.0, {"tip": tip, "axis_deg": 10.0, "length_mm": 15.0})
     np.testing.assert_allclose(res["t0_px"], tip)
     assert res["axis_deg"] == pytest.approx(10.0)
     assert res["sampled_length_mm"] == pytest.approx(15.0)
-    assert res["source"] == {"t0": "override", "t1": "override"}
-    assert res["length_flag"]  # 15 mm is far from the configured 22 mm throw
+    assert res["source"] == {"t0": "sheet", "axis": "sheet", "t1": "sheet"} and res["state"] == "override"
+    assert res["length_flag"]  # 15 mm is far from the configured 22 mm stroke
 
 
 def dye_end_canonical_x(found: dict, wmeta: dict, truth: dict) -> float:
@@ -478,4 +479,83 @@ def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects()
     rows = review.entries(
         "P001", "B1", {**o, "state": "accepted"}, {**t, "state": "review"}, [100, 50, 600, 500], "qc.png"
     )
-    assert rows[0]["step"] == "tract" and rows[0]["confirm"].startswith("tip_x=110.0 tip_y=70.0 axis_deg=15.00")
+    assert (
+        rows[0]["step"] == "tract"
+        and rows[0]["confirm"] == "tip_x=110.0 tip_y=70.0 axis_deg=15.00 override_length_mm=21.50"
+    )
+
+
+def demo_frames(seed: int, pid: str, strokes: tuple[float, ...] = (22.0,)):
+    """A demo biopsy's truth and its pre- and post-fire tissue regions, rendered straight from the forward model."""
+    t = synthetic.sample_truth(seed, pid, "B1", strokes=strokes)
+    pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=1)
+    post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=2)
+    return t, pre, post
+
+
+def test_a_tip_only_or_axis_only_override_is_a_manual_decision():
+    """Half an override is still a person's decision: state override, and the sheet named for that part only."""
+    t, pre, post = demo_frames(301, "P1")
+    mm = (t.mm_per_px, t.mm_per_px)
+    tip = np.array(t.t0_mm) / t.mm_per_px + [4.0, -2.0]
+    res = tract.tract(pre, post, mm, 22.0, {"tip": tip}, 0.55)
+    assert res["state"] == "override" and res["source"] == {"t0": "sheet", "axis": "auto", "t1": "auto"}
+    np.testing.assert_allclose(res["t0_px"], tip)
+    true_deg = float(np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], t.t1_mm[0] - t.t0_mm[0])))
+    res = tract.tract(pre, post, mm, 22.0, {"axis_deg": true_deg + 2.0}, 0.55)
+    assert res["state"] == "override" and res["source"] == {"t0": "auto", "axis": "sheet", "t1": "auto"}
+    assert res["axis_deg"] == pytest.approx(true_deg + 2.0)
+
+
+def test_each_biopsys_stroke_checks_its_length_and_moves_no_tip(tmp_path):
+    """A gun set to 15 mm: against the default 22 mm stroke the tract is a length the gun cannot give (review);
+    with its own stroke it is accepted, with the very same tips.  The record says which stroke and from where."""
+    t, pre, post = demo_frames(302, "P2", strokes=(15.0,))
+    mm = (t.mm_per_px, t.mm_per_px)
+    at22, at15 = (tract.tract(pre, post, mm, s, {}, 0.55) for s in (22.0, 15.0))
+    assert at22["length_flag"] and at22["state"] == "review"
+    assert not at15["length_flag"] and at15["state"] == "accepted", at15["confidence"]
+    assert at15["t0_px"] == at22["t0_px"] and at15["t1_px"] == at22["t1_px"]
+    for name, img in (("pre", pre), ("post", post)):
+        PIL.Image.fromarray(img).save(tmp_path / f"{name}.png")
+    (tmp_path / "meta.json").write_text(json.dumps({"mm_per_px": list(mm), "region_bounds_xyxy": [40, 30, 0, 0]}))
+    files = [f"--{k}={tmp_path / v}" for k, v in (("pre", "pre.png"), ("post", "post.png"), ("crop", "c.png"))]
+    files += [f"--pre-meta={tmp_path / 'meta.json'}", f"--post-meta={tmp_path / 'meta.json'}"]
+    common = [*files, "--default-stroke-mm=22", "--min-confidence=0.55"]
+    tract.main([*common, f"--out={tmp_path / 'sheet.json'}", "--stroke-mm=15"])
+    tract.main([*common, f"--out={tmp_path / 'over.json'}", "--override-length-mm=14.5"])
+    sheet, over = (json.loads((tmp_path / f).read_text()) for f in ("sheet.json", "over.json"))
+    assert (sheet["stroke_mm"], sheet["stroke_source"], sheet["state"]) == (15.0, "biopsies.tsv stroke_mm", "accepted")
+    assert (sheet["override_length_mm"], sheet["length_source"]) == (None, "auto")
+    assert (over["stroke_mm"], over["stroke_source"]) == (22.0, "config tract.throw_mm")
+    assert (over["override_length_mm"], over["length_source"]) == (14.5, "biopsies.tsv override_length_mm")
+    assert over["state"] == "override" and over["source"]["t1"] == "sheet"
+    assert over["sampled_length_mm"] == pytest.approx(14.5)
+
+
+def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():
+    """No needle in the pre-fire frame: the difference starts where the post-fire needle enters, so the tract
+    reads far longer than the stroke.  It goes to review saying why, with T0 estimated as T1 less the stroke."""
+    from workflow_scripts import review
+
+    t, pre, post = demo_frames(300, "P0")
+    d = (np.array(t.t1_mm) - t.t0_mm) / np.linalg.norm(np.array(t.t1_mm) - t.t0_mm)
+    empty = synthetic.render_ultrasound(t, np.array(t.t0_mm) - 1000 * d, noise_seed=1)  # the needle out of frame
+    mm = (t.mm_per_px, t.mm_per_px)
+    res = tract.tract(empty, post, mm, 22.0, {}, 0.55)
+    assert res["state"] == "review" and res["review_reason"].startswith("the pre-fire frame shows no needle")
+    assert "T1 less the 22 mm stroke" in res["review_reason"] and res["confidence"]["t0"] == 0.0
+    assert np.linalg.norm(np.array(res["t0_px"]) * t.mm_per_px - t.t0_mm) < 1.0  # the rendered throw: 97-100%
+    row = review.entries("P3", "B1", {"state": "accepted"}, res, [10, 20, 0, 0], "qc.png")[0]
+    assert "the pre-fire frame shows no needle" in row["reason"]
+    assert row["confirm"].startswith(f"tip_x={res['t0_px'][0] + 10:.1f} tip_y={res['t0_px'][1] + 20:.1f}")
+    fine = tract.tract(pre, post, mm, 22.0, {}, 0.55)  # the frames in order: no such reason
+    assert fine["state"] == "accepted" and "review_reason" not in fine
+
+
+def test_swapped_frames_are_a_clear_error():
+    """The needle longer in the "pre-fire" frame than in the "post-fire" one: the frames are swapped."""
+    t, pre, post = demo_frames(304, "P4")
+    with pytest.raises(InputError) as e:
+        tract.tract(post, pre, (t.mm_per_px, t.mm_per_px), 22.0, {}, 0.55)
+    assert "swapped" in e.value.what and "prefire and postfire" in e.value.hint

@@ -234,7 +234,7 @@ def test_inference_on_a_never_seen_dicom(cohort_run, tmp_path):
     assert geom["crop_settings"] == {k: trained[k] for k in ("throw_mm", "width_mm", "margin_mm", "out_mm_per_px")}
     truth_tip = np.array(t.t0_mm) / t.mm_per_px
     assert np.linalg.norm((np.array(geom["t0_px"]) - truth_tip) * t.mm_per_px) < 0.5  # mm
-    assert geom["source"]["t0"] == "auto" and geom["sampled_length_mm"] == pytest.approx(geom["throw_mm"])
+    assert geom["source"]["t0"] == "auto" and geom["sampled_length_mm"] == pytest.approx(geom["stroke_mm"])
     prob = np.load(tmp_path / "out/new_prefire_prob.npy")
     assert prob.shape == image.shape
     inside = np.isfinite(prob)

@@ -95,9 +95,14 @@ def test_every_problem_of_every_row_is_reported_at_once(workdir):
         return d
 
     edit(workdir, "biopsies.tsv", bad_biopsies)
+    edit(workdir, "biopsies.tsv", lambda d: d.assign(dye_ned="left", throw_mm="18"))  # a typo and a retired column
     rejected(
         workdir,
         "sample sheet problem(s)",
+        "biopsies.tsv: unknown column dye_ned (did you mean dye_end?)",
+        "biopsies.tsv: column throw_mm is no longer read",
+        "set stroke_mm to the gun's stroke setting",
+        "override_length_mm to set the sampled length by hand",
         "participants.tsv line 2 (P001): column birads: '6' is not one of",
         "participants.tsv line 4 (P003): column birads: '7' is not one of",
         "biopsies.tsv line 2 (P_1, B1): column participant_id",
@@ -113,11 +118,16 @@ def test_underscored_biopsy_ids_and_a_sheet_pixel_size_plan(workdir):
     edit(
         workdir,
         "biopsies.tsv",
-        lambda d: d.assign(biopsy_id=d["participant_id"] + "_" + d["biopsy_id"], wsi_um_per_px="0.25"),
+        lambda d: d.assign(
+            biopsy_id=d["participant_id"] + "_" + d["biopsy_id"], wsi_um_per_px="0.25", stroke_mm="15"
+        ).assign(override_length_mm=lambda x: ["14.5"] + [""] * (len(x) - 1)),
     )
     out = snakemake(workdir, "-n", "-p").stdout
     assert "Job stats" in out and "SegmentationClass/P001_B1.png" not in out
     assert "--um-per-px=0.25" in out and "voc/SegmentationClass/P001_P001_B1.png" in out
+    # each biopsy's gun stroke, and the one length override, reach the tract step
+    assert out.count("--stroke-mm 15.0") == out.count("workflow_scripts.tract ") > 0
+    assert out.count("--override-length-mm 14.5") == 1
 
 
 def test_export_rows_plan_their_spacing_and_the_demo_exports(workdir):
@@ -140,3 +150,16 @@ def test_bad_config(workdir):
     cfg["transfer"]["outside_core"] = "maybe"
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     rejected(workdir, "maybe")
+
+
+def test_an_unknown_column_names_the_closest_known_one():
+    from workflow_scripts import sheets
+
+    schema = {"properties": {"participant_id": {}, "dye_end": {}, "stroke_mm": {}}}
+    df = pd.DataFrame(columns=["participant_id", "dye_ned", "stroke", "throw_mm", "zzz"])
+    assert sheets.unknown_columns(df, schema, "b.tsv") == [
+        "b.tsv: unknown column dye_ned (did you mean dye_end?); rename or remove it",
+        "b.tsv: unknown column stroke (did you mean stroke_mm?); rename or remove it",
+        f"b.tsv: column throw_mm is no longer read: {sheets.RETIRED['throw_mm']}",
+        "b.tsv: unknown column zzz (known columns: participant_id, dye_end, stroke_mm); rename or remove it",
+    ]

@@ -48,18 +48,22 @@ def entries(pid: str, bid: str, orient: dict, tract: dict, region_xy: list[float
     if tract.get("state") == "review":
         c = tract.get("confidence", {})
         x, y = np.array(tract["t0_px"]) + np.array(region_xy[:2])
-        why = (
-            ", ".join(f"{k} {v:.2f}" for k, v in c.items())
-            + ("; a length the throw cannot give" if tract["length_flag"] else "")
-            + (f"; {tract['review_reason']}" if tract.get("review_reason") else "")
+        stroke = tract.get("stroke_mm", float("nan"))
+        why = ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + (
+            f"; a length a {stroke:g} mm stroke cannot give (set stroke_mm if this gun was set to another stroke)"
+            if tract["length_flag"]
+            else ""
         )
+        if tract.get("review_reason"):
+            why += f"; {tract['review_reason']}"
         rows.append(
             {
                 "step": "tract",
                 "reason": f"needle uncertain: confidence {why}",
                 "confirm": f"tip_x={x:.1f} tip_y={y:.1f} axis_deg={tract['axis_deg']:.2f} "
-                "throw_mm={tract['sampled_length_mm']:.2f}",
-                "correct": "measure tip_x/tip_y (pre-fire tip, DICOM frame px), axis_deg and throw_mm on the QC figure",
+                f"override_length_mm={tract['sampled_length_mm']:.2f}",
+                "correct": "measure tip_x/tip_y (pre-fire tip, DICOM frame px), axis_deg and override_length_mm on the "
+                "QC figure",
             }
         )
     return [{"participant_id": pid, "biopsy_id": bid, **r, "qc_figure": qc_figure} for r in rows]

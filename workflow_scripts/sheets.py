@@ -6,6 +6,7 @@ is line 1) and the IDs, and says how to fix it.  All problems are reported at on
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -63,6 +64,29 @@ def schema_problems(df: pd.DataFrame, schema: dict, sheet: str, ids: tuple[str, 
             why = props.get(col, {}).get("description", "") if err.validator == "pattern" else ""
             where = f"column {col}: " if col else ""
             problems.append(f"{sheet} line {line(i)} ({who}): {where}{err.message}" + (f" ({why})" if why else ""))
+    return problems
+
+
+# columns that once meant something else: naming one is an error that says what to use now
+RETIRED = {
+    "throw_mm": "it was the sampled-length override; set stroke_mm to the gun's stroke setting (mm; it only checks "
+    "the length) or override_length_mm to set the sampled length by hand (T1 = T0 + that length)",
+}
+
+
+def unknown_columns(df: pd.DataFrame, schema: dict, sheet: str) -> list[str]:
+    """Columns the schema does not define (a typo is otherwise silently ignored), each with the closest known one."""
+    known = list(schema.get("properties", {}))
+    problems = []
+    for col in df.columns:
+        if col in known:
+            continue
+        if col in RETIRED:
+            problems.append(f"{sheet}: column {col} is no longer read: {RETIRED[col]}")
+            continue
+        close = difflib.get_close_matches(col, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known columns: {', '.join(known)}"
+        problems.append(f"{sheet}: unknown column {col} ({hint}); rename or remove it")
     return problems
 
 
@@ -158,5 +182,5 @@ def slide_problems(biopsies: pd.DataFrame, sheet: str) -> list[str]:
 
 def overrides(row: dict) -> dict:
     """The manual override columns present (non-empty) in one biopsies.tsv row."""
-    cols = ("tip_x", "tip_y", "axis_deg", "throw_mm", "override_length_mm", "stroke_mm", "dye_end")
+    cols = ("tip_x", "tip_y", "axis_deg", "override_length_mm", "stroke_mm", "dye_end")
     return {c: row[c] for c in cols if c in row and pd.notna(row[c]) and row[c] != ""}

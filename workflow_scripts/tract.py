@@ -15,10 +15,11 @@ tip), T1 where the post-fire echo ends (half-way crossings, sub-pixel); where
 bright pre-fire tissue dims the difference, the post-fire needle's ridge over
 the tissue just above it says how far the needle runs.  Each of T0, T1 and the
 axis gets a confidence (the two tips lying as far apart as the gun advances, at
-most its throw and a little short of it, supports either); a biopsy below
-``min_confidence`` on any goes to review.
+most its stroke and a little short of it, supports either); a biopsy below
+``min_confidence`` on any goes to review.  The stroke is the biopsy's
+(biopsies.tsv ``stroke_mm``) or the config's default; it never moves a tip.
 
-With one frame (inference, or a throw override) the needle is the dominant
+With one frame (inference, or a length override) the needle is the dominant
 bright line: Hough vote, weighted TLS refinement, and the tip at the end of the
 bright run away from the entry edge.
 """
@@ -132,7 +133,7 @@ def detect(
     """Needle axis and tip of one image; overrides replace the detected values."""
     if axis_override_deg is not None and tip_override is not None:
         a = np.deg2rad(axis_override_deg)
-        return {"tip": tip_override, "direction": np.array([np.cos(a), np.sin(a)]), "source": "override"}
+        return {"tip": tip_override, "direction": np.array([np.cos(a), np.sin(a)])}
     point, direction = fit_axis(img, skin_rows)
     tip, advance, info = find_tip(img, point, direction)
     if axis_override_deg is not None:
@@ -140,13 +141,19 @@ def detect(
         advance = np.array([np.cos(a), np.sin(a)])
     if tip_override is not None:
         tip = tip_override
-    return {"tip": tip, "direction": advance, "source": "auto", **info}
+    return {"tip": tip, "direction": advance, **info}
 
 
 WORK_MM = 0.08  # working resolution of the line search
 MIN_DESCENT_DEG = 3.0  # a needle steeper than this advances away from the probe; flatter, the echoes decide
 THROW_SHORTFALL = 0.03  # share of the throw the advance seen in the image plane may fall short of it
 STROKE_OVERSHOOT_MM = 0.5  # a tract longer than the throw by more than this has a tip in the wrong place
+# largest change gained over lost (99.8th percentiles) below which the frames are taken as swapped; on the demo and
+# varied forward models, frames in order gave 1.7-3.4 and swapped ones 0.3-0.6
+SWAPPED_RATIO = 0.8
+# the pre-fire needle behind T0 as a share of the post-fire needle (``_tips``) below which the pre-fire frame shows
+# no needle; in order 0.37-1.2, with no needle in the pre-fire frame -0.5-0.26 (demo and varied forward models)
+PREFIRE_SHAFT = 0.3
 
 
 def _align(pre: np.ndarray, post: np.ndarray, f: int) -> np.ndarray:
@@ -387,6 +394,7 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
 
     r_pre, r_post = along(pre), along(post_a)
     r_ridge = r_post - along(post_a, 0.6 / mm)  # the post-fire needle over the tissue just above it
+    r_pre_ridge = r_pre - along(pre, 0.6 / mm)  # the same in the pre-fire frame
     r_diff = r_post - r_pre
     noise = 1.4826 * float(np.median(np.abs(r_diff - np.median(r_diff)))) + 1e-6  # most of the line: no change
     top = np.percentile(r_diff, 99)
@@ -411,10 +419,10 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
         sign = float(np.sign(direction[1]))
     else:
         sign = 1.0 if outside(a0 - 1 / mm, a0) >= outside(a1, a1 + 1 / mm) else -1.0
-    sd, pre_d, post_d, diff_d, ridge_d = (
-        (s, r_pre, r_post, r_diff, r_ridge)
+    sd, pre_d, post_d, diff_d, ridge_d, pre_ridge_d = (
+        (s, r_pre, r_post, r_diff, r_ridge, r_pre_ridge)
         if sign > 0
-        else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1], r_ridge[::-1])
+        else (-s[::-1], r_pre[::-1], r_post[::-1], r_diff[::-1], r_ridge[::-1], r_pre_ridge[::-1])
     )
     g0, g1 = (a0, a1) if sign > 0 else (-a1, -a0)
     inner = (sd > g0 + 1 / mm) & (sd < g1 - 1 / mm)
@@ -445,6 +453,16 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
     if np.isnan(d0):
         d0, _ = _step(pre_d, sd, s0 - w, min(s0 + w, (s0 + s1) / 2), step)
     snr = [snr0, snr1]
+    # the pre-fire needle behind T0, as a share of the post-fire needle ahead of it (about 1 with a needle in the
+    # pre-fire frame, about 0 without: then T0 is where the post-fire needle starts): its echo over the tissue it
+    # later advances into, times its echo over the tissue just above it
+    behind, ahead = (sd > s0 - 1.5 / mm) & (sd < s0 - 0.3 / mm), (sd > s0 + 0.5 / mm) & (sd < s1 - 0.5 / mm)
+    shaft = 0.0
+    if behind.sum() >= 4 and ahead.sum() >= 4:
+        tissue = float(np.median(pre_d[ahead]))
+        over_tissue = (float(np.median(pre_d[behind])) - tissue) / max(float(np.median(post_d[ahead])) - tissue, 1e-6)
+        over_above = float(np.median(pre_ridge_d[behind])) / max(float(np.median(ridge_d[ahead])), 1e-6)
+        shaft = max(over_tissue, 0.0) * max(over_above, 0.0)
     return {
         "u": direction * sign,
         "s0": s0,
@@ -454,6 +472,7 @@ def _tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.
         "r1": ridge_end,
         "snr": snr,
         "needle_post": float(np.median(post_d[inner])),
+        "prefire_shaft": shaft,
     }
 
 
@@ -467,11 +486,11 @@ def _within(s1: float, s0: float, throw_px: float) -> float:
 
 
 def two_frame(
-    pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], throw_mm: float = float("nan")
+    pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float, float], stroke_mm: float = float("nan")
 ) -> dict:
     """Axis, T0 and T1 (pre-fire px) from the needle's advance between the two frames, with confidences.
 
-    ``throw_mm``, the gun's throw, only supports the tips' confidences (their distance fitting the gun);
+    ``stroke_mm``, the gun's stroke, only supports the tips' confidences (their distance fitting the gun);
     it never moves them."""
     mm = float(np.mean(mm_per_px))
     for name, img in (("pre-fire", pre), ("post-fire", post)):
@@ -488,6 +507,14 @@ def two_frame(
     diff[:edge], diff[-edge:], diff[:, :edge], diff[:, -edge:] = 0.0, 0.0, 0.0, 0.0
     small = transform.downscale_local_mean(diff, (f, f))
     noise = 1.4826 * np.median(np.abs(small - np.median(small))) + 1e-6
+    # the needle's advance is the biggest change, and a bright one: far more negative than positive change means
+    # the needle is longer in the "pre-fire" frame
+    gain, loss = float(np.percentile(small, 99.8)), float(np.percentile(-small, 99.8))
+    if loss > 4 * noise and gain < SWAPPED_RATIO * loss:
+        raise InputError(
+            "the needle is longer in the pre-fire image than in the post-fire image (the frames look swapped)",
+            "check that prefire and postfire are not swapped in biopsies.tsv, or set tip_x/tip_y and axis_deg",
+        )
     strong = small > max(np.percentile(small, 99.0), 4 * noise)
     if strong.sum() < 10 / f:
         raise InputError("no needle advance found between the pre- and post-fire images", NO_NEEDLE_HINT)
@@ -550,7 +577,7 @@ def two_frame(
     agree = lambda a, b: 0.0 if np.isnan(b) else float(np.exp(-abs(a - b) * mm / 1.0))  # noqa: E731  two estimates, 1 mm scale
     clear = lambda x: float(1 - np.exp(-max(x, 0.0)))  # noqa: E731  edge contrast over the tissue noise
     # the two tips found independently and as far apart as the gun advances: support for either
-    stroke = agree(s1, _within(s1, s0, throw_mm / mm))
+    stroke = agree(s1, _within(s1, s0, stroke_mm / mm))
     conf = {
         # T0's second estimate: the end of the pre-fire echo, or the tips' distance fitting the gun
         "t0": max(agree(s0, tip["d0"]), stroke) * clear(tip["snr"][0]),
@@ -569,79 +596,92 @@ def two_frame(
         "shift_px": shift.tolist(),
         "confidence": conf,
         "fit": {**fit, "t0_diff_px": float(s0 - tip["d0"]), "t1_diff_px": float(s1 - tip["d1"]), "snr": tip["snr"]},
+        "prefire_shaft": tip["prefire_shaft"],
     }
 
 
-def implausible_length(length_mm: float, throw_mm: float) -> bool:
+def implausible_length(length_mm: float, stroke_mm: float) -> bool:
     """A sampled length the gun cannot give: past its stroke (by more than the tips' error), or a quarter short."""
-    return length_mm > throw_mm + STROKE_OVERSHOOT_MM or length_mm < 0.75 * throw_mm
+    return length_mm > stroke_mm + STROKE_OVERSHOOT_MM or length_mm < 0.75 * stroke_mm
 
 
 def tract(
     pre: np.ndarray,
     post: np.ndarray | None,
     mm_per_px: tuple[float, float],
-    throw_mm: float,
+    stroke_mm: float,
     overrides: dict,
     min_confidence: float = 0.5,
+    manual: str = "sheet",
 ) -> dict:
     """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length.
 
-    With both frames and no tip/axis override, both come from the needle's advance
-    (``two_frame``); ``state`` is ``accepted`` when every confidence reaches
-    ``min_confidence`` and the length is plausible, else ``review``.  With
-    ``overrides["throw_mm"]`` T1 is T0 + throw along the axis and ``post`` is not read
-    (inference on a new pre-fire image has none).
+    ``stroke_mm``, the gun's stroke, checks the length and supports the tips' confidences; it
+    never moves a tip.  With both frames and no override, both tips come from the needle's
+    advance (``two_frame``); ``state`` is ``accepted`` when every confidence reaches
+    ``min_confidence`` and the length is plausible, else ``review``.  A pre-fire frame with no
+    needle goes to review with T0 estimated as T1 less the stroke.  Overrides
+    (``tip``, ``axis_deg``, ``length_mm``) win over detection: the state is then ``override``
+    and each overridden part's source is ``manual``.  With ``length_mm`` T1 is T0 + that
+    length along the axis and ``post`` is not read (inference on a new pre-fire image has none).
     """
     scale = np.array(mm_per_px)
-    if post is not None and all(overrides.get(k) is None for k in ("tip", "axis_deg", "throw_mm")):
-        r = two_frame(pre, post, mm_per_px, throw_mm)
-        length = float(np.linalg.norm((r["t1"] - r["t0"]) * scale))
-        flag = implausible_length(length, throw_mm)
-        ok = min(r["confidence"].values()) >= min_confidence and not flag
+    given = {k: overrides.get(k) is not None for k in ("tip", "axis_deg", "length_mm")}
+    if post is not None and not any(given.values()):
+        r = two_frame(pre, post, mm_per_px, stroke_mm)
+        t0, conf, reason = r["t0"], r["confidence"], ""
+        length = float(np.linalg.norm((r["t1"] - t0) * scale))
+        if r["prefire_shaft"] < PREFIRE_SHAFT and length > stroke_mm + STROKE_OVERSHOOT_MM:
+            # T0 fell back to where the post-fire needle starts: the gun's stroke back from T1 is the best guess
+            t0 = r["t1"] - r["direction"] * stroke_mm / float(np.linalg.norm(r["direction"] * scale))
+            conf, length = {**conf, "t0": 0.0}, float(stroke_mm)
+            reason = (
+                f"the pre-fire frame shows no needle: T0 estimated from the post-fire frame alone, T1 less the "
+                f"{stroke_mm:g} mm stroke (the tip to confirm); check that this is the pre-fire frame"
+            )
+        flag = implausible_length(length, stroke_mm)
+        ok = min(conf.values()) >= min_confidence and not flag and not reason
         return {
-            "t0_px": r["t0"].tolist(),
+            "t0_px": t0.tolist(),
             "t1_px": r["t1"].tolist(),
             "axis_deg": geo.line_angle_deg(r["direction"] * scale),
             "sampled_length_mm": length,
-            "throw_mm": throw_mm,
+            "stroke_mm": stroke_mm,
             "length_flag": flag,
-            "confidence": r["confidence"],
-            "fit": r["fit"],
+            "confidence": conf,
+            "fit": {**r["fit"], "prefire_shaft": r["prefire_shaft"]},
             "post_shift_px": r["shift_px"],
             "state": "accepted" if ok else "review",
-            "source": {"t0": "auto", "t1": "auto"},
+            "source": {"t0": "auto", "axis": "auto", "t1": "auto"},
+            **({"review_reason": reason} if reason else {}),
         }
     skin = int(SKIN_MM / scale[1])
     d0 = detect(pre, skin, overrides.get("axis_deg"), overrides.get("tip"))
     direction = d0["direction"]
-    if overrides.get("throw_mm") is not None:
+    if given["length_mm"]:
         u = direction * scale
-        t1 = d0["tip"] + direction * overrides["throw_mm"] / np.linalg.norm(u)
-        source1 = "override"
+        t1 = d0["tip"] + direction * overrides["length_mm"] / np.linalg.norm(u)
     else:
-        d1 = detect(
-            post, skin, np.degrees(np.arctan2(direction[1], direction[0])) if d0["source"] == "override" else None
-        )
+        d1 = detect(post, skin, np.degrees(np.arctan2(direction[1], direction[0])) if given["axis_deg"] else None)
         if float(d1["direction"] @ direction) < 0.9:
             raise InputError(
                 f"pre- and post-fire needles disagree ({geo.line_angle_deg(direction):.1f} vs "
                 f"{geo.line_angle_deg(d1['direction']):.1f} deg)",
-                "set axis_deg and throw_mm in biopsies.tsv, or check that pre/post-fire are of the same biopsy",
+                "set axis_deg and override_length_mm in biopsies.tsv, or check that pre/post-fire are of the same "
+                "biopsy",
             )
         t1 = d0["tip"] + ((d1["tip"] - d0["tip"]) @ direction) * direction  # project onto the pre-fire axis
-        source1 = "auto"
     length = float(np.linalg.norm((t1 - d0["tip"]) * scale))
-    manual = "override" in (d0["source"], source1)
+    source = {part: manual if given[k] else "auto" for part, k in (("t0", "tip"), ("axis", "axis_deg"))}
     return {
         "t0_px": d0["tip"].tolist(),
         "t1_px": t1.tolist(),
         "axis_deg": geo.line_angle_deg(direction * scale),
         "sampled_length_mm": length,
-        "throw_mm": throw_mm,
-        "length_flag": implausible_length(length, throw_mm),
-        "state": "override" if manual else "accepted",
-        "source": {"t0": d0["source"], "t1": source1},
+        "stroke_mm": stroke_mm,
+        "length_flag": implausible_length(length, stroke_mm),
+        "state": "override",
+        "source": {**source, "t1": manual if given["length_mm"] else "auto"},
     }
 
 
@@ -684,14 +724,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="detect the needle tract and crop it")
     for k in ("pre", "pre-meta", "post", "post-meta", "out", "crop"):
         p.add_argument(f"--{k}", required=True)
-    p.add_argument("--throw-mm", type=float, default=22.0)
+    p.add_argument("--default-stroke-mm", type=float, required=True, help="the gun's stroke (config tract.throw_mm)")
+    p.add_argument("--stroke-mm", type=float, help="this biopsy's gun stroke (biopsies.tsv stroke_mm); wins")
     p.add_argument("--width-mm", type=float, default=2.0)
     p.add_argument("--margin-mm", type=float, default=0.5)
     p.add_argument("--out-mm-per-px", type=float, default=0.05)
     p.add_argument("--min-confidence", type=float, default=0.5, help="below, on T0, T1 or the axis: needs review")
     p.add_argument("--tip", type=float, nargs=2, help="override: pre-fire tip, DICOM frame px")
     p.add_argument("--axis-deg", type=float, help="override: needle advance direction")
-    p.add_argument("--override-throw-mm", type=float, help="override: sampled length")
+    p.add_argument("--override-length-mm", type=float, help="override: sampled length (T1 = T0 + this)")
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     a = p.parse_args(argv)
@@ -701,17 +742,23 @@ def main(argv: list[str] | None = None) -> None:
         meta = json.loads(Path(a.pre_meta).read_text())
         mm = tuple(meta["mm_per_px"])
         ov = pixel_overrides(a.tip, a.axis_deg, meta["region_bounds_xyxy"][:2], mm)
-        res = tract(pre, post, mm, a.throw_mm, {**ov, "throw_mm": a.override_throw_mm}, a.min_confidence)
-        post_meta = json.loads(Path(a.post_meta).read_text())
-        reasons = calibration_reasons(meta, post_meta)
+        sheet = a.stroke_mm is not None
+        stroke = a.stroke_mm if sheet else a.default_stroke_mm
+        res = tract(pre, post, mm, stroke, {**ov, "length_mm": a.override_length_mm}, a.min_confidence)
+        res.update(
+            stroke_source="biopsies.tsv stroke_mm" if sheet else "config tract.throw_mm",
+            override_length_mm=a.override_length_mm,
+            length_source="biopsies.tsv override_length_mm" if a.override_length_mm is not None else "auto",
+        )
+        reasons = calibration_reasons(meta, json.loads(Path(a.post_meta).read_text()))
         if reasons:  # the sheet's spacing won over a DICOM's that disagrees: a person decides (an override stands)
-            res["review_reason"] = "; ".join(reasons)
+            res["review_reason"] = "; ".join(r for r in (res.get("review_reason"), *reasons) if r)
             res["state"] = "review" if res["state"] == "accepted" else res["state"]
         crop, frame = crop_strip(pre, res, mm, a.width_mm, a.out_mm_per_px, a.margin_mm)
         imsave(a.crop, crop, check_contrast=False)
         res.update(frame)
         Path(a.out).write_text(json.dumps(res, indent=1))
-        flag = "  (FLAG: a length the configured throw cannot give)" if res["length_flag"] else ""
+        flag = f"  (FLAG: a length a {stroke:g} mm stroke cannot give)" if res["length_flag"] else ""
         print(f"tract {res['sampled_length_mm']:.2f} mm at {res['axis_deg']:.1f} deg{flag}; {res['state']}")
 
     run_cli(go, a.participant, a.biopsy, a.pre)

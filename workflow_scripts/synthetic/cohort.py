@@ -31,12 +31,14 @@ def slide_truths(
     large_slide: bool = False,
     varied: bool = False,
     named: bool = False,
+    strokes: tuple[float, ...] = (22.0,),
 ) -> list[BiopsyTruth]:
     """The truths of the cores on one slide (one biopsy: as a single-core slide), placed on it.
 
     Several cores lie side by side, pointing either way, some in fragments; ``named``: the pathologist
-    drew a named outline around each core.  A few biopsies carry a QuPath mark of their dyed end."""
-    ts = [sample_truth(seed, participant_id, b, large_slide, varied) for b in biopsy_ids]
+    drew a named outline around each core.  A few biopsies carry a QuPath mark of their dyed end.  Each
+    gun's stroke is one of ``strokes``."""
+    ts = [sample_truth(seed, participant_id, b, large_slide, varied, strokes=strokes) for b in biopsy_ids]
     for t in ts:
         extra = biopsy_rng(seed + 3, participant_id, t.biopsy_id)  # a stream of its own: the draws above stay
         t.dye_mark = str(extra.choice(["", "", "", "", "", "Point", "LineString", "Polygon"]))

@@ -55,7 +55,7 @@ class BiopsyTruth:
     entry_side: str
     t0_mm: list[float]
     t1_mm: list[float]
-    throw_mm: float
+    throw_mm: float  # the sampled length: the gun's stroke, or up to 3% short of it
     lesion_center_mm: list[float]
     lesion_radius_mm: float
     lesion_harmonics: list[list[float]]
@@ -80,6 +80,7 @@ class BiopsyTruth:
     dye_mark: str = ""  # a pathologist's QuPath mark of the dyed end: "", Point, LineString or Polygon
     # domain randomisation (the varied cohort); empty for the demo, whose rendering it leaves unchanged
     nuisance: dict = field(default_factory=dict)
+    stroke_mm: float = 22.0  # the gun's stroke setting (what biopsies.tsv stroke_mm says)
 
 
 # --------------------------------------------------------------------------
@@ -93,20 +94,31 @@ def biopsy_rng(seed: int, participant_id: str, biopsy_id: str) -> np.random.Gene
 
 
 def sample_truth(
-    seed: int, participant_id: str, biopsy_id: str, large_slide: bool = False, varied: bool = False
+    seed: int,
+    participant_id: str,
+    biopsy_id: str,
+    large_slide: bool = False,
+    varied: bool = False,
+    strokes: tuple[float, ...] = (22.0,),
 ) -> BiopsyTruth:
-    """Draw every hidden parameter of one biopsy (``varied``: with the nuisances of real data)."""
+    """Draw every hidden parameter of one biopsy (``varied``: with the nuisances of real data).
+
+    The gun's stroke is one of ``strokes`` (mm; each equally likely, drawn from a stream of its own
+    so that the other draws stay as they were); the sampled length is 97-100% of it."""
     rng = biopsy_rng(seed, participant_id, biopsy_id)
     rows = int(rng.integers(420, 560))
     cols = int(rng.integers(560, 760))
     mm_per_px = float(rng.uniform(36.0, 44.0) / cols)
-    throw = float(22.0 * rng.uniform(0.97, 1.0))
+    stroke = float(
+        strokes[0] if len(strokes) == 1 else biopsy_rng(seed + 104729, participant_id, biopsy_id).choice(strokes)
+    )
+    throw = float(stroke * rng.uniform(0.97, 1.0))
     angle = np.deg2rad(rng.uniform(8.0, 28.0))
     side = "left" if rng.random() < 0.5 else "right"
     nuisance: dict = {}
     if varied:  # a separate stream, so that the demo's draws stay as they were
         vr = biopsy_rng(seed + 7919, participant_id, biopsy_id)
-        nuisance = sample_nuisance(vr)
+        nuisance = sample_nuisance(vr, stroke)
         angle = np.deg2rad(vr.uniform(5.0, 45.0))
         mm_per_px = float(np.exp(vr.uniform(np.log(0.02), np.log(0.1))))
         half_x, half_y = throw / 2 * np.cos(angle), throw / 2 * np.sin(angle)
@@ -182,11 +194,14 @@ def sample_truth(
         geojson_shape=str(rng.choice(["FeatureCollection", "array", "Feature"])),
         canaries=canaries,
         nuisance=nuisance,
+        stroke_mm=stroke,
     )
 
 
-def sample_nuisance(rng: np.random.Generator) -> dict:
-    """Nuisances of real data: stain and dye variation, slide artefacts, ultrasound artefacts."""
+def sample_nuisance(rng: np.random.Generator, stroke_mm: float = 22.0) -> dict:
+    """Nuisances of real data: stain and dye variation, slide artefacts, ultrasound artefacts.
+
+    Positions along the core are drawn over ``stroke_mm`` (the same draws for any stroke)."""
     lam = rng.uniform()
     h = (
         (1 - lam) * np.array([0.80, 0.55, 0.22]) + lam * np.array([0.55, 0.80, 0.28]) + rng.normal(0, 0.03, 3)
@@ -196,7 +211,7 @@ def sample_nuisance(rng: np.random.Generator) -> dict:
         (1 - lam) * np.array([0.05, 0.99, 0.20]) + lam * np.array([0.30, 0.95, 0.05]) + rng.normal(0, 0.02, 3)
     )  # pale pink..magenta
     u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
-    throw = 22.0
+    throw = stroke_mm
     return {
         # slide
         "h_vec": np.abs(h).tolist(),
