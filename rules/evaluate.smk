@@ -11,6 +11,7 @@ rule predict:
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
         split=lambda w: w.split,
+        normalise=lambda w: json.loads(train_settings_json(w))["normalise"],
     threads: 2
     resources:
         gpu=1,
@@ -22,7 +23,7 @@ rule predict:
         f"{JOB_BENCHMARKS}/predict/{{model}}/{{split}}.tsv"
     shell:
         "python -m workflow_scripts.predict --model={input.model:q} --voc={params.voc:q} --split={params.split:q} "
-        "--out={output:q} --threads={threads} > {log:q} 2>&1"
+        "--normalise={params.normalise:q} --out={output:q} --threads={threads} > {log:q} 2>&1"
 
 
 # each fold model predicts the test split; the fold ensemble averages their probabilities
@@ -36,6 +37,7 @@ use rule predict as predict_fold with:
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
         split="test",
+        normalise=lambda w: json.loads(train_settings_json(w))["normalise"],
     log:
         f"{LOGS}/predict_fold/{{model}}/fold{{fold}}.log",
     benchmark:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import yaml
 
+from workflow_scripts import data, ingest, models, predict, tract
 from workflow_scripts import geometry as geo
-from workflow_scripts import ingest, models, predict, tract
 from workflow_scripts.errors import InputError, run_cli
 
 MANUAL_HINT = "give the tip and axis by hand: --tip X Y (pre-fire tip, DICOM frame pixels) --axis-deg A"
@@ -99,10 +99,12 @@ def infer(
     axis_deg: float | None = None,
     frame: str = "last",
     mm_per_px: tuple[float, float] | None = None,
+    normalise: str | None = None,
 ) -> dict:
     """Run the whole inference for one DICOM; returns the geometry and output paths.
 
-    The tract is cropped with the settings recorded in the model (``config``, if given, must agree)."""
+    The tract is cropped with the settings recorded in the model (``config``, if given, must agree), and
+    normalised as the model was trained (``normalise``, if given, must agree)."""
     try:
         image, meta = ingest.read_ultrasound(dicom, frame, mm_per_px)
     except InputError as e:
@@ -112,7 +114,7 @@ def infer(
             f"visible, {MANUAL_HINT})",
         ) from None
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, ck = models.load_checkpoint(model_path, dev)  # after the cheap checks: a bad DICOM fails fast
+    model, ck = models.load_checkpoint(model_path, dev, normalise)  # after the cheap checks: a bad DICOM fails fast
     settings = crop_settings(ck, model_path, config)
     res = locate(image, meta, settings, tip, axis_deg)
     crop, frame_info = tract.crop_strip(
@@ -173,12 +175,20 @@ def main(argv: list[str] | None = None) -> None:
         help="manual pixel size for a DICOM without calibration",
     )
     p.add_argument("--frame", default="last")
+    p.add_argument(
+        "--normalise",
+        choices=data.NORMALISE,
+        help="optional: the input normalisation expected; an error if model.pt was trained with another "
+        "(left out, the model's own is applied)",
+    )
     a = p.parse_args(argv)
 
     def go() -> None:
         if (a.tip is None) != (a.axis_deg is None):
             raise InputError("--tip and --axis-deg go together", MANUAL_HINT)
-        s = infer(Path(a.model), Path(a.dicom), Path(a.out), a.config, a.tip, a.axis_deg, a.frame, a.mm_per_px)
+        s = infer(
+            Path(a.model), Path(a.dicom), Path(a.out), a.config, a.tip, a.axis_deg, a.frame, a.mm_per_px, a.normalise
+        )
         print(
             f"{a.dicom}: tract {s['sampled_length_mm']:.1f} mm at {s['axis_deg']:.1f} deg ({s['source']['t0']} tip); "
             f"max cancer probability {s['max_probability']:.2f}; wrote {', '.join(s['outputs'])} to {a.out}"

@@ -2,7 +2,8 @@
 
 The recipe is the paper's: weighted Dice loss (optionally plus cross-entropy),
 AdamW with cosine annealing, random horizontal flip, rotation and intensity
-augmentation, and z-score normalisation from the train split only.  The whole
+augmentation, and z-score normalisation from the train split only (or, with
+``normalise: imagenet``, ImageNet's statistics; see ``data``).  The whole
 (small) dataset lives on the device; augmentation runs there too, in batches.
 The best epoch is chosen on validation Dice; the test split is never read.
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow_scripts import provenance
-from workflow_scripts.data import geometric, intensity, load_split, norm_stats
+from workflow_scripts.data import geometric, intensity, load_split, norm_params, normalise
 from workflow_scripts.errors import run_cli
 from workflow_scripts.models import build_model, forward
 from workflow_scripts.voc import VOID
@@ -129,9 +130,8 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
     xt, yt, train_ids = load_split(voc, train_list)
     xv, yv, val_ids = load_split(voc, val_list)
     fp = fingerprint(cfg, train_ids, val_ids, xt, yt, xv, yv)  # a corrected label must not resume an old run
-    mean, std = norm_stats(xt, yt)
-    xt = ((xt.float() - mean) / std).to(dev)
-    xv = ((xv.float() - mean) / std).to(dev)
+    norm = norm_params(cfg["normalise"], xt, yt)
+    xt, xv = normalise(xt, norm).to(dev), normalise(xv, norm).to(dev)
     yt, yv = yt.long().to(dev), yv.long().to(dev)
     model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights"), cfg.get("features")).to(dev)
     if amp:
@@ -159,7 +159,7 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
         "config": cfg,
         "seed": cfg["seed"],
         "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")),
-        "norm": {"mean": mean, "std": std},
+        "norm": norm,  # train.normalise and its statistics: predict and tractmap-infer apply it from here
         "crop": cfg["crop"],  # the tract settings the training crops were cut with
         "train_ids": train_ids,
         "val_ids": val_ids,
