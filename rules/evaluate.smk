@@ -4,7 +4,7 @@
 rule predict:
     input:
         model=rules.train.output.model,
-        images=lambda w: voc_files((w.split,), "JPEGImages", "jpg"),
+        images=lambda w: voc_files((w.split,), "PNGImages"),
         ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     output:
         directory(f"{RESULTS}/predict/{{model}}/{{split}}"),
@@ -30,7 +30,7 @@ rule predict:
 use rule predict as predict_fold with:
     input:
         model=rules.train_fold.output.model,
-        images=voc_files(("test",), "JPEGImages", "jpg"),
+        images=voc_files(("test",), "PNGImages"),
         ids=f"{VOC}/ImageSets/Segmentation/test.txt",
     output:
         directory(f"{RESULTS}/cv/{{model}}/fold{{fold}}/test"),

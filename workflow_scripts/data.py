@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.voc import VOID
+from workflow_scripts.voc import VOID, read_image
 
 
 def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -30,7 +30,7 @@ def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor,
     ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
     if not ids:
         raise InputError(f"the {split} split has no images", "add participants, or set their split in participants.tsv")
-    imgs = [np.asarray(PIL.Image.open(root / "JPEGImages" / f"{i}.jpg").convert("L")) for i in ids]
+    imgs = [read_image(root, i) for i in ids]
     labs = [np.asarray(PIL.Image.open(root / "SegmentationClass" / f"{i}.png")) for i in ids]
     h = max(a.shape[0] for a in imgs)
     w = max(a.shape[1] for a in imgs)

@@ -38,7 +38,7 @@ from scipy import stats as sps
 
 from workflow_scripts import stats
 from workflow_scripts.errors import InputError, run_cli
-from workflow_scripts.voc import VOID
+from workflow_scripts.voc import VOID, read_image
 
 METRICS = ("pixel_accuracy", "dice", "miou", "precision", "recall", "specificity")
 LABELS = {
@@ -380,7 +380,7 @@ def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, s
     cols = 2 + len(pred_dirs)
     fig, axes = plt.subplots(max(len(ids), 1), cols, figsize=(3.2 * cols, 1.2 + 0.9 * max(len(ids), 1)), squeeze=False)
     for r, (row, image_id) in enumerate(zip(axes, sorted(ids, key=lambda i: (participant_of(i), i)), strict=False)):
-        img = np.asarray(PIL.Image.open(voc / "JPEGImages" / f"{image_id}.jpg").convert("L"))
+        img = read_image(voc, image_id)
         truth = np.asarray(PIL.Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
         void = truth == VOID
         panels = [("crop", img), ("ground truth", overlay(img, truth == 1, (255, 60, 60), void))]

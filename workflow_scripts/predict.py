@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
 from workflow_scripts import data, models, voc
@@ -41,7 +40,7 @@ def predict_split(
     ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
     out.mkdir(parents=True, exist_ok=True)
     for image_id in ids:
-        img = np.asarray(PIL.Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("L"))
+        img = voc.read_image(root, image_id)
         prob = probability(model, ck["norm"], img, device)
         np.save(out / f"{image_id}_prob.npy", prob.astype(np.float32))
         voc.save_palette_png((prob >= 0.5).astype(np.uint8), out / f"{image_id}.png")
