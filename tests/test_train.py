@@ -131,6 +131,7 @@ RECIPE = {  # CPU-tiny training settings shared by the tests that train
     "weight_decay": 1e-4,
     "class_weights": [0.3, 0.7],
     "ce_weight": 0.0,
+    "compile": True,  # read on CUDA only
     "crop": {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05},
 }
 
@@ -290,3 +291,38 @@ def test_a_model_runs_only_with_the_normalisation_it_was_trained_with(tmp_path, 
     err = capsys.readouterr().err
     assert e.value.code == 1 and "Traceback" not in err and "not zscore" in err and str(path) in err, err
     assert not (tmp_path / "p2").exists()
+
+
+# ------------------------------------------------------------------ GPU speed paths
+
+
+def test_compile_falls_back_to_the_eager_model_with_one_log_line():
+    """A backend that cannot compile: the wrapper logs once, then computes exactly what the model computes, and
+    its warm-up leaves weights and batch-norm statistics as they were."""
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)]
+    model = models.LogitsAsDict(torch.nn.Sequential(*layers))  # small: tracing it takes a moment, not a minute
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logged = []
+    net = train.Compiled(model, logged.append, backend=broken_backend)
+    x = torch.randn(2, 1, 8, 12)
+    net.warm_up(x, amp=False)
+    assert len(logged) == 1 and "torch.compile failed (" in logged[0] and "no compiler here" in logged[0]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model.eval()
+    assert torch.equal(models.forward(net, x, False)["out"], models.forward(model, x, False)["out"])
+    assert len(logged) == 1  # no second attempt
+    # compiled with a working backend (eager: graph capture without code generation), the same numbers
+    ok = train.Compiled(model, logged.append, backend="eager")
+    assert torch.allclose(models.forward(ok, x, False)["out"], models.forward(model, x, False)["out"], atol=1e-6)
+    assert ok.fn is not ok.eager and len(logged) == 1
+
+
+def test_the_optimizer_is_fused_on_cuda_only():
+    model = torch.nn.Linear(2, 2)
+    opt = train.make_optimizer(model, {"lr": 1e-3, "weight_decay": 0.0}, torch.device("cpu"))
+    assert not opt.defaults.get("fused")  # CPU runs stay as they were
