@@ -177,7 +177,7 @@ def evaluation_section(d: Path, split: str) -> str:
 
 def min_p_note(cmp: pd.DataFrame) -> str:
     """'' or ' (here n = 5: .0625)': the permutation test's smallest attainable P at this split's n."""
-    n = sorted({int(v) for v in cmp["n"].dropna()}) if len(cmp) else []
+    n = sorted({int(v) for v in cmp["n"].dropna() if v >= 3}) if len(cmp) else []  # below 3: no test
     return f" (here n = {', '.join(map(str, n))}: {', '.join(f'{2 / 2**k:.4g}' for k in n)})" if n else ""
 
 
