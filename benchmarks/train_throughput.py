@@ -1,10 +1,16 @@
 """Training throughput (images/s) of tractmap's loop against a conventional baseline.
 
 For each model, in one run on the current device:
-  compute-only  tractmap's step (bf16 autocast + channels_last on CUDA) on a batch already on the device
+  compute-only  tractmap's step on a batch already on the device; on CUDA: bf16 autocast, channels_last,
+                torch.compile (one warm-up outside the timing; eager fallback, logged), fused AdamW,
+                cudnn.benchmark, no host sync inside the loop
   tractmap      the full loop: batches drawn from a device-resident dataset, augmented on the device
-  baseline      fp32, NCHW, augmentation in a CPU DataLoader (torchvision transforms), copied per batch
+  baseline      the plain fp32 loop: NCHW, eager, default AdamW, augmentation in a CPU DataLoader
+                (torchvision transforms, pinned memory), copied per batch
+Also per model: the loader's share of the full step (1 - tractmap / compute-only), the peak GPU
+memory of the tractmap loop, and the issue's targets (--target-*, and >= 2.5x the baseline).
 FLOPs per image = 6 x torchvision's listed GMACs at 520 px, scaled by area; MFU = achieved / --peak-tflops.
+On a CPU it runs the same loops (tiny --size for a dry run); nothing there is compiled or fused.
 
 Usage: python benchmarks/train_throughput.py --size 512 --batch 16 --steps 20 [--peak-tflops 989]
 """
@@ -77,23 +83,31 @@ def measure(
     rates = {}
     # tractmap: compute only, then the full loop with on-device augmentation
     model = models.build_model(name, False, None).to(dev)
+    net = model
     if amp:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
+        torch.backends.cudnn.benchmark = True
+        net = train.Compiled(model, print) if a.compile else model
+        torch.cuda.reset_peak_memory_stats()
+    opt = train.make_optimizer(model, {"lr": 1e-4, "weight_decay": 1e-4}, dev)
     xd, yd = x_cpu.to(dev), y_cpu.to(dev)
     xb, yb = xd[: a.batch, :, :s, :s].contiguous(), yd[: a.batch, :s, :s].contiguous()
+    if isinstance(net, train.Compiled):
+        t = time.perf_counter()
+        net.warm_up(xb, amp)
+        sync(dev)
+        print(f"{name:22s} torch.compile warm-up {time.perf_counter() - t:.1f} s")
     rates["compute-only"] = (
-        a.batch
-        * a.steps
-        / timed(lambda: train.train_step(model, opt, xb, yb, weights, 0.0, amp), a.steps, a.warmup, dev)
+        a.batch * a.steps / timed(lambda: train.train_step(net, opt, xb, yb, weights, 0.0, amp), a.steps, a.warmup, dev)
     )
 
     def full_step():
         idx = torch.randint(0, a.images, (a.batch,), generator=gen).to(dev)
         xa, ya = data.geometric(xd[idx], yd[idx], s, 10.0, gen)
-        train.train_step(model, opt, data.intensity(xa[..., :s, :], gen), ya[:, :s], weights, 0.0, amp)
+        train.train_step(net, opt, data.intensity(xa[..., :s, :], gen), ya[:, :s], weights, 0.0, amp)
 
     rates["tractmap"] = a.batch * a.steps / timed(full_step, a.steps, a.warmup, dev)
+    rates["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if amp else float("nan")
     # conventional baseline: fp32, NCHW, CPU DataLoader augmentation
     base = models.build_model(name, False, None).to(dev)
     bopt = torch.optim.AdamW(base.parameters(), 1e-4)
@@ -131,6 +145,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="device peak (H100 SXM bf16 dense: 989)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--models", nargs="+", default=list(GMACS_520))
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="CUDA: time without torch.compile")
+    p.add_argument("--target-fcn", type=float, default=230.0, help="fcn_resnet101 target, img/s (issue 31)")
+    p.add_argument("--target-deeplab", type=float, default=200.0, help="deeplabv3_resnet101 target, img/s")
     a = p.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = dev.type == "cuda"
@@ -142,16 +159,25 @@ def main() -> None:
         f"device {dev} ({torch.cuda.get_device_name() if amp else 'cpu'}), torch {torch.__version__}, "
         f"{s}x{s}, batch {a.batch}"
     )
+    targets = {"fcn_resnet101": a.target_fcn, "deeplabv3_resnet101": a.target_deeplab}
     for name in a.models:
         flops_img = 6 * GMACS_520[name] * 1e9 * (s * s) / (520 * 520)
         rates = measure(name, a, dev, x_cpu, y_cpu)
+        peak = rates.pop("peak_gib")
         for k, r in rates.items():
             mfu = f"  MFU {r * flops_img / (a.peak_tflops * 1e12):.1%}" if amp else ""
             print(f"{name:22s} {k:13s} {r:8.2f} img/s{mfu}")
+        speedup = rates["tractmap"] / rates["baseline"]
         print(
-            f"{name:22s} tractmap / compute-only {rates['tractmap'] / rates['compute-only']:.2f}; "
-            f"tractmap / baseline {rates['tractmap'] / rates['baseline']:.2f}"
+            f"{name:22s} loader share {1 - rates['tractmap'] / rates['compute-only']:.1%}; "
+            f"tractmap / baseline {speedup:.2f}x; peak memory {peak:.1f} GiB"
         )
+        ok = rates["tractmap"] >= targets[name] and speedup >= 2.5
+        if amp:  # the targets are a GPU's
+            print(
+                f"{name:22s} target >= {targets[name]:.0f} img/s and >= 2.5x the baseline "
+                f"(at 512 px, batch 16, on an H100/H200): {'met' if ok else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

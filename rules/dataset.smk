@@ -26,11 +26,13 @@ rule voc_image:
         labelme=rules.labelme.output[0],
         crop=rules.tract.output.crop,
     output:
-        image=f"{VOC}/JPEGImages/{{participant}}_{{biopsy}}.jpg",
+        image=f"{VOC}/JPEGImages/{{participant}}_{{biopsy}}.{config['voc']['image_format']}",
+        lossless=f"{VOC}/PNGImages/{{participant}}_{{biopsy}}.png",
         label=f"{VOC}/SegmentationClass/{{participant}}_{{biopsy}}.png",
         viz=f"{VOC}/SegmentationClassVisualization/{{participant}}_{{biopsy}}.jpg",
     params:
         root=lambda w, output: str(Path(output.image).parent.parent),
+        image_format=config["voc"]["image_format"],
     group:
         "prep_{participant}"
     conda:
@@ -41,7 +43,7 @@ rule voc_image:
         f"{JOB_BENCHMARKS}/voc_image/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.voc image --root={params.root:q} --image-id={wildcards.participant:q}_{wildcards.biopsy:q} "
-        "--crop={input.crop:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} -- {input.labelme:q} "
+        "--crop={input.crop:q} --image-format={params.image_format:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} -- {input.labelme:q} "
         "> {log:q} 2>&1"
 
 
@@ -68,7 +70,7 @@ rule nnunet_export:
         lists=expand(f"{VOC}/ImageSets/Segmentation/{{s}}.txt", s=["train", "val", "test"]),
         folds=fold_lists(),
         labels=voc_files(("train", "val")),
-        images=voc_files(("train", "val", "test"), "JPEGImages", "jpg"),
+        images=voc_files(("train", "val", "test"), "PNGImages"),
     output:
         directory(f"{RESULTS}/nnunet/Dataset{config['nnunet']['dataset_id']:03d}_{config['nnunet']['name']}"),
     params:

@@ -4,13 +4,14 @@
 rule predict:
     input:
         model=rules.train.output.model,
-        images=lambda w: voc_files((w.split,), "JPEGImages", "jpg"),
+        images=lambda w: voc_files((w.split,), "PNGImages"),
         ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     output:
         directory(f"{RESULTS}/predict/{{model}}/{{split}}"),
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
         split=lambda w: w.split,
+        normalise=lambda w: json.loads(train_settings_json(w))["normalise"],
     threads: 2
     resources:
         gpu=1,
@@ -22,20 +23,21 @@ rule predict:
         f"{JOB_BENCHMARKS}/predict/{{model}}/{{split}}.tsv"
     shell:
         "python -m workflow_scripts.predict --model={input.model:q} --voc={params.voc:q} --split={params.split:q} "
-        "--out={output:q} --threads={threads} > {log:q} 2>&1"
+        "--normalise={params.normalise:q} --out={output:q} --threads={threads} > {log:q} 2>&1"
 
 
 # each fold model predicts the test split; the fold ensemble averages their probabilities
 use rule predict as predict_fold with:
     input:
         model=rules.train_fold.output.model,
-        images=voc_files(("test",), "JPEGImages", "jpg"),
+        images=voc_files(("test",), "PNGImages"),
         ids=f"{VOC}/ImageSets/Segmentation/test.txt",
     output:
         directory(f"{RESULTS}/cv/{{model}}/fold{{fold}}/test"),
     params:
         voc=lambda w, input: str(Path(input.ids).parents[2]),
         split="test",
+        normalise=lambda w: json.loads(train_settings_json(w))["normalise"],
     log:
         f"{LOGS}/predict_fold/{{model}}/fold{{fold}}.log",
     benchmark:

@@ -4,7 +4,7 @@ rule train:
     input:
         lists=expand(f"{VOC}/ImageSets/Segmentation/{{s}}.txt", s=["train", "val"]),
         labels=voc_files(("train", "val")),
-        images=voc_files(("train", "val"), "JPEGImages", "jpg"),
+        images=voc_files(("train", "val"), "PNGImages"),
     output:
         model=f"{RESULTS}/train/{{model}}/model.pt",
         history=f"{RESULTS}/train/{{model}}/history.tsv",
@@ -38,7 +38,7 @@ use rule train as train_fold with:
     input:
         lists=lambda w: fold_lists_of(w.fold),
         labels=voc_files(("train", "val")),
-        images=voc_files(("train", "val"), "JPEGImages", "jpg"),
+        images=voc_files(("train", "val"), "PNGImages"),
     output:
         model=f"{RESULTS}/cv/{{model}}/fold{{fold}}/model.pt",
         history=f"{RESULTS}/cv/{{model}}/fold{{fold}}/history.tsv",

@@ -38,7 +38,7 @@ def write_voc(root: Path, splits: dict[str, list[str]], shape=(24, 48), void_row
 
     rng = np.random.default_rng(seed)
     (root / "ImageSets/Segmentation").mkdir(parents=True)
-    for sub in ("JPEGImages", "SegmentationClass"):
+    for sub in ("JPEGImages", "PNGImages", "SegmentationClass"):
         (root / sub).mkdir()
     for split, names in splits.items():
         (root / f"ImageSets/Segmentation/{split}.txt").write_text("\n".join(names) + "\n")
@@ -48,6 +48,7 @@ def write_voc(root: Path, splits: dict[str, list[str]], shape=(24, 48), void_row
             lab[:void_rows] = 255
             img = (np.where(lab == 1, 60, 180) + rng.integers(0, 20, shape)).astype(np.uint8)
             PIL.Image.fromarray(img).save(root / "JPEGImages" / f"{n}.jpg")
+            PIL.Image.fromarray(img).save(root / "PNGImages" / f"{n}.png")  # the lossless copy consumers read
             PIL.Image.fromarray(lab, mode="P").save(root / "SegmentationClass" / f"{n}.png")
 
 

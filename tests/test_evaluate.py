@@ -124,6 +124,46 @@ def test_wilcoxon_when_shapiro_rejects_normality():
     assert r["effect_size"] == pytest.approx(1.0) and r["effect"] == "rank-biserial r"  # every difference positive
 
 
+def enumerated_sign_flip_p(d: np.ndarray) -> float:
+    """Two-sided sign-flip P by listing every sign pattern: the share of patterns whose |mean| reaches the
+    observed one (the null distribution is symmetric, so this is scipy's 2 x one-sided P)."""
+    from itertools import product
+
+    means = np.array([np.mean(np.array(s) * d) for s in product((1, -1), repeat=len(d))])
+    return float(np.mean(np.abs(means) >= abs(np.mean(d)) - 1e-12))
+
+
+def test_permutation_test_known_values_and_its_floor_at_five_participants():
+    """n = 5, every difference positive: 2 of the 32 sign patterns are as extreme, P = 2/32 = .0625 exactly, the
+    same floor as the Wilcoxon test's (the paper's t test reaches P < .05 only by assuming normality)."""
+    b = np.array([0.50, 0.55, 0.60, 0.62, 0.70])
+    a = b + np.array([0.01, 0.02, 0.03, 0.04, 0.05])
+    r = stats.paired_test(a, b)
+    assert r["perm_p"] == 2 / 32 == r["perm_min_p"] and r["perm_method"] == "exact, 32 sign patterns"
+    assert sps.wilcoxon(a, b).pvalue == pytest.approx(0.0625) and r["test"] == "paired t" and r["p"] < 0.05
+    # n = 6: the floor halves, 2/64
+    assert stats.sign_flip_test(np.full(6, 0.02))["perm_p"] == pytest.approx(2 / 64)
+    # mixed signs, against a plain enumeration
+    rng = np.random.default_rng(4)
+    for n in (3, 7, 10):
+        d = rng.normal(0.02, 0.05, n)
+        assert stats.sign_flip_test(d)["perm_p"] == pytest.approx(enumerated_sign_flip_p(d))
+    # by hand, d = (1, 2, 3, -4, 5), sum 7: a pattern that negates magnitudes summing to S has sum 15 - 2S, so
+    # |sum| >= 7 when S <= 4 ({}, {1}, {2}, {3}, {4}, {1,2}, {1,3}) or, mirrored, S >= 11: 14 of 32
+    assert stats.sign_flip_test(np.array([1.0, 2, 3, -4, 5]))["perm_p"] == pytest.approx(14 / 32)
+
+
+def test_permutation_test_beyond_the_exact_limit_is_seeded_monte_carlo(monkeypatch):
+    monkeypatch.setattr(stats, "EXACT_MAX_N", 8)
+    monkeypatch.setattr(stats, "MC_TABLES", 20_000)
+    d = np.random.default_rng(2).normal(0.03, 0.05, 12)
+    r = stats.sign_flip_test(d, seed=5)
+    assert r["perm_method"] == "Monte Carlo, 20,000 sign patterns, seed 5"
+    assert r == stats.sign_flip_test(d, seed=5)  # reproducible
+    exact = enumerated_sign_flip_p(d)  # 4,096 patterns
+    assert abs(r["perm_p"] - exact) < 4 * math.sqrt(exact * (1 - exact) / 20_000) + 1e-4
+
+
 def test_too_few_participants_is_no_test():
     r = stats.paired_test(np.array([0.5, 0.6]), np.array([0.4, 0.3]))
     assert r["n"] == 2 and math.isnan(r["p"]) and r["test"].startswith("none")
@@ -156,13 +196,22 @@ def test_three_models_are_compared_pairwise_with_holm():
     dice = cmp[cmp.metric == "dice"]
     assert list(zip(dice.model_a, dice.model_b, strict=True)) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert dice.p_holm.to_numpy() == pytest.approx(multipletests(dice.p.to_numpy(), method="holm")[1])
+    assert dice.perm_p_holm.to_numpy() == pytest.approx(multipletests(dice.perm_p.to_numpy(), method="holm")[1])
     assert (dice.n == 8).all()  # participants, not images
+    assert (dice.perm_method == "exact, 256 sign patterns").all()
     table = evaluate.table2(evaluate.summarise(pd.DataFrame(rows), "cluster_t", 200, 1), cmp)
     assert "P value a vs c" in table.columns and len(table) == len(evaluate.METRICS) + len(evaluate.PIXEL_METRICS)
+    # the primary (permutation) P and the paper's beside it, each with n
+    row = table.set_index("Evaluation metric").loc["DSC"]
+    assert row["P value a vs c"] == stats.format_p(dice.perm_p_holm.iloc[1])
+    assert row["P value, paper's test a vs c"] == stats.format_p(dice.p_holm.iloc[1])
+    assert row["test a vs c"] == "permutation, exact, 256 sign patterns (n=8)"
+    assert row["paper's test a vs c"] == f"{dice.test.iloc[1]} (n=8)"
     # optionally Holm over every test of every metric
     every = evaluate.compare_models(pd.DataFrame(rows), 0.05, holm_across_metrics=True)
     assert len(every) == 3 * len(evaluate.METRICS)
     assert every.p_holm.to_numpy() == pytest.approx(multipletests(every.p.to_numpy(), method="holm")[1])
+    assert every.perm_p_holm.to_numpy() == pytest.approx(multipletests(every.perm_p.to_numpy(), method="holm")[1])
     assert (every.p_holm >= cmp.p_holm - 1e-12).all()
 
 
@@ -371,3 +420,34 @@ def test_a_single_model_is_summarised_without_comparisons():
     t2 = evaluate.table2(evaluate.summarise(per, "cluster_t", 200, 1), cmp)
     assert len(t2) == len(evaluate.METRICS) + len(evaluate.PIXEL_METRICS)
     assert not any(c.startswith("P value") for c in t2.columns) and t2.loc[1, "unet, % (95% CI)"].startswith("100.00")
+
+
+def test_report_states_the_permutation_p_beside_the_papers_with_n(tmp_path):
+    """evaluate's real outputs of two models on six participants, rendered by the report's test section."""
+    import PIL.Image
+    from conftest import write_voc
+
+    from workflow_scripts import report, voc
+
+    ids = [f"P{i}_B1" for i in range(6)]
+    write_voc(tmp_path / "voc", {"test": ids}, shape=(16, 24), void_rows=1, seed=3)
+    rng = np.random.default_rng(0)
+    dirs = []
+    for model, noise in (("good", 0.02), ("poor", 0.3)):
+        (tmp_path / model).mkdir()
+        for i in ids:
+            truth = np.asarray(PIL.Image.open(tmp_path / f"voc/SegmentationClass/{i}.png")) % VOID
+            flip = rng.random(truth.shape) < noise
+            voc.save_palette_png(np.where(flip, 1 - truth, truth).astype(np.uint8), tmp_path / model / f"{i}.png")
+        dirs.append(f"{model}={tmp_path / model}")
+    out = tmp_path / "eval"
+    evaluate.main(
+        [f"--voc={tmp_path / 'voc'}", "--split=test", "--predictions", *dirs, "--ci=cluster_t", "--bootstrap=200"]
+        + ["--seed=1", "--alpha=0.05", "--holm=pairs", f"--out={out}"]
+    )
+    cmp = pd.read_csv(out / "comparison.tsv", sep="\t").set_index("metric")
+    assert cmp.loc["dice", "n"] == 6 and cmp.loc["dice", "perm_p"] == pytest.approx(2 / 64)  # good wins everywhere
+    html = report.evaluation_section(out, "test")
+    assert "exact paired permutation" in html and "here n = 6: 0.03125" in html
+    assert "P value, paper&#x27;s test" in html or "P value, paper's test" in html
+    assert "permutation, exact, 64 sign patterns (n=6)" in html and "perm_p_holm" in html

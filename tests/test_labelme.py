@@ -137,6 +137,7 @@ def test_labelme_primitives_that_enclose_no_pixels_are_a_clear_error(labelme_exa
             "image",
             f"--root={tmp_path}",
             "--image-id=x",
+            "--image-format=jpg",
             "--participant=P001",
             "--biopsy=B1",
             str(src),

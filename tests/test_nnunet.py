@@ -60,3 +60,39 @@ def test_unknown_label_values_are_refused():
     with pytest.raises(InputError) as e:
         nnunet.nnunet_label(np.array([[0, 1, 7]], np.uint8))
     assert "[7]" in e.value.what and "voc_image" in e.value.hint
+
+
+@pytest.mark.parametrize("image_format", ["jpg", "png"])
+def test_exported_images_are_the_lossless_crop_never_a_decoded_jpeg(tmp_path, image_format):
+    """voc.image_format sets only JPEGImages/; the nnU-Net images (and training's) are the crop's own pixels."""
+    import base64
+    import io
+
+    from workflow_scripts import data, voc
+
+    rng = np.random.default_rng(7)
+    crops = {}
+    for case in ("P01_B1", "P02_B1"):
+        crops[case] = rng.integers(0, 256, (24, 40), dtype=np.uint8)  # noise: JPEG cannot keep it
+        buf = io.BytesIO()
+        PIL.Image.fromarray(crops[case]).save(buf, format="PNG")
+        doc = {
+            "shapes": [{"label": "cancer", "points": [[5, 5], [30, 5], [30, 18], [5, 18]], "shape_type": "polygon"}],
+            "imageData": base64.b64encode(buf.getvalue()).decode(),
+            "imageHeight": 24,
+            "imageWidth": 40,
+        }
+        voc.convert(doc, case, tmp_path / "voc", image_format=image_format)
+    exported = np.asarray(PIL.Image.open(tmp_path / f"voc/JPEGImages/P01_B1.{image_format}").convert("L"))
+    assert np.array_equal(exported, crops["P01_B1"]) == (image_format == "png")
+    assert not (tmp_path / "voc/JPEGImages" / f"P01_B1.{'png' if image_format == 'jpg' else 'jpg'}").exists()
+    out = tmp_path / "Dataset501_Tractmap"
+    splits = {"train": ["P01_B1"], "val": [], "test": ["P02_B1"]}
+    nnunet.export(tmp_path / "voc", out, splits, [{"train": ["P01_B1"], "val": []}], "Tractmap")
+    assert np.array_equal(np.asarray(PIL.Image.open(out / "imagesTr/P01_B1_0000.png")), crops["P01_B1"])
+    assert np.array_equal(np.asarray(PIL.Image.open(out / "imagesTs/P02_B1_0000.png")), crops["P02_B1"])
+    # training reads the same lossless pixels
+    (tmp_path / "voc/ImageSets/Segmentation").mkdir(parents=True)
+    (tmp_path / "voc/ImageSets/Segmentation/train.txt").write_text("P01_B1\n")
+    x, _, _ = data.load_split(tmp_path / "voc", "train")
+    assert np.array_equal(x[0, 0].numpy(), crops["P01_B1"])

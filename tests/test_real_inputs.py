@@ -99,7 +99,7 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
                 "--across=shrinkage",
             ],
         ),
-        ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1"]),
+        ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1", "--image-format=jpg"]),
     ],
     ids=["ingest-ultrasound", "ingest-wsi", "transfer", "voc"],
 )

@@ -123,6 +123,19 @@ def test_imagenet_backbone_without_cache_or_network_names_the_file_and_folder(tm
     assert str(tmp_path / "torch/hub/checkpoints/resnet101-63fe2227.pth") in e.value.hint
 
 
+RECIPE = {  # CPU-tiny training settings shared by the tests that train
+    "batch_size": 2,
+    "crop_width": 32,
+    "rotation_deg": 5,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "class_weights": [0.3, 0.7],
+    "ce_weight": 0.0,
+    "compile": True,  # read on CUDA only
+    "crop": {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05},
+}
+
+
 def tiny_voc(root: Path) -> None:
     write_voc(root, {"train": [f"T{i}" for i in range(4)], "val": ["V0", "V1"]})
 
@@ -144,20 +157,7 @@ def run_until(cmd, epoch_line, sig):
 
 def test_killed_training_resumes_at_the_next_epoch(tmp_path):
     tiny_voc(tmp_path / "voc")
-    cfg = {
-        "arch": "fcn_resnet101",
-        "aux": False,
-        "epochs": 4,
-        "batch_size": 2,
-        "crop_width": 32,
-        "rotation_deg": 5,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "class_weights": [0.3, 0.7],
-        "ce_weight": 0.0,
-        "seed": 3,
-        "crop": {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05},
-    }
+    cfg = {**RECIPE, "arch": "fcn_resnet101", "aux": False, "epochs": 4, "seed": 3, "normalise": "zscore"}
     out = tmp_path / "out"
     out.mkdir()
     cmd = [
@@ -194,6 +194,7 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path):
     assert model["seed"] == 3 and "torch" in model["versions"] and model["selected_on"] == "validation Dice"
     assert model["epoch"] == max(model["history"], key=lambda h: h["val_dice"])["epoch"]
     assert math.isfinite(model["norm"]["std"]) and model["train_ids"] == [f"T{i}" for i in range(4)]
+    assert model["norm"]["kind"] == "zscore"
     assert not (out / "state").exists(), "resume state must be dropped once model.pt exists"
 
 
@@ -217,3 +218,111 @@ def test_unet_baseline_segments_odd_sizes_and_refuses_a_backbone():
     with pytest.raises(InputError) as e:
         models.build_model("unet", backbone_weights="imagenet")
     assert "backbone_weights: null" in e.value.hint
+
+
+# ------------------------------------------------------------------ normalisation
+
+TINY_UNET = {**RECIPE, "arch": "unet", "aux": False, "features": [4, 4, 8, 8, 16, 4], "epochs": 1}
+
+
+def tiny_model(out: Path, voc: Path, normalise: str = "zscore", seed: int = 1) -> Path:
+    """A real model.pt of a tiny U-Net, trained one epoch by train's own command line (in this process)."""
+    cfg = {**TINY_UNET, "normalise": normalise, "seed": seed}
+    out.mkdir(parents=True)
+    handler = signal.getsignal(signal.SIGTERM)  # train.main installs its preemption handler
+    try:
+        train.main(
+            [f"--voc={voc}", f"--config={json.dumps(cfg)}", f"--model-out={out / 'model.pt'}"]
+            + [f"--history={out / 'history.tsv'}", f"--curves={out / 'curves.png'}", f"--state-dir={out / 'state'}"]
+        )
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return out / "model.pt"
+
+
+def test_normalisations_have_their_known_values():
+    x = torch.tensor([[[[0, 100], [200, 255]]]], dtype=torch.uint8)
+    y = torch.tensor([[[0, 1], [1, 255]]], dtype=torch.uint8)  # 255 is void: left out of the z-score statistics
+    z = data.norm_params("zscore", x, y)
+    assert z == {"kind": "zscore", "mean": pytest.approx(100.0), "std": pytest.approx(100.0)}
+    assert data.normalise(x, z).flatten().tolist() == pytest.approx([-1, 0, 1, 1.55])
+    im = data.norm_params("imagenet", x, y)
+    out = data.normalise(x, im)
+    assert out.shape == (1, 3, 2, 2)  # the grey channel repeated to three, each scaled by ImageNet's mean and std
+    for c, (m, s) in enumerate(zip(data.IMAGENET_MEAN, data.IMAGENET_STD, strict=True)):
+        assert out[0, c].flatten().tolist() == pytest.approx([(v / 255 - m) / s for v in (0, 100, 200, 255)])
+    with pytest.raises(InputError) as e:
+        data.norm_params("minmax", x, y)
+    assert "train.normalise" in e.value.hint
+
+
+def test_a_model_runs_only_with_the_normalisation_it_was_trained_with(tmp_path, capsys):
+    """The normalisation is read from model.pt and applied by predict; naming the other one is an error."""
+    from workflow_scripts import predict
+
+    tiny_voc(tmp_path / "voc")
+    path = tiny_model(tmp_path / "imagenet", tmp_path / "voc", "imagenet")
+    model, ck = models.load_checkpoint(path, torch.device("cpu"))
+    assert ck["norm"]["kind"] == "imagenet" and ck["config"]["normalise"] == "imagenet"
+    with pytest.raises(InputError) as e:
+        models.load_checkpoint(path, torch.device("cpu"), "zscore")
+    assert "trained with train.normalise imagenet, not zscore" in e.value.what
+    assert "leave the setting out" in e.value.hint
+    # predict applies the ImageNet scaling from model.pt: the same as feeding the scaled three channels by hand
+    image = (torch.arange(24 * 48) % 251).reshape(24, 48).to(torch.uint8).numpy()
+    prob = predict.probability(model, ck["norm"], image, torch.device("cpu"))
+    mean = torch.tensor(data.IMAGENET_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(data.IMAGENET_STD).reshape(1, 3, 1, 1)
+    x = (torch.from_numpy(image).float()[None, None] / 255 - mean) / std
+    with torch.no_grad():
+        by_hand = model(x)["out"].softmax(1)[0, 1].numpy()
+    assert prob == pytest.approx(by_hand, abs=1e-5)
+    zscored = (torch.from_numpy(image).float()[None, None] - 128) / 64  # a z-score of the same image
+    with torch.no_grad():
+        other = model(zscored.expand(-1, 3, -1, -1))["out"].softmax(1)[0, 1].numpy()
+    assert abs(prob - other).max() > 1e-3  # the check above is not vacuous: the scaling matters
+    # the predict command line with the model's configured setting runs; with the other, it stops and says why
+    args = [f"--model={path}", f"--voc={tmp_path / 'voc'}", "--split=val"]
+    predict.main([*args, f"--out={tmp_path / 'p1'}", "--normalise=imagenet"])
+    assert (tmp_path / "p1/V0.png").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        predict.main([*args, f"--out={tmp_path / 'p2'}", "--normalise=zscore"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" not in err and "not zscore" in err and str(path) in err, err
+    assert not (tmp_path / "p2").exists()
+
+
+# ------------------------------------------------------------------ GPU speed paths
+
+
+def test_compile_falls_back_to_the_eager_model_with_one_log_line():
+    """A backend that cannot compile: the wrapper logs once, then computes exactly what the model computes, and
+    its warm-up leaves weights and batch-norm statistics as they were."""
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)]
+    model = models.LogitsAsDict(torch.nn.Sequential(*layers))  # small: tracing it takes a moment, not a minute
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logged = []
+    net = train.Compiled(model, logged.append, backend=broken_backend)
+    x = torch.randn(2, 1, 8, 12)
+    net.warm_up(x, amp=False)
+    assert len(logged) == 1 and "torch.compile failed (" in logged[0] and "no compiler here" in logged[0]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model.eval()
+    assert torch.equal(models.forward(net, x, False)["out"], models.forward(model, x, False)["out"])
+    assert len(logged) == 1  # no second attempt
+    # compiled with a working backend (eager: graph capture without code generation), the same numbers
+    ok = train.Compiled(model, logged.append, backend="eager")
+    assert torch.allclose(models.forward(ok, x, False)["out"], models.forward(model, x, False)["out"], atol=1e-6)
+    assert ok.fn is not ok.eager and len(logged) == 1
+
+
+def test_the_optimizer_is_fused_on_cuda_only():
+    model = torch.nn.Linear(2, 2)
+    opt = train.make_optimizer(model, {"lr": 1e-3, "weight_decay": 0.0}, torch.device("cpu"))
+    assert not opt.defaults.get("fused")  # CPU runs stay as they were

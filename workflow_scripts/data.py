@@ -1,8 +1,14 @@
-"""Training data: a VOC split as device-ready tensors, the z-score statistics, and augmentation.
+"""Training data: a VOC split as device-ready tensors, the input normalisation, and augmentation.
 
 The whole (small) dataset lives on the device; augmentation runs there too, in
 batches: one random geometry (width crop, horizontal flip, rotation) for image
 and mask, and a random gain and offset of the intensities.
+
+Normalisation (``train.normalise``), recorded in model.pt and applied from there by
+predict and tractmap-infer: ``zscore`` subtracts the train split's mean and divides by
+its SD (one grey channel, which the models see repeated to three); ``imagenet`` repeats
+the grey channel to three and scales each by ImageNet's mean and std, the statistics a
+pretrained backbone was trained with.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.voc import VOID
+from workflow_scripts.voc import VOID, read_image
 
 
 def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -24,7 +30,7 @@ def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor,
     ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
     if not ids:
         raise InputError(f"the {split} split has no images", "add participants, or set their split in participants.tsv")
-    imgs = [np.asarray(PIL.Image.open(root / "JPEGImages" / f"{i}.jpg").convert("L")) for i in ids]
+    imgs = [read_image(root, i) for i in ids]
     labs = [np.asarray(PIL.Image.open(root / "SegmentationClass" / f"{i}.png")) for i in ids]
     h = max(a.shape[0] for a in imgs)
     w = max(a.shape[1] for a in imgs)
@@ -43,6 +49,28 @@ def norm_stats(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), float(v.std().clamp_min(1e-6))
 
 
+NORMALISE = ("zscore", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics (RGB, intensities 0-1)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def norm_params(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The normalisation recorded in model.pt: its kind and per-channel mean and SD in grey levels (0-255)."""
+    if kind == "zscore":
+        mean, std = norm_stats(x, y)
+        return {"kind": kind, "mean": mean, "std": std}
+    if kind == "imagenet":
+        return {"kind": kind, "mean": [255 * m for m in IMAGENET_MEAN], "std": [255 * s for s in IMAGENET_STD]}
+    raise InputError(f"unknown normalisation {kind!r}", f"set train.normalise to one of {', '.join(NORMALISE)}")
+
+
+def normalise(x: torch.Tensor, norm: dict) -> torch.Tensor:
+    """Grey images (N, 1, H, W) as model input: (N, 1, H, W) z-scored, or (N, 3, H, W) ImageNet-scaled."""
+    mean = torch.tensor(norm["mean"], dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    std = torch.tensor(norm["std"], dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
+    return (x.float() - mean) / std
+
+
 # ------------------------------------------------------------------ augmentation
 
 
@@ -51,7 +79,7 @@ def geometric(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random width crop, horizontal flip and rotation: one geometry for image and mask.
 
-    x: (B, 1, H, W) float; y: (B, H, W) long with VOID (also where rotation leaves the image).
+    x: (B, C, H, W) float; y: (B, H, W) long with VOID (also where rotation leaves the image).
     """
     b, _, h, w = x.shape
     dev = x.device
@@ -69,7 +97,7 @@ def geometric(
     theta[:, 1, 0], theta[:, 1, 1] = sin * aspect * sx, cos
     grid = F.affine_grid(theta.to(dev, x.dtype), [b, 1, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    inside = F.grid_sample(torch.ones_like(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    inside = F.grid_sample(torch.ones_like(x[:, :1]), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     y = (
         F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False)
         .squeeze(1)

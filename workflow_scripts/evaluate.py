@@ -20,6 +20,9 @@ Metric conventions (binary, cancer positive; void pixels excluded):
   percentile bootstrap over participants (seeded), which under-covers below ~30.
 * Pixel-level recall and specificity (the paper's): ratios of confusion counts
   summed over all pixels of all images, with the same participant-level CIs.
+* Model comparisons (``stats.paired_test``), participant level: the exact paired
+  permutation test is the pre-specified primary P; the paper's Shapiro-Wilk -> t /
+  Wilcoxon P stands beside it; both with n and Holm-corrected.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from scipy import stats as sps
 
 from workflow_scripts import stats
 from workflow_scripts.errors import InputError, run_cli
-from workflow_scripts.voc import VOID
+from workflow_scripts.voc import VOID, read_image
 
 METRICS = ("pixel_accuracy", "dice", "miou", "precision", "recall", "specificity")
 LABELS = {
@@ -247,9 +250,15 @@ def pixel_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
     return sums.reset_index()
 
 
-def compare_models(per_image: pd.DataFrame, alpha: float, holm_across_metrics: bool = False) -> pd.DataFrame:
+def compare_models(
+    per_image: pd.DataFrame, alpha: float, holm_across_metrics: bool = False, seed: int = 0
+) -> pd.DataFrame:
     """Participant-level paired comparison of every model pair, metric by metric, on the images where the
-    metric is defined for every model; Holm over the model pairs of a metric, or over all tests."""
+    metric is defined for every model; Holm over the model pairs of a metric, or over all tests.
+
+    Two tests per comparison (``stats.paired_test``): the pre-specified exact permutation test
+    (``perm_p``, ``perm_p_holm``; primary) and the paper's Shapiro-Wilk -> t / Wilcoxon (``p``, ``p_holm``).
+    """
     models = list(dict.fromkeys(per_image["model"]))
     rows = []
     for m in METRICS:
@@ -264,28 +273,36 @@ def compare_models(per_image: pd.DataFrame, alpha: float, holm_across_metrics: b
                     "metric": m,
                     "model_a": a,
                     "model_b": b,
-                    **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha),
+                    **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha, seed),
                 }
             )
-        if not holm_across_metrics:
-            for row, p_holm in zip(block, stats.holm([r["p"] for r in block]), strict=True):
-                row["p_holm"] = p_holm
         rows += block
+        if not holm_across_metrics:
+            add_holm(block)
     if holm_across_metrics:
-        for row, p_holm in zip(rows, stats.holm([r["p"] for r in rows]), strict=True):
-            row["p_holm"] = p_holm
+        add_holm(rows)
     if not rows:  # one model: nothing to compare, but the table keeps its columns
-        keys = ["metric", "model_a", "model_b", *stats.paired_test(np.array([]), np.array([])), "p_holm"]
-        rows = [dict.fromkeys(keys)]
-        out = pd.DataFrame(rows).iloc[:0]
+        keys = ["metric", "model_a", "model_b", *stats.paired_test(np.array([]), np.array([])), *HOLM_COLUMNS]
+        out = pd.DataFrame([dict.fromkeys(keys)]).iloc[:0]
     else:
         out = pd.DataFrame(rows)
     out["holm_over"] = "all metrics and pairs" if holm_across_metrics else "model pairs of the metric"
     return out
 
 
+HOLM_COLUMNS = {"p_holm": "p", "perm_p_holm": "perm_p"}  # Holm-adjusted column -> raw P column
+
+
+def add_holm(rows: list[dict]) -> None:
+    """Holm-adjust each test's P values over ``rows`` (in place), the paper's and the permutation test's apart."""
+    for adjusted, raw in HOLM_COLUMNS.items():
+        for row, p_holm in zip(rows, stats.holm([r[raw] for r in rows]), strict=True):
+            row[adjusted] = p_holm
+
+
 def table2(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table 2: metric, each model's % (95% CI), and the participant-level P value (Holm)."""
+    """The paper's Table 2: metric, each model's % (95% CI), and the participant-level P values (Holm):
+    the pre-specified exact permutation test (``P value``, primary) and the paper's test beside it, with n."""
     rows = []
     for m in (*METRICS, *PIXEL_METRICS):
         row = {"Evaluation metric": LABELS[m]}
@@ -295,9 +312,11 @@ def table2(summary: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
         row["images"] = ", ".join(str(n) for n in dict.fromkeys(summary[summary.metric == m].n_defined))
         cmp = comparison[comparison.metric == m]
         for r in cmp.itertuples():
-            label = "P value" if len(cmp) == 1 else f"P value {r.model_a} vs {r.model_b}"
-            row[label] = stats.format_p(r.p_holm)
-            row["test" if len(cmp) == 1 else f"test {r.model_a} vs {r.model_b}"] = f"{r.test} (n={r.n})"
+            pair = "" if len(cmp) == 1 else f" {r.model_a} vs {r.model_b}"
+            row[f"P value{pair}"] = stats.format_p(r.perm_p_holm)
+            row[f"test{pair}"] = f"permutation, {r.perm_method} (n={r.n})"
+            row[f"P value, paper's test{pair}"] = stats.format_p(r.p_holm)
+            row[f"paper's test{pair}"] = f"{r.test} (n={r.n})"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -361,7 +380,7 @@ def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, s
     cols = 2 + len(pred_dirs)
     fig, axes = plt.subplots(max(len(ids), 1), cols, figsize=(3.2 * cols, 1.2 + 0.9 * max(len(ids), 1)), squeeze=False)
     for r, (row, image_id) in enumerate(zip(axes, sorted(ids, key=lambda i: (participant_of(i), i)), strict=False)):
-        img = np.asarray(PIL.Image.open(voc / "JPEGImages" / f"{image_id}.jpg").convert("L"))
+        img = read_image(voc, image_id)
         truth = np.asarray(PIL.Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
         void = truth == VOID
         panels = [("crop", img), ("ground truth", overlay(img, truth == 1, (255, 60, 60), void))]
@@ -397,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--predictions", nargs="+", required=True, help="model=directory pairs")
     p.add_argument("--ci", choices=CI_METHODS, required=True, help="config evaluate.ci")
     p.add_argument("--bootstrap", type=int, required=True, help="config evaluate.bootstrap")
-    p.add_argument("--seed", type=int, required=True, help="config evaluate.seed")
+    p.add_argument("--seed", type=int, required=True, help="config evaluate.seed (bootstrap, Monte Carlo permutations)")
     p.add_argument("--alpha", type=float, required=True, help="config evaluate.alpha")
     p.add_argument("--holm", choices=HOLM, required=True, help="config evaluate.holm")
     p.add_argument("--out", required=True, help="output directory")
@@ -424,11 +443,11 @@ def main(argv: list[str] | None = None) -> None:
         summary.to_csv(out / "summary.tsv", sep="\t", index=False, float_format="%.6g")
         conf = pixel_confusion(per_image)
         conf.to_csv(out / "confusion.tsv", sep="\t", index=False, float_format="%.6g")
-        comparison = compare_models(per_image, a.alpha, across)
+        comparison = compare_models(per_image, a.alpha, across, a.seed)
         comparison.to_csv(out / "comparison.tsv", sep="\t", index=False, float_format="%.6g")
         table2(summary, comparison).to_csv(out / "table2.tsv", sep="\t", index=False)
         sens = with_conventions(per_image)
-        sensitivity = table2(summarise(sens, a.ci, a.bootstrap, a.seed), compare_models(sens, a.alpha, across))
+        sensitivity = table2(summarise(sens, a.ci, a.bootstrap, a.seed), compare_models(sens, a.alpha, across, a.seed))
         sensitivity.to_csv(out / "table2_sensitivity.tsv", sep="\t", index=False)
         figure4(conf, out / "figure4.png", f"Pixel confusion matrices, {a.split} split ({len(ids)} images)")
         figure5(voc, {m: Path(d) for m, d in dirs.items()}, ids, out / "figure5.png", a.split)

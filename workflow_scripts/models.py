@@ -109,8 +109,12 @@ def forward(model: torch.nn.Module, x: torch.Tensor, amp: bool) -> dict[str, tor
         )
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A trained model.pt: the selected model (eval mode, on ``device``) and its metadata."""
+def load_checkpoint(path: Path, device: torch.device, normalise: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """A trained model.pt: the selected model (eval mode, on ``device``) and its metadata.
+
+    ``ck["norm"]`` is the input normalisation the model was trained with (``kind`` zscore, as older
+    checkpoints without one were); a ``normalise`` that names another kind is an error.
+    """
     if not Path(path).is_file():
         raise InputError(
             f"model file {path} does not exist", "train it first (snakemake ... results/train/<model>/model.pt)"
@@ -118,6 +122,13 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(ck, dict) or "model" not in ck or "norm" not in ck:
         raise InputError(f"{path} is not a tractmap model checkpoint", "use results/train/<model>/model.pt")
+    ck["norm"] = {"kind": "zscore", **ck["norm"]}
+    if normalise is not None and normalise != ck["norm"]["kind"]:
+        raise InputError(
+            f"{path} was trained with train.normalise {ck['norm']['kind']}, not {normalise}",
+            "the model's own normalisation is applied from model.pt: leave the setting out, or retrain the model "
+            f"with normalise: {normalise}",
+        )
     model = build_model(ck["config"]["arch"], ck["config"]["aux"], None, ck["config"].get("features"))
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), ck

@@ -5,7 +5,8 @@ nnU-Net is the field's reference segmentation method.  This writes, under
 
 * ``imagesTr/<case>_0000.png`` and ``labelsTr/<case>.png`` for the train and
   validation images, ``imagesTs/<case>_0000.png`` for the test images (grayscale
-  PNG, read by nnU-Net's ``NaturalImage2DIO``);
+  PNG, read by nnU-Net's ``NaturalImage2DIO``), copied from the VOC's lossless
+  PNGImages/, never from a decoded JPEG;
 * labels 0 background, 1 cancer and 2 ``ignore`` (our void, 255): nnU-Net leaves
   pixels of its ``ignore`` label out of the loss, as our training does;
 * ``dataset.json`` (channel names, labels, numTraining, file ending);
@@ -28,7 +29,7 @@ import numpy as np
 import PIL.Image
 
 from workflow_scripts.errors import InputError, run_cli
-from workflow_scripts.voc import VOID
+from workflow_scripts.voc import VOID, read_image
 
 LABELS = {"background": 0, "cancer": 1, "ignore": 2}  # nnU-Net wants the ignore label last and consecutive
 
@@ -62,9 +63,8 @@ def export(voc: Path, out: Path, splits: dict[str, list[str]], folds: list[dict[
         (out / sub).mkdir(parents=True)
     training = splits["train"] + splits["val"]
     for case in training + splits["test"]:
-        image = PIL.Image.open(voc / "JPEGImages" / f"{case}.jpg").convert("L")
         folder = "imagesTs" if case in splits["test"] else "imagesTr"
-        image.save(out / folder / f"{case}_0000.png")
+        PIL.Image.fromarray(read_image(voc, case)).save(out / folder / f"{case}_0000.png")  # lossless, never a JPEG
         if folder == "imagesTr":
             label = nnunet_label(np.asarray(PIL.Image.open(voc / "SegmentationClass" / f"{case}.png")))
             PIL.Image.fromarray(label).save(out / "labelsTr" / f"{case}.png")

@@ -10,10 +10,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
-from workflow_scripts import models, voc
+from workflow_scripts import data, models, voc
 from workflow_scripts.errors import run_cli
 
 
@@ -21,23 +20,27 @@ from workflow_scripts.errors import run_cli
 def probability(
     model: torch.nn.Module, norm: dict, image: np.ndarray, device: torch.device, multiple: int = 8
 ) -> np.ndarray:
-    """Cancer probability (H, W) of one grayscale uint8 image, z-scored with the training statistics."""
+    """Cancer probability (H, W) of one grayscale uint8 image, normalised as the model was trained (``norm``)."""
     h, w = image.shape
     hp, wp = -(-h // multiple) * multiple, -(-w // multiple) * multiple
     x = np.zeros((1, 1, hp, wp), np.float32)
     x[0, 0, :h, :w] = image
-    x = (torch.from_numpy(x).to(device) - norm["mean"]) / norm["std"]
+    x = data.normalise(torch.from_numpy(x).to(device), norm)
     logits = models.forward(model, x, amp=device.type == "cuda")["out"].float()
     return torch.softmax(logits, 1)[0, 1, :h, :w].cpu().numpy()
 
 
-def predict_split(model_path: Path, root: Path, split: str, out: Path, device: torch.device) -> int:
-    """Write probability maps and labels of every image in ``split``; returns the image count."""
-    model, ck = models.load_checkpoint(model_path, device)
+def predict_split(
+    model_path: Path, root: Path, split: str, out: Path, device: torch.device, normalise: str | None = None
+) -> int:
+    """Write probability maps and labels of every image in ``split``; returns the image count.
+
+    ``normalise``, when given, must be the normalisation the model was trained with."""
+    model, ck = models.load_checkpoint(model_path, device, normalise)
     ids = (root / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
     out.mkdir(parents=True, exist_ok=True)
     for image_id in ids:
-        img = np.asarray(PIL.Image.open(root / "JPEGImages" / f"{image_id}.jpg").convert("L"))
+        img = voc.read_image(root, image_id)
         prob = probability(model, ck["norm"], img, device)
         np.save(out / f"{image_id}_prob.npy", prob.astype(np.float32))
         voc.save_palette_png((prob >= 0.5).astype(np.uint8), out / f"{image_id}.png")
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--voc", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--normalise",
+        choices=data.NORMALISE,
+        help="the model's configured train.normalise: an error if model.pt was trained with another",
+    )
     p.add_argument("--threads", type=int, default=0)
     a = p.parse_args(argv)
     if a.threads:
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        n = predict_split(Path(a.model), Path(a.voc), a.split, Path(a.out), dev)
+        n = predict_split(Path(a.model), Path(a.voc), a.split, Path(a.out), dev, a.normalise)
         print(f"predicted {n} {a.split} images with {a.model} on {dev}")
 
     run_cli(go, file=a.model)

@@ -122,8 +122,11 @@ def evaluation_section(d: Path, split: str) -> str:
             '<p class="note">Primary analysis. Image-level means, % (95% CI: '
             f"{html.escape(ci)}), each metric over the images where it is defined for every model (column "
             "<i>images</i>); the pixel-level rows pool the confusion counts of every pixel. P values: "
-            "participant-level paired tests on the same images (Shapiro-Wilk on the differences, then paired t "
-            f"or Wilcoxon), Holm-corrected over the {html.escape(holm)}.</p>",
+            "participant-level paired tests on the same images, Holm-corrected over the "
+            f"{html.escape(holm)}. <b>P value</b>: the pre-specified primary test, an exact paired permutation "
+            "(sign-flip) test of the mean difference. <b>P value, paper's test</b>: the paper's procedure "
+            "(Shapiro-Wilk on the differences, then paired t or Wilcoxon). n is the number of participants; "
+            f"with n participants no exact test can give a two-sided P below 2/2<sup>n</sup>{min_p_note(cmp)}.</p>",
             table(pd.read_csv(d / "table2.tsv", sep="\t", dtype=str, keep_default_na=False)),
             f"<h3>Table 2, sensitivity analysis ({split} split)</h3>",
             '<p class="note">The same, with explicit conventions instead of leaving images out: Dice = 1 when '
@@ -143,6 +146,10 @@ def evaluation_section(d: Path, split: str) -> str:
                         "mean_diff",
                         "diff_ci_low",
                         "diff_ci_high",
+                        "perm_method",
+                        "perm_p",
+                        "perm_p_holm",
+                        "perm_min_p",
                         "shapiro_p",
                         "test",
                         "statistic",
@@ -167,6 +174,12 @@ def evaluation_section(d: Path, split: str) -> str:
             figure(d / "figure5.png", f"Figure 5. {split} images: crop, ground truth and each model's prediction."),
         ]
     )
+
+
+def min_p_note(cmp: pd.DataFrame) -> str:
+    """'' or ' (here n = 5: .0625)': the permutation test's smallest attainable P at this split's n."""
+    n = sorted({int(v) for v in cmp["n"].dropna() if v >= 3}) if len(cmp) else []  # below 3: no test
+    return f" (here n = {', '.join(map(str, n))}: {', '.join(f'{2 / 2**k:.4g}' for k in n)})" if n else ""
 
 
 def review_links(rev: pd.DataFrame, results: Path) -> str:

@@ -2,7 +2,8 @@
 
 The recipe is the paper's: weighted Dice loss (optionally plus cross-entropy),
 AdamW with cosine annealing, random horizontal flip, rotation and intensity
-augmentation, and z-score normalisation from the train split only.  The whole
+augmentation, and z-score normalisation from the train split only (or, with
+``normalise: imagenet``, ImageNet's statistics; see ``data``).  The whole
 (small) dataset lives on the device; augmentation runs there too, in batches.
 The best epoch is chosen on validation Dice; the test split is never read.
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow_scripts import provenance
-from workflow_scripts.data import geometric, intensity, load_split, norm_stats
+from workflow_scripts.data import geometric, intensity, load_split, norm_params, normalise
 from workflow_scripts.errors import run_cli
 from workflow_scripts.models import build_model, forward
 from workflow_scripts.voc import VOID
@@ -81,7 +82,7 @@ def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
 
 
 def train_step(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Compiled,
     opt: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -98,6 +99,49 @@ def train_step(
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+# ------------------------------------------------------------------ GPU speed (CUDA only; CPU runs are untouched)
+
+
+class Compiled:
+    """``torch.compile`` of a model that falls back, once and with one log line, to the eager model when
+    compiling fails (an unsupported op, no compiler); called like the model."""
+
+    def __init__(self, model: torch.nn.Module, log=print, backend: str | object = "inductor"):
+        self.eager, self.log = model, log
+        self.fn = torch.compile(model, backend=backend)
+
+    def fallback(self, err: Exception) -> None:
+        self.log(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); training without it")
+        self.fn = self.eager
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.fn is not self.eager:
+            try:
+                return self.fn(x)
+            except Exception as e:  # noqa: BLE001 - any compile failure: the eager model computes the same
+                self.fallback(e)
+        return self.fn(x)
+
+    def warm_up(self, x: torch.Tensor, amp: bool) -> None:
+        """Compile forward and backward once on a batch, outside the loop; the model's weights and batch-norm
+        statistics are left as they were."""
+        if self.fn is self.eager:
+            return
+        saved = {k: v.clone() for k, v in self.eager.state_dict().items()}
+        try:
+            forward(self.fn, x, amp)["out"].float().mean().backward()
+        except Exception as e:  # noqa: BLE001
+            self.fallback(e)
+        self.eager.load_state_dict(saved)
+        self.eager.zero_grad(set_to_none=True)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict, dev: torch.device) -> torch.optim.Optimizer:
+    """AdamW; on CUDA its fused kernel (one launch for all parameters), on the CPU PyTorch's default."""
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    return torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], **fused)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -129,14 +173,16 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
     xt, yt, train_ids = load_split(voc, train_list)
     xv, yv, val_ids = load_split(voc, val_list)
     fp = fingerprint(cfg, train_ids, val_ids, xt, yt, xv, yv)  # a corrected label must not resume an old run
-    mean, std = norm_stats(xt, yt)
-    xt = ((xt.float() - mean) / std).to(dev)
-    xv = ((xv.float() - mean) / std).to(dev)
+    norm = norm_params(cfg["normalise"], xt, yt)
+    xt, xv = normalise(xt, norm).to(dev), normalise(xv, norm).to(dev)
     yt, yv = yt.long().to(dev), yv.long().to(dev)
     model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights"), cfg.get("features")).to(dev)
+    net, compile_model = model, cfg["compile"]  # what the loop calls: on CUDA, the compiled model
     if amp:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        torch.backends.cudnn.benchmark = True  # fixed crop shapes: let cuDNN pick its fastest kernels once
+        net = Compiled(model, log) if compile_model else model
+    opt = make_optimizer(model, cfg, dev)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
     weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=dev)
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -159,7 +205,7 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
         "config": cfg,
         "seed": cfg["seed"],
         "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")),
-        "norm": {"mean": mean, "std": std},
+        "norm": norm,  # train.normalise and its statistics: predict and tractmap-infer apply it from here
         "crop": cfg["crop"],  # the tract settings the training crops were cut with
         "train_ids": train_ids,
         "val_ids": val_ids,
@@ -174,6 +220,9 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
         )
     log(f"device {dev}, {len(train_ids)} train / {len(val_ids)} val images, seed {cfg['seed']}")
     n, bs, t_start = len(train_ids), cfg["batch_size"], time.time()
+    if isinstance(net, Compiled) and start <= cfg["epochs"]:
+        model.train()
+        net.warm_up(geometric(xt[:bs], yt[:bs], cfg["crop_width"], 0.0, torch.Generator())[0], amp)
     for epoch in range(start, cfg["epochs"] + 1):
         t0 = time.time()
         model.train()
@@ -181,11 +230,11 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
         for idx in batches(n, bs, gen):
             idx = idx.to(dev)
             x, y = geometric(xt[idx], yt[idx], cfg["crop_width"], cfg["rotation_deg"], gen)
-            losses.append(train_step(model, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
+            losses.append(train_step(net, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
         sched.step()
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([forward(model, xv[i : i + bs], amp)["out"].float() for i in range(0, len(val_ids), bs)])
+            logits = torch.cat([forward(net, xv[i : i + bs], amp)["out"].float() for i in range(0, len(val_ids), bs)])
             val_loss = float(loss_fn(logits, yv, weights, cfg["ce_weight"]))
             val_dice = cancer_dice(logits.argmax(1), yv)
         secs = time.time() - t0

@@ -1,9 +1,14 @@
 """VOC conversion: Labelme JSON -> Pascal VOC segmentation (labelme2voc layout), via imgviz.
 
-Layout under the dataset root: JPEGImages/, SegmentationClass/ (palette PNG:
+Layout under the dataset root: JPEGImages/ (``voc.image_format``: jpg, quality 95,
+as Labelme's labelme2voc writes it, or png), SegmentationClass/ (palette PNG:
 0 background, 1 cancer, 255 void), SegmentationClassVisualization/,
 class_names.txt and ImageSets/Segmentation/{train,val,test,trainval}.txt (one
 list per split, each depending only on that split's images).
+
+PNGImages/ holds the same image, grey and lossless: the pixels the label was drawn
+on.  Every tractmap consumer (training, prediction, figures, the nnU-Net export)
+reads it through ``read_image``, never a decoded JPEG; JPEGImages/ is for VOC tools.
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ from workflow_scripts.review import needs_review
 
 CLASS_NAMES = ("_background_", "cancer")
 VOID = 255  # the label value of unknown pixels: the one definition (train and evaluate import it)
+IMAGE_FORMATS = ("jpg", "png")  # config voc.image_format: the JPEGImages/ files
+LOSSLESS = "PNGImages"  # the lossless grey copy every consumer reads
+
+
+def read_image(root: Path, image_id: str) -> np.ndarray:
+    """The grey, lossless image of ``image_id`` (PNGImages/), as its label was drawn on."""
+    path = Path(root) / LOSSLESS / f"{image_id}.png"
+    if not path.is_file():
+        raise InputError(f"no lossless image {path}", "rerun the voc_image rule for this biopsy")
+    return np.asarray(PIL.Image.open(path).convert("L"))
 
 
 def label_values(class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, int]:
@@ -99,14 +114,19 @@ def convert(
     class_names: tuple[str, ...] = CLASS_NAMES,
     crop: Path | None = None,
     base: Path | None = None,
+    image_format: str = "jpg",
 ) -> np.ndarray:
-    """Write one image's VOC files; returns its label."""
+    """Write one image's VOC files (JPEGImages/ in ``image_format``, and the lossless PNGImages/); returns
+    its label."""
+    if image_format not in IMAGE_FORMATS:
+        raise InputError(f"unknown image format {image_format!r}", f"set voc.image_format to one of {IMAGE_FORMATS}")
     image = decode_image(doc, crop, base)
     label = rasterize(doc["shapes"], image.shape, label_values(class_names))
-    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassVisualization"):
+    for sub in ("JPEGImages", LOSSLESS, "SegmentationClass", "SegmentationClassVisualization"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     rgb = np.repeat(image[..., None], 3, -1)
-    PIL.Image.fromarray(rgb).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+    PIL.Image.fromarray(rgb).save(root / "JPEGImages" / f"{image_id}.{image_format}", quality=95)
+    PIL.Image.fromarray(image).save(root / LOSSLESS / f"{image_id}.png")
     save_palette_png(label, root / "SegmentationClass" / f"{image_id}.png")
     viz = imgviz.label2rgb(
         np.where(label == VOID, 0, label),
@@ -127,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--root", required=True)
     c.add_argument("--image-id", required=True)
     c.add_argument("--crop", help="the tract crop: the image when the Labelme file holds none")
+    c.add_argument("--image-format", choices=IMAGE_FORMATS, required=True, help="config voc.image_format")
     c.add_argument("--participant")
     c.add_argument("--biopsy")
     s = sub.add_parser("list", help="an ImageSets/Segmentation list from the split's label files")
@@ -144,7 +165,12 @@ def main(argv: list[str] | None = None) -> None:
                 a.labelme, "the Labelme file", "re-save it in Labelme, or delete it to use the automatic one"
             )
             label = convert(
-                doc, a.image_id, Path(a.root), crop=Path(a.crop) if a.crop else None, base=Path(a.labelme).parent
+                doc,
+                a.image_id,
+                Path(a.root),
+                crop=Path(a.crop) if a.crop else None,
+                base=Path(a.labelme).parent,
+                image_format=a.image_format,
             )
             known = label != VOID
             print(
