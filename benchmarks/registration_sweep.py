@@ -281,7 +281,11 @@ def register_one(
         polys, _ = transfer.tumour_polygons(transfer.parse_features(features), CONFIG["transfer"]["classes"])
         if labels is not None:  # only the outlines on this biopsy's core (an outline spanning two: an error)
             scale, names = LEVEL_UM / t.slide_um_per_px, {k["position"]: str(k["position"]) for k in found}
-            polys, _ = transfer.on_core(polys, labels, res_o["core_position"], scale, names)
+            try:
+                polys, _ = transfer.on_core(polys, labels, res_o["core_position"], scale, names)
+            except InputError as e:
+                row["transfer_error"] = e.what
+                return row
         to_crop = transfer.registered_canonical_to_crop(res_o, res_t, CONFIG["transfer"]["across"])
         m = geo.compose(np.array(res_o["slide_px_to_canonical_um"]), to_crop)
         polys = [(lab, cls, geo.apply_polygons(m, [poly])[0]) for lab, cls, poly in polys]

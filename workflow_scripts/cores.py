@@ -30,7 +30,6 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
 from skimage.io import imread, imsave
-from skimage.morphology import skeletonize
 
 from workflow_scripts.errors import InputError, read_json, run_cli
 
@@ -65,13 +64,12 @@ def axis_of(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def thickness(part: np.ndarray) -> float:
-    """Typical thickness (px) of a binary part: twice the distance to its edge along its skeleton.
+    """Typical thickness (px) of a binary part, from its pixels' distances to its edge.
 
-    Unlike the spread across a principal axis, it stays small for a curved pen line."""
-    padded = np.pad(part, 1)
-    dist = ndimage.distance_transform_edt(padded)
-    skel = skeletonize(padded)
-    return float(2 * np.median(dist[skel])) if skel.any() else float(2 * dist.max())
+    In a band of width w those distances spread evenly from 0 to w/2, so twice their 90th percentile
+    is 0.9 w.  Unlike the spread across a principal axis, it stays small for a curved pen line."""
+    dist = ndimage.distance_transform_edt(np.pad(part, 1))
+    return float(2 * np.percentile(dist[dist > 0], 90) / 0.9)
 
 
 def _part(lab: np.ndarray, i: int, sl: tuple[slice, slice]) -> dict:
@@ -98,7 +96,8 @@ def joins(core: dict, part: dict, max_gap_px: float) -> bool:
     if np.median(np.abs((part["pts"] - core["c"]) @ n)) >= max(IN_LINE * core["thick"], 3.0):
         return False
     length = part["extent"][1] - part["extent"][0]
-    if length > 2 * part["thick"] and abs(part["axis"] @ core["axis"]) < np.cos(np.radians(PARALLEL_DEG)):
+    elongated = length > 2 * part["thick"] and length > 3 * core["thick"]  # a short piece has no direction to judge
+    if elongated and abs(part["axis"] @ core["axis"]) < np.cos(np.radians(PARALLEL_DEG)):
         return False
     t = (part["pts"] - core["c"]) @ core["axis"]
     lo, hi = core["extent"]
