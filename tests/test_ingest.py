@@ -470,7 +470,12 @@ def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
     args = [f"--{k}={d / f}" for k, f in [("pre", "prefire.png"), ("pre-meta", "prefire.json")]]
     args += [f"--{k}={d / f}" for k, f in [("post", "postfire.png"), ("post-meta", "postfire.json")]]
     # the gun's stroke at the sheet's scale, so that only the conflict can hold the tract
-    args += [f"--out={d / 't.json'}", f"--crop={d / 'c.png'}", f"--throw-mm={truth['throw_mm'] * sheet / dicom_mm}"]
+    args += [
+        f"--out={d / 't.json'}",
+        f"--crop={d / 'c.png'}",
+        f"--default-stroke-mm={truth['throw_mm'] * sheet / dicom_mm}",
+    ]
+    args += ["--width-mm=2", "--margin-mm=0.5", "--out-mm-per-px=0.05"]
     tract.main([*args, "--min-confidence=0"])
     res = json.loads((d / "t.json").read_text())
     assert res["state"] == "review"

@@ -14,6 +14,8 @@ from workflow_scripts import ingest, orient, slide, synthetic, tract
 from workflow_scripts.errors import InputError
 
 ORIENT = yaml.safe_load((ROOT / "config.yaml").read_text())["orient"]
+TRACT = yaml.safe_load((ROOT / "config.yaml").read_text())["tract"]
+CROP_ARGS = [f"--{k.replace('_', '-')}={TRACT[k]}" for k in ("width_mm", "margin_mm", "out_mm_per_px")]
 
 
 def find_orientation(thumb: np.ndarray, override: str | None = None) -> dict:
@@ -521,7 +523,7 @@ def test_each_biopsys_stroke_checks_its_length_and_moves_no_tip(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"mm_per_px": list(mm), "region_bounds_xyxy": [40, 30, 0, 0]}))
     files = [f"--{k}={tmp_path / v}" for k, v in (("pre", "pre.png"), ("post", "post.png"), ("crop", "c.png"))]
     files += [f"--pre-meta={tmp_path / 'meta.json'}", f"--post-meta={tmp_path / 'meta.json'}"]
-    common = [*files, "--default-stroke-mm=22", "--min-confidence=0.55"]
+    common = [*files, "--default-stroke-mm=22", "--min-confidence=0.55", *CROP_ARGS]
     tract.main([*common, f"--out={tmp_path / 'sheet.json'}", "--stroke-mm=15"])
     tract.main([*common, f"--out={tmp_path / 'over.json'}", "--override-length-mm=14.5"])
     sheet, over = (json.loads((tmp_path / f).read_text()) for f in ("sheet.json", "over.json"))

@@ -138,7 +138,7 @@ def tract_points(values: dict, data: dict) -> tuple[np.ndarray, np.ndarray]:
     mm = tuple(data["pre"]["mm_per_px"])
     origin, _ = region(data["pre"])
     ov = tractlib.pixel_overrides([values["tip_x"], values["tip_y"]], values["axis_deg"], list(origin), mm)
-    res = tractlib.tract(None, None, mm, t["throw_mm"], {**ov, "throw_mm": values["override_length_mm"]})
+    res = tractlib.tract(None, None, mm, t["stroke_mm"], {**ov, "length_mm": values["override_length_mm"]})
     return np.array(res["t0_px"], float), np.array(res["t1_px"], float)
 
 
@@ -230,7 +230,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "t1": t["t1_px"],
             "length_mm": t["sampled_length_mm"],
             "axis_deg": t["axis_deg"],
-            "stroke_mm": t["throw_mm"],
+            "stroke_mm": t["stroke_mm"],
             "mm_per_px": data["pre"]["mm_per_px"],
             "origin": data["pre"]["region_bounds_xyxy"][:2],
             "shape": data["pre"]["shape"],
