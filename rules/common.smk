@@ -71,6 +71,11 @@ if not _problems:
 # biopsies excluded by hand (a reason in the `exclude` column): not processed, listed in the report
 _reason = biopsies["exclude"].fillna("").str.strip() if "exclude" in biopsies else biopsies["biopsy_id"].str.slice(0, 0)
 EXCLUDED = [[p, b, r] for p, b, r in zip(biopsies["participant_id"], biopsies["biopsy_id"], _reason, strict=True) if r]
+# the demo renders a slide with every core the sheet puts on it, excluded ones too: excluding a biopsy
+# (in the sheet or in review) must not re-render its neighbours
+DEMO_ON_SLIDE = {}
+for _row in biopsies.to_dict("records"):
+    DEMO_ON_SLIDE.setdefault((_row["participant_id"], sheetlib.slide_key(_row["wsi"])), []).append(_row)
 biopsies = biopsies[_reason == ""]
 _problems += sheetlib.check(
     participants, biopsies, (config["samples"]["participants"], config["samples"]["biopsies"]), GENERATED
@@ -181,7 +186,7 @@ def demo_slide_args(wildcards):
     p = wildcards.participant
     own = wildcards.get("biopsy") or wildcards.get("demo_slide")
     wsi = ROWS[(p, own)]["wsi"] if (p, own) in ROWS else f"{DEMO['root']}/data/{p}/{own}_wsi.ome.tif"
-    rows = ON_SLIDE.get((p, sheetlib.slide_key(wsi))) or [{"biopsy_id": own}]
+    rows = DEMO_ON_SLIDE.get((p, sheetlib.slide_key(wsi))) or [{"biopsy_id": own}]
     core = lambda r: "" if r.get("core") is None or r["core"] != r["core"] else str(r["core"]).strip()
     flags = ["--named"] if any(core(r) and not core(r).isdigit() for r in rows) else []
     flags += ["--large-slide"] if f"{p}/{rows[0]['biopsy_id']}" == DEMO.get("large_slide") and len(rows) == 1 else []
