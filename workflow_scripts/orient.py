@@ -67,12 +67,17 @@ ISOLATE_MARGIN_UM = 1500.0  # the level read around one core: its neighbours bey
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 
 
+def glass_colour(rgb: np.ndarray) -> np.ndarray:
+    """The slide's background colour: the median of its brightest 40% of pixels (from the 8-bit pixels:
+    a slide level is millions of them)."""
+    total = rgb[..., :3].sum(-1, dtype=np.int32)
+    return np.median(rgb[..., :3][total >= np.percentile(total, 60)], axis=0)
+
+
 def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel optical density (H, W, 3) against the slide's background colour (its brightest mode)."""
-    if background is None:  # from the 8-bit pixels: a slide level is millions of them
-        total = rgb[..., :3].sum(-1, dtype=np.int32)
-        background = np.median(rgb[..., :3][total >= np.percentile(total, 60)], axis=0)
-        del total
+    if background is None:
+        background = glass_colour(rgb)
     od = rgb[..., :3].astype(float)
     od += 1.0  # in place, for the same reason
     np.log(od, out=od)
@@ -610,8 +615,7 @@ def isolate(rgb: np.ndarray, labels: np.ndarray, position: int, margin_px: int) 
     y1, x1 = ys.max() + margin_px + 1, xs.max() + margin_px + 1
     crop, lab = rgb[y0:y1, x0:x1, :3].copy(), labels[y0:y1, x0:x1]
     others = ndimage.binary_dilation((lab > 0) & (lab != position), iterations=3) & (lab != position)
-    total = rgb[..., :3].sum(-1, dtype=np.int32)
-    crop[others] = np.median(rgb[..., :3][total >= np.percentile(total, 60)], axis=0).astype(np.uint8)
+    crop[others] = glass_colour(rgb).astype(np.uint8)
     return crop, lab == position, (x0, y0)
 
 
@@ -623,7 +627,7 @@ def orient_core(
     marks = [[x - x0, y - y0] for x, y in core.get("dye_marks_px", [])]
     found = find_orientation(crop, **thresholds, override=override, mask=mask, marks=marks)
     found["centroid"] = [found["centroid"][0] + x0, found["centroid"][1] + y0]
-    return {**found, "core_position": core["position"], "core_names": core.get("names", []), "mark": found.get("mark")}
+    return {**found, "core_position": core["position"], "core_names": core.get("names", [])}
 
 
 def main(argv: list[str] | None = None) -> None:
