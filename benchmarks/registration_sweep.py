@@ -264,7 +264,11 @@ def register_one(
         res_t = None
     row["tract_s"] = time.process_time() - t_start
     if measure:
-        row["orient_mb"] = peak_mb(orient.find_orientation, thumb, **c["orient"]) if thumb is not None else np.nan
+        row["orient_mb"] = (
+            peak_mb(orient.orient_core, thumb, labels, mine, LEVEL_UM, None, **c["orient"])
+            if res_o is not None
+            else np.nan
+        )
         row["tract_mb"] = peak_mb(tract.tract, pre, post, mm, stroke, {}, c["tract"]["min_confidence"])
     if res_t is not None:
         err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * t.mm_per_px))  # noqa: E731

@@ -143,7 +143,7 @@ def test_a_dye_end_override_rescues_a_core_whose_automatic_call_raises():
     mask = np.zeros(rgb.shape[:2], bool)
     mask[29:32, 50:60] = True
     with pytest.raises(InputError, match="too little tissue"):
-        orient.find_orientation(rgb, **CFG["orient"], mask=mask)
-    res = orient.find_orientation(rgb, **CFG["orient"], mask=mask, override="left")
+        orient.find_orientation(rgb, mask, level_um=LEVEL_UM, **CFG["orient"])
+    res = orient.find_orientation(rgb, mask, level_um=LEVEL_UM, **CFG["orient"], override="left")
     assert (res["state"], res["source"], res["dye_at_positive_end"]) == ("override", "override", False)
     assert "too little tissue" in res["auto"]["review_reason"]

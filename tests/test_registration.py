@@ -9,8 +9,8 @@ import yaml
 from conftest import ROOT
 from scipy import ndimage
 
+from workflow_scripts import cores, dye, ingest, orient, slide, stain, synthetic, tract
 from workflow_scripts import geometry as geo
-from workflow_scripts import ingest, orient, slide, synthetic, tract
 from workflow_scripts.errors import InputError
 
 ORIENT = yaml.safe_load((ROOT / "config.yaml").read_text())["orient"]
@@ -18,9 +18,13 @@ TRACT = yaml.safe_load((ROOT / "config.yaml").read_text())["tract"]
 CROP_ARGS = [f"--{k.replace('_', '-')}={TRACT[k]}" for k in ("width_mm", "margin_mm", "out_mm_per_px")]
 
 
-def find_orientation(thumb: np.ndarray, override: str | None = None) -> dict:
-    """The orientation step with the shipped thresholds."""
-    return orient.find_orientation(thumb, **ORIENT, override=override)
+CORES = {k: v for k, v in yaml.safe_load((ROOT / "config.yaml").read_text())["cores"].items() if k != "dye_class"}
+
+
+def find_orientation(thumb: np.ndarray, override: str | None = None, level_um: float = 16.0) -> dict:
+    """The orientation step on a one-core slide level, as the pipeline runs it, with the shipped thresholds."""
+    labels, found = cores.find_cores(orient.optical_density(thumb), level_um, **CORES)
+    return orient.orient_core(thumb, labels, cores.select(found, ""), level_um, override, **ORIENT)
 
 
 @pytest.fixture(scope="module", params=[("P101", "B1"), ("P102", "B3"), ("P103", "B2")])
@@ -256,12 +260,12 @@ def test_stain_line_is_the_tissues_not_a_far_dyes():
     """A far, compact dye (8 %) with its blurred rim outweighs a short tissue line in a principal axis
     (which turns it by about 55 degrees); the least-trimmed-squares line stays on the tissue."""
     rng = np.random.default_rng(3)
-    h, e = orient.H_CHROMA, orient.E_CHROMA
+    h, e = stain.H_CHROMA, stain.E_CHROMA
     tissue = e + rng.uniform(0.3, 0.7, (9000, 1)) * (h - e) + rng.normal(0, 0.004, (9000, 2))
     yellow = np.array([0.08, 0.2])
     dye = yellow + rng.normal(0, 0.01, (800, 2))
     rim = tissue[:300] + rng.uniform(0.0, 1.0, (300, 1)) * (yellow - tissue[:300])
-    c, d, keep = orient.mixing_line(np.vstack([tissue, dye, rim]))
+    c, d, keep = stain.mixing_line(np.vstack([tissue, dye, rim]))
     true_d = (h - e) / np.linalg.norm(h - e)
     assert abs(d @ true_d) > np.cos(np.radians(2))  # the tissue's direction
     assert np.abs((tissue - c) @ np.array([-d[1], d[0]])).max() < 0.03  # every tissue pixel lies on it
@@ -390,7 +394,7 @@ def test_at_both_ends_removes_a_shared_colour_and_keeps_the_lone_one():
     flags = (t < 10) | (t > 80)  # stroma (colour 0) at both ends, then the dye at the tip
     radius = np.array([0.1, 0.1, 0.1])
     quarters = (t < 25, t > 75)
-    shared = orient._at_both_ends(flags, feats, t < 50, quarters, radius, np.ones(len(t), bool))
+    shared = dye.at_both_ends(flags, feats, t < 50, quarters, radius, np.ones(len(t), bool), 10)
     assert shared[(t < 10)].all() and shared[(t > 80) & (t <= 90)].all()  # the stroma, at both ends
     assert not shared[t > 90].any()  # the dye stays
     assert not shared[~flags].any()
@@ -433,7 +437,7 @@ def test_rings_are_the_parts_around_their_own_hole():
     parts |= (np.abs(np.hypot(yy - 50, xx - 250) - 20) < 4) & (xx < 262)  # the C
     parts |= (xx > 300) & (xx < 390) & (yy > 20) & (yy < 80) & (np.hypot(yy - 35, xx - 320) > 6)
     labels, _ = ndimage.label(parts)
-    assert list(orient._rings(parts, labels)) == [labels[50, 30]]
+    assert list(dye.rings(parts, labels)) == [labels[50, 30]]
 
 
 def test_rim_contacts_are_where_a_line_outside_the_core_meets_it():
@@ -446,9 +450,9 @@ def test_rim_contacts_are_where_a_line_outside_the_core_meets_it():
     rgb[core & (xx > 340)] = (40, 160, 60)  # dye: on the tissue only
     rgb[ring] = (120, 120, 120)
     od = orient.optical_density(rgb)
-    mask = orient.tissue_mask(od)
+    mask = cores.find_cores(od, 16.0, **CORES)[0] == 1
     ys, xs = np.nonzero(mask)
-    contacts = orient._rim_contacts(od, mask, ys, xs)
+    contacts = dye.rim_contacts(od, mask, ys, xs, 16.0)
     cy, cx = np.nonzero(contacts)
     cx = cx + xs.min()
     assert contacts.any() and cx.max() < 90  # at the ring's two crossings of the core, around x = 20-80

@@ -41,13 +41,14 @@ PARALLEL_DEG = 20.0  # an elongated fragment's own axis lies within this angle o
 ELONGATION = 2.0  # a part that joins no core is a core only if this many times longer than thick
 NAME_COVER = 0.5  # share of a core's pixels that a named annotation must enclose to name it
 MARK_REACH_UM = 1000.0  # a dye mark off the tissue is assigned to the nearest core within this distance
-GAP_PX = 2.0  # level px without tissue along the axis that count as a gap between fragments
+GAP_UM = 32.0  # length along the axis without tissue that counts as a gap between fragments
+CLOSE_UM = 32.0  # holes in the absorbing parts this small are closed
 CORE_HINT = "set core in biopsies.tsv to one of the names or positions listed"
 
 
 def absorbing(od: np.ndarray, level_um: float) -> np.ndarray:
     """Pixels that absorb, closed over small holes, with thin rims and hairlines opened away."""
-    mask = ndimage.binary_closing(od.max(axis=-1) > TISSUE_OD, iterations=2)
+    mask = ndimage.binary_closing(od.max(axis=-1) > TISSUE_OD, iterations=max(1, int(CLOSE_UM / level_um + 0.5)))
     size = max(3, int(round(OPEN_UM / level_um)) | 1)  # odd, at least 3
     return ndimage.binary_opening(mask, structure=np.ones((size, size), bool))
 
@@ -192,7 +193,8 @@ def find_cores(
                 "width_mm": float(k["thick"] * level_um / 1000),
                 "fragments": len(k["ids"]),
                 "gaps_mm": [
-                    round((b - a) * level_um / 1000, 3) for a, b in gaps((k["pts"] - k["c"]) @ k["axis"], GAP_PX)
+                    round((b - a) * level_um / 1000, 3)
+                    for a, b in gaps((k["pts"] - k["c"]) @ k["axis"], GAP_UM / level_um)
                 ],
                 "names": [],
                 "dye_marks_px": [],

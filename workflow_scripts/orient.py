@@ -1,34 +1,27 @@
-"""Dye-tip orientation: find the core on a low-resolution WSI level and its dyed end.
+"""Dye-tip orientation: which end of a core on a low-resolution WSI level the pathologist dyed.
 
-Everything adapts to the slide itself. Optical density is taken against the slide's own
-background (so a tinted scan is fine). The core is the largest tissue component plus the
-fragments in line with it (pen marks and bubbles beside it are not). The slide's H&E is
-learnt from the whole core: in chromaticity (optical density divided by its sum) every
-mixture of two stains lies on one straight line, so the core's pixels fit the H-E mixing
-line by least trimmed squares (a dye, a minority at one end, is trimmed away however far
-its colour), and dense tumour (more haematoxylin) lies on that same line. Dye is the
-colour population *off* this line; where no end holds enough of it (blue and violet dyes
-close to haematoxylin), the colour, with its density, that the core's middle lacks and
-that is haematoxylin-ward of the tissue or denser than most of it (pale stroma at one
-end is unlike the middle too, but is neither). For novelty, each half of the core is
-compared with the middle's part in the *other* half: a dye bleeding in along one side,
-or dense tissue next to the dye with its colour, is not taken for the tissue's own
-colour. Off the line means beyond the middle's own scatter at that density (pale
-tissue's colour is noisier); a colour off the line is novel (and shared with the other end)
-only against the off-line pixels there, so tissue on the line close by cannot hide it.
-A colour off the line that is flagged at both ends (stroma at either end, say) is tissue,
-as a dye is at one end, and counts at neither.
-The two ends are compared with each other: the dye mass in from each end (counting the
-thick flagged parts first: a bubble's rim crossing an end is a thin arc; and of the thin
-parts, none beside a line that runs on over the glass, as a rim does and a dye does not, and
-none around a hole of its own, as a bubble's closed rim inside the core is),
-and the confidence is their contrast. A call is only accepted when that contrast reaches
-its evidence's threshold (stricter for the second kind: dense tumour at one end is also
-unlike the middle, and the colours off the line, however few, must not lean to the other
-end), the "dye" colour is not also found at the other end, a colour found
-in thin parts only is more than the least dye, and, where the tissue spans too little of
-the line to fix its direction, the second evidence does not point to the other end and,
-if more than the dyed end is off the line, confirms the end.
+The call is a pipeline of named stages, each a short function below:
+
+1. **tissue and axis** (:func:`core_shape`, :func:`core_pixels`): the core's pixels (from
+   :mod:`workflow_scripts.cores`), its long axis and extent, its two end quarters and its middle;
+2. **the slide's stain model** (:func:`stain_model`, in :mod:`workflow_scripts.stain`): the H-E
+   mixing line learnt from the core itself, and which pixels lie off it beyond the tissue's own
+   scatter at their density;
+3. **dye candidates**: first evidence (:func:`colour_candidates`): off the line, a colour the
+   middle lacks, and not flagged at both ends; second evidence (:func:`novelty_candidates`), asked
+   when the first finds too little (dyes close to haematoxylin): a colour the middle lacks that is
+   haematoxylin-ward of the tissue or denser than most of it;
+4. **mass at each end** (:func:`end_evidence`, :mod:`workflow_scripts.dye`): the dye walked in
+   from each tip, thick parts first (bubble rims are thin); the confidence is the contrast between
+   the ends;
+5. **decision and state** (:func:`automatic_call`, :data:`DOUBTS`, :func:`decide`): no dye or a
+   confidence below ``min_confidence`` is an error; a call is ``accepted`` when its contrast
+   reaches its evidence's bar and no doubt holds, else ``review``; a ``dye_end`` override, then the
+   pathologist's dye marks, win over the automatic call.
+
+Every stage and doubt has a name in :data:`ABLATABLE`; ``disabled`` leaves the named ones out
+(``benchmarks/orient_ablation.py`` measures what each earns).  Lengths are in µm and converted with
+the level's resolution; the thresholds a user may set are in config.yaml's ``orient`` section.
 """
 
 from __future__ import annotations
@@ -36,181 +29,126 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage.io import imread, imsave
-from skimage.morphology import disk
 
+from workflow_scripts import dye
 from workflow_scripts import geometry as geo
-from workflow_scripts.cores import GAP_PX, axis_of, gaps, select
+from workflow_scripts.cores import GAP_UM, axis_of, gaps, select
 from workflow_scripts.errors import InputError, run_cli
+from workflow_scripts.stain import (
+    H_CHROMA,
+    chromaticity,
+    glass_colour,
+    mixing_line,
+    optical_density,
+    scatter_at_density,
+)
+
+__all__ = ["optical_density", "glass_colour", "find_orientation", "orient_core", "canonical", "ABLATABLE"]
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}
 DYE_HINT = "set dye_end (left/right/top/bottom, as the slide is displayed) in biopsies.tsv"
-TISSUE_OD = 0.15  # largest channel's optical density above which a pixel absorbs (tissue, dye, rims, pen)
 MIN_OD = 0.25  # summed optical density below which a pixel's colour is too faint to judge
+SMOOTH_UM = 48.0  # colour is judged on optical density smoothed this much (Gaussian sigma)
+MIDDLE_MIN_UM2 = 5120.0  # tissue area the core's middle needs to learn its stain from
 CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dye, whatever the slide's own spread
+LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
+NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
 MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
 SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
 DYE_MAX_WIDTHS = 2.0  # dye mass in from an end, in core widths, beyond which a novel colour is not taken for dye
-NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
-SCATTER_MARGIN = 1.5  # times the middle's 95th-percentile scatter at a density: a colour beyond it is off the line
-END_SHARE = 0.02  # share of an end's tissue pixels that must have a colour for the colour to occur at that end
 LONE_SHARE = 0.005  # share of the core off the H-E line away from the dyed end above which a second population exists
-THICK_PX = 9  # disc radius (px of the ~16 um/px level) a flagged part must hold to count first: a rim is thinner
 THIN_MASS = 1.5  # dye mass, in least dye masses, that a colour found in thin parts only (rims too) needs
-RIM_REACH_PX = 6  # px an absorbing line outside the core must reach from it to be a rim (or pen), not a ragged edge
 ISOLATE_MARGIN_UM = 1500.0  # the level read around one core: its neighbours beyond are painted out
-LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
+NEIGHBOUR_MARGIN_UM = 48.0  # a neighbouring core is painted out this far beyond its mask
+
+# the evidence stages that can be left out (the doubts' names are DOUBTS' keys)
+STAGES = ("density_scatter", "colour_novel", "both_ends_tissue", "novelty_evidence")
+STAGES += ("thick_first", "rim_contacts", "rings")
 
 
-def glass_colour(rgb: np.ndarray) -> np.ndarray:
-    """The slide's background colour: the median of its brightest 40% of pixels (from the 8-bit pixels:
-    a slide level is millions of them)."""
-    total = rgb[..., :3].sum(-1, dtype=np.int32)
-    return np.median(rgb[..., :3][total >= np.percentile(total, 60)], axis=0)
+@dataclass(frozen=True)
+class CorePixels:
+    """One core's pixels: their place along the axis (``t``, level px from the centroid), which are dense
+    enough to judge (``solid``), the middle 60% (``middle``), the low half (``low``), the end quarters."""
+
+    ys: np.ndarray
+    xs: np.ndarray
+    t: np.ndarray
+    extent: tuple[float, float]
+    width: float
+    solid: np.ndarray
+    middle: np.ndarray
+    low: np.ndarray
+    quarters: tuple[np.ndarray, np.ndarray]
 
 
-def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
-    """Per-pixel optical density (H, W, 3) against the slide's background colour (its brightest mode)."""
-    if background is None:
-        background = glass_colour(rgb)
-    od = rgb[..., :3].astype(float)
-    od += 1.0  # in place, for the same reason
-    np.log(od, out=od)
-    np.subtract(np.log(np.asarray(background, float) + 1.0), od, out=od)
-    return np.clip(od, 0, None, out=od)
+@dataclass(frozen=True)
+class StainModel:
+    """The slide's stain model on one core: chromaticity and (chromaticity, log density) per pixel, the H-E
+    line (point ``c``, direction ``d``), each pixel's distance off it, and which lie beyond the scatter."""
+
+    chroma: np.ndarray
+    feats: np.ndarray
+    c: np.ndarray
+    d: np.ndarray
+    spread: float
+    span: float
+    off: np.ndarray
+    beyond: np.ndarray
+    radius: np.ndarray
 
 
-def tissue_mask(od: np.ndarray, threshold: float = TISSUE_OD, max_gap_px: float = 60.0) -> np.ndarray:
-    """The core: the largest absorbing component and the fragments in line with it."""
-    mask = ndimage.binary_closing(od.max(axis=-1) > threshold, iterations=2)
-    mask = ndimage.binary_opening(mask, structure=np.ones((7, 7), bool))  # drops thin rims (bubbles) touching the core
-    lab, n = ndimage.label(mask)
-    if n == 0:
-        raise InputError(
-            "no tissue found on the slide", "check that the WSI shows the core (not an empty or overexposed scan)"
-        )
-    sizes = ndimage.sum(mask, lab, range(1, n + 1))
-    big = 1 + int(np.argmax(sizes))
-    ys, xs = np.nonzero(lab == big)
-    c, axis, width = axis_of(np.stack([xs, ys], 1).astype(float))
-    keep = [big]
-    for i in np.flatnonzero(sizes >= 0.01 * sizes.max()) + 1:
-        if i == big:
-            continue
-        ys, xs = np.nonzero(lab == i)
-        d = np.abs((np.stack([xs, ys], 1) - c) @ np.array([-axis[1], axis[0]]))
-        if np.median(d) < max(0.75 * width, 3.0):  # in line with the core: a fragment, not a pen mark beside it
-            keep.append(i)
-    return np.isin(lab, keep)
+@dataclass(frozen=True)
+class Evidence:
+    """The dye at each end (``mass``: level px in from the negative and positive ends) by one kind of evidence
+    (``kind``: colour or novelty), the pixels it counts, whether those are thick parts, and the other kind's
+    masses where it was asked (``check``)."""
 
-
-def chromaticity(od: np.ndarray) -> np.ndarray:
-    """Optical density divided by its sum: (N, 2) of the first two components (the third is implied)."""
-    return od[:, :2] / np.maximum(od.sum(axis=1, keepdims=True), 1e-9)
-
-
-# Ruifrok's H and E optical densities: only a weak prior on the direction of the slide's own mixing line,
-# which wins when the tissue's colours barely vary (all benign, say) and the line is otherwise undetermined
-RUIFROK_H, RUIFROK_E = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])
-H_CHROMA, E_CHROMA = chromaticity(RUIFROK_H[None])[0], chromaticity(RUIFROK_E[None])[0]
-PRIOR_SPAN = 0.03  # chromaticity extent along the prior direction that the data must exceed to overrule it
-SMOOTH_PX = 3.0  # colour is judged on optical density smoothed this much (px of the ~16 um/px level)
-
-
-TRIM = 0.3  # share of the core's pixels farthest from the line left out of each refit (dye is a minority at one end)
-
-
-def mixing_line(chroma: np.ndarray, iterations: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The slide's H-E mixing line in chromaticity (point, unit direction) and its inliers, from the whole core.
-
-    A least-trimmed-squares line: from several starting directions, refit on the pixels
-    nearest the line, and keep the line whose nearest pixels lie closest.  A dye (a minority
-    at one end, however far its colour, with its blend into the tissue) cannot pull it, as it
-    pulls a principal axis.  Regularised towards the Ruifrok H-E direction, which only decides
-    when the tissue's colours barely vary.  Every H&E mixture, dense tumour included, lies on
-    this one line.
-    """
-    prior = (H_CHROMA - E_CHROMA) / np.linalg.norm(H_CHROMA - E_CHROMA)
-    fits = []
-    for d in [prior] + [np.array([np.cos(a), np.sin(a)]) for a in np.radians(np.arange(0, 180, 30))]:
-        c = np.median(chroma, axis=0)
-        for i in range(iterations + 1):
-            off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
-            keep = off <= np.quantile(off, 1.0 - TRIM)
-            if i == iterations:
-                break
-            c = np.median(chroma[keep], axis=0)
-            cov = np.cov((chroma[keep] - c).T) + PRIOR_SPAN**2 * np.outer(prior, prior)
-            d = np.linalg.eigh(cov)[1][:, -1]
-        fits.append((float(np.mean(off[keep] ** 2)), c, d, keep))
-    _, c, d, keep = min(fits, key=lambda f: f[0])
-    return c, d, keep
-
-
-def end_dye_mass(dyed: np.ndarray, t: np.ndarray, lo: float, hi: float, bin_px: float = 3.0) -> tuple[float, float]:
-    """Dye in from each end: summed dyed fraction of the end bins, walking inwards while bins stay dyed."""
-    edges = np.arange(lo, hi + bin_px, bin_px)
-    idx = np.clip(np.digitize(t, edges) - 1, 0, len(edges) - 2)
-    n = np.bincount(idx, minlength=len(edges) - 1)
-    frac = np.bincount(idx, weights=dyed.astype(float), minlength=len(edges) - 1) / np.maximum(n, 1)
-    frac[n < 3] = np.nan  # gaps between fragments: skip, do not stop
-
-    def walk(f: np.ndarray) -> float:
-        total, weak, started = 0.0, 0, False
-        for v in f:
-            if np.isnan(v):
-                continue
-            if v < 0.15:  # the rounded, eroded tip may start undyed for a few bins; inside, two weak bins end the dye
-                weak += 1
-                if weak > (2 if started else 5):
-                    break
-                continue
-            weak, started = 0, True
-            total += v
-        return total * bin_px
-
-    return walk(frac), walk(frac[::-1])
+    mass: tuple[float, float]
+    flagged: np.ndarray
+    thick: bool
+    kind: str
+    check: tuple[float, float] | None
 
 
 def find_orientation(
     rgb: np.ndarray,
+    mask: np.ndarray,
     *,
+    level_um: float,
     min_dye_fraction: float,
     accept_confidence: float,
     accept_novelty: float,
     min_confidence: float,
     override: str | None = None,
-    mask: np.ndarray | None = None,
     marks: list[list[float]] | None = None,
+    disabled: frozenset[str] = frozenset(),
 ) -> dict:
-    """Strip axis, extent and dyed end on one pyramid level (coordinates in that level's px).
+    """Strip axis, extent and dyed end of the core ``mask`` on one pyramid level (``level_um`` µm per px;
+    coordinates in that level's px).
 
-    ``mask`` is the core's pixels (from :func:`workflow_scripts.cores.find_cores`; by default the
-    largest core and the fragments in line with it).  The automatic call (:func:`automatic_call`)
-    ends ``accepted`` or ``review``, or raises an error; ``decide`` then applies a ``dye_end``
-    override (which wins, and rescues a core whose automatic call fails) and the pathologist's dye
-    ``marks`` (level px: first-class evidence; where they disagree with an accepted automatic call,
-    the biopsy goes to review).  The thresholds are keyword-only and named as config.yaml's
-    ``orient`` section: ``**config["orient"]``.
+    The automatic call (:func:`automatic_call`) ends ``accepted`` or ``review``, or raises an error;
+    :func:`decide` then applies a ``dye_end`` override (which wins, and rescues a core whose automatic
+    call fails) and the pathologist's dye ``marks`` (level px).  The thresholds are named as
+    config.yaml's ``orient`` section: ``**config["orient"]``.
     """
     od = optical_density(rgb)
-    mask = tissue_mask(od) if mask is None else mask
-    shape = core_shape(mask)
+    shape = core_shape(mask, level_um)
+    thresholds = {
+        "min_dye_fraction": min_dye_fraction,
+        "accept_confidence": accept_confidence,
+        "accept_novelty": accept_novelty,
+        "min_confidence": min_confidence,
+    }
     try:
-        found = automatic_call(
-            od,
-            mask,
-            shape,
-            min_dye_fraction=min_dye_fraction,
-            accept_confidence=accept_confidence,
-            accept_novelty=accept_novelty,
-            min_confidence=min_confidence,
-        )
+        found = automatic_call(od, mask, shape, level_um, disabled=disabled, **thresholds)
     except InputError as e:
         if not (override or marks):
             raise
@@ -218,7 +156,7 @@ def find_orientation(
     return decide({**shape, **found}, override, mark_end(marks or [], shape))
 
 
-def core_shape(mask: np.ndarray) -> dict:
+def core_shape(mask: np.ndarray, level_um: float) -> dict:
     """The core's centroid, long axis, extent along it (from the centroid, px) and width, and the gaps
     between its fragments along the axis (level px from the centroid)."""
     ys, xs = np.nonzero(mask)
@@ -230,7 +168,308 @@ def core_shape(mask: np.ndarray) -> dict:
         "axis": axis.tolist(),
         "extent": [float(t.min() - 0.5), float(t.max() + 0.5)],
         "width": width,
-        "gaps_px": gaps(t, GAP_PX),
+        "gaps_px": gaps(t, GAP_UM / level_um),
+    }
+
+
+def core_pixels(od: np.ndarray, mask: np.ndarray, shape: dict, level_um: float) -> CorePixels:
+    """Stage 1, tissue and axis: the core's pixels placed along its axis, its middle and its end quarters.
+    Too little dense tissue in the middle to learn the stain from is an error."""
+    ys, xs = np.nonzero(mask)
+    t = (np.stack([xs, ys], 1) - np.asarray(shape["centroid"])) @ np.asarray(shape["axis"])
+    lo, hi = shape["extent"]
+    solid = od[ys, xs].sum(axis=1) > MIN_OD
+    middle = solid & (t > lo + 0.2 * (hi - lo)) & (t < hi - 0.2 * (hi - lo))
+    if middle.sum() * level_um**2 < MIDDLE_MIN_UM2:
+        raise InputError("too little tissue in the middle of the core to learn its stain", DYE_HINT)
+    zone = 0.25 * (hi - lo)
+    quarters = (t < lo + zone, t > hi - zone)
+    return CorePixels(ys, xs, t, (lo, hi), shape["width"], solid, middle, t < 0.5 * (lo + hi), quarters)
+
+
+def smoothed_od(od: np.ndarray, core: CorePixels, level_um: float) -> np.ndarray:
+    """Optical density at the core's pixels, smoothed over ``SMOOTH_UM``: compression noise and nuclei average
+    out, a dye band stays (filtered over the core's bounding box only, with a margin the filter cannot see past)."""
+    sigma = SMOOTH_UM / level_um
+    ys, xs = core.ys, core.xs
+    m = int(4 * sigma) + 2
+    y0, x0 = max(ys.min() - m, 0), max(xs.min() - m, 0)
+    box = od[y0 : ys.max() + m + 1, x0 : xs.max() + m + 1]
+    return np.stack([ndimage.gaussian_filter(box[..., k], sigma)[ys - y0, xs - x0] for k in range(3)], -1)
+
+
+def stain_model(od: np.ndarray, core: CorePixels, level_um: float, disabled: frozenset[str]) -> StainModel:
+    """Stage 2, the slide's stain model: the H-E line learnt from the core's dense pixels, each pixel's distance
+    off it, and which lie beyond the tissue's own scatter at their density (``density_scatter``; without it,
+    beyond a fixed colour radius only)."""
+    smooth = smoothed_od(od, core, level_um)
+    chroma = chromaticity(smooth)
+    c, d, inlier = mixing_line(chroma[core.solid])
+    off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
+    spread = float(np.percentile(off[core.solid][inlier], 95))  # the tissue's own scatter about its line
+    along = (chroma[core.solid][inlier] - c) @ d
+    span = float(np.percentile(along, 97.5) - np.percentile(along, 2.5))  # how far the tissue's colours run along it
+    colour_radius = max(2.5 * spread, CHROMA_FLOOR)
+    feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
+    scatter = 0.0
+    if "density_scatter" not in disabled:
+        scatter = scatter_at_density(off, feats[:, 2], core.middle, level_um)
+    beyond = off > np.maximum(colour_radius, scatter)
+    radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
+    return StainModel(chroma, feats, c, d, spread, span, off, beyond, radius)
+
+
+def novel(core: CorePixels, stain: StainModel, among: np.ndarray, level_um: float) -> np.ndarray:
+    """Per pixel: a colour (with its density) that the middle's part in the *other* half lacks, among
+    ``among`` of its pixels.  A dye bleeding in along one side from its end, or dense tissue beside the
+    dye with its colour, must not make the dye's colour look like the tissue's."""
+    out = np.zeros(len(core.t), bool)
+    least = dye.PRESENT_MIN_UM2 / level_um**2
+    for half, ref in ((core.low, core.middle & ~core.low), (~core.low, core.middle & core.low)):
+        found = dye.present(
+            stain.feats[half], stain.feats[ref & among], stain.radius, max(least, NOVEL_SHARE * ref.sum())
+        )
+        out[half] = ~found
+    return out
+
+
+def colour_candidates(core: CorePixels, stain: StainModel, level_um: float, disabled: frozenset[str]) -> np.ndarray:
+    """Stage 3a, first evidence: dye is off the slide's H-E line, a colour the middle's own off-line pixels
+    lack (``colour_novel``: a tissue population off the line is off it in the middle too, while tissue on the
+    line must not hide a dye just off it), and not flagged at both ends (``both_ends_tissue``: a colour there
+    is tissue, stroma at either end, say; a dye is at one end)."""
+    flags = core.solid & stain.beyond
+    if "colour_novel" not in disabled:
+        flags &= novel(core, stain, stain.beyond, level_um)
+    if "both_ends_tissue" not in disabled:
+        least = dye.PRESENT_MIN_UM2 / level_um**2
+        flags &= ~dye.at_both_ends(flags, stain.feats, core.low, core.quarters, stain.radius, core.solid, least)
+    return flags
+
+
+def novelty_candidates(core: CorePixels, stain: StainModel, level_um: float) -> np.ndarray:
+    """Stage 3b, second evidence: a colour (with its density) the middle lacks that is haematoxylin-ward of the
+    tissue or denser than most of it (a dye close to haematoxylin; pale stroma at one end is neither)."""
+    toward_h = (stain.chroma - stain.c) @ stain.d * np.sign((H_CHROMA - stain.c) @ stain.d)
+    density = stain.feats[:, 2]
+    darker = (toward_h > np.median(toward_h[core.middle])) | (density > np.percentile(density[core.middle], 90))
+    return core.solid & novel(core, stain, core.middle, level_um) & darker
+
+
+def end_evidence(
+    od: np.ndarray,
+    mask: np.ndarray,
+    core: CorePixels,
+    stain: StainModel,
+    scale: float,
+    level_um: float,
+    disabled: frozenset[str],
+) -> Evidence:
+    """Stage 4, the dye mass at each end: by the first evidence; by the second where the first finds less than
+    ``scale`` at both ends (``novelty_evidence``).  Where the tissue spans too little of its line to fix its
+    direction (one dominant tissue colour), the second is asked too, to check the first."""
+    rims = cache(partial(dye.rim_contacts, od, mask, core.ys, core.xs, level_um))  # only the thin parts need them
+    ends = partial(
+        dye.dye_at_ends,
+        ys=core.ys,
+        xs=core.xs,
+        t=core.t,
+        extent=core.extent,
+        scale=scale,
+        rims=rims,
+        level_um=level_um,
+        disabled=disabled,
+    )
+    mass, flagged, thick = ends(colour_candidates(core, stain, level_um, disabled))
+    if max(mass) < scale and "novelty_evidence" not in disabled:
+        second = ends(novelty_candidates(core, stain, level_um))
+        return Evidence(second[0], second[1], second[2], "novelty", mass)
+    check = ends(novelty_candidates(core, stain, level_um))[0] if stain.span < MIN_SPAN else None
+    return Evidence(mass, flagged, thick, "colour", check)
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the doubts weigh about a call: its ``confidence`` and the ``bar`` its evidence ``kind`` must reach,
+    whether its dye is in ``thick`` parts, the dye mass at the called end (``dye_px``), the least dye
+    (``scale``) and the core's ``width`` (level px); the other evidence's mass at the called end and the other
+    (``here``, ``there``) where it was ``asked``; the share of the core off the H-E line away from the
+    called end (``lone``); and the share of the dye's colour also at the other end (``shared``)."""
+
+    confidence: float
+    bar: float
+    kind: str
+    thick: bool
+    dye_px: float
+    scale: float
+    width: float
+    asked: bool
+    here: float
+    there: float
+    lone: float
+    shared: float
+
+
+def low_contrast(c: Call) -> str:
+    """The ends differ too little for the evidence found (the second evidence's bar is higher: dense tumour at
+    one end is unlike the middle too)."""
+    return f"end contrast {c.confidence:.2f} < {c.bar}" if c.confidence < c.bar else ""
+
+
+def open_line_other_end(c: Call) -> str:
+    """A colour call on a line whose direction one tissue colour leaves open, while the colours the middle lacks
+    lie at the other end (a dye close to haematoxylin may lie on such a line)."""
+    if c.kind == "colour" and c.asked and c.there >= max(c.here, c.scale):
+        return (
+            "one tissue colour leaves the H-E line's direction open, and the colours the middle lacks are at the "
+            "other end"
+        )
+    return ""
+
+
+def open_line_unconfirmed(c: Call) -> str:
+    """The same open line, more than the dyed end off it (a second tissue population may be off the line), and
+    the colours the middle lacks do not confirm the end."""
+    if (
+        c.kind == "colour"
+        and c.asked
+        and c.there < max(c.here, c.scale)
+        and c.lone > LONE_SHARE
+        and dye.contrast(c.here, c.there, c.scale) < c.bar
+    ):
+        return (
+            "one tissue colour leaves the H-E line's direction open, more than the dyed end is off it, and the "
+            "colours the middle lacks do not confirm the end"
+        )
+    return ""
+
+
+def thin_small_dye(c: Call) -> str:
+    """A colour found in thin parts only needs more than the least dye (a rim that does not run on over the
+    glass is thin too)."""
+    if c.kind == "colour" and not c.thick and c.dye_px < THIN_MASS * c.scale:
+        return "a small dye found in thin parts only (rims are thin)"
+    return ""
+
+
+def novel_too_deep(c: Call) -> str:
+    """A novel colour deeper than a dye soaks in (a few core widths) is tissue whose mix the middle lacks."""
+    return (
+        "the novel colour runs deeper than a dye soaks in"
+        if c.kind == "novelty" and c.dye_px > DYE_MAX_WIDTHS * c.width
+        else ""
+    )
+
+
+def offline_other_end(c: Call) -> str:
+    """A novelty call that the colours off the line (the stronger evidence, however little) place at the other end."""
+    if c.kind == "novelty" and c.there > c.here:
+        return "the colours off the H-E line, too few to call, are at the other end"
+    return ""
+
+
+def shared_colour(c: Call) -> str:
+    """A colour at both ends is tissue (stroma, say), not dye."""
+    return f"{c.shared:.0%} of the dye's colour is also at the other end" if c.shared >= SHARED_MAX else ""
+
+
+DOUBTS: dict[str, Callable[[Call], str]] = {
+    f.__name__: f
+    for f in (
+        low_contrast,
+        open_line_other_end,
+        open_line_unconfirmed,
+        thin_small_dye,
+        novel_too_deep,
+        offline_other_end,
+        shared_colour,
+    )
+}
+ABLATABLE = STAGES + tuple(DOUBTS)
+
+
+def weigh(core: CorePixels, stain: StainModel, ev: Evidence, scale: float, bar: float, level_um: float) -> Call:
+    """What the doubts weigh: the call's features (see :class:`Call`)."""
+    m_neg, m_pos = ev.mass
+    pos = m_pos > m_neg
+    here, there = (0.0, 0.0) if ev.check is None else ((ev.check[1], ev.check[0]) if pos else ev.check)
+    other, win = core.quarters if pos else core.quarters[::-1]
+    # a colour off the line is held against the other end's own off-line pixels (as for the candidates)
+    found_there = other & core.solid & (stain.beyond if ev.kind == "colour" else True)
+    least = dye.PRESENT_MIN_UM2 / level_um**2
+    shared = dye.shared_colour(
+        stain.feats[win & ev.flagged], stain.feats[found_there], stain.radius, (other & core.solid).sum(), least
+    )
+    lone = float((stain.beyond & core.solid & ~win).sum() / core.solid.sum())
+    confidence = dye.contrast(m_pos, m_neg, scale)
+    return Call(
+        confidence,
+        bar,
+        ev.kind,
+        ev.thick,
+        max(ev.mass),
+        scale,
+        core.width,
+        ev.check is not None,
+        here,
+        there,
+        lone,
+        shared,
+    )
+
+
+def automatic_call(
+    od: np.ndarray,
+    mask: np.ndarray,
+    shape: dict,
+    level_um: float,
+    *,
+    min_dye_fraction: float,
+    accept_confidence: float,
+    accept_novelty: float,
+    min_confidence: float,
+    disabled: frozenset[str] = frozenset(),
+) -> dict:
+    """Stage 5, the dyed end from the pixels alone: ``dye_at_positive_end``, ``confidence``, the evidence, and
+    ``state`` ``accepted`` (the contrast reaches ``accept_confidence``, or ``accept_novelty`` for the second
+    evidence, and no doubt in :data:`DOUBTS` holds) or ``review``.  No dye at either end (less than
+    ``min_dye_fraction`` of the core's width), or a confidence below ``min_confidence``, is an error."""
+    core = core_pixels(od, mask, shape, level_um)
+    stain = stain_model(od, core, level_um, disabled)
+    scale = max(core.width * min_dye_fraction, 1.0)  # dye mass (px along the axis) that counts as a dyed end
+    ev = end_evidence(od, mask, core, stain, scale, level_um, disabled)
+    (m_neg, m_pos), (lo, hi) = ev.mass, core.extent
+    if max(ev.mass) < scale:
+        raise InputError(
+            f"no dye found at either end of the core (dye {m_neg:.1f} / {m_pos:.1f} px in from the ends, "
+            f"need {scale:.1f}: min_dye_fraction {min_dye_fraction} of the core width)",
+            DYE_HINT,
+        )
+    call = weigh(core, stain, ev, scale, accept_confidence if ev.kind == "colour" else accept_novelty, level_um)
+    if call.confidence < min_confidence:
+        raise InputError(
+            f"dyed end is ambiguous (confidence {call.confidence:.2f} < {min_confidence}; "
+            f"dye {m_neg:.1f} / {m_pos:.1f} px in from the ends)",
+            DYE_HINT,
+        )
+    reason = "; ".join(why for name, doubt in DOUBTS.items() if name not in disabled and (why := doubt(call)))
+    return {
+        "dye_mass_px": [m_neg, m_pos],
+        "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)],
+        "confidence": float(call.confidence),
+        "evidence": ev.kind,
+        "dye_parts": "thick" if ev.thick else "thin",
+        "stain_line": {
+            "point": stain.c.tolist(),
+            "direction": stain.d.tolist(),
+            "spread": stain.spread,
+            "span": stain.span,
+        },
+        "shared_with_other_end": call.shared,
+        "features": {k: (float(v) if not isinstance(v, str) else v) for k, v in vars(call).items()},
+        "review_reason": reason,
+        "dye_at_positive_end": bool(m_pos > m_neg),
+        "state": "review" if reason else "accepted",
     }
 
 
@@ -299,298 +538,6 @@ def decide(found: dict, override: str | None, mark: str | None) -> dict:
     }
 
 
-def automatic_call(
-    od: np.ndarray,
-    mask: np.ndarray,
-    shape: dict,
-    *,
-    min_dye_fraction: float,
-    accept_confidence: float,
-    accept_novelty: float,
-    min_confidence: float,
-) -> dict:
-    """The dyed end from the pixels alone: ``dye_at_positive_end``, ``confidence``, the evidence, and
-    ``state`` ``accepted`` (confidence >= accept_confidence for a dye off the H-E line, >= accept_novelty
-    for one found only as a colour the middle lacks) or ``review`` (below; or a doubt).  No dye at either
-    end, or a confidence below ``min_confidence``, is an error.  ``min_dye_fraction`` is the dye at
-    the dyed end, as a fraction of the core's width times its length (in px).
-    """
-    ys, xs = np.nonzero(mask)
-    centroid, axis, width = np.asarray(shape["centroid"]), np.asarray(shape["axis"]), shape["width"]
-    t = (np.stack([xs, ys], 1) - centroid) @ axis
-    lo, hi = shape["extent"]
-    solid = od[ys, xs].sum(axis=1) > MIN_OD
-    # colour from optical density smoothed over ~2 px: compression noise and nuclei average out, a dye band stays
-    # (smoothed over the core's bounding box only, with a margin the filter cannot see past)
-    m = int(4 * SMOOTH_PX) + 2
-    y0, x0 = max(ys.min() - m, 0), max(xs.min() - m, 0)
-    box = od[y0 : ys.max() + m + 1, x0 : xs.max() + m + 1]
-    smooth = np.stack([ndimage.gaussian_filter(box[..., k], SMOOTH_PX)[ys - y0, xs - x0] for k in range(3)], -1)
-    middle = solid & (t > lo + 0.2 * (hi - lo)) & (t < hi - 0.2 * (hi - lo))
-    if middle.sum() < 20:
-        raise InputError("too little tissue in the middle of the core to learn its stain", DYE_HINT)
-    chroma = chromaticity(smooth)
-    c, d, inlier = mixing_line(chroma[solid])
-    off = np.abs((chroma - c) @ np.array([-d[1], d[0]]))
-    spread = float(np.percentile(off[solid][inlier], 95))  # the tissue's own scatter about its line
-    along = (chroma[solid][inlier] - c) @ d
-    span = float(np.percentile(along, 97.5) - np.percentile(along, 2.5))  # how far the tissue's colours run along it
-    scale = max(width * min_dye_fraction, 1.0)  # dye mass (px along the axis) that counts as a dyed end
-    # 1. chromatic dye: off the slide's own H-E line, and a colour (with its density) the middle of the core
-    #    lacks (tissue off the line, e.g. a third stain population, is found in the middle too); thin rims
-    #    (bubbles, folds' edges) removed by an opening
-    colour_radius = max(2.5 * spread, CHROMA_FLOOR)
-    feats = np.column_stack([chroma, np.log(np.maximum(smooth.sum(axis=1), 1e-3))])  # colour and density
-    radius = np.array([colour_radius] * 2 + [LOG_OD_RADIUS])
-    beyond = off > np.maximum(colour_radius, _scatter_at_density(off, feats[:, 2], middle))
-    mid_t, zone = 0.5 * (lo + hi), 0.25 * (hi - lo)
-    halves = ((t < mid_t, middle & (t >= mid_t)), (t >= mid_t, middle & (t < mid_t)))
-    quarters = (t < lo + zone, t > hi - zone)  # each end's quarter of the core
-
-    def novel(among: np.ndarray) -> np.ndarray:
-        """Per pixel: a colour (with its density) that the middle's part in the *other* half lacks, among
-        ``among`` of its pixels.  A dye bleeding in along one side from its end, or dense tissue beside the
-        dye with its colour, must not make the dye's colour look like the tissue's."""
-        out = np.zeros(len(t), bool)
-        for half, ref in halves:
-            out[half] = ~_present(feats[half], feats[ref & among], radius, NOVEL_SHARE * ref.sum())
-        return out
-
-    rims = cache(partial(_rim_contacts, od, mask, ys, xs))  # only the thin parts' count needs them
-    ends = partial(_dye_at_ends, ys=ys, xs=xs, t=t, extent=(lo, hi), scale=scale, rims=rims)
-    # a colour off the line is novel against the middle's own off-line pixels: a tissue population off the
-    # line is off it in the middle too, while tissue on the line nearby must not hide a dye just off it;
-    # and a colour flagged at both ends is tissue there (stroma at either end, say): a dye is at one end
-    flags = solid & beyond & novel(beyond)
-    (m_neg, m_pos), flagged, thick = ends(flags & ~_at_both_ends(flags, feats, t < mid_t, quarters, radius, solid))
-    evidence = "colour"
-
-    def unlike_middle() -> tuple[tuple[float, float], np.ndarray, bool]:
-        """Dye by the second evidence: a colour the middle lacks, haematoxylin-ward or dense."""
-        toward_h = (chroma - c) @ d * np.sign((H_CHROMA - c) @ d)
-        # a near-H dye is haematoxylin-ward of the tissue, or denser than most of it; pale stroma is neither
-        darker = (toward_h > np.median(toward_h[middle])) | (feats[:, 2] > np.percentile(feats[middle, 2], 90))
-        return ends(solid & novel(middle) & darker)
-
-    check = None  # the other evidence's dye mass at each end, where it is asked
-    if max(m_pos, m_neg) < scale:
-        # 2. no dye off the H-E line (a dye close to haematoxylin, say): colours (with their density)
-        #    that the middle of the core does not have.  Dense tumour only at one end is unlike the
-        #    middle too, so this evidence is held to a stricter bar (see the state below), and the
-        #    colours off the line, too few to call, are kept to check it
-        check = (m_neg, m_pos)
-        (m_neg, m_pos), flagged, thick = unlike_middle()
-        evidence = "novelty"
-    elif span < MIN_SPAN:
-        # one tissue colour leaves the line's direction open, so "off the line" may be a second tissue
-        # population, and a dye close to haematoxylin may lie on it: the second evidence is asked too
-        check = unlike_middle()[0]
-    conf = _contrast(m_pos, m_neg, scale)
-    res = {
-        "dye_mass_px": [m_neg, m_pos],
-        "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)],
-        "confidence": float(conf),
-        "evidence": evidence,
-        "dye_parts": "thick" if thick else "thin",
-        "stain_line": {"point": c.tolist(), "direction": d.tolist(), "spread": spread, "span": span},
-    }
-    if max(m_pos, m_neg) < scale:
-        raise InputError(
-            f"no dye found at either end of the core (dye {m_neg:.1f} / {m_pos:.1f} px in from the ends, "
-            f"need {scale:.1f}: min_dye_fraction {min_dye_fraction} of the core width)",
-            DYE_HINT,
-        )
-    if conf < min_confidence:
-        raise InputError(
-            f"dyed end is ambiguous (confidence {conf:.2f} < {min_confidence}; "
-            f"dye {m_neg:.1f} / {m_pos:.1f} px in from the ends)",
-            DYE_HINT,
-        )
-    pos = bool(m_pos > m_neg)
-    other, win = quarters if pos else quarters[::-1]
-    # as found: colour and density; a colour off the line against the other end's own off-line pixels (as above)
-    found_there = other & solid & beyond if evidence == "colour" else other & solid
-    shared = _shared_colour(feats[win & flagged], feats[found_there], radius, (other & solid).sum())
-    res["shared_with_other_end"] = shared
-    # a colour at both ends is tissue (stroma, say), not dye: such a decision is never accepted alone.
-    # A line whose direction the tissue barely determines (one dominant tissue colour) may leave a second
-    # tissue population off it, and a dye close to haematoxylin on it: a colour decision on such a line is
-    # not accepted if the colours the middle lacks lie at the other end, nor, where more than the dyed end
-    # is off the line, unless they confirm the end.  A colour found in thin parts only needs more than the
-    # least dye (a rim that does not run on over the glass is thin too).  A colour found only as unlike the
-    # middle (dense tumour at one end is, too) needs a clearer contrast between the ends, and one deeper than
-    # a dye soaks in (a few core widths) is tissue whose mix the middle lacks, and one the colours off the
-    # line (the stronger evidence, however little of it) place at the other end is not accepted.
-    colour, dye_px = evidence == "colour", max(m_pos, m_neg)
-    bar = accept_confidence if colour else accept_novelty
-    opened, here, there = colour and check is not None, 0.0, 0.0
-    if check is not None:  # the other evidence's dye mass at the called end and at the other
-        here, there = (check[1], check[0]) if pos else check
-    doubts = [
-        (conf < bar, f"end contrast {conf:.2f} < {bar}"),
-        (
-            opened and there >= max(here, scale),
-            "one tissue colour leaves the H-E line's direction open, and the colours the middle lacks are at the "
-            "other end",
-        ),
-        (
-            opened
-            and there < max(here, scale)
-            and (beyond & solid & ~win).sum() > LONE_SHARE * solid.sum()
-            and _contrast(here, there, scale) < bar,
-            "one tissue colour leaves the H-E line's direction open, more than the dyed end is off it, and the "
-            "colours the middle lacks do not confirm the end",
-        ),
-        (colour and not thick and dye_px < THIN_MASS * scale, "a small dye found in thin parts only (rims are thin)"),
-        (not colour and dye_px > DYE_MAX_WIDTHS * width, "the novel colour runs deeper than a dye soaks in"),
-        (not colour and there > here, "the colours off the H-E line, too few to call, are at the other end"),
-        (shared >= SHARED_MAX, f"{shared:.0%} of the dye's colour is also at the other end"),
-    ]
-    res["review_reason"] = "; ".join(why for doubt, why in doubts if doubt)
-    state = "review" if res["review_reason"] else "accepted"
-    return {**res, "dye_at_positive_end": pos, "state": state}
-
-
-def _contrast(a: float, b: float, scale: float) -> float:
-    """How much more dye one end holds than the other: (a - b) / (a + b + scale), from 0 to 1 for a >= b."""
-    return abs(a - b) / (a + b + scale)
-
-
-def _scatter_at_density(off: np.ndarray, log_od: np.ndarray, middle: np.ndarray, step: float = 0.25) -> np.ndarray:
-    """Per pixel: how far the middle's own colours stray from the H-E line at that pixel's density.
-
-    Chromaticity is optical density over its sum, so its noise grows as the tissue gets fainter:
-    pale tissue strays off the line by several times the dense tissue's scatter.  The middle's
-    95th percentile per density band (times ``SCATTER_MARGIN``), carried to the faintest and
-    densest bands the middle lacks, and never more than in a fainter band (a sparse band of a
-    dye's bleed, or of bubble rims, in the middle must not hide that dye).
-    """
-    k = np.floor(log_od / step).astype(np.int64)
-    km, om = k[middle], off[middle]
-    bands = np.unique(km)
-    q = np.array([np.percentile(om[km == b], 95) if (km == b).sum() >= 50 else np.nan for b in bands])
-    bands, q = bands[np.isfinite(q)], np.minimum.accumulate(q[np.isfinite(q)])  # denser is never noisier
-    if len(bands) == 0:
-        return np.zeros_like(off)
-    return SCATTER_MARGIN * q[np.clip(np.searchsorted(bands, k), 0, len(bands) - 1)]
-
-
-def _shared_colour(dye: np.ndarray, other: np.ndarray, radius: float | np.ndarray, n_end: int) -> float:
-    """Share of the dye pixels whose colour also occurs (within about ``radius``) at the other end.
-
-    ``other`` holds the other end's candidate pixels; a colour occurs there when ``END_SHARE`` of
-    the end's ``n_end`` tissue pixels have it.
-    """
-    if len(dye) == 0:
-        return 0.0
-    r = np.broadcast_to(np.asarray(radius, float), (dye.shape[1],))
-    return float(_present(dye, other, r, END_SHARE * n_end).mean())
-
-
-def _at_both_ends(
-    flags: np.ndarray,
-    feats: np.ndarray,
-    first: np.ndarray,
-    quarters: tuple[np.ndarray, np.ndarray],
-    radius: np.ndarray,
-    solid: np.ndarray,
-) -> np.ndarray:
-    """Flagged pixels whose colour (with its density) is flagged at the other end too: tissue, as a dye is at one.
-
-    Each half's flags (``first``: the half at the low end) are held against the far quarter's: a colour
-    occurs there when ``END_SHARE`` of that quarter's tissue pixels have it (as for ``_shared_colour``).
-    """
-    out = np.zeros_like(flags)
-    for half, there in ((first, quarters[1]), (~first, quarters[0])):
-        here = flags & half
-        out[here] = _present(feats[here], feats[flags & there], radius, END_SHARE * (there & solid).sum())
-    return out
-
-
-def _rim_contacts(od: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """The core's pixels (in its bounding box) beside an absorbing line that runs on outside the core.
-
-    A bubble's rim (or a pen line) crosses the glass as well as the tissue; a dye stops at the
-    tissue's edge.  Outside means beyond the core's mask, and running on means reaching
-    ``RIM_REACH_PX`` from it (the mask's own ragged edge does not).
-    """
-    y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-    m = RIM_REACH_PX + 4
-    b0, a0 = max(y0 - m, 0), max(x0 - m, 0)
-    core = mask[b0 : y1 + m, a0 : x1 + m]
-    outside = (od[b0 : y1 + m, a0 : x1 + m].max(axis=-1) > TISSUE_OD) & ~core
-    lab, n = ndimage.label(outside, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return np.zeros((y1 - y0, x1 - x0), bool)
-    dist = ndimage.distance_transform_edt(~core)
-    reach = ndimage.maximum(dist, lab, range(1, n + 1))
-    touch = ndimage.minimum(dist, lab, range(1, n + 1))
-    rims = np.isin(lab, 1 + np.flatnonzero((reach >= RIM_REACH_PX) & (touch <= 2)))
-    near = ndimage.binary_dilation(rims, iterations=3) & core
-    return near[y0 - b0 : y1 - b0, x0 - a0 : x1 - a0]
-
-
-def _dye_at_ends(
-    flags: np.ndarray,
-    ys: np.ndarray,
-    xs: np.ndarray,
-    t: np.ndarray,
-    extent: tuple[float, float],
-    scale: float,
-    rims: Callable[[], np.ndarray],
-) -> tuple[tuple[float, float], np.ndarray, bool]:
-    """Dye mass in from each end, the flags it counts, and whether they are the thick parts only.
-
-    A bubble's dark rim crossing the core survives a small opening as an arc, and at the
-    wrong end it competes with the dye; a dye band is thicker than that.  So the parts that
-    hold a disc of ``THICK_PX`` count first, and all solid parts only if no end then has
-    ``scale``: a small dye (a thin band at the tip) is still seen, unless it touches a line
-    running on outside the core (``rims()``, in the core's bounding box).
-    """
-    y0, x0 = ys.min(), xs.min()
-    img = np.zeros((ys.max() - y0 + 1, xs.max() - x0 + 1), bool)  # the core's bounding box: it holds every flag
-    img[ys - y0, xs - x0] = flags
-    solid = ndimage.binary_opening(img, structure=np.ones((5, 5), bool))  # rims, edges, single pixels removed
-    labels, _ = ndimage.label(solid)
-    cores = np.unique(labels[ndimage.binary_erosion(solid, structure=disk(THICK_PX).astype(bool))])
-    thick = np.isin(labels, cores[cores > 0])[ys - y0, xs - x0]
-    mass = end_dye_mass(thick, t, *extent)
-    if max(mass) >= scale:
-        return mass, thick, True
-    solid &= ~np.isin(labels, np.unique(labels[rims() & solid]))
-    solid &= ~np.isin(labels, _rings(solid, labels))
-    solid = solid[ys - y0, xs - x0]
-    return end_dye_mass(solid, t, *extent), solid, False
-
-
-def _rings(parts: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Labels of the parts whose centroid lies in a hole of theirs: a closed rim (a bubble inside the core)."""
-    ids = np.unique(labels[parts])
-    if len(ids) == 0:
-        return ids
-    holes = ndimage.binary_fill_holes(parts) & ~parts
-    cy, cx = np.round(np.array(ndimage.center_of_mass(parts, labels, ids))).astype(int).T
-    return ids[holes[cy, cx]]
-
-
-def _present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: float) -> np.ndarray:
-    """Per row of ``x``: do at least ``min_count`` (and 10) rows of ``ref`` lie within about ``radius`` (per feature)?
-
-    Tissue colours, however many populations the slide has, occur in the middle of the core;
-    a dye's colour (and density) does not, even one close to haematoxylin.
-    """
-    if len(x) == 0 or len(ref) == 0:
-        return np.zeros(len(x), bool)
-    lo = np.minimum(x.min(axis=0), ref.min(axis=0)) - radius
-    kx = np.floor((x - lo) / radius).astype(np.int64) + 1
-    kr = np.floor((ref - lo) / radius).astype(np.int64) + 1
-    hist = np.zeros(np.maximum(kx.max(axis=0), kr.max(axis=0)) + 2, np.int64)
-    np.add.at(hist, tuple(kr.T), 1)
-    common = hist >= max(10, min_count)
-    near = ndimage.maximum_filter(common.astype(np.uint8), size=3) > 0
-    return near[tuple(kx.T)]
-
-
 def canonical(found: dict, level_um: float, slide_um: float) -> dict:
     """Slide full-res px -> canonical um transform, the core's canonical extent and its gaps (canonical um)."""
     scale = level_um / slide_um  # level px -> full-res px
@@ -607,25 +554,37 @@ def canonical(found: dict, level_um: float, slide_um: float) -> dict:
     }
 
 
-def isolate(rgb: np.ndarray, labels: np.ndarray, position: int, margin_px: int) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """The level around one core (its bounding box and a margin), every other core painted over with the
-    slide's background: (crop, the core's mask in it, the crop's (x, y) offset)."""
+def isolate(
+    rgb: np.ndarray, labels: np.ndarray, position: int, level_um: float
+) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The level around one core (its bounding box and ``ISOLATE_MARGIN_UM``), every other core painted over
+    with the slide's background: (crop, the core's mask in it, the crop's (x, y) offset)."""
+    margin_px = int(np.ceil(ISOLATE_MARGIN_UM / level_um))
     ys, xs = np.nonzero(labels == position)
     y0, x0 = max(ys.min() - margin_px, 0), max(xs.min() - margin_px, 0)
     y1, x1 = ys.max() + margin_px + 1, xs.max() + margin_px + 1
     crop, lab = rgb[y0:y1, x0:x1, :3].copy(), labels[y0:y1, x0:x1]
-    others = ndimage.binary_dilation((lab > 0) & (lab != position), iterations=3) & (lab != position)
-    crop[others] = glass_colour(rgb).astype(np.uint8)
+    grown = ndimage.binary_dilation((lab > 0) & (lab != position), iterations=dye.px(NEIGHBOUR_MARGIN_UM, level_um))
+    crop[grown & (lab != position)] = glass_colour(rgb).astype(np.uint8)
     return crop, lab == position, (x0, y0)
 
 
 def orient_core(
-    rgb: np.ndarray, labels: np.ndarray, core: dict, level_um: float, override: str | None, **thresholds: float
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    core: dict,
+    level_um: float,
+    override: str | None,
+    disabled: frozenset[str] = frozenset(),
+    **thresholds: float,
 ) -> dict:
-    """The orientation of one core of a slide level (level px), its neighbours painted out, its dye marks used."""
-    crop, mask, (x0, y0) = isolate(rgb, labels, core["position"], int(np.ceil(ISOLATE_MARGIN_UM / level_um)))
+    """The orientation of one core of a slide level (level px), its neighbours painted out, its dye marks used;
+    ``disabled``: the stages and doubts left out (:data:`ABLATABLE`)."""
+    crop, mask, (x0, y0) = isolate(rgb, labels, core["position"], level_um)
     marks = [[x - x0, y - y0] for x, y in core.get("dye_marks_px", [])]
-    found = find_orientation(crop, **thresholds, override=override, mask=mask, marks=marks)
+    found = find_orientation(
+        crop, mask, level_um=level_um, **thresholds, override=override, marks=marks, disabled=disabled
+    )
     found["centroid"] = [found["centroid"][0] + x0, found["centroid"][1] + y0]
     return {**found, "core_position": core["position"], "core_names": core.get("names", [])}
 
