@@ -176,6 +176,10 @@ def test_killed_training_resumes_at_the_next_epoch(tmp_path):
         str(out / "c.png"),
         "--state-dir",
         str(out / "state"),
+        "--train-list",
+        "train",
+        "--val-list",
+        "val",
         "--threads",
         "2",
     ]
@@ -234,6 +238,7 @@ def tiny_model(out: Path, voc: Path, normalise: str = "zscore", seed: int = 1) -
         train.main(
             [f"--voc={voc}", f"--config={json.dumps(cfg)}", f"--model-out={out / 'model.pt'}"]
             + [f"--history={out / 'history.tsv'}", f"--curves={out / 'curves.png'}", f"--state-dir={out / 'state'}"]
+            + ["--train-list=train", "--val-list=val", "--threads=0"]
         )
     finally:
         signal.signal(signal.SIGTERM, handler)
@@ -282,7 +287,7 @@ def test_a_model_runs_only_with_the_normalisation_it_was_trained_with(tmp_path, 
         other = model(zscored.expand(-1, 3, -1, -1))["out"].softmax(1)[0, 1].numpy()
     assert abs(prob - other).max() > 1e-3  # the check above is not vacuous: the scaling matters
     # the predict command line with the model's configured setting runs; with the other, it stops and says why
-    args = [f"--model={path}", f"--voc={tmp_path / 'voc'}", "--split=val"]
+    args = [f"--model={path}", f"--voc={tmp_path / 'voc'}", "--split=val", "--threads=0"]
     predict.main([*args, f"--out={tmp_path / 'p1'}", "--normalise=imagenet"])
     assert (tmp_path / "p1/V0.png").is_file()
     capsys.readouterr()

@@ -298,7 +298,8 @@ def build(a: argparse.Namespace) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for k in ("splits", "table1", "qc-table", "qc-figure", "review", "test", "val", "out"):
         p.add_argument(f"--{k}", required=True)
@@ -307,7 +308,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--logs", required=True, help="the per-job log folder (config logs)")
     p.add_argument("--cv", required=True, help="results/cv/folds.tsv, or '' when cross-validation is off")
     p.add_argument("--exclusions", default="[]", help="JSON list of [participant, biopsy, reason]")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     Path(a.out).write_text(build(a))
     print(f"wrote {a.out}")
 

@@ -611,7 +611,7 @@ def tract(
     mm_per_px: tuple[float, float],
     stroke_mm: float,
     overrides: dict,
-    min_confidence: float = 0.5,
+    min_confidence: float | None,
     manual: str = "sheet",
 ) -> dict:
     """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length.
@@ -619,7 +619,8 @@ def tract(
     ``stroke_mm``, the gun's stroke, checks the length and supports the tips' confidences; it
     never moves a tip.  With both frames and no override, both tips come from the needle's
     advance (``two_frame``); ``state`` is ``accepted`` when every confidence reaches
-    ``min_confidence`` and the length is plausible, else ``review``.  A pre-fire frame with no
+    ``min_confidence`` (config tract.min_confidence; ``None`` only with overrides, where it is not read) and
+    the length is plausible, else ``review``.  A pre-fire frame with no
     needle goes to review with T0 estimated as T1 less the stroke.  Overrides
     (``tip``, ``axis_deg``, ``length_mm``) win over detection: the state is then ``override``
     and each overridden part's source is ``manual``.  With ``length_mm`` T1 is T0 + that
@@ -720,7 +721,8 @@ def crop_strip(
     return np.clip(np.round(crop), 0, 255).astype(np.uint8), frame
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="detect the needle tract and crop it")
     for k in ("pre", "pre-meta", "post", "post-meta", "out", "crop"):
         p.add_argument(f"--{k}", required=True)
@@ -736,7 +738,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--override-length-mm", type=float, help="override: sampled length (T1 = T0 + this)")
     p.add_argument("--participant")
     p.add_argument("--biopsy")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         pre, post = imread(a.pre), imread(a.post)

@@ -299,7 +299,8 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="train one segmentation model")
     p.add_argument("--voc", required=True)
     p.add_argument("--config", required=True, help="JSON of the model's training settings")
@@ -307,10 +308,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--history", required=True)
     p.add_argument("--curves", required=True)
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--train-list", default="train", help="the VOC list trained on (fold<k>_train in cross-validation)")
-    p.add_argument("--val-list", default="val", help="the VOC list that selects the epoch (fold<k>_val)")
-    p.add_argument("--threads", type=int, default=0)
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--train-list", required=True, help="the VOC list trained on: train (fold<k>_train in cross-validation)"
+    )
+    p.add_argument("--val-list", required=True, help="the VOC list that selects the epoch: val (fold<k>_val)")
+    p.add_argument("--threads", type=int, required=True, help="torch threads: the rule's threads (0: torch's choice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     # preemption (SLURM sends SIGTERM): stop now; last.pt holds the last finished epoch
