@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+import yaml
 from skimage import io as skimage_io
 
 from workflow_scripts import ingest, slide, synthetic
@@ -71,6 +72,24 @@ def test_multiframe_uses_documented_frame(tmp_path):
     assert np.array_equal(last, regions[2]) and np.array_equal(first, regions[0])
     with pytest.raises(InputError, match="frame 5 requested"):
         ingest.read_ultrasound(path, frame=5)
+    # no frame chosen: a single image is read, a cine is an error naming the setting (never a silent pick)
+    single, _, _ = dicom_variant(tmp_path, "MONOCHROME2", 1)
+    assert ingest.read_ultrasound(single, frame=None)[1]["frame_used"] == 0
+    with pytest.raises(InputError, match="cine of 3 frames, and no frame chosen") as e:
+        ingest.read_ultrasound(path, frame=None)
+    assert "ingest.frame" in e.value.hint and "--frame" in e.value.hint
+
+
+def test_infer_takes_its_frame_from_the_option_else_the_config(tmp_path):
+    from workflow_scripts import infer
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"ingest": {"frame": "first"}}))
+    assert infer.frame_choice("2", cfg) == "2"
+    assert infer.frame_choice(None, cfg) == "first"
+    assert infer.frame_choice(None, None) is None
+    with pytest.raises(InputError, match="not found"):
+        infer.frame_choice(None, tmp_path / "missing.yaml")
 
 
 def broken(tmp_path, src, edit):
