@@ -10,13 +10,16 @@ builds its options in ``parser()``, so they can be read without running anything
   None, an empty list, an empty string or empty JSON (``{}``, ``[]``), or False for a flag (a boolean
   setting is a flag its rule adds when config says true);
 * every option a step requires appears in the rule that runs the step, and every value a rule's shell
-  command substitutes is quoted (``{...:q}``; ``{threads}``, an integer Snakemake sets, is the exception).
+  command substitutes is quoted (``{...:q}``; ``{threads}``, an integer Snakemake sets, is the exception);
+* no library function gives a parameter named as a config key a default of its own (None or False, meaning
+  "not used here", is allowed): callers pass config's value.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import pkgutil
 import re
 
@@ -189,6 +192,40 @@ def test_the_check_catches_a_default_that_copies_config(monkeypatch):
     problems = default_problems([ingest], monkeypatch)
     assert len(problems) == 1 and "--thumb-um: default 16.0" in problems[0], problems
     assert "config ingest.thumb_um_per_px" in problems[0]
+
+
+def function_default_problems(modules) -> list[str]:
+    """Library parameters named as a config key whose default would stand in for the setting."""
+    leaves = {key.split(".")[-1] for key in FLAT}
+    problems = []
+    for mod in modules:
+        for name, fn in inspect.getmembers(mod, inspect.isfunction):
+            if fn.__module__ != mod.__name__:
+                continue
+            for prm in inspect.signature(fn).parameters.values():
+                d = prm.default
+                if prm.name in leaves and d is not inspect.Parameter.empty and d is not None and d is not False:
+                    problems.append(f"{mod.__name__}.{name}({prm.name}={d!r}): config.yaml sets {prm.name}; no default")
+    return problems
+
+
+def test_no_library_function_defaults_a_config_setting():
+    mods = [
+        importlib.import_module(i.name)
+        for i in pkgutil.walk_packages(workflow_scripts.__path__, "workflow_scripts.")
+        if not i.name.endswith("__main__")
+    ]
+    problems = function_default_problems(mods)
+    assert not problems, "\n".join(problems)
+
+    def convert(doc, image_id, root, image_format="jpg"):  # as voc.convert was
+        return doc
+
+    mod = type(importlib)("probe")
+    convert.__module__, mod.convert = "probe", convert
+    assert function_default_problems([mod]) == [
+        "probe.convert(image_format='jpg'): config.yaml sets image_format; no default"
+    ]  # the check is not vacuous
 
 
 # ------------------------------------------------------------------ the rules pass what the steps require

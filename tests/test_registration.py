@@ -72,9 +72,7 @@ def test_orientation_puts_true_dye_end_right(case):
 def test_manual_overrides_win(case):
     pre, post, meta, _, _, truth = case
     tip = np.array(truth["t0_px"]) + [5.0, -3.0]
-    res = tract.tract(
-        pre, post, tuple(meta["mm_per_px"]), 22.0, {"tip": tip, "axis_deg": 10.0, "length_mm": 15.0}, None
-    )
+    res = tract.tract(pre, post, tuple(meta["mm_per_px"]), 22.0, {"tip": tip, "axis_deg": 10.0, "length_mm": 15.0})
     np.testing.assert_allclose(res["t0_px"], tip)
     assert res["axis_deg"] == pytest.approx(10.0)
     assert res["sampled_length_mm"] == pytest.approx(15.0)

@@ -39,9 +39,8 @@ def locate(image: np.ndarray, meta: dict, settings: dict, tip: list[float] | Non
     mm = tuple(meta["mm_per_px"])
     ov = tract.pixel_overrides(tip, axis_deg, meta["region_bounds_xyxy"][:2], mm)
     try:
-        # no post-fire frame: no accepted/review state is decided, so no confidence threshold is needed
         res = tract.tract(
-            image, None, mm, settings["throw_mm"], {**ov, "length_mm": settings["throw_mm"]}, None, manual="override"
+            image, None, mm, settings["throw_mm"], {**ov, "length_mm": settings["throw_mm"]}, manual="override"
         )
     except InputError as e:
         raise InputError(e.what, MANUAL_HINT) from None

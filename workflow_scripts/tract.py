@@ -611,7 +611,7 @@ def tract(
     mm_per_px: tuple[float, float],
     stroke_mm: float,
     overrides: dict,
-    min_confidence: float | None,
+    min_confidence: float | None = None,
     manual: str = "sheet",
 ) -> dict:
     """T0 (pre-fire tip), T1 (post-fire tip on the pre-fire axis) and the sampled length.
@@ -619,7 +619,7 @@ def tract(
     ``stroke_mm``, the gun's stroke, checks the length and supports the tips' confidences; it
     never moves a tip.  With both frames and no override, both tips come from the needle's
     advance (``two_frame``); ``state`` is ``accepted`` when every confidence reaches
-    ``min_confidence`` (config tract.min_confidence; ``None`` only with overrides, where it is not read) and
+    ``min_confidence`` (config tract.min_confidence; read on this path only, so a call with overrides may omit it) and
     the length is plausible, else ``review``.  A pre-fire frame with no
     needle goes to review with T0 estimated as T1 less the stroke.  Overrides
     (``tip``, ``axis_deg``, ``length_mm``) win over detection: the state is then ``override``
