@@ -19,7 +19,8 @@ README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MAX_README_BYTES = 20480
 # calls whose first argument is a message a user reads: the step error, the sheet errors, the workflow's
-ERROR_CALLS = {"InputError", "SheetError", "WorkflowError"}
+ERROR_CALLS = {"InputError", "SheetError", "WorkflowError", "error", "Refused"}  # error: argparse's
+MESSAGE_ARG = {"Refused": 1}  # the review app's refusal: (HTTP status, message); the others: (message, ...)
 PROBLEM_LISTS = {"problems", "found"}  # lists of sheet / decisions-file problems, reported before any job runs
 MIN_KEY = 14  # a shorter leading text ("the ", "core ", "sample sheet ") says little: a later part is the key
 MIN_LOOKUP = 8  # shorter than this, no part of a message is worth looking up
@@ -128,7 +129,8 @@ def message_key(parts: list[str]) -> str | None:
 
 
 def is_message_call(node: ast.Call) -> bool:
-    """A call that raises or records a user-facing error: ``InputError(...)``, ``problems.append(...)``."""
+    """A call that raises or records a user-facing error: ``InputError(...)``, ``problems.append(...)``,
+    ``parser.error(...)``, the review app's ``Refused(status, ...)``."""
     f = node.func
     if isinstance(f, ast.Name):
         return f.id in ERROR_CALLS
@@ -151,8 +153,10 @@ def python_messages(source: str, where: str) -> list[tuple[str, str]]:
     }
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and is_message_call(node) and node.args:
-            parts = literal_parts(node.args[0], constants)
+        name = getattr(node, "func", None)
+        arg = MESSAGE_ARG.get(getattr(name, "id", getattr(name, "attr", "")), 0)
+        if isinstance(node, ast.Call) and is_message_call(node) and len(node.args) > arg:
+            parts = literal_parts(node.args[arg], constants)
             key = message_key(parts) if parts else None
             if key:
                 found.append((f"{where}:{node.lineno}", key))
@@ -204,6 +208,8 @@ def test_the_message_scan_finds_the_errors():
     assert "sample sheet problem(s); nothing was run" in keys  # WorkflowError in rules/common.smk
     assert any(k.startswith("other row(s) but gives no core") for k in keys)  # problems.append in sheets.py
     assert "a second decision for" in keys  # problems of the decisions file
+    assert any("review.tsv does not exist: run the workflow first" in k for k in keys)  # argparse, tractmap-review
+    assert "missing or wrong token: open the URL tractmap-review printed" in keys  # the review app's refusal
 
 
 def test_undocumented_message_is_caught():
