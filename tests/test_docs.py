@@ -48,6 +48,25 @@ def test_every_relative_link_resolves(page: Path):
     assert missing == [], f"{page.name}: links to missing files {missing}"
 
 
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_every_anchor_names_a_heading(page: Path):
+    """A link to a section (page.md#section, or #section in the page) lands on a heading that exists."""
+    wrong = []
+    for target in links(page):
+        if "#" in target and not re.match(r"[a-z]+:", target):
+            file, anchor = target.split("#", 1)
+            where = (page.parent / file) if file else page
+            if where.suffix == ".md" and where.exists() and anchor not in anchors(where):
+                wrong.append(target)
+    assert wrong == [], f"{page.name}: links to missing sections {wrong}"
+
+
 def test_readme_links_every_docs_page():
     assert len(DOCS) >= 8, "the method, measurements and references live in docs/*.md"
     linked = {(ROOT / t).resolve() for t in relative_targets(README)}
