@@ -31,9 +31,9 @@ import workflow_scripts
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 # command lines that still build their parser inside main(), owned by parallel work at the time of writing
-# (orientation's stages, the review app): their options are read by stopping main() at parse_args and are
+# (the review app): its options are read by stopping main() at parse_args and are
 # checked like the others; give them parser() and drop them from here (a test below says when)
-NO_PARSER_YET = {"workflow_scripts.orient", "workflow_scripts.review_app"}
+NO_PARSER_YET = {"workflow_scripts.review_app"}
 NEUTRAL = (None, [], "", "{}", "[]")
 UNQUOTED_OK = {"threads"}  # an integer Snakemake sets
 
