@@ -71,6 +71,69 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert same or mirrored
 
 
+CROP = {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05}  # T0 at x 10, row 20
+
+
+def striped(b: int = 4, h: int = 48, w: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels with a different cancer block per sample (void below the 41-row strip) and an image that
+    encodes them (cancer bright) over a ramp along x, so that every column differs."""
+    y = torch.zeros(b, h, w, dtype=torch.long)
+    for k in range(b):
+        y[k, 12:30, 20 + 7 * k : 60 + 7 * k] = 1
+    y[:, 41:] = 255
+    x = (y == 1).float().unsqueeze(1) * 10.0 + torch.linspace(0, 1, w)
+    return x, y
+
+
+def test_recrop_along_the_axis_moves_image_and_label_together():
+    x, y = striped()
+    move = torch.tensor([[3.0, 0, 0, 0], [-4.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -6.0]])
+    fill = torch.tensor([-7.0])
+    xs, ys = data.recrop(x, y, torch.full((4,), 96), move, data.tract_origin(CROP), fill)
+    assert data.tract_origin(CROP) == (10.0, 20.0)
+    # T0 3 px further along: the new crop starts 3 px later; what lies past the old strip is fill and void
+    assert torch.allclose(xs[0, :, :, :93], x[0, :, :, 3:], atol=1e-4) and torch.equal(ys[0, :, :93], y[0, :, 3:])
+    assert torch.all(xs[0, :, :, 93:] == -7) and torch.all(ys[0, :, 93:] == 255)
+    assert torch.allclose(xs[1, :, :, 4:], x[1, :, :, :92], atol=1e-4) and torch.all(ys[1, :, :4] == 255)
+    assert torch.equal(ys[2, :46], y[2, 2:]) and torch.all(ys[2, 46:] == 255)  # across: 2 rows down
+    # 6 px (0.3 mm) shorter: the strip ends 6 px earlier; the rest is untouched
+    assert torch.equal(ys[3, :, :90], y[3, :, :90]) and torch.all(ys[3, :, 90:] == 255)
+    assert torch.all(xs[3, :, :, 90:] == -7) and torch.allclose(xs[3, :, :, :90], x[3, :, :, :90], atol=1e-4)
+
+
+def test_recrop_turns_about_t0_and_keeps_image_and_label_aligned():
+    x, y = striped()
+    y[:, 20, 10] = 1  # T0's pixel
+    x[:, 0, 20, 10] = 10.0
+    move = torch.zeros(4, 4)
+    move[:, 2] = torch.tensor([2.0, -2.0, 5.0, -5.0]).deg2rad()
+    xs, ys = data.recrop(x, y, torch.full((4,), 96), move, data.tract_origin(CROP), torch.zeros(1))
+    assert torch.all(ys[:, 20, 10] == 1)  # T0 stays where it was
+    assert not torch.equal(ys, y)
+    valid = ys != 255
+    assert ((xs[:, 0] > 5) == (ys == 1))[valid].float().mean() > 0.98
+
+
+def test_crop_shift_is_seeded_and_draws_nothing_when_off():
+    x, y = striped()
+    shift = {"shift_along_mm": 0.3, "shift_across_mm": 0.1, "shift_deg": 1.0, "shift_length_mm": 0.4}
+    widths = torch.tensor([96, 90, 80, 96])
+    runs = [
+        data.crop_shift(x, y, widths, shift, CROP, torch.zeros(1), torch.Generator().manual_seed(5)) for _ in range(2)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    xs, ys = runs[0]
+    assert not torch.equal(ys, y)
+    valid = ys != 255
+    assert ((xs[:, 0] > 5) == (ys == 1))[valid].float().mean() > 0.98
+    assert torch.all(ys[2, :, 88:] == 255)  # a strip 80 px long, at most 8 px (0.4 mm) longer
+    gen = torch.Generator().manual_seed(5)
+    off = data.shift_settings({})
+    assert off == dict.fromkeys(data.SHIFT_KEYS, 0.0)
+    assert data.crop_shift(x, y, widths, off, CROP, torch.zeros(1), gen) == (x, y)
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
 @pytest.mark.parametrize("n, size", [(1, 8), (5, 2), (6, 2), (9, 8)])
 def test_batches_cover_every_image_and_never_hold_one(n, size):
     b = train.batches(n, size, torch.Generator().manual_seed(0))
@@ -127,6 +190,7 @@ RECIPE = {  # CPU-tiny training settings shared by the tests that train
     "batch_size": 2,
     "crop_width": 32,
     "rotation_deg": 5,
+    **{"shift_along_mm": 0.06, "shift_across_mm": 0.16, "shift_deg": 3.65, "shift_length_mm": 0.58},  # config's
     "lr": 1e-3,
     "weight_decay": 1e-4,
     "class_weights": [0.3, 0.7],

@@ -2,7 +2,8 @@
 
 The recipe is the paper's: weighted Dice loss (optionally plus cross-entropy),
 AdamW with cosine annealing, random horizontal flip, rotation and intensity
-augmentation, and z-score normalisation from the train split only (or, with
+augmentation (plus the crop shift tractmap-infer's single-frame tract brings:
+``train.shift_*``, see ``data.crop_shift``), and z-score normalisation from the train split only (or, with
 ``normalise: imagenet``, ImageNet's statistics; see ``data``).  The whole
 (small) dataset lives on the device; augmentation runs there too, in batches.
 The best epoch is chosen on validation Dice; the test split is never read.
@@ -29,7 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from workflow_scripts import provenance
-from workflow_scripts.data import geometric, intensity, load_split, norm_params, normalise
+from workflow_scripts.data import (
+    crop_shift,
+    crop_widths,
+    geometric,
+    intensity,
+    load_split,
+    norm_params,
+    normalise,
+    shift_settings,
+)
 from workflow_scripts.errors import run_cli
 from workflow_scripts.models import build_model, forward
 from workflow_scripts.voc import VOID
@@ -174,6 +184,8 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
     xv, yv, val_ids = load_split(voc, val_list)
     fp = fingerprint(cfg, train_ids, val_ids, xt, yt, xv, yv)  # a corrected label must not resume an old run
     norm = norm_params(cfg["normalise"], xt, yt)
+    widths, shift = crop_widths(voc, train_ids).to(dev), shift_settings(cfg)
+    fill = normalise(torch.zeros(1, 1, 1, 1), norm).flatten()  # the padding's grey 0, normalised
     xt, xv = normalise(xt, norm).to(dev), normalise(xv, norm).to(dev)
     yt, yv = yt.long().to(dev), yv.long().to(dev)
     model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights"), cfg.get("features")).to(dev)
@@ -229,7 +241,8 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
         losses = []
         for idx in batches(n, bs, gen):
             idx = idx.to(dev)
-            x, y = geometric(xt[idx], yt[idx], cfg["crop_width"], cfg["rotation_deg"], gen)
+            x, y = crop_shift(xt[idx], yt[idx], widths[idx], shift, cfg["crop"], fill, gen)
+            x, y = geometric(x, y, cfg["crop_width"], cfg["rotation_deg"], gen)
             losses.append(train_step(net, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
         sched.step()
         model.eval()
