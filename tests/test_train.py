@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_voc
@@ -132,6 +133,28 @@ def test_crop_shift_is_seeded_and_draws_nothing_when_off():
     assert off == dict.fromkeys(data.SHIFT_KEYS, 0.0)
     assert data.crop_shift(x, y, widths, off, CROP, torch.zeros(1), gen) == (x, y)
     assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_single_frame_label_follows_the_tissue_between_two_crops():
+    """The benchmark's label carried from a two-frame crop onto a single-frame crop of the same frame marks
+    the same tissue as that crop's own pixels."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from single_frame_dice import carry_label
+
+    from workflow_scripts import tract
+
+    rr, cc = np.mgrid[0:300, 0:400]
+    frame = np.where((cc - 180) ** 2 + (rr - 150) ** 2 < 14**2, 200, 40).astype(np.uint8)  # a bright disc
+    mm, s = (0.1, 0.1), (2.0, 0.05, 0.5)  # width, resolution, margin
+    two = {"t0_px": [100.0, 120.0], "t1_px": [300.0, 180.0]}
+    one = {"t0_px": [102.0, 121.5], "t1_px": [306.0, 174.0]}  # 0.25 mm along, 3 deg turned, 0.6 mm longer
+    crop2, frame2 = tract.crop_strip(frame, two, mm, *s)
+    crop1, frame1 = tract.crop_strip(frame, one, mm, *s)
+    carried = carry_label((crop2 > 120).astype(np.uint8), frame2, frame1)
+    assert carried.shape == crop1.shape and (carried == 1).sum() > 200
+    valid = carried != 255
+    assert valid.mean() > 0.8 and ((crop1 > 120) == (carried == 1))[valid].mean() > 0.98
+    assert not np.array_equal(crop1 > 120, crop2[:, : crop1.shape[1]] > 120)  # the crops do differ
 
 
 @pytest.mark.parametrize("n, size", [(1, 8), (5, 2), (6, 2), (9, 8)])
