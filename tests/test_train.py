@@ -209,6 +209,44 @@ def test_imagenet_backbone_without_cache_or_network_names_the_file_and_folder(tm
     assert str(tmp_path / "torch/hub/checkpoints/resnet101-63fe2227.pth") in e.value.hint
 
 
+def test_unet_resnet_trains_and_round_trips_through_model_pt(tmp_path):
+    torch.manual_seed(0)
+    model = models.build_model("unet_resnet")  # random weights: nothing read from the cache
+    x, y = torch.randn(2, 3, 41, 72), torch.randint(0, 2, (2, 41, 72))  # sides not multiples of 32
+    out = model(x)["out"]
+    assert out.shape == (2, 2, 41, 72)
+    train.loss_fn(out, y, torch.tensor([0.3, 0.7]), 0.0).backward()
+    grads = [p.grad for p in model.net.encoder.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    ck = {"model": model.state_dict(), "norm": {"kind": "imagenet", "mean": [0.0] * 3, "std": [1.0] * 3}}
+    torch.save({**ck, "config": {"arch": "unet_resnet", "aux": False}}, tmp_path / "model.pt")
+    loaded, meta = models.load_checkpoint(tmp_path / "model.pt", torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["out"], model(x)["out"]) and meta["norm"]["kind"] == "imagenet"
+
+
+def test_unet_resnet_reads_imagenet_weights_from_the_cache_or_says_how_to_fetch_them(tmp_path, monkeypatch):
+    from torchvision.models import resnet34
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "torch/hub/checkpoints/resnet34-b627a593.pth"
+    with pytest.raises(InputError) as e:
+        models.build_model("unet_resnet", False, "imagenet")
+    assert str(path) in e.value.what and "not cached" in e.value.what
+    assert "python -m workflow_scripts.models --fetch resnet34" in e.value.hint and str(path) in e.value.hint
+    path.parent.mkdir(parents=True)
+    state = resnet34(weights=None).state_dict()
+    torch.save({k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in state.items()}, path)
+    assert models.imagenet_file("resnet34") == path
+    model = models.build_model("unet_resnet", False, "imagenet")
+    assert torch.all(model.net.encoder.layer4[2].conv2.weight == 0.25)
+    torch.save({k: v for k, v in state.items() if not k.startswith("layer4")}, tmp_path / "part.pth")
+    n = sum(k.startswith("layer4") for k in state)
+    with pytest.raises(InputError, match=f"lack {n} ResNet-34 tensors"):
+        models.build_model("unet_resnet", False, str(tmp_path / "part.pth"))
+
+
 RECIPE = {  # CPU-tiny training settings shared by the tests that train
     "batch_size": 2,
     "crop_width": 32,
