@@ -265,6 +265,20 @@ def tiny_voc(root: Path) -> None:
     write_voc(root, {"train": [f"T{i}" for i in range(4)], "val": ["V0", "V1"]})
 
 
+def test_same_seed_same_weights(tmp_path):
+    """A tiny run is reproducible on the CPU: the seed fixes initialisation, shuffling and every augmentation
+    draw (the crop shift included)."""
+    tiny_voc(tmp_path / "voc")
+    cfg = {**RECIPE, "arch": "unet", "aux": False, "features": [4, 4, 8, 8, 16, 4], "epochs": 2, "normalise": "zscore"}
+    runs = []
+    for k, seed in enumerate((3, 3, 4)):
+        res = train.train({**cfg, "seed": seed}, tmp_path / "voc", tmp_path / f"s{k}", log=lambda m: None)
+        best = torch.load(tmp_path / f"s{k}" / "best.pt", weights_only=False)["model"]
+        runs.append(([h["train_loss"] for h in res["history"]], best))
+    assert runs[0][0] == runs[1][0] and all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
+    assert runs[0][0] != runs[2][0]
+
+
 def run_until(cmd, epoch_line, sig):
     """Start training; send ``sig`` once the log shows ``epoch_line``."""
     proc = subprocess.Popen(
