@@ -54,7 +54,7 @@ def from_results(results: Path, throw_mm: float | None) -> tuple[list[dict], lis
         image = np.asarray(PIL.Image.open(ing / "prefire.png").convert("L"))
         meta = json.loads((ing / "prefire.json").read_text())
         try:
-            one = infer.locate(image, meta, {"throw_mm": throw_mm or two["throw_mm"]}, None, None)
+            one = infer.locate(image, meta, {"throw_mm": throw_mm or two["stroke_mm"]}, None, None)
         except InputError as e:
             failed.append(f"{part}/{biopsy}: {e.what}")
             continue
@@ -90,7 +90,7 @@ def from_varied(n: int, seeds: list[int], min_confidence: float) -> tuple[list[d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, nargs="?", help="a finished run's results folder")
-    p.add_argument("--throw-mm", type=float, help="default: each biopsy's own (its tract JSON's throw_mm)")
+    p.add_argument("--throw-mm", type=float, help="default: each biopsy's own stroke (its tract JSON's stroke_mm)")
     p.add_argument("--varied", type=int, metavar="N", help="instead: render N varied biopsies per seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="with --varied (default 1)")
     p.add_argument("--min-confidence", type=float, default=0.55, help="with --varied: config tract.min_confidence")
