@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -93,7 +94,7 @@ def main() -> None:
     p.add_argument("--throw-mm", type=float, help="default: each biopsy's own stroke (its tract JSON's stroke_mm)")
     p.add_argument("--varied", type=int, metavar="N", help="instead: render N varied biopsies per seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="with --varied (default 1)")
-    p.add_argument("--min-confidence", type=float, default=0.55, help="with --varied: config tract.min_confidence")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="with --varied: its tract.min_confidence")
     p.add_argument("--gross-mm", type=float, default=2.0, help="T0 offsets beyond this are listed as gross")
     p.add_argument("--gross-deg", type=float, default=5.0, help="axis differences beyond this are listed as gross")
     p.add_argument("--tsv", type=Path, help="write the per-biopsy shifts here")
@@ -101,7 +102,7 @@ def main() -> None:
     if (a.results is None) == (a.varied is None):
         p.error("give a results folder or --varied N")
     if a.varied:
-        rows, failed = from_varied(a.varied, a.seeds, a.min_confidence)
+        rows, failed = from_varied(a.varied, a.seeds, yaml.safe_load(a.config.read_text())["tract"]["min_confidence"])
         where = f"varied seeds {a.seeds}"
     else:
         rows, failed = from_results(a.results, a.throw_mm)
