@@ -21,7 +21,9 @@ from conftest import ROOT, snakemake
 
 from workflow_scripts import decisions as decisionlib
 from workflow_scripts import report
+from workflow_scripts import review_images as imagelib
 from workflow_scripts.review_app import IMAGES, decisions_path, review_page
+from workflow_scripts.slide import read_region
 
 # ------------------------------------------------------------------ the decisions file (fast)
 
@@ -326,9 +328,65 @@ def test_the_report_links_each_held_biopsy_to_its_review_page():
         {"participant_id": ["P1", "P1", "P2"], "biopsy_id": ["B1", "B1", "B_2"], "step": ["orient", "tract", "orient"]}
     )
     text = report.review_links(rev, Path("out/results"))
-    assert "<code>tractmap-review out/results --port 8765</code>" in text
-    assert re.findall(r'href="([^"]+)"', text) == ["http://127.0.0.1:8765/b/P1/B1", "http://127.0.0.1:8765/b/P2/B_2"]
+    assert "<code>tractmap-review out/results</code>" in text and "/report" in text
+    # relative: they open the pages of the app that serves this report at /report, whatever port it took
+    assert re.findall(r'href="([^"]+)"', text) == ["b/P1/B1", "b/P2/B_2"]
     assert report.review_links(rev.head(0), Path("results")) == ""
+
+
+# ------------------------------------------------------------------ full-resolution tiles, read by region
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"tile": (64, 64), "compression": "jpeg"},
+        {"rowsperstrip": 40, "compression": "zlib"},
+        {"tile": (64, 64), "planarconfig": "separate", "compression": "zlib"},
+    ],
+    ids=["jpeg-tiles", "strips", "planar-tiles"],
+)
+def test_a_region_is_read_from_the_tiles_that_overlap_it_only(tmp_path, layout):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    data = np.moveaxis(rgb, -1, 0) if layout.get("planarconfig") else rgb
+    tifffile.imwrite(path, data, photometric="rgb", **layout)
+    whole = tifffile.imread(path)
+    whole = np.moveaxis(whole, 0, -1) if layout.get("planarconfig") else whole
+    for x, y, w, h in [(0, 0, 500, 300), (37, 61, 200, 150), (450, 250, 50, 50), (63, 63, 2, 2)]:
+        region, shapes = read_region(path, 0, x, y, w, h)
+        assert shapes == [[300, 500]] and np.array_equal(region, whole[y : y + h, x : x + w]), (x, y, w, h)
+    # a damaged segment far from the region is never read: the region still reads, the whole level does not
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[-1], page.databytecounts[-1]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    region, _ = read_region(path, 0, 10, 10, 40, 30)
+    assert np.array_equal(region, whole[10:40, 10:50])
+    with pytest.raises(Exception):  # noqa: B017 - whichever codec error the damaged segment raises
+        read_region(path, 0, 0, 0, 500, 300)
+
+
+def test_a_tile_stays_inside_its_level_and_marks_the_end():
+    meta = {
+        "level_um_per_px": 16.0,
+        "level_um": [4.0, 8.0, 16.0],
+        "level_shapes": [[800, 1200], [400, 600], [200, 300]],
+    }
+    assert imagelib.zoom_levels(meta) == [0, 1]
+    box = imagelib.tile_box([150.0, 100.0], meta, 0, size=256)  # thumbnail px -> level 0 px: x4
+    assert box["size"] == [256, 256] and box["um_per_px"] == 4.0
+    end = np.array(box["origin"]) + box["end"]
+    assert end == pytest.approx([(150.5 * 4) - 0.5, (100.5 * 4) - 0.5])
+    corner = imagelib.tile_box([0.0, 199.0], meta, 0, size=256)  # at the slide's corner the tile shifts, in
+    assert corner["origin"] == [0, 800 - 256] and corner["end"][0] == pytest.approx(1.5)
+    small = imagelib.tile_box([10.0, 10.0], meta, 1, size=1000)  # larger than the level: the level
+    assert small["origin"] == [0, 0] and small["size"] == [600, 400]
 
 
 def test_the_app_writes_the_decisions_file_the_workflow_reads(tmp_path):

@@ -26,6 +26,7 @@ import io
 import ipaddress
 import json
 import math
+import queue as queuelib
 import secrets
 import socket
 import sys
@@ -39,6 +40,8 @@ import numpy as np
 import PIL.Image
 
 from workflow_scripts import decisions as decisionlib
+from workflow_scripts import review_images as imagelib
+from workflow_scripts.errors import InputError
 
 # the pipeline's own steps (scipy, scikit-image) are imported by a thread once the server listens
 # (warm_up), so that the app starts at once; a request that needs one waits for that import
@@ -63,9 +66,9 @@ JSONS = {
     "pre": "ingest/{p}/{b}/prefire.json",
     "post": "ingest/{p}/{b}/postfire.json",
 }
+# the biopsy's slide (its thumbnail level, its cores), for the slide panel and the tiles
+SLIDE = {"meta": "slides/{p}/{s}/wsi.json", "cores": "slides/{p}/{s}/cores.json", "labels": "slides/{p}/{s}/cores.png"}
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
-# the port the report's links to review pages assume (tractmap-review --port); by default the app takes a free one
-REVIEW_PORT = 8765
 # what a browser may send in a decision; reviewer and time are the server's
 CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", *decisionlib.VALUES}
 
@@ -84,10 +87,18 @@ class Queue:
 
     results: Path
     rows: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    # the working directory's config.yaml (None: not found): where the sheet names the slide files
+    workdir: Path | None = None
+    config: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, results: Path) -> Queue:
         q = cls(results)
+        q.workdir = workdir_of(results)
+        if q.workdir:
+            import yaml
+
+            q.config = yaml.safe_load((q.workdir / "config.yaml").read_text()) or {}
         with open(results / "review.tsv", newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f, delimiter="\t"):
                 q.rows.setdefault((r["participant_id"], r["biopsy_id"]), []).append(r)
@@ -106,6 +117,10 @@ class Queue:
     def file(self, key: tuple[str, str], pattern: str) -> Path:
         slide = json.loads(self.file(key, JSONS["orient"]).read_text())["slide"] if "{s}" in pattern else ""
         return self.results / pattern.format(p=key[0], b=key[1], s=slide)
+
+    def data_one(self, key: tuple[str, str], name: str) -> dict:
+        """One of a biopsy's records (:data:`JSONS`)."""
+        return json.loads(self.file(key, JSONS[name]).read_text())
 
     def data(self, key: tuple[str, str]) -> dict:
         """A biopsy's orient, tract and ingest records (read per request: the pipeline may rerun meanwhile)."""
@@ -195,14 +210,67 @@ def preview_png(record: dict, queue: Queue) -> bytes:
     return buf.getvalue()
 
 
-def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
-    """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
+def evidence_png(key: tuple[str, str], queue: Queue) -> Path:
+    """The slide's evidence overlay of a biopsy (every core's outline, the dye counted), rendered once."""
+    raw = {k: queue.file(key, pat).read_bytes() for k, pat in (("orient", JSONS["orient"]), ("meta", SLIDE["meta"]))}
+    o, meta = json.loads(raw["orient"]), json.loads(raw["meta"])
+    frac = (queue.config.get("orient") or {}).get("min_dye_fraction")
+    if frac is None:
+        raise Refused(404, "the dye evidence needs the config.yaml that made the results: start the app there")
+    name = f"evidence_{imagelib.digest(raw['orient'], raw['meta'], str(frac))}.png"
+    make = lambda: imagelib.evidence_overlay(  # noqa: E731
+        queue.file(key, IMAGES["wsi"]), queue.file(key, SLIDE["labels"]), o["core_position"],
+        meta["level_um_per_px"], frac,
+    )  # fmt: skip
+    return imagelib.cached(imagelib.cache_dir(queue.results, key) / name, make)
+
+
+def tile_png(key: tuple[str, str], queue: Queue, end: str, level: str) -> Path:
+    """A full-resolution tile around end 0 or 1 of a biopsy's core at one of its slide's finer levels, read by
+    region from the slide file that the sheet names, rendered once; any other end or level is refused."""
+    if end not in ("0", "1"):
+        raise Refused(400, f"end {end!r}: a core's end is 0 or 1")
+    raw = queue.file(key, SLIDE["meta"]).read_bytes()
+    meta = json.loads(raw)
+    levels = imagelib.zoom_levels(meta)
+    if not (level.isascii() and level.isdigit() and int(level) in levels):
+        raise Refused(400, f"level {level!r}: this slide's tiles are at level {', '.join(map(str, levels))}")
+    box = imagelib.tile_box(core_ends(queue.data_one(key, "orient"))[int(end)], meta, int(level))
+    if queue.workdir is None:
+        raise Refused(
+            404, "the slide file is named in the sheet of config.yaml: start the app in the working directory"
+        )
+    name = f"tile_e{end}_l{level}_{imagelib.digest(raw, json.dumps(box))}.png"
+    try:
+        slide = imagelib.slide_file(queue.workdir, queue.config, key)
+        return imagelib.cached(
+            imagelib.cache_dir(queue.results, key) / name,
+            lambda: imagelib.render_tile(slide, meta, int(level), box),
+        )
+    except (LookupError, KeyError, OSError) as e:
+        raise Refused(404, f"no tile of {key[0]}/{key[1]}: {e}") from None
+    except InputError as e:
+        raise Refused(404, f"no tile of {key[0]}/{key[1]}: {e.what} ({e.hint})") from None
+
+
+def dye_sides(key: tuple[str, str], queue: Queue, orient: dict) -> tuple[str, str]:
+    """The displayed side of the dyed end as found, and of the other end: as the review step wrote them into
+    review.tsv (``review.dye_end_side``), read there so that a page needs no import of the pipeline's steps;
+    computed by the same function for a biopsy held for its tract only."""
+    row = next((r for r in queue.rows[key] if r["step"] == "orient"), None)
+    if row and row["confirm"].startswith("dye_end=") and row["correct"].startswith("dye_end="):
+        return row["confirm"].removeprefix("dye_end="), row["correct"].removeprefix("dye_end=")
     from workflow_scripts import review as reviewlib
 
+    return reviewlib.dye_end_side(orient), reviewlib.dye_end_side(orient, flipped=True)
+
+
+def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
+    """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
     data = queue.data(key)
     o, t = data["orient"], data["tract"]
-    c, a = np.array(o["centroid"]), np.array(o["axis"])
-    ends = [(c + a * e).tolist() for e in o["extent"]]
+    ends = core_ends(o)
+    sides = dye_sides(key, queue, o)
     keys = queue.keys()
     i = keys.index(key)
     held = {r["step"] for r in queue.rows[key]}
@@ -219,8 +287,8 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "confidence": o.get("confidence"),
             "ends": ends,
             "dyed": 1 if o["dye_at_positive_end"] else 0,
-            "found_side": reviewlib.dye_end_side(o),
-            "other_side": reviewlib.dye_end_side(o, flipped=True),
+            "found_side": sides[0],
+            "other_side": sides[1],
             "width": o.get("width", 20),
         },
         "tract": {
@@ -238,10 +306,50 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "post_shift": t.get("post_shift_px", [0.0, 0.0]),
         },
         "decision": decision,
+        "calibration": [
+            m["calibration_conflict"] for m in (data["pre"], data["post"]) if m.get("calibration_conflict")
+        ],
         "wsi_size": list(PIL.Image.open(queue.file(key, IMAGES["wsi"])).size),  # reads the header only
+        "slide": slide_data(key, queue, ends, o),
         "prev": review_page(*keys[i - 1]) if i > 0 else None,
         "next": review_page(*keys[i + 1]) if i + 1 < len(keys) else None,
         "position": [i + 1, len(keys)],
+    }
+
+
+def core_ends(orient: dict) -> list[list[float]]:
+    """The core's two ends (thumbnail px): end 0 at the negative extent, end 1 at the positive."""
+    c, a = np.array(orient["centroid"]), np.array(orient["axis"])
+    return [(c + a * e).tolist() for e in orient["extent"]]
+
+
+def slide_data(key: tuple[str, str], queue: Queue, ends: list[list[float]], orient: dict) -> dict:
+    """The slide panel's data: every core on the slide (thumbnail px), which is this biopsy's, the dye mass
+    counted in from each end, and the full-resolution tiles around both ends at each finer pyramid level."""
+    meta = json.loads(queue.file(key, SLIDE["meta"]).read_text())
+    found = json.loads(queue.file(key, SLIDE["cores"]).read_text())
+    px = found["level_um_per_px"] / 1000.0  # mm per thumbnail px
+    cores = [
+        {
+            "position": c["position"],
+            "names": c.get("names", []),
+            "centre": c["centre_px"],
+            "axis": c["axis"],
+            "length": c["length_mm"] / px,
+            "width": c["width_mm"] / px,
+        }
+        for c in found["cores"]
+    ]
+    levels = imagelib.zoom_levels(meta)
+    return {
+        "cores": cores,
+        "this": orient.get("core_position"),
+        "dye_mass": orient.get("dye_mass_px") or [0.0, 0.0],
+        "evidence": orient.get("evidence"),
+        "um_per_px": meta["level_um_per_px"],
+        "levels": [{"level": k, "um_per_px": meta["level_um"][k]} for k in levels],
+        "level": levels[-1],  # the tiles first shown: the coarsest level finer than the thumbnail
+        "tiles": {str(k): [imagelib.tile_box(e, meta, k) for e in ends] for k in levels},
     }
 
 
@@ -266,11 +374,38 @@ def index_html(queue: Queue, decisions_file: Path) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap review queue</title>"
         "<link rel='stylesheet' href='/static/style.css'><link rel='icon' href='data:,'></head>"
         "<body><h1>Review queue</h1>"
-        f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}.</p>"
+        f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}. "
+        "The pipeline's <a href='/report'>report</a> (its links open these pages).</p>"
         "<table id='queue'><tr><th>biopsy</th><th>held step(s)</th><th>decision</th><th>reviewer</th></tr>"
         + "".join(rows)
         + "</table></body></html>"
     )
+
+
+class Prefetch:
+    """Renders a biopsy's evidence overlay and its first tiles in the background (one worker): asked for the
+    next biopsy while a person reviews this one, so that its images are ready when they press n."""
+
+    def __init__(self, queue: Queue):
+        self.queue, self.todo = queue, queuelib.SimpleQueue()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def ask(self, key: tuple[str, str]) -> None:
+        self.todo.put(key)
+
+    def render(self, key: tuple[str, str]) -> None:
+        evidence_png(key, self.queue)
+        meta = json.loads(self.queue.file(key, SLIDE["meta"]).read_text())
+        for end in ("0", "1"):
+            tile_png(key, self.queue, end, str(imagelib.zoom_levels(meta)[-1]))
+
+    def run(self) -> None:
+        while True:
+            key = self.todo.get()
+            try:
+                self.render(key)
+            except (Refused, InputError, OSError, LookupError, ValueError):
+                pass  # the page's own request for the image reports what is wrong
 
 
 @dataclass
@@ -279,6 +414,7 @@ class App:
     decisions_file: Path
     token: str
     reviewer: str
+    prefetch: Prefetch | None = None
 
     def authorised(self, query: dict, cookie: str, header: str) -> bool:
         given = [query.get("token", [""])[0], cookie, header]
@@ -333,7 +469,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[0] == "b":
             key = app.queue.known(parts[1], parts[2])
             body = page_html(page_data(key, app.queue, app.decisions_file))
+            keys = app.queue.keys()
+            if app.prefetch and keys.index(key) + 1 < len(keys):
+                app.prefetch.ask(keys[keys.index(key) + 1])
             return self._send(200, body.encode(), "text/html; charset=utf-8", extra)
+        if len(parts) == 4 and parts[0] == "img" and parts[3] == "evidence":
+            path = evidence_png(app.queue.known(parts[1], parts[2]), app.queue)
+            return self._send(200, path.read_bytes(), "image/png", extra)
+        if len(parts) == 5 and parts[0] == "tile":
+            path = tile_png(app.queue.known(parts[1], parts[2]), app.queue, parts[3], parts[4])
+            return self._send(200, path.read_bytes(), "image/png", extra)
+        if parts == ["report"]:
+            report = app.queue.results / "report.html"
+            if not report.is_file():
+                raise Refused(404, f"no report yet: run snakemake {app.queue.results}/report.html")
+            return self._send(200, report.read_bytes(), "text/html; charset=utf-8", extra)
         if len(parts) == 4 and parts[0] == "img" and parts[3] in IMAGES:
             key = app.queue.known(parts[1], parts[2])
             path = app.queue.file(key, IMAGES[parts[3]])
@@ -417,7 +567,8 @@ def make_server(
     results: Path, decisions_file: Path, host: str, port: int, reviewer: str, token: str
 ) -> http.server.ThreadingHTTPServer:
     """The app's server (not yet serving): the queue is read once here; pages read their biopsy's files."""
-    app = App(Queue.load(results), decisions_file, token, reviewer)
+    q = Queue.load(results)
+    app = App(q, decisions_file, token, reviewer, Prefetch(q))
     handler = type("BoundHandler", (Handler,), {"app": app})
     cls = http.server.ThreadingHTTPServer
     if ":" in host:
@@ -427,17 +578,22 @@ def make_server(
     return server
 
 
+def workdir_of(results: Path) -> Path | None:
+    """The working directory that made ``results``: its parent, else the current folder, where either holds
+    config.yaml; None where neither does."""
+    return next((w for w in (results.resolve().parent, Path.cwd()) if (w / "config.yaml").is_file()), None)
+
+
 def decisions_path(results: Path) -> Path:
-    """The decisions file of the working directory that made ``results`` (its parent, else the current
-    folder): review.decisions of its config.yaml, relative to it, or the config schema's default."""
+    """The decisions file of the working directory that made ``results`` (:func:`workdir_of`):
+    review.decisions of its config.yaml, relative to it, or the config schema's default."""
     import yaml
 
-    for workdir in (results.resolve().parent, Path.cwd()):
-        cfg = workdir / "config.yaml"
-        if cfg.is_file():
-            name = ((yaml.safe_load(cfg.read_text()) or {}).get("review") or {}).get("decisions")
-            return workdir / (name or decisionlib.default_path())
-    return Path.cwd() / decisionlib.default_path()
+    workdir = workdir_of(results)
+    if workdir is None:
+        return Path.cwd() / decisionlib.default_path()
+    name = ((yaml.safe_load((workdir / "config.yaml").read_text()) or {}).get("review") or {}).get("decisions")
+    return workdir / (name or decisionlib.default_path())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -468,7 +624,9 @@ def main(argv: list[str] | None = None) -> None:
     host = f"[{a.host}]" if ":" in a.host else a.host
     n = len(server.RequestHandlerClass.app.queue.rows)
     print(f"tractmap-review: {n} held biopsies of {a.results}; decisions to {decisions_file}", flush=True)
-    print(f"    http://{host}:{server.server_address[1]}/?token={server.RequestHandlerClass.app.token}", flush=True)
+    url = f"http://{host}:{server.server_address[1]}"
+    print(f"    {url}/?token={server.RequestHandlerClass.app.token}", flush=True)
+    print(f"    then the report, with a link to each held biopsy: {url}/report", flush=True)
     warm_up()
     try:
         server.serve_forever()
