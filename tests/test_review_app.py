@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import re
@@ -404,3 +405,104 @@ def test_host_other_than_loopback_needs_an_explicit_option(tmp_path):
     cmd = [sys.executable, "-m", "workflow_scripts.review_app", str(tmp_path), "--host", "0.0.0.0"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "--expose" in res.stderr
+
+
+def page_json(app: App, key: tuple[str, str]) -> dict:
+    """The data a biopsy's page embeds (what app.js draws)."""
+    status, body = app.request(review_page(*key))
+    assert status == 200
+    return json.loads(re.search(rb'<script type="application/json" id="data">(.*?)</script>', body, re.S).group(1))
+
+
+def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
+    """Tiles and the evidence overlay only with the token, bad ends and levels refused, tiles the slide's own
+    pixels at the core's end and rendered once; every core drawn; the ultrasound blended."""
+    import tifffile
+    from playwright import sync_api
+
+    queue = pd.read_csv(w / "results/review.tsv", sep="\t", dtype=str)
+    keys = list(dict.fromkeys(zip(queue["participant_id"], queue["biopsy_id"], strict=True)))
+    slides = {k: json.loads((w / "results/orient/{}/{}.json".format(*k)).read_text())["slide"] for k in keys}
+    n_cores = {
+        k: len(json.loads((w / f"results/slides/{k[0]}/{s}/cores.json").read_text())["cores"])
+        for k, s in slides.items()
+    }
+    key = max(keys, key=lambda k: n_cores[k])  # a slide with several cores, where the cohort has one
+    cache = w / "results/.review_cache" / key[0] / key[1]
+    app = App(w)
+    try:
+        data = page_json(app, key)
+        level = data["slide"]["level"]
+        tile = f"/tile/{key[0]}/{key[1]}/0/{level}"
+        for path in (tile, f"/img/{key[0]}/{key[1]}/evidence", "/report"):
+            assert app.request(path, token=False)[0] == 403, path
+        finest = max(x["level"] for x in data["slide"]["levels"])
+        bad = ["2", "-1", "x", "..%2F..%2Fconfig.yaml"]
+        for path in [f"/tile/{key[0]}/{key[1]}/{e}/{level}" for e in bad] + [
+            f"/tile/{key[0]}/{key[1]}/0/{lv}" for lv in [*bad, str(finest + 1), "0.5", "%D9%A0"]
+        ]:
+            assert app.request(path)[0] == 400, path
+        assert app.request(f"/tile/{key[0]}/B99/0/{level}")[0] == 404
+        assert not cache.exists()  # nothing refused rendered anything
+
+        # the tile is the slide's own pixels at that level, around the core's end
+        status, body = app.request(tile)
+        assert status == 200
+        got = np.asarray(PIL.Image.open(io.BytesIO(body)).convert("RGB"))
+        box = data["slide"]["tiles"][str(level)][0]
+        (x, y), (tw, th) = box["origin"], box["size"]
+        sheet = pd.read_csv(w / "sheets/biopsies.tsv", sep="\t", dtype=str).set_index(["participant_id", "biopsy_id"])
+        slide_file = w / sheet.loc[key, "wsi"]
+        assert np.array_equal(got, tifffile.imread(slide_file, level=level)[y : y + th, x : x + tw])
+        end = np.array(data["orient"]["ends"][0])
+        meta = json.loads((w / f"results/slides/{key[0]}/{slides[key]}/wsi.json").read_text())
+        ratio = meta["level_um_per_px"] / meta["level_um"][level]
+        assert np.array([x, y]) + box["end"] == pytest.approx((end + 0.5) * ratio - 0.5)
+        # rendered once: served from the cache with the slide file gone
+        moved = slide_file.rename(slide_file.with_name("away.tif"))
+        try:
+            assert app.request(tile) == (200, body)
+            assert app.request(f"/tile/{key[0]}/{key[1]}/1/{level}")[0] == 404  # never rendered: needs the slide
+        finally:
+            moved.rename(slide_file)
+        assert [p.name.startswith("tile_e0_") for p in cache.iterdir()] == [True]
+
+        status, body = app.request(f"/img/{key[0]}/{key[1]}/evidence")
+        overlay = np.asarray(PIL.Image.open(io.BytesIO(body)))
+        assert status == 200 and overlay.shape == (*data["wsi_size"][::-1], 4)
+        colours = {tuple(c) for c in overlay.reshape(-1, 4)[::7]}
+        assert imagelib.OUTLINE["this"] in colours and (n_cores[key] == 1 or imagelib.OUTLINE["other"] in colours)
+
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium)
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(app.url)
+            page.goto(app.base + review_page(*key))
+            page.wait_for_selector("body[data-ready]")
+            assert page.locator("#slide-cores rect").count() == n_cores[key]
+            assert page.locator("#slide-cores rect.this").count() == 1
+            assert page.get_attribute("#tile-1 image", "href").endswith(f"/1/{level}")
+            # blended: the post-fire frame over the pre-fire one, by the slider; b switches to the post-fire frame
+            op = lambda i: float(page.get_attribute(f"#us-{i}", "opacity"))  # noqa: E731
+            assert (op("pre"), op("post")) == (1.0, 0.0)
+            page.fill("#blend", "40")
+            page.dispatch_event("#blend", "input")
+            assert (op("pre"), op("post")) == (1.0, 0.4)
+            page.keyboard.press("b")
+            assert (op("pre"), op("post")) == (0.0, 1.0)
+            # a finer level: its tiles
+            page.click(f"#levels button[data-level='{finest}']")
+            assert page.get_attribute("#tile-0 image", "href").endswith(f"/0/{finest}")
+            page.wait_for_load_state("networkidle")
+            assert not errors, errors
+            browser.close()
+        assert any(p.name.startswith(f"tile_e0_l{finest}_") for p in cache.iterdir())
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_the_slide_and_ultrasound_views(chromium, held_run):
+    check_slide_and_ultrasound_views(held_run, chromium)

@@ -325,7 +325,8 @@ const actions = {
 for (const id of ["confirm", "flip", "save", "undo", "exclude"]) $(id).onclick = actions[id];
 $("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); };
 document.addEventListener("keydown", (e) => {
-  if (e.target.tagName === "INPUT" || e.ctrlKey || e.metaKey || e.altKey) return;
+  const typing = e.target.tagName === "INPUT" && !["range", "checkbox"].includes(e.target.type);
+  if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
   const a = { c: "confirm", f: "flip", s: "save", u: "undo", n: "next", b: "blend", e: "evidence" }[e.key];
   if (a) { e.preventDefault(); actions[a](); }
 });
