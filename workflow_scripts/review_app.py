@@ -306,9 +306,12 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "post_shift": t.get("post_shift_px", [0.0, 0.0]),
         },
         "decision": decision,
-        "calibration": [
-            m["calibration_conflict"] for m in (data["pre"], data["post"]) if m.get("calibration_conflict")
-        ],
+        # the ultrasound's DICOM-vs-sheet spacing conflicts (ingest), each once; the tract step holds the tract for them
+        "calibration": list(
+            dict.fromkeys(
+                m["calibration_conflict"] for m in (data["pre"], data["post"]) if m.get("calibration_conflict")
+            )
+        ),
         "wsi_size": list(PIL.Image.open(queue.file(key, IMAGES["wsi"])).size),  # reads the header only
         "slide": slide_data(key, queue, ends, o),
         "prev": review_page(*keys[i - 1]) if i > 0 else None,
