@@ -274,7 +274,8 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_r
         for t in (w / "demo/truth").rglob("*.json"):
             canaries |= set(json.loads(t.read_text())["canaries"].values())
         needles = [c.encode() for c in canaries] + [c.replace("^", " ").encode() for c in canaries]
-        paths = ["/"] + [review_page(*k) for k in keys] + [f"/img/{k[0]}/{k[1]}/{n}" for k in keys for n in IMAGES]
+        images = [f"/img/{k[0]}/{k[1]}/{n}" for k in keys for n in [*IMAGES, "evidence"]]
+        paths = ["/", "/report"] + [review_page(*k) for k in keys] + images
         served = [app.request(p) for p in paths]
         assert canaries and all(status == 200 for status, _ in served)
         assert not [n for _, body in served for n in needles if n in body]
@@ -492,6 +493,11 @@ def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
             assert (op("pre"), op("post")) == (1.0, 0.4)
             page.keyboard.press("b")
             assert (op("pre"), op("post")) == (0.0, 1.0)
+            # the gun stroke by one click (nothing typed), a second click clears it
+            page.click("#strokes button[data-mm='15']")
+            assert page.input_value("#stroke") == "15"
+            page.click("#strokes button[data-mm='15']")
+            assert page.input_value("#stroke") == ""
             # a finer level: its tiles
             page.click(f"#levels button[data-level='{finest}']")
             assert page.get_attribute("#tile-0 image", "href").endswith(f"/0/{finest}")

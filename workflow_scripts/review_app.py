@@ -69,6 +69,9 @@ JSONS = {
 # the biopsy's slide (its thumbnail level, its cores), for the slide panel and the tiles
 SLIDE = {"meta": "slides/{p}/{s}/wsi.json", "cores": "slides/{p}/{s}/cores.json", "labels": "slides/{p}/{s}/cores.png"}
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+# gun strokes offered as one-click choices, besides this biopsy's and config tract.throw_mm: the two settings of
+# the usual spring-loaded biopsy guns (e.g. BARD MAGNUM 15 / 22 mm); any other is typed
+COMMON_STROKES_MM = (15.0, 22.0)
 # what a browser may send in a decision; reviewer and time are the server's
 CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", *decisionlib.VALUES}
 
@@ -271,6 +274,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     o, t = data["orient"], data["tract"]
     ends = core_ends(o)
     sides = dye_sides(key, queue, o)
+    tract_cfg = queue.config.get("tract") or {}
     keys = queue.keys()
     i = keys.index(key)
     held = {r["step"] for r in queue.rows[key]}
@@ -299,6 +303,9 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "length_mm": t["sampled_length_mm"],
             "axis_deg": t["axis_deg"],
             "stroke_mm": t["stroke_mm"],
+            "strokes": sorted(
+                {*COMMON_STROKES_MM, float(t["stroke_mm"]), *[float(v) for v in [tract_cfg.get("throw_mm")] if v]}
+            ),
             "mm_per_px": data["pre"]["mm_per_px"],
             "origin": data["pre"]["region_bounds_xyxy"][:2],
             "shape": data["pre"]["shape"],

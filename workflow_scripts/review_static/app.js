@@ -162,6 +162,7 @@ function draw() {
   drawUS();
   $("save").disabled = !state.moved;
   $("stroke").value = state.stroke;
+  markStroke();
   const d = D.decision;
   $("current").textContent = d
     ? `Decision: ${d.decision} by ${d.reviewer} at ${d.decided_at}` + (d.exclude ? ` (${d.exclude})` : "")
@@ -323,7 +324,22 @@ const actions = {
   evidence: () => evidence(!$("show-evidence").checked),
 };
 for (const id of ["confirm", "flip", "save", "undo", "exclude"]) $(id).onclick = actions[id];
-$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); };
+$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); markStroke(); };
+// one-click gun strokes (this biopsy's, the config's, the usual guns'); a second click clears the choice
+function markStroke() {
+  for (const b of $("strokes").children) b.className = b.dataset.mm === state.stroke ? "on" : "";
+}
+for (const mm of T.strokes) {
+  const b = document.createElement("button");
+  b.textContent = `${mm} mm`;
+  b.dataset.mm = String(mm);
+  b.onclick = () => {
+    state.stroke = state.stroke === b.dataset.mm ? "" : b.dataset.mm;
+    $("stroke").value = state.stroke;
+    markStroke();
+  };
+  $("strokes").appendChild(b);
+}
 document.addEventListener("keydown", (e) => {
   const typing = e.target.tagName === "INPUT" && !["range", "checkbox"].includes(e.target.type);
   if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
