@@ -22,7 +22,7 @@ from conftest import ROOT, snakemake
 
 from workflow_scripts import decisions as decisionlib
 from workflow_scripts import report
-from workflow_scripts import review_images as imagelib
+from workflow_scripts import review_app as reviewapp
 from workflow_scripts.review_app import IMAGES, decisions_path, review_page
 from workflow_scripts.slide import read_region
 
@@ -380,14 +380,14 @@ def test_a_tile_stays_inside_its_level_and_marks_the_end():
         "level_um": [4.0, 8.0, 16.0],
         "level_shapes": [[800, 1200], [400, 600], [200, 300]],
     }
-    assert imagelib.zoom_levels(meta) == [0, 1]
-    box = imagelib.tile_box([150.0, 100.0], meta, 0, size=256)  # thumbnail px -> level 0 px: x4
+    assert reviewapp.zoom_levels(meta) == [0, 1]
+    box = reviewapp.tile_box([150.0, 100.0], meta, 0, size=256)  # thumbnail px -> level 0 px: x4
     assert box["size"] == [256, 256] and box["um_per_px"] == 4.0
     end = np.array(box["origin"]) + box["end"]
     assert end == pytest.approx([(150.5 * 4) - 0.5, (100.5 * 4) - 0.5])
-    corner = imagelib.tile_box([0.0, 199.0], meta, 0, size=256)  # at the slide's corner the tile shifts, in
+    corner = reviewapp.tile_box([0.0, 199.0], meta, 0, size=256)  # at the slide's corner the tile shifts, in
     assert corner["origin"] == [0, 800 - 256] and corner["end"][0] == pytest.approx(1.5)
-    small = imagelib.tile_box([10.0, 10.0], meta, 1, size=1000)  # larger than the level: the level
+    small = reviewapp.tile_box([10.0, 10.0], meta, 1, size=1000)  # larger than the level: the level
     assert small["origin"] == [0, 0] and small["size"] == [600, 400]
 
 
@@ -472,7 +472,7 @@ def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
         overlay = np.asarray(PIL.Image.open(io.BytesIO(body)))
         assert status == 200 and overlay.shape == (*data["wsi_size"][::-1], 4)
         colours = {tuple(c) for c in overlay.reshape(-1, 4)[::7]}
-        assert imagelib.OUTLINE["this"] in colours and (n_cores[key] == 1 or imagelib.OUTLINE["other"] in colours)
+        assert reviewapp.OUTLINE["this"] in colours and (n_cores[key] == 1 or reviewapp.OUTLINE["other"] in colours)
 
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium)
