@@ -696,7 +696,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         try:
-            self._route()
+            try:
+                self._route()
+            except ConnectionError:  # the browser went away: nobody to answer
+                return
+            except (OSError, ValueError, LookupError, InputError) as e:  # a results file missing or half-written
+                what = e.what if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+                raise Refused(500, f"{what}; if the workflow is running, reload once it is done") from None
         except Refused as e:
             if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a person, not app.js
                 page = f"<!DOCTYPE html><title>tractmap review</title><p>{html.escape(e.message)}</p>"
