@@ -229,7 +229,8 @@ def comparable_frames(pre: np.ndarray, post: np.ndarray, mm: float) -> tuple[np.
         shift, _, _ = registration.phase_cross_correlation(a, b, upsample_factor=8, normalization=None)
     shift = -np.array([shift[1], shift[0]]) * f
     post_a = ndimage.shift(grid, (-shift[1], -shift[0]), output=float, order=1, mode="nearest")
-    valid = ndimage.shift(valid.astype(float), (-shift[1], -shift[0]), order=0, mode="constant") > 0.5
+    if not valid.all():  # where the post-fire frame has pixels of its own, after the shift
+        valid = ndimage.shift(valid.astype(float), (-shift[1], -shift[0]), order=0, mode="constant") > 0.5
     return post_a, valid, shift
 
 
