@@ -420,7 +420,7 @@ def main() -> None:
     p.add_argument("--config-stroke", action="store_true", help="the config's stroke for all, not each biopsy's")
     p.add_argument("--steps", nargs="+", choices=["orient", "tract"], default=["orient", "tract"], help="tract: always")
     p.add_argument(
-        "--ablate", action="append", default=[], metavar="STEP.NAME", help="leave one element out, e.g. tract.t1_ridge"
+        "--ablate", action="append", default=[], metavar="STEP.NAME", help="leave one element out, e.g. tract.edge_snr"
     )
     p.add_argument("--ablation", choices=["tract"], help="nothing removed, then each element of tract.ABLATABLE")
     a = p.parse_args()

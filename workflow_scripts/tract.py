@@ -3,10 +3,9 @@
 Detection (axis, advance direction, T0, T1 and their second estimates) is :mod:`workflow_scripts.needle`.
 This module decides what that evidence is worth:
 
-- ``confidences``: each of T0, T1 and the axis gets a confidence from named terms: a tip's second
-  estimate agreeing with it, the two tips lying as far apart as the gun advances (at most its stroke
-  and a little short of it), the tip edge's contrast over the tissue noise; the axis fit's precision,
-  its baseline and the advance's own direction agreeing;
+- ``confidences``: each of T0, T1 and the axis gets a confidence from named terms: the two tips
+  lying as far apart as the gun advances (at most its stroke and a little short of it) and the tip
+  edge's contrast over the tissue noise; for the axis, the advance's own direction agreeing;
 - ``tract``: a biopsy below ``min_confidence`` on any, or with a length the gun cannot give, or with
   no needle in the pre-fire frame, goes to review; overrides (tip, axis, length) win over detection.
 
@@ -34,23 +33,17 @@ THROW_SHORTFALL = 0.03  # share of the throw the advance seen in the image plane
 STROKE_OVERSHOOT_MM = 0.5  # a tract longer than the throw by more than this has a tip in the wrong place
 STROKE_SHORT = 0.75  # a tract shorter than this share of the stroke has a tip in the wrong place
 AGREE_MM = 1.0  # two estimates of a tip agree as exp(-distance / this)
-AXIS_SIGMA_DEG = 0.5  # the axis fit's precision counts as exp(-standard error / this)
-AXIS_BASELINE_MM = 5.0  # a tract shorter than this gives a proportionally weaker axis
 AXIS_AGREE_DEG = 2.0  # the advance's own direction agrees with the axis as exp(-angle / this)
 # the pre-fire needle behind T0 as a share of the post-fire needle (``needle.prefire_shaft``) below which the
 # pre-fire frame shows no needle; in order 0.37-1.2, with no needle in the pre-fire frame -0.5-0.26 (demo and
 # varied forward models)
 PREFIRE_SHAFT = 0.3
 
-# the confidence terms and plausibility checks ``disabled`` can leave out
+# the confidence terms and plausibility checks ``disabled`` can leave out; each changes what is accepted on the
+# sweep's held-out seeds or on a failure a test keeps (docs/ablation_tract.md)
 TERMS = (
-    "t0_echo_end",  # T0: the pre-fire echo's end agrees
-    "t1_diff_fall",  # T1: the difference's fall agrees
-    "t1_ridge",  # T1: the post-fire needle's ridge over the tissue above it ends there too
     "stroke_support",  # T0, T1: the tips lie as far apart as the gun advances
     "edge_snr",  # T0, T1: the tip edge stands out of the tissue noise
-    "axis_precision",  # axis: the fit's standard error
-    "axis_baseline",  # axis: a long enough baseline T0 -> T1
     "axis_agreement",  # axis: the advance's own direction agrees
 )
 CHECKS = (
@@ -79,30 +72,20 @@ def _check_names(disabled: frozenset[str]) -> None:
 def confidences(a: needle.Advance, mm: float, stroke_mm: float, disabled: frozenset[str] = frozenset()) -> dict:
     """Confidence (0-1) in T0, T1 and the axis from the advance's evidence; ``disabled`` terms count as 1.
 
-    A tip's support is the best of its second estimates (each ``exp(-distance / AGREE_MM)``), times
-    how clearly its edge stands out; the axis's is its fit's precision times its baseline times the
-    advance's own direction agreeing."""
-
-    def agree(x: float, y: float) -> float:
-        return 0.0 if np.isnan(y) else float(np.exp(-abs(x - y) * mm / AGREE_MM))
-
-    def support(*named: tuple[str, float]) -> float:
-        kept = [v for name, v in named if name not in disabled]
-        return max(kept) if kept else 1.0
+    A tip's is the two tips lying as far apart as the gun advances (``exp(-distance / AGREE_MM)`` from
+    the nearest T1 the stroke allows) times how clearly its edge stands out of the tissue noise; the
+    axis's is the advance's own direction agreeing with it (``exp(-angle / AXIS_AGREE_DEG)``).  The
+    tips' second estimates (``d0``, ``d1``, ``r1``) and the axis fit's precision and baseline were
+    terms too; they changed nothing (docs/ablation_tract.md) and are reported in ``fit`` only."""
 
     def term(name: str, value: float) -> float:
         return 1.0 if name in disabled else value
 
-    stroke = agree(a.s1, _within(a.s1, a.s0, stroke_mm / mm))
+    within = _within(a.s1, a.s0, stroke_mm / mm)
+    stroke = term("stroke_support", 0.0 if np.isnan(within) else float(np.exp(-abs(a.s1 - within) * mm / AGREE_MM)))
     clear = [term("edge_snr", float(1 - np.exp(-max(x, 0.0)))) for x in a.snr]
-    t0 = support(("t0_echo_end", agree(a.s0, a.d0)), ("stroke_support", stroke)) * clear[0]
-    t1 = support(("t1_diff_fall", agree(a.s1, a.d1)), ("t1_ridge", agree(a.s1, a.r1)), ("stroke_support", stroke))
-    axis = (
-        term("axis_precision", float(np.exp(-a.fit["sigma_deg"] / AXIS_SIGMA_DEG)))
-        * term("axis_baseline", float(np.clip((a.s1 - a.s0) * mm / AXIS_BASELINE_MM, 0.0, 1.0)))
-        * term("axis_agreement", float(np.exp(-geo.lines_angle_deg(a.advance_axis, a.u) / AXIS_AGREE_DEG)))
-    )
-    return {"t0": t0, "t1": t1 * clear[1], "axis": axis}
+    axis = term("axis_agreement", float(np.exp(-geo.lines_angle_deg(a.advance_axis, a.u) / AXIS_AGREE_DEG)))
+    return {"t0": stroke * clear[0], "t1": stroke * clear[1], "axis": axis}
 
 
 def two_frame(
