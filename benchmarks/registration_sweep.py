@@ -463,8 +463,9 @@ def main() -> None:
     every.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
     if a.ablation:
         print(
-            f"Tract ablation on seeds {a.seeds}, {a.n} slides each, ultrasound {a.us_format}, {a.ablate or 'nothing'} "
-            f"left out throughout:\n"
+            f"Tract ablation on seeds {a.seeds}, {a.n} slides each, ultrasound {a.us_format}, strokes {a.strokes} mm "
+            f"({'the config' if a.config_stroke else 'each biopsy'}'s given), {a.ablate or 'nothing'} left out "
+            f"throughout:\n"
         )
         print(ablation_table(every).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         return
