@@ -45,9 +45,10 @@ PY
     start=$(date +%s)
     python3 -m workflow_scripts.train --voc="$voc" --config="$cfg" --model-out="$out/$arch.pt" \
         --history="$out/$arch-history.tsv" --curves="$out/$arch-curves.png" --state-dir="$out/state-$arch" \
+        --train-list=train --val-list=val --threads=0 \
         | awk 'NR <= 3 || /epoch (1|10|25|50|75|100)\// || /^device/ || /selected/'
     echo "$arch wall $(( $(date +%s) - start )) s"
-    python3 -m workflow_scripts.predict --model="$out/$arch.pt" --voc="$voc" --split=test --out="$out/pred-$arch"
+    python3 -m workflow_scripts.predict --model="$out/$arch.pt" --voc="$voc" --split=test --out="$out/pred-$arch" --threads=0
     preds+=("$arch=$out/pred-$arch")
 done
 echo "== test split"

@@ -35,7 +35,7 @@ def main() -> None:
             synthetic.write_dicom(t, dcm, frames, np.random.default_rng(k))
             s = infer.infer(Path(a.model), dcm, Path(tmp) / "out")
             prob = np.load(Path(tmp) / "out" / f"N{k:03d}_prob.npy")
-            image, meta = ingest.read_ultrasound(dcm)
+            image, meta = ingest.read_ultrasound(dcm, frame=None)  # one frame, as infer read it
             ys, xs = np.nonzero(np.isfinite(prob))
             # score the central band (the sampled core is ~1 mm wide around the axis)
             t0, t1 = np.array(s["t0_px"]), np.array(s["t1_px"])

@@ -76,6 +76,8 @@ def orient_slide(job: tuple) -> list[dict]:
     rows = []
     try:
         labels, found = cores.find_cores(orient.optical_density(rgb), level, **sweep.CORES)
+        scale = level / slide["slide_um_per_px"]  # the annotations name the cores, as in the pipeline
+        cores.annotate(found, labels, slide["features"], scale, level, cfg["cores"]["dye_class"])
     except InputError as e:
         return [{"biopsy": b["biopsy"], "removed": "-", "state": "failed", "error": e.what} for b in slide["biopsies"]]
     for b in slide["biopsies"]:
@@ -85,9 +87,7 @@ def orient_slide(job: tuple) -> list[dict]:
             try:
                 mine = cores.select(found, b["core"])
                 off = frozenset([removed]) if removed else frozenset()
-                res = orient.orient_core(
-                    rgb, labels, mine, level, None, **cfg["orient"], **({"disabled": off} if off else {})
-                )
+                res = orient.orient_core(rgb, labels, mine, level, None, **cfg["orient"], **disabled(off))
                 can = orient.canonical(res, level, slide["slide_um_per_px"])
                 dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [b["dye_end_slide_px"]])[0]
                 row.update(
@@ -102,6 +102,11 @@ def orient_slide(job: tuple) -> list[dict]:
                 row.update(state="failed", error=e.what)
             rows.append(row)
     return rows
+
+
+def disabled(off: frozenset) -> dict:
+    """The ``disabled`` keyword where something is removed (so that code without it runs the baseline)."""
+    return {"disabled": off} if off else {}
 
 
 def table(df: pd.DataFrame) -> pd.DataFrame:

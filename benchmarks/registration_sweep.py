@@ -147,7 +147,7 @@ def as_export(
         for name, region in (("pre", pre), ("post", post)):
             path = Path(d) / f"{name}.{fmt}"
             synthetic.write_export(t, path, region, rng, fmt, quality)
-            gray, meta = ingest.read_ultrasound(path, "last", (t.mm_per_px, t.mm_per_px))
+            gray, meta = ingest.read_ultrasound(path, frame="last", mm_per_px=(t.mm_per_px, t.mm_per_px))
             out.append((gray, meta))
         full, _ = ingest.read_export(Path(d) / f"pre.{fmt}", fmt, "last")
     offset = np.array(out[0][1]["region_bounds_xyxy"][:2]) - [t.region_x0, t.region_y0]

@@ -112,6 +112,7 @@ rule table1:
         report(f"{EVAL}/table1.tsv", caption="report/table1.rst", category="Cohort", labels={"output": "Table 1"}),
     params:
         seed=config["evaluate"]["seed"],
+        alpha=config["evaluate"]["alpha"],
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -120,7 +121,7 @@ rule table1:
         f"{JOB_BENCHMARKS}/table1.tsv"
     shell:
         "python -m workflow_scripts.stats --participants={input.participants:q} --splits={input.splits:q} "
-        "--schema={input.schema:q} --seed={params.seed:q} --out={output:q} > {log:q} 2>&1"
+        "--schema={input.schema:q} --seed={params.seed:q} --alpha={params.alpha:q} --out={output:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -66,7 +66,7 @@ def make_cohort(workdir: Path, n: int, seed: int = 11) -> None:
 def ingest_ultrasound(src: Path, out_dir: Path) -> subprocess.CompletedProcess:
     """The ultrasound ingest step's command line on one file, as participant P001, biopsy B1."""
     cmd = [sys.executable, "-m", "workflow_scripts.ingest", "ultrasound", f"--image={out_dir / 'o.png'}"]
-    cmd += [f"--meta={out_dir / 'o.json'}", "--participant=P001", "--biopsy=B1", "--", str(src)]
+    cmd += [f"--meta={out_dir / 'o.json'}", "--frame=last", "--participant=P001", "--biopsy=B1", "--", str(src)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
 
 

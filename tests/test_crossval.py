@@ -62,7 +62,7 @@ def test_infer_on_a_fold_folder_averages_the_folds_and_maps_their_spread(tmp_pat
         assert (tmp_path / "ens" / f).is_file() and f in s["outputs"]
     assert np.asarray(PIL.Image.open(tmp_path / "ens/new_prefire_uncertainty.png").convert("L")).std() > 10
     # each fold model alone, on the same crop (cut again from the recorded geometry)
-    image, meta = ingest.read_ultrasound(dicom)
+    image, meta = ingest.read_ultrasound(dicom, frame="last")
     c = s["crop_settings"]
     crop, _ = tract.crop_strip(image, s, tuple(meta["mm_per_px"]), c["width_mm"], c["out_mm_per_px"], c["margin_mm"])
     singles = []

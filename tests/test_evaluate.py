@@ -105,7 +105,7 @@ def test_cluster_bootstrap_is_reproducible_contains_the_estimate_and_matches_a_p
 def test_paired_t_when_differences_are_normal_with_known_values():
     a = np.array([3.0, 5.0, 7.0, 9.0, 11.0])
     b = a - np.array([1.0, 2.0, 3.0, 4.0, 5.0])  # differences 1..5: mean 3, SD sqrt(2.5)
-    r = stats.paired_test(a, b)
+    r = stats.paired_test(a, b, alpha=0.05, seed=0)
     assert r["test"] == "paired t" and r["shapiro_p"] >= 0.05 and r["n"] == 5
     assert r["statistic"] == pytest.approx(3 / (math.sqrt(2.5) / math.sqrt(5)))  # 4.2426
     assert r["p"] == pytest.approx(sps.ttest_rel(a, b).pvalue) and r["p"] == pytest.approx(0.01324, abs=1e-4)
@@ -117,7 +117,7 @@ def test_wilcoxon_when_shapiro_rejects_normality():
     b = np.linspace(0.5, 0.8, len(d))
     a = b + d
     assert sps.shapiro(d).pvalue < 0.05
-    r = stats.paired_test(a, b)
+    r = stats.paired_test(a, b, alpha=0.05, seed=0)
     assert r["test"] == "Wilcoxon signed-rank"
     ref = sps.wilcoxon(a, b)
     assert r["p"] == pytest.approx(ref.pvalue) and r["statistic"] == pytest.approx(ref.statistic)
@@ -138,19 +138,19 @@ def test_permutation_test_known_values_and_its_floor_at_five_participants():
     same floor as the Wilcoxon test's (the paper's t test reaches P < .05 only by assuming normality)."""
     b = np.array([0.50, 0.55, 0.60, 0.62, 0.70])
     a = b + np.array([0.01, 0.02, 0.03, 0.04, 0.05])
-    r = stats.paired_test(a, b)
+    r = stats.paired_test(a, b, alpha=0.05, seed=0)
     assert r["perm_p"] == 2 / 32 == r["perm_min_p"] and r["perm_method"] == "exact, 32 sign patterns"
     assert sps.wilcoxon(a, b).pvalue == pytest.approx(0.0625) and r["test"] == "paired t" and r["p"] < 0.05
     # n = 6: the floor halves, 2/64
-    assert stats.sign_flip_test(np.full(6, 0.02))["perm_p"] == pytest.approx(2 / 64)
+    assert stats.sign_flip_test(np.full(6, 0.02), seed=0)["perm_p"] == pytest.approx(2 / 64)
     # mixed signs, against a plain enumeration
     rng = np.random.default_rng(4)
     for n in (3, 7, 10):
         d = rng.normal(0.02, 0.05, n)
-        assert stats.sign_flip_test(d)["perm_p"] == pytest.approx(enumerated_sign_flip_p(d))
+        assert stats.sign_flip_test(d, seed=0)["perm_p"] == pytest.approx(enumerated_sign_flip_p(d))
     # by hand, d = (1, 2, 3, -4, 5), sum 7: a pattern that negates magnitudes summing to S has sum 15 - 2S, so
     # |sum| >= 7 when S <= 4 ({}, {1}, {2}, {3}, {4}, {1,2}, {1,3}) or, mirrored, S >= 11: 14 of 32
-    assert stats.sign_flip_test(np.array([1.0, 2, 3, -4, 5]))["perm_p"] == pytest.approx(14 / 32)
+    assert stats.sign_flip_test(np.array([1.0, 2, 3, -4, 5]), seed=0)["perm_p"] == pytest.approx(14 / 32)
 
 
 def test_permutation_test_beyond_the_exact_limit_is_seeded_monte_carlo(monkeypatch):
@@ -165,7 +165,7 @@ def test_permutation_test_beyond_the_exact_limit_is_seeded_monte_carlo(monkeypat
 
 
 def test_too_few_participants_is_no_test():
-    r = stats.paired_test(np.array([0.5, 0.6]), np.array([0.4, 0.3]))
+    r = stats.paired_test(np.array([0.5, 0.6]), np.array([0.4, 0.3]), alpha=0.05, seed=0)
     assert r["n"] == 2 and math.isnan(r["p"]) and r["test"].startswith("none")
 
 
@@ -192,7 +192,7 @@ def test_three_models_are_compared_pairwise_with_holm():
                         **{k: int(rng.integers(1, 50)) for k in ("tn", "fp", "fn", "tp")},
                     }
                 )
-    cmp = evaluate.compare_models(pd.DataFrame(rows), 0.05)
+    cmp = evaluate.compare_models(pd.DataFrame(rows), alpha=0.05, seed=0)
     dice = cmp[cmp.metric == "dice"]
     assert list(zip(dice.model_a, dice.model_b, strict=True)) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert dice.p_holm.to_numpy() == pytest.approx(multipletests(dice.p.to_numpy(), method="holm")[1])
@@ -208,7 +208,7 @@ def test_three_models_are_compared_pairwise_with_holm():
     assert row["test a vs c"] == "permutation, exact, 256 sign patterns (n=8)"
     assert row["paper's test a vs c"] == f"{dice.test.iloc[1]} (n=8)"
     # optionally Holm over every test of every metric
-    every = evaluate.compare_models(pd.DataFrame(rows), 0.05, holm_across_metrics=True)
+    every = evaluate.compare_models(pd.DataFrame(rows), alpha=0.05, seed=0, holm_across_metrics=True)
     assert len(every) == 3 * len(evaluate.METRICS)
     assert every.p_holm.to_numpy() == pytest.approx(multipletests(every.p.to_numpy(), method="holm")[1])
     assert every.perm_p_holm.to_numpy() == pytest.approx(multipletests(every.perm_p.to_numpy(), method="holm")[1])
@@ -262,7 +262,7 @@ def test_table1_tests_agree_with_scipy():
             "margin": {"type": "string", "enum": ["circumscribed", "not circumscribed"]},
         }
     }
-    t = stats.table1(df, split, schema, seed=4).set_index("Characteristic")
+    t = stats.table1(df, split, schema, seed=4, alpha=0.05).set_index("Characteristic")
     groups = lambda c: [df[c][[split[p] == s for p in df.participant_id]].to_numpy() for s in ("train", "val", "test")]  # noqa: E731
     assert t.loc["age, mean (SD)", "test"] == "ANOVA"
     assert t.loc["age, mean (SD)", "p"] == pytest.approx(sps.f_oneway(*groups("age")).pvalue)
@@ -283,7 +283,7 @@ def test_table1_tests_agree_with_scipy():
     assert t.loc["histology, n (%)", "p"] == pytest.approx(exact_rxc_p(hist), abs=0.002)
     # two splits only (a 2 x 2 table): the exact test itself
     two = {p: s if s != "test" else "val" for p, s in split.items()}
-    t2 = stats.table1(df, two, schema).set_index("Characteristic")
+    t2 = stats.table1(df, two, schema, seed=0, alpha=0.05).set_index("Characteristic")
     margin = pd.crosstab(df.margin, [two[p] for p in df.participant_id])[["train", "val"]].to_numpy()
     assert t2.loc["margin, n (%)", "test"] == "Fisher's exact"
     assert t2.loc["margin, n (%)", "p"] == pytest.approx(sps.fisher_exact(margin).pvalue)
@@ -296,7 +296,7 @@ def test_tiny_tables_give_a_p_value():
     for table in ([[2, 0, 0], [0, 1, 1]], [[1, 1, 0], [1, 0, 1]]):
         test, p = stats.categorical_test(np.array(table), seed=1)
         assert test.startswith("Fisher's exact") and 0 < p <= 1
-    assert stats.categorical_test(np.array([[3, 2, 1]]))[0].startswith("none")
+    assert stats.categorical_test(np.array([[3, 2, 1]]), seed=0)[0].startswith("none")
 
 
 def test_journal_p_value_format():
@@ -344,7 +344,7 @@ def test_models_are_judged_on_the_same_images_and_the_sensitivity_table_applies_
     assert s.loc[("a", "dice"), "mean"] == pytest.approx(0.5) and s.loc[("b", "dice"), "mean"] == pytest.approx(1.0)
     # precision: a predicts nothing on B2 and B3, so only B1 counts for both: no apparent precision advantage
     assert s.loc[("a", "precision"), "n_defined"] == s.loc[("b", "precision"), "n_defined"] == 4
-    cmp = evaluate.compare_models(per, 0.05).set_index("metric")
+    cmp = evaluate.compare_models(per, alpha=0.05, seed=0).set_index("metric")
     assert cmp.loc["dice", "n"] == 4 and cmp.loc["dice", "mean_a"] == pytest.approx(0.5)
     # the sensitivity analysis: both-empty Dice = 1, a missed lesion's precision = 0
     sens = evaluate.with_conventions(per)
@@ -404,7 +404,7 @@ def test_cluster_t_interval_covers_at_small_numbers_of_participants():
 def test_paired_difference_has_the_scipy_t_interval():
     a = np.array([0.61, 0.72, 0.55, 0.8, 0.66, 0.7])
     b = a - np.array([0.05, 0.02, 0.08, 0.03, 0.06, 0.04])
-    r = stats.paired_test(a, b, 0.05)
+    r = stats.paired_test(a, b, alpha=0.05, seed=0)
     ci = sps.ttest_rel(a, b).confidence_interval(0.95)
     assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((ci.low, ci.high))
     assert r["mean_diff"] == pytest.approx(0.28 / 6) and r["diff_ci_low"] < r["mean_diff"] < r["diff_ci_high"]
@@ -415,7 +415,7 @@ def test_a_single_model_is_summarised_without_comparisons():
     truth = np.zeros((8, 8), np.uint8)
     truth[2:6, 2:6] = 1
     per = pd.DataFrame([image_row("unet", f"P{i}_B1", truth, truth) for i in range(3)])
-    cmp = evaluate.compare_models(per, 0.05)
+    cmp = evaluate.compare_models(per, alpha=0.05, seed=0)
     assert cmp.empty and {"metric", "p_holm", "diff_ci_low"} <= set(cmp.columns)
     t2 = evaluate.table2(evaluate.summarise(per, "cluster_t", 200, 1), cmp)
     assert len(t2) == len(evaluate.METRICS) + len(evaluate.PIXEL_METRICS)

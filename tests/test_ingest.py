@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import tifffile
+import yaml
 from skimage import io as skimage_io
 
 from workflow_scripts import ingest, slide, synthetic
@@ -47,7 +48,7 @@ def dicom_variant(tmp_path, photometric, frames, seed=3):
 
 def test_ultrasound_calibration_equals_truth(biopsy):
     out, truth = biopsy
-    img, meta = ingest.read_ultrasound(out["prefire"])
+    img, meta = ingest.read_ultrasound(out["prefire"], frame="last")
     assert meta["mm_per_px"] == pytest.approx([truth["mm_per_px"]] * 2, rel=1e-9)
     assert img.shape == (truth["rows"], truth["cols"])
     assert meta["region_bounds_xyxy"][:2] == [truth["region_x0"], truth["region_y0"]]
@@ -57,7 +58,7 @@ def test_ultrasound_calibration_equals_truth(biopsy):
 def test_photometrics_give_the_same_grayscale(tmp_path, photometric):
     path, t, regions = dicom_variant(tmp_path, photometric, 1)
     assert pydicom.dcmread(path).PhotometricInterpretation == photometric
-    img, meta = ingest.read_ultrasound(path)
+    img, meta = ingest.read_ultrasound(path, frame="last")
     assert img.shape == (t.rows, t.cols)
     # YBR_FULL round trip through 8 bits loses a grey level at most
     assert np.abs(img.astype(int) - regions[-1].astype(int)).max() <= 2
@@ -65,12 +66,30 @@ def test_photometrics_give_the_same_grayscale(tmp_path, photometric):
 
 def test_multiframe_uses_documented_frame(tmp_path):
     path, t, regions = dicom_variant(tmp_path, "MONOCHROME2", 3)
-    last, meta = ingest.read_ultrasound(path, "last")
-    first, _ = ingest.read_ultrasound(path, "first")
+    last, meta = ingest.read_ultrasound(path, frame="last")
+    first, _ = ingest.read_ultrasound(path, frame="first")
     assert meta["frames"] == 3 and meta["frame_used"] == 2
     assert np.array_equal(last, regions[2]) and np.array_equal(first, regions[0])
     with pytest.raises(InputError, match="frame 5 requested"):
-        ingest.read_ultrasound(path, 5)
+        ingest.read_ultrasound(path, frame=5)
+    # no frame chosen: a single image is read, a cine is an error naming the setting (never a silent pick)
+    single, _, _ = dicom_variant(tmp_path, "MONOCHROME2", 1)
+    assert ingest.read_ultrasound(single, frame=None)[1]["frame_used"] == 0
+    with pytest.raises(InputError, match="cine of 3 frames, and no frame chosen") as e:
+        ingest.read_ultrasound(path, frame=None)
+    assert "ingest.frame" in e.value.hint and "--frame" in e.value.hint
+
+
+def test_infer_takes_its_frame_from_the_option_else_the_config(tmp_path):
+    from workflow_scripts import infer
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"ingest": {"frame": "first"}}))
+    assert infer.frame_choice("2", cfg) == "2"
+    assert infer.frame_choice(None, cfg) == "first"
+    assert infer.frame_choice(None, None) is None
+    with pytest.raises(InputError, match="not found"):
+        infer.frame_choice(None, tmp_path / "missing.yaml")
 
 
 def broken(tmp_path, src, edit):
@@ -87,10 +106,10 @@ def test_no_tissue_region_is_a_clear_error(tmp_path, biopsy):
             r.RegionDataType = 2
 
     with pytest.raises(InputError, match="2-D tissue region"):
-        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], edit))
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], edit), frame="last")
     with pytest.raises(InputError, match="no SequenceOfUltrasoundRegions"):
         ingest.read_ultrasound(
-            broken(tmp_path, biopsy[0]["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions"))
+            broken(tmp_path, biopsy[0]["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions")), frame="last"
         )
 
 
@@ -99,13 +118,13 @@ def test_region_out_of_bounds_and_missing_resolution(tmp_path, biopsy):
         ds.SequenceOfUltrasoundRegions[0].RegionLocationMaxX1 = ds.Columns + 40
 
     with pytest.raises(InputError, match="outside the"):
-        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], oob))
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], oob), frame="last")
 
     def nores(ds):
         del ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX
 
     with pytest.raises(InputError, match="missing resolution"):
-        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], nores))
+        ingest.read_ultrasound(broken(tmp_path, biopsy[0]["prefire"], nores), frame="last")
 
 
 def test_wsi_resolution_and_level_equal_truth(biopsy):
@@ -263,7 +282,15 @@ def test_wsi_ingest_memory_on_the_largest_demo_slide(tmp_path):
     raw_gb = full[0] * full[1] * 3 / 1e9
     peak = run_measured(
         "workflow_scripts.ingest",
-        ["wsi", str(files["wsi"]), "--image", str(tmp_path / "w.png"), "--meta", str(tmp_path / "w.json")],
+        [
+            "wsi",
+            str(files["wsi"]),
+            "--image",
+            str(tmp_path / "w.png"),
+            "--meta",
+            str(tmp_path / "w.json"),
+            "--thumb-um=16",
+        ],
     )
     assert 20e6 < peak < 1e9, f"peak {peak / 1e6:.0f} MB for a {raw_gb:.1f} GB full-resolution plane"
 
@@ -355,7 +382,7 @@ def same_region(img, meta, t):
 def test_png_and_jpeg_exports_read_with_the_sheet_spacing(tmp_path, scene, fmt, tolerance):
     t, region = scene
     path = export(tmp_path, scene, fmt)
-    img, meta = ingest.read_ultrasound(path, "last", (0.05, 0.06))
+    img, meta = ingest.read_ultrasound(path, frame="last", mm_per_px=(0.05, 0.06))
     same_region(img, meta, t)
     assert meta["format"] == fmt and meta["photometric"] == "RGB"  # a colour screen export, grey as an RGB DICOM
     assert meta["mm_per_px"] == [0.05, 0.06] and meta["calibration_source"] == "biopsies.tsv us_mm_per_px"
@@ -363,7 +390,7 @@ def test_png_and_jpeg_exports_read_with_the_sheet_spacing(tmp_path, scene, fmt, 
     # the format comes from the content, not the name
     moved = tmp_path / "frame.dcm"
     moved.write_bytes(path.read_bytes())
-    assert ingest.read_ultrasound(moved, "last", (0.05, 0.05))[1]["format"] == fmt
+    assert ingest.read_ultrasound(moved, frame="last", mm_per_px=(0.05, 0.05))[1]["format"] == fmt
 
 
 def test_tiff_export_rgba_and_16_bit(tmp_path, scene):
@@ -372,12 +399,12 @@ def test_tiff_export_rgba_and_16_bit(tmp_path, scene):
     frame[t.region_y0 : t.region_y0 + t.rows, t.region_x0 : t.region_x0 + t.cols, :3] = region[..., None]
     frame[..., 3] = 128  # alpha: dropped, not blended
     tifffile.imwrite(tmp_path / "rgba.tif", frame, photometric="rgb", extrasamples=["unassalpha"])
-    img, meta = ingest.read_ultrasound(tmp_path / "rgba.tif", "last", (0.05, 0.05))
+    img, meta = ingest.read_ultrasound(tmp_path / "rgba.tif", frame="last", mm_per_px=(0.05, 0.05))
     same_region(img, meta, t)
     assert meta["format"] == "tiff" and np.array_equal(img, region)
     deep = frame[..., 0].astype(np.uint16) * 257  # 16-bit grey: scaled to 8 bits by its maximum, as DICOM is
     tifffile.imwrite(tmp_path / "grey16.tif", deep)
-    img, _ = ingest.read_ultrasound(tmp_path / "grey16.tif", "last", (0.05, 0.05))
+    img, _ = ingest.read_ultrasound(tmp_path / "grey16.tif", frame="last", mm_per_px=(0.05, 0.05))
     expected = np.round(region.astype(float) * 257 * 255 / deep.max())
     assert np.abs(img - expected).max() <= 1
 
@@ -388,7 +415,7 @@ def test_export_identities_never_reach_the_outputs(tmp_path, scene):
         path = export(tmp_path, scene, fmt)
         assert t.canaries["PatientID"].encode() in path.read_bytes()  # the export carries it (text chunk / EXIF)
         cmd = [sys.executable, "-m", "workflow_scripts.ingest", "ultrasound", f"--image={tmp_path / 'o.png'}"]
-        cmd += [f"--meta={tmp_path / 'o.json'}", "--us-mm-per-px=0.05 0.06", "--", str(path)]
+        cmd += [f"--meta={tmp_path / 'o.json'}", "--frame=last", "--us-mm-per-px=0.05 0.06", "--", str(path)]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         assert res.returncode == 0, res.stderr
         meta = json.loads((tmp_path / "o.json").read_text())
@@ -403,9 +430,9 @@ def test_dicom_without_calibration_takes_the_column(tmp_path, biopsy):
     out, truth = biopsy
     path = broken(tmp_path, out["prefire"], lambda ds: delattr(ds, "SequenceOfUltrasoundRegions"))
     with pytest.raises(InputError, match="no SequenceOfUltrasoundRegions") as e:
-        ingest.read_ultrasound(path)
+        ingest.read_ultrasound(path, frame="last")
     assert "add us_mm_per_px" in e.value.hint
-    img, meta = ingest.read_ultrasound(path, "last", (0.07, 0.07))
+    img, meta = ingest.read_ultrasound(path, frame="last", mm_per_px=(0.07, 0.07))
     assert meta["format"] == "dicom" and meta["calibration_source"] == "biopsies.tsv us_mm_per_px"
     assert meta["mm_per_px"] == [0.07, 0.07] and "calibration_conflict" not in meta
     # the scanner screen's furniture is trimmed to the image, as for an export
@@ -416,7 +443,7 @@ def test_dicom_without_calibration_takes_the_column(tmp_path, biopsy):
 def test_missing_spacing_names_the_column_and_suggests_the_ruler(tmp_path, scene):
     t, _ = scene
     with pytest.raises(InputError, match="PNG export carries no pixel spacing") as e:
-        ingest.read_ultrasound(export(tmp_path, scene, "png"))
+        ingest.read_ultrasound(export(tmp_path, scene, "png"), frame="last")
     period = 1.0 / t.mm_per_px  # the rendered ruler: a tick every 1 mm
     assert "add us_mm_per_px (mm per pixel, from the scanner's depth setting) to biopsies.tsv" in e.value.hint
     assert f"ticks every {period:.1f} px" in e.value.hint
@@ -430,7 +457,7 @@ def test_missing_spacing_names_the_column_and_suggests_the_ruler(tmp_path, scene
     # without a ruler (the bare image) the hint says so, and no number is guessed
     skimage_io.imsave(tmp_path / "bare.png", scene[1], check_contrast=False)
     with pytest.raises(InputError) as e:
-        ingest.read_ultrasound(tmp_path / "bare.png")
+        ingest.read_ultrasound(tmp_path / "bare.png", frame="last")
     assert "add us_mm_per_px" in e.value.hint and "no depth ruler" in e.value.hint and "mm/px if" not in e.value.hint
 
 
@@ -451,16 +478,16 @@ def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
 
     out, truth = biopsy
     dicom_mm = truth["mm_per_px"]
-    _, near = ingest.read_ultrasound(out["prefire"], "last", (dicom_mm * 1.01,) * 2)
+    _, near = ingest.read_ultrasound(out["prefire"], frame="last", mm_per_px=(dicom_mm * 1.01,) * 2)
     assert "calibration_conflict" not in near  # within 2%: the column is used, and no conflict
     assert near["mm_per_px"] == [dicom_mm * 1.01] * 2 and near["calibration_source"] == "biopsies.tsv us_mm_per_px"
-    _, own = ingest.read_ultrasound(out["prefire"])
+    _, own = ingest.read_ultrasound(out["prefire"], frame="last")
     assert own["calibration_source"] == "dicom SequenceOfUltrasoundRegions" and "calibration_conflict" not in own
     sheet = round(dicom_mm * 1.2, 4)
     d = tmp_path / "run"
     d.mkdir()
     for phase in ("prefire", "postfire"):
-        img, meta = ingest.read_ultrasound(out[phase], "last", (sheet, sheet))
+        img, meta = ingest.read_ultrasound(out[phase], frame="last", mm_per_px=(sheet, sheet))
         assert meta["mm_per_px"] == [sheet, sheet]  # the column, which the user set explicitly, is used
         assert meta["calibration_conflict"] == f"DICOM {dicom_mm:.4g} mm/px vs us_mm_per_px {sheet:.4g} mm/px " + (
             "(us_mm_per_px used)"
@@ -498,8 +525,10 @@ def test_demo_exports_carry_the_spacing_the_dicoms_are_rendered_at(tmp_path, bio
     assert row["prefire"].endswith((".png", ".jpg")) and row["postfire"].rsplit(".")[-1] == row["prefire"][-3:]
     assert float(row["us_mm_per_px"]) == pytest.approx(truth["mm_per_px"], rel=1e-5)
     synthetic.export_dicom(out["prefire"], tmp_path / "pre.png", "png")
-    img, meta = ingest.read_ultrasound(tmp_path / "pre.png", "last", ingest.parse_spacing(row["us_mm_per_px"]))
-    ref, ref_meta = ingest.read_ultrasound(out["prefire"])
+    img, meta = ingest.read_ultrasound(
+        tmp_path / "pre.png", frame="last", mm_per_px=ingest.parse_spacing(row["us_mm_per_px"])
+    )
+    ref, ref_meta = ingest.read_ultrasound(out["prefire"], frame="last")
     assert meta["region_bounds_xyxy"] == ref_meta["region_bounds_xyxy"] and np.array_equal(img, ref)
     assert meta["mm_per_px"] == pytest.approx(ref_meta["mm_per_px"], rel=1e-5)
     # the default sheet is as it was: DICOMs only, no spacing column
@@ -512,8 +541,8 @@ def test_a_broken_export_or_unknown_file_is_a_clear_error(tmp_path, scene):
     cut = tmp_path / "cut.png"
     cut.write_bytes(png.read_bytes()[:200])  # the PNG signature, then nothing readable
     with pytest.raises(InputError, match="not a readable PNG image"):
-        ingest.read_ultrasound(cut, "last", (0.05, 0.05))
+        ingest.read_ultrasound(cut, frame="last", mm_per_px=(0.05, 0.05))
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     with pytest.raises(InputError, match="neither a readable DICOM file nor a PNG/JPEG/TIFF image"):
-        ingest.read_ultrasound(text, "last", (0.05, 0.05))
+        ingest.read_ultrasound(text, frame="last", mm_per_px=(0.05, 0.05))

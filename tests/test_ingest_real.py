@@ -47,7 +47,7 @@ def test_palette_color_goes_through_its_lut(tmp_path):
     src = real("examples_palette.dcm")
     ds = pydicom.dcmread(src)
     assert ds.PhotometricInterpretation == "PALETTE COLOR"
-    gray, meta = ingest.read_ultrasound(as_ultrasound(src, tmp_path / "p.dcm"))
+    gray, meta = ingest.read_ultrasound(as_ultrasound(src, tmp_path / "p.dcm"), frame="last")
     rgb = apply_color_lut(ds.pixel_array, ds).astype(float)
     expected = luma(rgb / 257.0 if rgb.max() > 255 else rgb)
     assert np.abs(gray.astype(float) - expected).max() <= 1.0
@@ -69,12 +69,12 @@ def test_palette_color_goes_through_its_lut(tmp_path):
     ],
 )
 def test_compressed_transfer_syntaxes_decode(tmp_path, compressed, reference):
-    gray, meta = ingest.read_ultrasound(as_ultrasound(real(compressed), tmp_path / "c.dcm"))
+    gray, meta = ingest.read_ultrasound(as_ultrasound(real(compressed), tmp_path / "c.dcm"), frame="last")
     ds = pydicom.dcmread(real(compressed))
     assert ds.file_meta.TransferSyntaxUID.is_compressed
     assert gray.shape == (ds.Rows, ds.Columns) and gray.std() > 1
     if reference:
-        ref, _ = ingest.read_ultrasound(as_ultrasound(real(reference), tmp_path / "r.dcm"))
+        ref, _ = ingest.read_ultrasound(as_ultrasound(real(reference), tmp_path / "r.dcm"), frame="last")
         np.testing.assert_array_equal(gray, ref)  # lossless: the same pixels as the uncompressed file
 
 
@@ -90,10 +90,14 @@ def test_cine_decodes_only_the_frame_used(tmp_path):
 
 def test_inclusive_region_bound_is_clamped_and_noted(tmp_path):
     ds = pydicom.dcmread(real("MR_small.dcm"))
-    gray, meta = ingest.read_ultrasound(as_ultrasound(real("MR_small.dcm"), tmp_path / "b.dcm", max_x=ds.Columns))
+    gray, meta = ingest.read_ultrasound(
+        as_ultrasound(real("MR_small.dcm"), tmp_path / "b.dcm", max_x=ds.Columns), frame="last"
+    )
     assert gray.shape == (ds.Rows, ds.Columns) and meta["bounds_clamped"] is True
     with pytest.raises(InputError, match="outside the"):
-        ingest.read_ultrasound(as_ultrasound(real("MR_small.dcm"), tmp_path / "far.dcm", max_x=ds.Columns + 10))
+        ingest.read_ultrasound(
+            as_ultrasound(real("MR_small.dcm"), tmp_path / "far.dcm", max_x=ds.Columns + 10), frame="last"
+        )
 
 
 def test_truncated_file_is_one_clear_line(tmp_path):

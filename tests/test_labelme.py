@@ -48,7 +48,7 @@ def test_labelme_conversion_matches_ours(tmp_path):
     names = {"__ignore__": -1, "_background_": 0, "cancer": 1}
     theirs, _ = shapes_to_label(crop.shape, lf.shapes, names)
     theirs = np.where(theirs == -1, 255, theirs).astype(np.uint8)  # labelme2voc saves -1 as 255
-    ours = voc.convert(json.loads(path.read_text()), "X_B1", tmp_path / "voc")
+    ours = voc.convert(json.loads(path.read_text()), "X_B1", tmp_path / "voc", image_format="jpg")
     assert np.array_equal(ours, theirs)
     assert set(np.unique(ours)) == {0, 1, 255}
     assert (ours[20, 70] == 0) and (ours[20, 40] == 1) and (ours[2, 150] == 255)  # hole, tumour, void
@@ -76,12 +76,12 @@ def test_correction_saved_without_image_data_uses_the_crop(tmp_path):
 
     path, crop = synthetic_document(tmp_path)
     doc = json.loads(path.read_text())
-    with_data = voc.convert(doc, "A_B1", tmp_path / "a")
+    with_data = voc.convert(doc, "A_B1", tmp_path / "a", image_format="jpg")
     doc["imageData"] = None  # Labelme's "Save With Image Data" unchecked
-    without = voc.convert(doc, "B_B1", tmp_path / "b", crop=tmp_path / "crop.png")
+    without = voc.convert(doc, "B_B1", tmp_path / "b", image_format="jpg", crop=tmp_path / "crop.png")
     assert np.array_equal(with_data, without)
     with pytest.raises(InputError, match="no embedded imageData"):
-        voc.convert(doc, "C_B1", tmp_path / "c")
+        voc.convert(doc, "C_B1", tmp_path / "c", image_format="jpg")
 
 
 # ---------------------------------------------------------------- Labelme's own examples (real files)
@@ -105,7 +105,7 @@ def test_labelmes_own_examples_convert_exactly_as_labelme2voc_did(labelme_exampl
     src = labelme_examples / "data_annotated" / f"{stem}.json"
     doc = json.loads(src.read_text())
     assert not doc.get("imageData")  # the image comes from imagePath, next to the file
-    label = voc.convert(doc, stem, tmp_path, class_names=names, base=src.parent)
+    label = voc.convert(doc, stem, tmp_path, image_format="jpg", class_names=names, base=src.parent)
     values = voc.label_values(names)
     now, _ = shapes_to_label(label.shape, doc["shapes"], {k: (-1 if v == voc.VOID else v) for k, v in values.items()})
     np.testing.assert_array_equal(label, np.where(now == -1, voc.VOID, now))  # the installed Labelme, exactly

@@ -34,8 +34,8 @@ def case(request, tmp_path_factory):
     out = {k: d / k for k in ("prefire", "postfire", "wsi", "annotation", "truth")}
     out["truth_mask"] = d / "m.png"
     synthetic.generate_biopsy(21, pid, bid, out)
-    pre, meta = ingest.read_ultrasound(out["prefire"])
-    post, _ = ingest.read_ultrasound(out["postfire"])
+    pre, meta = ingest.read_ultrasound(out["prefire"], frame="last")
+    post, _ = ingest.read_ultrasound(out["postfire"], frame="last")
     thumb, wmeta = slide.read_slide(out["wsi"], 16.0)
     return pre, post, meta, thumb, wmeta, json.loads(out["truth"].read_text())
 
@@ -46,7 +46,7 @@ def test_tract_recovers_tips_and_axis_across_a_cohort():
         t = synthetic.sample_truth(300 + i, f"P{i}", "B1")
         pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=1)
         post = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=2)
-        res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), 22.0, {})
+        res = tract.tract(pre, post, (t.mm_per_px, t.mm_per_px), 22.0, {}, TRACT["min_confidence"])
         for key, true in (("t0_px", t.t0_mm), ("t1_px", t.t1_mm)):
             tip_err.append(np.linalg.norm(np.array(res[key]) * t.mm_per_px - true))
         true_deg = np.degrees(np.arctan2(t.t1_mm[1] - t.t0_mm[1], t.t1_mm[0] - t.t0_mm[0]))
@@ -104,7 +104,7 @@ def test_blank_image_has_no_needle_and_suggests_overrides():
     rng = np.random.default_rng(0)
     blank = np.clip(rng.normal(120, 20, (400, 500)), 0, 255).astype(np.uint8)
     with pytest.raises(InputError) as e:
-        tract.tract(blank, blank, (0.06, 0.06), 22.0, {})
+        tract.tract(blank, blank, (0.06, 0.06), 22.0, {}, TRACT["min_confidence"])
     assert "no needle" in e.value.what and "tip_x/tip_y" in e.value.hint
     msg = e.value.describe("P001", "B2", "pre.dcm")
     assert all(s in msg for s in ("participant P001", "biopsy B2", "file pre.dcm", "hint"))

@@ -228,7 +228,7 @@ def test_inference_on_a_never_seen_dicom(cohort_run, tmp_path):
     dicom, t = new_prefire(tmp_path)
     res = infer(cohort_run, dicom, tmp_path / "out", "--config", str(cohort_run / "config.yaml"))  # agrees
     assert res.returncode == 0, res.stderr
-    image, meta = ingest.read_ultrasound(dicom)
+    image, meta = ingest.read_ultrasound(dicom, frame="last")
     geom = json.loads((tmp_path / "out/new_prefire.json").read_text())
     trained = yaml.safe_load((cohort_run / "config.yaml").read_text())["tract"]
     assert geom["crop_settings"] == {k: trained[k] for k in ("throw_mm", "width_mm", "margin_mm", "out_mm_per_px")}
@@ -247,7 +247,7 @@ def test_inference_on_a_never_seen_dicom(cohort_run, tmp_path):
 
 def test_inference_with_a_manual_tip_and_axis(cohort_run, tmp_path):
     dicom, t = new_prefire(tmp_path, seed=777)
-    image, meta = ingest.read_ultrasound(dicom)
+    image, meta = ingest.read_ultrasound(dicom, frame="last")
     x0, y0 = meta["region_bounds_xyxy"][:2]
     res = infer(cohort_run, dicom, tmp_path / "out", "--tip", str(300 + x0), str(200 + y0), "--axis-deg", "10")
     assert res.returncode == 0, res.stderr

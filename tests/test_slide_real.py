@@ -151,6 +151,7 @@ def test_ingest_cli_on_a_bad_slide_prints_one_line_and_no_traceback(openslide_fi
             "wsi",
             f"--image={tmp_path / 'w.png'}",
             f"--meta={tmp_path / 'w.json'}",
+            "--thumb-um=16",
             "--participant=P001",
             "--biopsy=HX01_B1",
             *extra,

@@ -303,10 +303,8 @@ def select(cores: list[dict], value: str) -> dict:
 # ------------------------------------------------------------------ entry point
 
 
-def main(argv: list[str] | None = None) -> None:
-    from workflow_scripts.orient import optical_density
-    from workflow_scripts.transfer import parse_features
-
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="find every core on a slide level, number and name them")
     for k in ("thumb", "meta", "annotation", "out", "labels"):
         p.add_argument(f"--{k}", required=True)
@@ -315,7 +313,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-area-mm2", type=float, required=True, help="config cores.min_area_mm2")
     p.add_argument("--dye-class", required=True, help="config cores.dye_class")
     p.add_argument("--participant")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from workflow_scripts.orient import optical_density
+    from workflow_scripts.transfer import parse_features
+
+    a = parser().parse_args(argv)
 
     def go() -> None:
         doc = read_json(a.annotation, "the annotation file", "re-export it from QuPath as GeoJSON")

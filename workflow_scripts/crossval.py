@@ -72,7 +72,8 @@ def fold_table(histories: dict[tuple[str, int], Path]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame(summary)], ignore_index=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("ensemble", help="average the fold models' test predictions")
@@ -82,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="per-fold validation Dice, mean and SD")
     t.add_argument("histories", nargs="+", help="model=fold=history.tsv triples")
     t.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         if a.cmd == "ensemble":

@@ -251,7 +251,7 @@ def pixel_confusion(per_image: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_models(
-    per_image: pd.DataFrame, alpha: float, holm_across_metrics: bool = False, seed: int = 0
+    per_image: pd.DataFrame, *, alpha: float, seed: int, holm_across_metrics: bool = False
 ) -> pd.DataFrame:
     """Participant-level paired comparison of every model pair, metric by metric, on the images where the
     metric is defined for every model; Holm over the model pairs of a metric, or over all tests.
@@ -273,7 +273,7 @@ def compare_models(
                     "metric": m,
                     "model_a": a,
                     "model_b": b,
-                    **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha, seed),
+                    **stats.paired_test(pa[both].to_numpy(), pb[both].to_numpy(), alpha=alpha, seed=seed),
                 }
             )
         rows += block
@@ -282,7 +282,13 @@ def compare_models(
     if holm_across_metrics:
         add_holm(rows)
     if not rows:  # one model: nothing to compare, but the table keeps its columns
-        keys = ["metric", "model_a", "model_b", *stats.paired_test(np.array([]), np.array([])), *HOLM_COLUMNS]
+        keys = [
+            "metric",
+            "model_a",
+            "model_b",
+            *stats.paired_test(np.array([]), np.array([]), alpha=alpha, seed=seed),
+            *HOLM_COLUMNS,
+        ]
         out = pd.DataFrame([dict.fromkeys(keys)]).iloc[:0]
     else:
         out = pd.DataFrame(rows)
@@ -409,7 +415,8 @@ def figure5(voc: Path, pred_dirs: dict[str, Path], ids: list[str], path: Path, s
 # ------------------------------------------------------------------ entry point
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="evaluate the models' predictions of one split")
     p.add_argument("--voc", required=True)
     p.add_argument("--split", required=True)
@@ -420,7 +427,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--alpha", type=float, required=True, help="config evaluate.alpha")
     p.add_argument("--holm", choices=HOLM, required=True, help="config evaluate.holm")
     p.add_argument("--out", required=True, help="output directory")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         voc, out = Path(a.voc), Path(a.out)
@@ -443,11 +454,14 @@ def main(argv: list[str] | None = None) -> None:
         summary.to_csv(out / "summary.tsv", sep="\t", index=False, float_format="%.6g")
         conf = pixel_confusion(per_image)
         conf.to_csv(out / "confusion.tsv", sep="\t", index=False, float_format="%.6g")
-        comparison = compare_models(per_image, a.alpha, across, a.seed)
+        comparison = compare_models(per_image, alpha=a.alpha, seed=a.seed, holm_across_metrics=across)
         comparison.to_csv(out / "comparison.tsv", sep="\t", index=False, float_format="%.6g")
         table2(summary, comparison).to_csv(out / "table2.tsv", sep="\t", index=False)
         sens = with_conventions(per_image)
-        sensitivity = table2(summarise(sens, a.ci, a.bootstrap, a.seed), compare_models(sens, a.alpha, across, a.seed))
+        sensitivity = table2(
+            summarise(sens, a.ci, a.bootstrap, a.seed),
+            compare_models(sens, alpha=a.alpha, seed=a.seed, holm_across_metrics=across),
+        )
         sensitivity.to_csv(out / "table2_sensitivity.tsv", sep="\t", index=False)
         figure4(conf, out / "figure4.png", f"Pixel confusion matrices, {a.split} split ({len(ids)} images)")
         figure5(voc, {m: Path(d) for m, d in dirs.items()}, ids, out / "figure5.png", a.split)

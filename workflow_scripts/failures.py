@@ -110,11 +110,16 @@ def write(
     return table
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--logs", default="logs")
+    p.add_argument("--logs", required=True, help="the per-job log folder (config logs)")
     p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     write(Path(a.logs), Path(a.out))
 
 

@@ -74,6 +74,15 @@ def crop_settings(ck: dict, model_path: Path, config_path: Path | None) -> dict:
     return trained
 
 
+def frame_choice(frame: str | None, config_path: Path | None) -> str | int | None:
+    """The cine frame to read: ``--frame``, else ``--config``'s ingest.frame, else none (a cine is then an error)."""
+    if frame is not None or config_path is None:
+        return frame
+    if not config_path.is_file():
+        raise InputError(f"config file {config_path} not found", "leave out --config: model.pt holds its settings")
+    return ((yaml.safe_load(config_path.read_text()) or {}).get("ingest") or {}).get("frame")
+
+
 def model_files(model_path: Path) -> list[Path]:
     """The model.pt files of ``--model``: the file itself, or a folder's ``fold*/model.pt`` (else its ``*.pt``)."""
     if not model_path.is_dir():
@@ -140,7 +149,7 @@ def infer(
     config: Path | None = None,
     tip: list[float] | None = None,
     axis_deg: float | None = None,
-    frame: str = "last",
+    frame: str | None = None,
     mm_per_px: tuple[float, float] | None = None,
     normalise: str | None = None,
 ) -> dict:
@@ -148,9 +157,10 @@ def infer(
 
     ``model_path`` is one model.pt or a folder of fold models (averaged; their SD is the uncertainty map).
     The tract is cropped with the settings recorded in the model(s) (``config``, if given, must agree), and
-    each model's input normalised as it was trained (``normalise``, if given, must agree)."""
+    each model's input normalised as it was trained (``normalise``, if given, must agree).  A cine's frame is
+    ``frame``, else ``config``'s ingest.frame; with neither, only a single-frame file is read."""
     try:
-        image, meta = ingest.read_ultrasound(dicom, frame, mm_per_px)
+        image, meta = ingest.read_ultrasound(dicom, frame=frame_choice(frame, config), mm_per_px=mm_per_px)
     except InputError as e:
         raise InputError(
             e.what,
@@ -211,7 +221,8 @@ def infer(
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; its settings come from model.pt or --config, never from defaults of its own."""
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -236,14 +247,22 @@ def main(argv: list[str] | None = None) -> None:
         metavar=("SX", "SY"),
         help="manual pixel size for a DICOM without calibration",
     )
-    p.add_argument("--frame", default="last")
+    p.add_argument(
+        "--frame",
+        help="a cine's frame: last (the frozen one), first or an index; left out: --config's ingest.frame, "
+        "else only a single-frame DICOM is read",
+    )
     p.add_argument(
         "--normalise",
         choices=data.NORMALISE,
         help="optional: the input normalisation expected; an error if model.pt was trained with another "
         "(left out, the model's own is applied)",
     )
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         if (a.tip is None) != (a.axis_deg is None):

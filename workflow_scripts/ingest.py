@@ -147,8 +147,18 @@ def decode_frame(ds: pydicom.Dataset, index: int | None) -> np.ndarray:
         ) from None
 
 
-def pick_frame(n_frames: int, choice: str | int) -> int:
-    """Frame index for a cine: 'last' (the frozen, saved frame; default), 'first' or an index."""
+def pick_frame(n_frames: int, choice: str | int | None) -> int:
+    """Frame index for a cine: 'last' (the frozen, saved frame), 'first' or an index (config ingest.frame).
+
+    ``None`` (no choice made) reads a single image and refuses a cine: which frame is a setting, not a guess."""
+    if choice is None:
+        if n_frames == 1:
+            return 0
+        raise InputError(
+            f"a cine of {n_frames} frames, and no frame chosen",
+            "set ingest.frame in config.yaml ('last': the frozen frame; 'first'; or an index), "
+            "or pass --frame (or --config) to tractmap-infer",
+        )
     if choice == "last":
         return n_frames - 1
     if choice == "first":
@@ -175,7 +185,7 @@ def file_format(path: str | Path) -> str:
     return next((fmt for magic, fmt in MAGIC.items() if head.startswith(magic)), "dicom")
 
 
-def read_export(path: str | Path, fmt: str, frame: str | int) -> tuple[np.ndarray, dict]:
+def read_export(path: str | Path, fmt: str, frame: str | int | None) -> tuple[np.ndarray, dict]:
     """The whole frame of a PNG/JPEG/TIFF export as uint8 grey, converted as an RGB DICOM is (:func:`to_gray`).
 
     Only pixels are read: text chunks, EXIF and TIFF tags never leave this function.  A palette or
@@ -307,10 +317,11 @@ def calibration(
 
 
 def read_ultrasound(
-    path: str | Path, frame: str | int = "last", mm_per_px: tuple[float, float] | None = None
+    path: str | Path, *, frame: str | int | None, mm_per_px: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, dict]:
     """Grayscale tissue-region image and its calibration metadata (no header identities, no export text).
 
+    ``frame`` picks a cine's frame (config ingest.frame; :func:`pick_frame`).
     A DICOM's tissue region gives the bounds and, unless ``mm_per_px`` (the sheet's us_mm_per_px) is
     set, the spacing.  An export or a DICOM without regions has its furniture trimmed
     (:func:`content_region`) and needs ``mm_per_px``.
@@ -360,29 +371,37 @@ def read_ultrasound(
 # ---------------------------------------------------------------- entry point
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="ingest one ultrasound frame (DICOM or PNG/JPEG/TIFF export) or one WSI")
-    p.add_argument("kind", choices=["ultrasound", "wsi"])
-    p.add_argument("source")
-    p.add_argument("--image", required=True)
-    p.add_argument("--meta", required=True)
-    p.add_argument("--frame", default="last")
-    p.add_argument("--thumb-um", type=float, default=16.0)
-    p.add_argument(
-        "--um-per-px", default="", help="slide pixel size from the sheet (overrides the file's); empty: from the file"
-    )
-    p.add_argument(
+    sub = p.add_subparsers(dest="kind", required=True)
+    us = sub.add_parser("ultrasound", help="one ultrasound frame: a DICOM, or a PNG/JPEG/TIFF export")
+    us.add_argument("--frame", required=True, help="config ingest.frame: a cine's frame (last, first or an index)")
+    us.add_argument(
         "--us-mm-per-px",
         default="",
         help="ultrasound pixel spacing from the sheet (x or 'x,y' mm; wins over the DICOM's); empty: from the DICOM",
     )
-    p.add_argument("--participant")
-    p.add_argument("--biopsy")
-    a = p.parse_args(argv)
+    wsi = sub.add_parser("wsi", help="one slide, read at the level orientation uses")
+    wsi.add_argument("--thumb-um", type=float, required=True, help="config ingest.thumb_um_per_px: the level read")
+    wsi.add_argument(
+        "--um-per-px", default="", help="slide pixel size from the sheet (overrides the file's); empty: from the file"
+    )
+    for s in (us, wsi):
+        s.add_argument("source")
+        s.add_argument("--image", required=True)
+        s.add_argument("--meta", required=True)
+        s.add_argument("--participant")
+        s.add_argument("--biopsy")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         if a.kind == "ultrasound":
-            img, meta = read_ultrasound(a.source, a.frame, parse_spacing(a.us_mm_per_px))
+            img, meta = read_ultrasound(a.source, frame=a.frame, mm_per_px=parse_spacing(a.us_mm_per_px))
         else:
             img, meta = read_slide(a.source, a.thumb_um, float(a.um_per_px) if a.um_per_px else None)
         imsave(a.image, img, check_contrast=False)

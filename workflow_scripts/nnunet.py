@@ -73,7 +73,8 @@ def export(voc: Path, out: Path, splits: dict[str, list[str]], folds: list[dict[
     return len(training)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--voc", required=True, help="the VOC dataset root")
     p.add_argument("--out", required=True, help="Dataset<ID>_<name> folder to write")
@@ -81,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     for split in ("train", "val", "test"):
         p.add_argument(f"--{split}", required=True, help=f"ImageSets/Segmentation/{split}.txt")
     p.add_argument("--folds", nargs="*", default=[], help="cross-validation lists: fold0_train, fold0_val, ...")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         splits = {s: Path(getattr(a, s)).read_text().split() for s in ("train", "val", "test")}

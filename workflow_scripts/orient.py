@@ -589,7 +589,8 @@ def orient_core(
     return {**found, "core_position": core["position"], "core_names": core.get("names", [])}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The orient step's options: the thresholds are config.yaml's ``orient`` section, passed by the rule."""
     p = argparse.ArgumentParser(description="find the dyed end of the core on a WSI level")
     p.add_argument("--thumb", required=True)
     p.add_argument("--meta", required=True)
@@ -605,7 +606,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-dye-fraction", type=float, required=True)
     p.add_argument("--participant")
     p.add_argument("--biopsy")
-    a = p.parse_args(argv)
+    return p
+
+
+def oriented_level(rgb: np.ndarray, res: dict, meta: dict) -> np.ndarray:
+    """The level turned into the canonical frame (dyed end right), cropped around the core, for QC."""
+    lvl = geo.compose(  # canonical um -> level px
+        geo.invert(np.array(res["slide_px_to_canonical_um"])),
+        geo.scaling(meta["um_per_px"] / meta["level_um_per_px"]),
+    )
+    x0, x1 = res["core_x_um"]
+    pad, h = 0.05 * (x1 - x0), res["core_width_um"] * 3
+    px = meta["level_um_per_px"]
+    out_to_canon = geo.compose(geo.scaling(px), geo.translation(x0 - pad, -h / 2))
+    shape = (int(h / px), int((x1 - x0 + 2 * pad) / px))
+    return geo.warp(rgb, geo.compose(out_to_canon, lvl), shape, cval=242).astype(np.uint8)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         rgb, labels = imread(a.thumb), imread(a.labels)
@@ -627,21 +646,8 @@ def main(argv: list[str] | None = None) -> None:
             "slide": Path(a.thumb).parent.name,
         }
         Path(a.out).write_text(json.dumps(res, indent=1))
-        # the level in the canonical frame, for QC: canonical um -> level px
-        lvl = geo.compose(
-            geo.invert(np.array(res["slide_px_to_canonical_um"])),
-            geo.scaling(meta["um_per_px"] / meta["level_um_per_px"]),
-        )
+        imsave(a.oriented, oriented_level(rgb, res, meta), check_contrast=False)
         x0, x1 = res["core_x_um"]
-        pad, h = 0.05 * (x1 - x0), res["core_width_um"] * 3
-        px = meta["level_um_per_px"]
-        out_to_canon = geo.compose(geo.scaling(px), geo.translation(x0 - pad, -h / 2))
-        shape = (int(h / px), int((x1 - x0 + 2 * pad) / px))
-        imsave(
-            a.oriented,
-            geo.warp(rgb, geo.compose(out_to_canon, lvl), shape, cval=242).astype(np.uint8),
-            check_contrast=False,
-        )
         print(
             f"core {res['core_position']} of {len(cores)}: dye end found ({res['source']}, {res['state']}), "
             f"confidence {res['confidence']:.2f}, core {(x1 - x0) / 1000:.2f} mm"

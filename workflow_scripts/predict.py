@@ -47,7 +47,8 @@ def predict_split(
     return len(ids)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--voc", required=True)
@@ -58,8 +59,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=data.NORMALISE,
         help="the model's configured train.normalise: an error if model.pt was trained with another",
     )
-    p.add_argument("--threads", type=int, default=0)
-    a = p.parse_args(argv)
+    p.add_argument("--threads", type=int, required=True, help="torch threads: the rule's threads (0: torch's choice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
 

@@ -167,7 +167,8 @@ def figure(
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="registration QC")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("figure")
@@ -180,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--sources", default="{}", help='JSON {"<participant>/<biopsy>": override source}')
     t.add_argument("--out", required=True)
     t.add_argument("--figure", help="summary figure PNG")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     if a.cmd == "figure":
         load = lambda k: json.loads(Path(getattr(a, k)).read_text())  # noqa: E731
         title = f"{a.title} [{decisions(load('orient'), load('tract'))}]"

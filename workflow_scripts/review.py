@@ -69,14 +69,19 @@ def entries(pid: str, bid: str, orient: dict, tract: dict, region_xy: list[float
     return [{"participant_id": pid, "biopsy_id": bid, **r, "qc_figure": qc_figure} for r in rows]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--orient", nargs="*", default=[], help="orient JSONs, one per biopsy")
     p.add_argument("--tract", nargs="*", default=[], help="tract JSONs, same biopsy order")
     p.add_argument("--prefire", nargs="*", default=[], help="pre-fire ingest JSONs, same biopsy order")
     p.add_argument("--qc", nargs="*", default=[], help="QC figures, same biopsy order")
     p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     rows = []
     for o, t, m, q in zip(a.orient, a.tract, a.prefire, a.qc, strict=True):
         pid, bid = Path(t).parent.name, Path(t).stem  # <results>/tract/<participant>/<biopsy>.json

@@ -40,7 +40,7 @@ EXACT_MAX_N = 20  # up to 2^20 sign patterns are enumerated; more participants: 
 SPLIT_NAMES = {"train": "Training set", "val": "Validation set", "test": "Testing set"}
 
 
-def sign_flip_test(d: np.ndarray, seed: int = 0) -> dict:
+def sign_flip_test(d: np.ndarray, *, seed: int) -> dict:
     """Two-sided paired permutation test of mean(d) = 0 by flipping the signs of the differences ``d``.
 
     scipy's permutation_test enumerates all 2^n sign patterns up to ``EXACT_MAX_N`` (exact P),
@@ -70,7 +70,7 @@ def sign_flip_test(d: np.ndarray, seed: int = 0) -> dict:
     }
 
 
-def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05, seed: int = 0) -> dict:
+def paired_test(a: np.ndarray, b: np.ndarray, *, alpha: float, seed: int) -> dict:
     """Compare paired values a vs b (one per participant); NaN pairs are dropped.
 
     ``perm_*``: the pre-specified primary test (``sign_flip_test``); ``test``, ``p``: the paper's
@@ -99,7 +99,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05, seed: int = 0
     }
     if len(d) < 3:
         return {**out, "test": "none (fewer than 3 participants)", "perm_method": "none (fewer than 3 participants)"}
-    out.update(sign_flip_test(d, seed))
+    out.update(sign_flip_test(d, seed=seed))
     if np.ptp(d) > 0:  # (1 - alpha) t interval of the mean participant-level difference
         ci = sps.ttest_rel(a, b).confidence_interval(1 - alpha)
         out["diff_ci_low"], out["diff_ci_high"] = float(ci.low), float(ci.high)
@@ -155,7 +155,7 @@ def holm(pvalues: list[float]) -> list[float]:
     return out.tolist()
 
 
-def continuous_test(groups: list[np.ndarray], alpha: float = 0.05) -> tuple[str, float]:
+def continuous_test(groups: list[np.ndarray], *, alpha: float) -> tuple[str, float]:
     """ANOVA if every group is normal by Shapiro-Wilk (n >= 3 each), else Kruskal-Wallis."""
     groups = [g[~np.isnan(g)] for g in groups]
     groups = [g for g in groups if len(g)]
@@ -168,7 +168,7 @@ def continuous_test(groups: list[np.ndarray], alpha: float = 0.05) -> tuple[str,
     return "Kruskal-Wallis", float(sps.kruskal(*groups).pvalue)
 
 
-def categorical_test(table: np.ndarray, seed: int = 0, n_tables: int = MC_TABLES) -> tuple[str, float]:
+def categorical_test(table: np.ndarray, *, seed: int, n_tables: int = MC_TABLES) -> tuple[str, float]:
     """Chi-square test of a levels x splits count table; Fisher's exact test if an expected count is < 5.
 
     A 2 x 2 table gets the exact P; larger ones the Fisher-Freeman-Halton P estimated
@@ -188,11 +188,13 @@ def categorical_test(table: np.ndarray, seed: int = 0, n_tables: int = MC_TABLES
     return f"Fisher's exact (Monte Carlo, {n_tables:,} tables)", float(p)
 
 
-def table1(participants: pd.DataFrame, split_of: dict[str, str], schema: dict, seed: int = 0) -> pd.DataFrame:
+def table1(
+    participants: pd.DataFrame, split_of: dict[str, str], schema: dict, *, seed: int, alpha: float
+) -> pd.DataFrame:
     """Table 1: one row per characteristic (and per level), one column per split, the test and P value.
 
     Characteristics and their levels come from the participants schema: numbers are
-    continuous, enums categorical.
+    continuous, enums categorical.  ``seed`` and ``alpha`` (Shapiro-Wilk's level): config evaluate.seed and .alpha.
     """
     df = participants.assign(split=participants["participant_id"].map(split_of))
     df = df[df["split"].isin(SPLITS)]
@@ -205,7 +207,7 @@ def table1(participants: pd.DataFrame, split_of: dict[str, str], schema: dict, s
         title = prop.get("title", name)
         if prop.get("type") in ("number", "integer"):
             values = pd.to_numeric(df[name], errors="coerce")
-            test, p = continuous_test([values[df["split"] == s].to_numpy(float) for s in SPLITS])
+            test, p = continuous_test([values[df["split"] == s].to_numpy(float) for s in SPLITS], alpha=alpha)
             row = {"Characteristic": f"{title}, mean (SD)", "test": test, "P value": p}
             for s in SPLITS:
                 v = values[df["split"] == s].dropna()
@@ -216,7 +218,7 @@ def table1(participants: pd.DataFrame, split_of: dict[str, str], schema: dict, s
         elif "enum" in prop:
             levels = [lv for lv in prop["enum"] if (df[name] == lv).any()]
             counts = np.array([[int(((df[name] == lv) & (df["split"] == s)).sum()) for s in SPLITS] for lv in levels])
-            test, p = categorical_test(counts, seed) if len(levels) else ("none (no values)", np.nan)
+            test, p = categorical_test(counts, seed=seed) if len(levels) else ("none (no values)", np.nan)
             rows.append(
                 {"Characteristic": f"{title}, n (%)", **{cols[s]: "" for s in SPLITS}, "test": test, "P value": p}
             )
@@ -235,14 +237,20 @@ def table1(participants: pd.DataFrame, split_of: dict[str, str], schema: dict, s
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="Table 1: participant characteristics by split")
     p.add_argument("--participants", required=True)
     p.add_argument("--splits", required=True, help="splits.tsv")
     p.add_argument("--schema", required=True, help="participants schema (characteristics and levels)")
     p.add_argument("--seed", type=int, required=True, help="seed of the Monte Carlo exact tests (config evaluate.seed)")
+    p.add_argument("--alpha", type=float, required=True, help="Shapiro-Wilk's level (config evaluate.alpha)")
     p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         part = pd.read_csv(a.participants, sep="\t", dtype=str, keep_default_na=False).replace("", np.nan)
@@ -251,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             part,
             dict(zip(splits["participant_id"], splits["split"], strict=True)),
             yaml.safe_load(Path(a.schema).read_text()),
-            a.seed,
+            seed=a.seed,
+            alpha=a.alpha,
         )
         t.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
         print(t.to_string(index=False))

@@ -215,7 +215,7 @@ def tract(
     mm_per_px: tuple[float, float],
     stroke_mm: float,
     overrides: dict,
-    min_confidence: float = 0.5,
+    min_confidence: float | None = None,
     manual: str = "sheet",
     disabled: frozenset[str] = frozenset(),
 ) -> dict:
@@ -223,7 +223,8 @@ def tract(
 
     ``stroke_mm``, the gun's stroke, checks the length and supports the tips' confidences; it never
     moves a tip.  With both frames and no override, both tips come from the needle's advance
-    (``auto_tract``); any override (``tip``, ``axis_deg``, ``length_mm``) makes it ``override_tract``,
+    (``auto_tract``: ``min_confidence``, config tract.min_confidence, is read on this path only, so a call
+    with overrides may omit it); any override (``tip``, ``axis_deg``, ``length_mm``) makes it ``override_tract``,
     each overridden part's source ``manual``.  ``disabled``: elements of :data:`ABLATABLE` left out.
     """
     _check_names(disabled)
@@ -267,7 +268,8 @@ def crop_strip(
     return np.clip(np.round(crop), 0, 255).astype(np.uint8), frame
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="detect the needle tract and crop it")
     for k in ("pre", "pre-meta", "post", "post-meta", "out", "crop"):
         p.add_argument(f"--{k}", required=True)
@@ -283,7 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--override-length-mm", type=float, help="override: sampled length (T1 = T0 + this)")
     p.add_argument("--participant")
     p.add_argument("--biopsy")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         pre, post = imread(a.pre), imread(a.post)

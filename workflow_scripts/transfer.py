@@ -227,7 +227,8 @@ def core_rows(orient: dict, canon_to_crop: np.ndarray) -> tuple[float, float]:
     return float(ys.min()), float(ys.max())
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="transfer QuPath tumour outlines onto the tract crop as Labelme JSON")
     for k in ("annotation", "orient", "tract", "crop", "out", "summary", "cores", "labels", "slide-meta"):
         p.add_argument(f"--{k}", required=True)
@@ -237,7 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--across", choices=["physical", "shrinkage"], required=True, help="config transfer.across")
     p.add_argument("--participant")
     p.add_argument("--biopsy")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
 
     def go() -> None:
         doc = read_json(a.annotation, "the annotation file", "re-export it from QuPath as GeoJSON")

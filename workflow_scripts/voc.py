@@ -111,13 +111,14 @@ def convert(
     doc: dict,
     image_id: str,
     root: Path,
+    *,
+    image_format: str,
     class_names: tuple[str, ...] = CLASS_NAMES,
     crop: Path | None = None,
     base: Path | None = None,
-    image_format: str = "jpg",
 ) -> np.ndarray:
-    """Write one image's VOC files (JPEGImages/ in ``image_format``, and the lossless PNGImages/); returns
-    its label."""
+    """Write one image's VOC files (JPEGImages/ in ``image_format``, config voc.image_format, and the lossless
+    PNGImages/); returns its label."""
     if image_format not in IMAGE_FORMATS:
         raise InputError(f"unknown image format {image_format!r}", f"set voc.image_format to one of {IMAGE_FORMATS}")
     image = decode_image(doc, crop, base)
@@ -139,7 +140,8 @@ def convert(
     return label
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="Labelme JSON -> VOC")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("image")
@@ -157,7 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--out", required=True)
     n = sub.add_parser("names", help="class_names.txt")
     n.add_argument("--out", required=True)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     if a.cmd == "image":
 
         def go() -> None:

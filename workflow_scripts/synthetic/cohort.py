@@ -159,23 +159,27 @@ def cohort_sheets(
     return pd.DataFrame(parts), pd.DataFrame(biops)
 
 
-def main(argv: list[str] | None = None) -> None:
+# the files each render command writes (one required option each)
+RENDERED = {"ultrasound": ("prefire", "postfire", "truth", "truth_mask"), "slide": ("wsi", "annotation")}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The demo generator's command line; what config.yaml's demo section sets is required, never defaulted."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sheets", help="write participants.tsv and biopsies.tsv for a demo cohort")
-    s.add_argument("--n", type=int, default=24)
-    s.add_argument("--seed", type=int, default=2026)
-    s.add_argument("--data-dir", default="demo/data")
-    s.add_argument("--outdir", default="demo")
+    s.add_argument("--n", type=int, default=24, help="participants")
+    s.add_argument("--seed", type=int, required=True, help="the sheets' own seed (the demo's: 2026)")
+    s.add_argument("--data-dir", required=True, help="where the sheets say the files are: config demo.root + /data")
+    s.add_argument("--outdir", required=True, help="where the sheets go (the demo's: config demo.root)")
     s.add_argument("--exports", type=float, default=0.0, help="share of biopsies with PNG/JPEG ultrasound exports")
-    s.add_argument("--render-seed", type=int, default=2026, help="config demo.seed (positions, exports' spacing)")
+    s.add_argument("--render-seed", type=int, required=True, help="config demo.seed (positions, exports' spacing)")
     s.add_argument("--varied", action="store_true", help="config demo.varied (positions, exports' spacing)")
     e = sub.add_parser("export", help="export a rendered DICOM's saved frame as PNG or JPEG (format by extension)")
     e.add_argument("dicom", type=Path)
     e.add_argument("out", type=Path)
     e.add_argument("--quality", type=int, default=85, help="JPEG quality")
-    files = {"ultrasound": ("prefire", "postfire", "truth", "truth_mask"), "slide": ("wsi", "annotation")}
-    for cmd, keys in files.items():
+    for cmd, keys in RENDERED.items():
         b = sub.add_parser(cmd, help=f"render one biopsy's {cmd} files")
         b.add_argument("--seed", type=int, required=True)
         b.add_argument("--participant", required=True)
@@ -186,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
         b.add_argument("--varied", action="store_true", help="domain-randomised: the nuisances of real data")
         for k in keys:
             b.add_argument(f"--{k.replace('_', '-')}", required=True, type=Path)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     if a.cmd == "sheets":
         parts, biops = cohort_sheets(
             a.n, a.seed, a.data_dir, render_seed=a.render_seed, exports=a.exports, varied=a.varied
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         export_dicom(a.dicom, a.out, EXPORT_EXTENSIONS[a.out.suffix.lstrip(".").lower()], a.quality)
         return
     ts = slide_truths(a.seed, a.participant, a.slide_biopsies.split(","), a.large_slide, a.varied, a.named)
-    out = {k: getattr(a, k) for k in files[a.cmd]}
+    out = {k: getattr(a, k) for k in RENDERED[a.cmd]}
     if a.cmd == "slide":
         generate_slide(ts, out)
     else:

@@ -93,6 +93,59 @@ def biopsy_rng(seed: int, participant_id: str, biopsy_id: str) -> np.random.Gene
     return np.random.default_rng([seed, zlib.crc32(participant_id.encode()), zlib.crc32(biopsy_id.encode())])
 
 
+def varied_frame(vr: np.random.Generator, throw: float) -> tuple[float, float, int, int]:
+    """The varied cohort's needle angle (rad), pixel size (mm) and frame size (cols, rows), wide and deep
+    enough for the whole throw."""
+    angle = np.deg2rad(vr.uniform(5.0, 45.0))
+    mm_per_px = float(np.exp(vr.uniform(np.log(0.02), np.log(0.1))))
+    half_x, half_y = throw / 2 * np.cos(angle), throw / 2 * np.sin(angle)
+    width = max(vr.uniform(30.0, 45.0), 2 * half_x + 12.0)
+    depth = max(vr.uniform(20.0, 35.0), 2 * half_y + 11.0)
+    return angle, mm_per_px, int(width / mm_per_px), int(depth / mm_per_px)
+
+
+def sample_lesion(rng: np.random.Generator, center: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> dict:
+    """The lesion around the tract: an irregular outline near its centre, and cancer blobs along it."""
+    lesion_c = center + rng.normal(0, 1.0, 2)
+    lesion_r = float(rng.uniform(7.0, 10.0))
+    harmonics = [[float(rng.uniform(0, 0.12)), float(rng.uniform(0, 2 * np.pi))] for _ in range(5)]
+    blobs = []
+    for _ in range(int(rng.integers(3, 6))):
+        s = rng.uniform(0.15, 0.85)
+        p = t0 + s * (t1 - t0) + rng.normal(0, 0.8, 2)
+        blobs.append([float(p[0]), float(p[1]), float(rng.uniform(1.2, 2.8)), float(rng.uniform(0.6, 1.0))])
+    return {
+        "lesion_center_mm": lesion_c.tolist(),
+        "lesion_radius_mm": lesion_r,
+        "lesion_harmonics": harmonics,
+        "blobs": blobs,
+    }
+
+
+def slide_pose(rng: np.random.Generator, large_slide: bool) -> tuple[float, float]:
+    """The slide's pixel size (um) and the core's rotation on it (deg): a large slide is a 0.5 um/px scan of
+    a core laid roughly level; a small one is 2 or 4 um/px at any angle."""
+    if large_slide:
+        return 0.5, float(rng.choice([0.0, 180.0]) + rng.uniform(-6, 6))
+    return float(rng.choice([2.0, 4.0])), float(rng.uniform(0, 360))
+
+
+def sample_canaries(rng: np.random.Generator) -> dict:
+    """Patient and study header values planted in the DICOM, which no output may contain."""
+    token = uuid.UUID(int=int(rng.integers(0, 2**63))).hex[:12].upper()
+    return {
+        "PatientName": f"CANARY^{token}",
+        "PatientID": f"CNRYID{token}",
+        "PatientBirthDate": "19510704",
+        "AccessionNumber": f"ACC{token[:10]}",
+        "StudyID": f"S{token[:8]}",
+        "StudyDescription": f"CANARYSTUDY {token}",
+        "InstitutionName": f"CANARY HOSPITAL {token}",
+        "ReferringPhysicianName": f"DR^CANARY{token}",
+        "StudyInstanceUID": f"2.25.{int(rng.integers(10**15, 10**16))}{int(rng.integers(10**9, 10**10))}",
+    }
+
+
 def sample_truth(
     seed: int,
     participant_id: str,
@@ -119,12 +172,7 @@ def sample_truth(
     if varied:  # a separate stream, so that the demo's draws stay as they were
         vr = biopsy_rng(seed + 7919, participant_id, biopsy_id)
         nuisance = sample_nuisance(vr, stroke)
-        angle = np.deg2rad(vr.uniform(5.0, 45.0))
-        mm_per_px = float(np.exp(vr.uniform(np.log(0.02), np.log(0.1))))
-        half_x, half_y = throw / 2 * np.cos(angle), throw / 2 * np.sin(angle)
-        width = max(vr.uniform(30.0, 45.0), 2 * half_x + 12.0)
-        depth = max(vr.uniform(20.0, 35.0), 2 * half_y + 11.0)
-        cols, rows = int(width / mm_per_px), int(depth / mm_per_px)
+        angle, mm_per_px, cols, rows = varied_frame(vr, throw)
     depth = rows * mm_per_px
     width = cols * mm_per_px
     d = np.array([np.cos(angle) if side == "left" else -np.cos(angle), np.sin(angle)])
@@ -134,35 +182,12 @@ def sample_truth(
     center = np.array([cx, cy])
     t0 = center - throw / 2 * d
     t1 = center + throw / 2 * d
-    lesion_c = center + rng.normal(0, 1.0, 2)
-    lesion_r = float(rng.uniform(7.0, 10.0))
-    harmonics = [[float(rng.uniform(0, 0.12)), float(rng.uniform(0, 2 * np.pi))] for _ in range(5)]
-    blobs = []
-    for _ in range(int(rng.integers(3, 6))):
-        s = rng.uniform(0.15, 0.85)
-        p = t0 + s * (t1 - t0) + rng.normal(0, 0.8, 2)
-        blobs.append([float(p[0]), float(p[1]), float(rng.uniform(1.2, 2.8)), float(rng.uniform(0.6, 1.0))])
+    lesion = sample_lesion(rng, center, t0, t1)
     photometric = str(rng.choice(["MONOCHROME2", "RGB", "YBR_FULL"], p=[0.55, 0.3, 0.15]))
     frames = 3 if rng.random() < 0.12 else 1
     pad_x, pad_y = int(rng.integers(20, 90)), int(rng.integers(30, 80))
-    if large_slide:
-        um = 0.5
-        rot = float(rng.choice([0.0, 180.0]) + rng.uniform(-6, 6))
-    else:
-        um = float(rng.choice([2.0, 4.0]))
-        rot = float(rng.uniform(0, 360))
-    token = uuid.UUID(int=int(rng.integers(0, 2**63))).hex[:12].upper()
-    canaries = {
-        "PatientName": f"CANARY^{token}",
-        "PatientID": f"CNRYID{token}",
-        "PatientBirthDate": "19510704",
-        "AccessionNumber": f"ACC{token[:10]}",
-        "StudyID": f"S{token[:8]}",
-        "StudyDescription": f"CANARYSTUDY {token}",
-        "InstitutionName": f"CANARY HOSPITAL {token}",
-        "ReferringPhysicianName": f"DR^CANARY{token}",
-        "StudyInstanceUID": f"2.25.{int(rng.integers(10**15, 10**16))}{int(rng.integers(10**9, 10**10))}",
-    }
+    um, rot = slide_pose(rng, large_slide)
+    canaries = sample_canaries(rng)
     return BiopsyTruth(
         participant_id=participant_id,
         biopsy_id=biopsy_id,
@@ -180,10 +205,7 @@ def sample_truth(
         t0_mm=t0.tolist(),
         t1_mm=t1.tolist(),
         throw_mm=throw,
-        lesion_center_mm=lesion_c.tolist(),
-        lesion_radius_mm=lesion_r,
-        lesion_harmonics=harmonics,
-        blobs=blobs,
+        **lesion,
         cancer_threshold=float(rng.uniform(0.35, 0.5)),
         core_width_mm=1.2,
         shrink=float(rng.uniform(0.82, 0.95)),
