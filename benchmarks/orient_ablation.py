@@ -39,13 +39,13 @@ from workflow_scripts.errors import InputError  # noqa: E402
 
 def render_cached(job: tuple) -> Path:
     """Render one slide (its level, its cores' truth for scoring, the features) once into ``cache``."""
-    seed, pid, n_cores, level_um, cache = job
-    out = Path(cache) / f"{seed}_{pid}_{n_cores}_{level_um:g}"
+    seed, pid, n_cores, level_um, cache, compress = job
+    out = Path(cache) / f"{seed}_{pid}_{n_cores}_{level_um:g}{'' if compress else '_raw'}"
     if (out / "slide.json").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)
     sweep.LEVEL_UM = level_um  # the level the forward model renders (the sweep's is 16 um/px)
-    ts, thumb, feats = sweep.render(seed, pid, True, n_cores, False)
+    ts, thumb, feats = sweep.render(seed, pid, compress, n_cores, False)
     imsave(out / "level.png", thumb, check_contrast=False)
     truth = [
         {
@@ -67,6 +67,7 @@ def orient_slide(job: tuple) -> list[dict]:
     ``read_um`` (the rendered level, area-averaged by an integer factor)."""
     path, disabled_sets, read_um = job
     slide = json.loads((Path(path) / "slide.json").read_text())
+    seed = Path(path).name.split("_")[0]
     rgb = imread(Path(path) / "level.png")[..., :3]
     factor = int(round(read_um / slide["level_um"]))
     if factor > 1:
@@ -79,10 +80,18 @@ def orient_slide(job: tuple) -> list[dict]:
         scale = level / slide["slide_um_per_px"]  # the annotations name the cores, as in the pipeline
         cores.annotate(found, labels, slide["features"], scale, level, cfg["cores"]["dye_class"])
     except InputError as e:
-        return [{"biopsy": b["biopsy"], "removed": "-", "state": "failed", "error": e.what} for b in slide["biopsies"]]
+        return [
+            {"biopsy": f"{seed}:{b['biopsy']}", "removed": "-", "state": "failed", "error": e.what}
+            for b in slide["biopsies"]
+        ]
     for b in slide["biopsies"]:
         for removed in disabled_sets:
-            row = {"biopsy": b["biopsy"], "dye": b["dye"], "cores_on_slide": b["cores_on_slide"], "level_um": level}
+            row = {
+                "biopsy": f"{seed}:{b['biopsy']}",
+                "dye": b["dye"],
+                "cores_on_slide": b["cores_on_slide"],
+                "level_um": level,
+            }
             row["removed"] = removed or "(none)"
             try:
                 mine = cores.select(found, b["core"])
@@ -144,10 +153,21 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/orient_ablation.tsv")
     p.add_argument("--only", nargs="*", help="these elements only (default: every one in orient.ABLATABLE)")
     p.add_argument("--levels", type=float, nargs="+", help="render at the first, read at each (no ablation)")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="SEED:PID",
+        help="these one-core slides as rendered (no JPEG), instead of --seeds/--n: e.g. the cases a rule was made for",
+    )
     a = p.parse_args()
     t0 = time.time()
     render_um = a.levels[0] if a.levels else sweep.LEVEL_UM
-    jobs = [(s, f"V{i:04d}", a.cores[i % len(a.cores)], render_um, a.cache) for s in a.seeds for i in range(a.n)]
+    if a.cases:
+        jobs = [(int(c.split(":")[0]), c.split(":")[1], 1, render_um, a.cache, False) for c in a.cases]
+    else:
+        jobs = [
+            (s, f"V{i:04d}", a.cores[i % len(a.cores)], render_um, a.cache, True) for s in a.seeds for i in range(a.n)
+        ]
     with ProcessPoolExecutor(a.workers) as ex:
         paths = list(ex.map(render_cached, jobs))
     print(f"{len(paths)} slides rendered or cached, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -165,7 +185,8 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
     pd.set_option("display.width", 200, "display.max_columns", 20, "display.max_rows", 200)
-    print(f"Orientation on {df['biopsy'].nunique()} biopsies, seeds {a.seeds}, {time.time() - t0:.0f} s\n")
+    what = f"cases {' '.join(a.cases)}" if a.cases else f"seeds {a.seeds}"
+    print(f"Orientation on {df['biopsy'].nunique()} biopsies, {what}, {time.time() - t0:.0f} s\n")
     if a.levels:
         wide = df.pivot_table(index="biopsy", columns="level_um", values="confidence")
         calls = df.pivot_table(index="biopsy", columns="level_um", values="correct", aggfunc="first")

@@ -316,31 +316,18 @@ def low_contrast(c: Call) -> str:
     return f"end contrast {c.confidence:.2f} < {c.bar}" if c.confidence < c.bar else ""
 
 
-def open_line_other_end(c: Call) -> str:
-    """A colour call on a line whose direction one tissue colour leaves open, while the colours the middle lacks
-    lie at the other end (a dye close to haematoxylin may lie on such a line)."""
-    if c.kind == "colour" and c.asked and c.there >= max(c.here, c.scale):
-        return (
-            "one tissue colour leaves the H-E line's direction open, and the colours the middle lacks are at the "
-            "other end"
-        )
-    return ""
-
-
-def open_line_unconfirmed(c: Call) -> str:
-    """The same open line, more than the dyed end off it (a second tissue population may be off the line), and
-    the colours the middle lacks do not confirm the end."""
-    if (
-        c.kind == "colour"
-        and c.asked
-        and c.there < max(c.here, c.scale)
-        and c.lone > LONE_SHARE
-        and dye.contrast(c.here, c.there, c.scale) < c.bar
-    ):
-        return (
-            "one tissue colour leaves the H-E line's direction open, more than the dyed end is off it, and the "
-            "colours the middle lacks do not confirm the end"
-        )
+def open_line(c: Call) -> str:
+    """A colour call on a line whose direction one tissue colour leaves open (a dye close to haematoxylin may
+    lie on such a line), where the second evidence was asked: held when the colours the middle lacks lie at the
+    other end, or when more than the dyed end is off the line (a second tissue population may be off it) and
+    those colours do not confirm the end."""
+    if c.kind != "colour" or not c.asked:
+        return ""
+    lead = "one tissue colour leaves the H-E line's direction open, "
+    if c.there >= max(c.here, c.scale):
+        return lead + "and the colours the middle lacks are at the other end"
+    if c.lone > LONE_SHARE and dye.contrast(c.here, c.there, c.scale) < c.bar:
+        return lead + "more than the dyed end is off it, and the colours the middle lacks do not confirm the end"
     return ""
 
 
@@ -377,8 +364,7 @@ DOUBTS: dict[str, Callable[[Call], str]] = {
     f.__name__: f
     for f in (
         low_contrast,
-        open_line_other_end,
-        open_line_unconfirmed,
+        open_line,
         thin_small_dye,
         novel_too_deep,
         offline_other_end,
