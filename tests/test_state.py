@@ -6,6 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from workflow_scripts import qc, state, voc
@@ -87,3 +88,13 @@ def test_the_qc_row_carries_the_state_file_not_the_steps_own():
     assert (row["state"], row["orient_state"], row["tract_state"]) == ("review", "override", "review")
     assert row["override_source"] == "review (tester)"
     assert qc.decisions(st, {"confidence": 0.3}, tract).startswith("review; dye end: override (0.30); needle: review")
+
+
+def test_the_report_counts_the_states_of_the_qc_table():
+    from workflow_scripts import report
+
+    qc_table = pd.DataFrame(
+        {"participant_id": ["P1", "P1", "P2", "median", "p95"], "state": ["review", "accepted", "review", None, None]}
+    )
+    text = report.state_counts(qc_table)
+    assert "of the 3 registered biopsies: 0 failed, 2 review, 0 override, 1 accepted" in text
