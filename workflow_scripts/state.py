@@ -32,7 +32,6 @@ from workflow_scripts.errors import InputError, read_json, run_cli
 
 STATES = ("failed", "review", "override", "accepted")  # precedence: the first any step has wins
 USABLE = ("accepted", "override")  # the states whose biopsies enter the VOC split lists
-STEPS = ("orient", "tract")
 
 
 def step_state(result: dict, step: str) -> str:
