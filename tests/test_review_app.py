@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import re
@@ -21,7 +22,9 @@ from conftest import ROOT, snakemake
 
 from workflow_scripts import decisions as decisionlib
 from workflow_scripts import report
+from workflow_scripts import review_app as reviewapp
 from workflow_scripts.review_app import IMAGES, decisions_path, review_page
+from workflow_scripts.slide import read_region
 
 # ------------------------------------------------------------------ the decisions file (fast)
 
@@ -271,7 +274,8 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_r
         for t in (w / "demo/truth").rglob("*.json"):
             canaries |= set(json.loads(t.read_text())["canaries"].values())
         needles = [c.encode() for c in canaries] + [c.replace("^", " ").encode() for c in canaries]
-        paths = ["/"] + [review_page(*k) for k in keys] + [f"/img/{k[0]}/{k[1]}/{n}" for k in keys for n in IMAGES]
+        images = [f"/img/{k[0]}/{k[1]}/{n}" for k in keys for n in [*IMAGES, "evidence"]]
+        paths = ["/", "/report"] + [review_page(*k) for k in keys] + images
         served = [app.request(p) for p in paths]
         assert canaries and all(status == 200 for status, _ in served)
         assert not [n for _, body in served for n in needles if n in body]
@@ -326,9 +330,65 @@ def test_the_report_links_each_held_biopsy_to_its_review_page():
         {"participant_id": ["P1", "P1", "P2"], "biopsy_id": ["B1", "B1", "B_2"], "step": ["orient", "tract", "orient"]}
     )
     text = report.review_links(rev, Path("out/results"))
-    assert "<code>tractmap-review out/results --port 8765</code>" in text
-    assert re.findall(r'href="([^"]+)"', text) == ["http://127.0.0.1:8765/b/P1/B1", "http://127.0.0.1:8765/b/P2/B_2"]
+    assert "<code>tractmap-review out/results</code>" in text and "/report" in text
+    # relative: they open the pages of the app that serves this report at /report, whatever port it took
+    assert re.findall(r'href="([^"]+)"', text) == ["b/P1/B1", "b/P2/B_2"]
     assert report.review_links(rev.head(0), Path("results")) == ""
+
+
+# ------------------------------------------------------------------ full-resolution tiles, read by region
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"tile": (64, 64), "compression": "jpeg"},
+        {"rowsperstrip": 40, "compression": "zlib"},
+        {"tile": (64, 64), "planarconfig": "separate", "compression": "zlib"},
+    ],
+    ids=["jpeg-tiles", "strips", "planar-tiles"],
+)
+def test_a_region_is_read_from_the_tiles_that_overlap_it_only(tmp_path, layout):
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    data = np.moveaxis(rgb, -1, 0) if layout.get("planarconfig") else rgb
+    tifffile.imwrite(path, data, photometric="rgb", **layout)
+    whole = tifffile.imread(path)
+    whole = np.moveaxis(whole, 0, -1) if layout.get("planarconfig") else whole
+    for x, y, w, h in [(0, 0, 500, 300), (37, 61, 200, 150), (450, 250, 50, 50), (63, 63, 2, 2)]:
+        region, shapes = read_region(path, 0, x, y, w, h)
+        assert shapes == [[300, 500]] and np.array_equal(region, whole[y : y + h, x : x + w]), (x, y, w, h)
+    # a damaged segment far from the region is never read: the region still reads, the whole level does not
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset, count = page.dataoffsets[-1], page.databytecounts[-1]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * count)
+    region, _ = read_region(path, 0, 10, 10, 40, 30)
+    assert np.array_equal(region, whole[10:40, 10:50])
+    with pytest.raises(Exception):  # noqa: B017 - whichever codec error the damaged segment raises
+        read_region(path, 0, 0, 0, 500, 300)
+
+
+def test_a_tile_stays_inside_its_level_and_marks_the_end():
+    meta = {
+        "level_um_per_px": 16.0,
+        "level_um": [4.0, 8.0, 16.0],
+        "level_shapes": [[800, 1200], [400, 600], [200, 300]],
+    }
+    assert reviewapp.zoom_levels(meta) == [0, 1]
+    box = reviewapp.tile_box([150.0, 100.0], meta, 0, size=256)  # thumbnail px -> level 0 px: x4
+    assert box["size"] == [256, 256] and box["um_per_px"] == 4.0
+    end = np.array(box["origin"]) + box["end"]
+    assert end == pytest.approx([(150.5 * 4) - 0.5, (100.5 * 4) - 0.5])
+    corner = reviewapp.tile_box([0.0, 199.0], meta, 0, size=256)  # at the slide's corner the tile shifts, in
+    assert corner["origin"] == [0, 800 - 256] and corner["end"][0] == pytest.approx(1.5)
+    small = reviewapp.tile_box([10.0, 10.0], meta, 1, size=1000)  # larger than the level: the level
+    assert small["origin"] == [0, 0] and small["size"] == [600, 400]
 
 
 def test_the_app_writes_the_decisions_file_the_workflow_reads(tmp_path):
@@ -346,3 +406,109 @@ def test_host_other_than_loopback_needs_an_explicit_option(tmp_path):
     cmd = [sys.executable, "-m", "workflow_scripts.review_app", str(tmp_path), "--host", "0.0.0.0"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.returncode == 2 and "--expose" in res.stderr
+
+
+def page_json(app: App, key: tuple[str, str]) -> dict:
+    """The data a biopsy's page embeds (what app.js draws)."""
+    status, body = app.request(review_page(*key))
+    assert status == 200
+    return json.loads(re.search(rb'<script type="application/json" id="data">(.*?)</script>', body, re.S).group(1))
+
+
+def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
+    """Tiles and the evidence overlay only with the token, bad ends and levels refused, tiles the slide's own
+    pixels at the core's end and rendered once; every core drawn; the ultrasound blended."""
+    import tifffile
+    from playwright import sync_api
+
+    queue = pd.read_csv(w / "results/review.tsv", sep="\t", dtype=str)
+    keys = list(dict.fromkeys(zip(queue["participant_id"], queue["biopsy_id"], strict=True)))
+    slides = {k: json.loads((w / "results/orient/{}/{}.json".format(*k)).read_text())["slide"] for k in keys}
+    n_cores = {
+        k: len(json.loads((w / f"results/slides/{k[0]}/{s}/cores.json").read_text())["cores"])
+        for k, s in slides.items()
+    }
+    key = max(keys, key=lambda k: n_cores[k])  # a slide with several cores, where the cohort has one
+    cache = w / "results/.review_cache" / key[0] / key[1]
+    app = App(w)
+    try:
+        data = page_json(app, key)
+        level = data["slide"]["level"]
+        tile = f"/tile/{key[0]}/{key[1]}/0/{level}"
+        for path in (tile, f"/img/{key[0]}/{key[1]}/evidence", "/report"):
+            assert app.request(path, token=False)[0] == 403, path
+        finest = max(x["level"] for x in data["slide"]["levels"])
+        bad = ["2", "-1", "x", "..%2F..%2Fconfig.yaml"]
+        for path in [f"/tile/{key[0]}/{key[1]}/{e}/{level}" for e in bad] + [
+            f"/tile/{key[0]}/{key[1]}/0/{lv}" for lv in [*bad, str(finest + 1), "0.5", "%D9%A0"]
+        ]:
+            assert app.request(path)[0] == 400, path
+        assert app.request(f"/tile/{key[0]}/B99/0/{level}")[0] == 404
+        assert not cache.exists()  # nothing refused rendered anything
+
+        # the tile is the slide's own pixels at that level, around the core's end
+        status, body = app.request(tile)
+        assert status == 200
+        got = np.asarray(PIL.Image.open(io.BytesIO(body)).convert("RGB"))
+        box = data["slide"]["tiles"][str(level)][0]
+        (x, y), (tw, th) = box["origin"], box["size"]
+        sheet = pd.read_csv(w / "sheets/biopsies.tsv", sep="\t", dtype=str).set_index(["participant_id", "biopsy_id"])
+        slide_file = w / sheet.loc[key, "wsi"]
+        assert np.array_equal(got, tifffile.imread(slide_file, level=level)[y : y + th, x : x + tw])
+        end = np.array(data["orient"]["ends"][0])
+        meta = json.loads((w / f"results/slides/{key[0]}/{slides[key]}/wsi.json").read_text())
+        ratio = meta["level_um_per_px"] / meta["level_um"][level]
+        assert np.array([x, y]) + box["end"] == pytest.approx((end + 0.5) * ratio - 0.5)
+        # rendered once: served from the cache with the slide file gone
+        moved = slide_file.rename(slide_file.with_name("away.tif"))
+        try:
+            assert app.request(tile) == (200, body)
+            assert app.request(f"/tile/{key[0]}/{key[1]}/1/{level}")[0] == 404  # never rendered: needs the slide
+        finally:
+            moved.rename(slide_file)
+        assert [p.name.startswith("tile_e0_") for p in cache.iterdir()] == [True]
+
+        status, body = app.request(f"/img/{key[0]}/{key[1]}/evidence")
+        overlay = np.asarray(PIL.Image.open(io.BytesIO(body)))
+        assert status == 200 and overlay.shape == (*data["wsi_size"][::-1], 4)
+        colours = {tuple(c) for c in overlay.reshape(-1, 4)[::7]}
+        assert reviewapp.OUTLINE["this"] in colours and (n_cores[key] == 1 or reviewapp.OUTLINE["other"] in colours)
+
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium)
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(app.url)
+            page.goto(app.base + review_page(*key))
+            page.wait_for_selector("body[data-ready]")
+            assert page.locator("#slide-cores rect").count() == n_cores[key]
+            assert page.locator("#slide-cores rect.this").count() == 1
+            assert page.get_attribute("#tile-1 image", "href").endswith(f"/1/{level}")
+            # blended: the post-fire frame over the pre-fire one, by the slider; b switches to the post-fire frame
+            op = lambda i: float(page.get_attribute(f"#us-{i}", "opacity"))  # noqa: E731
+            assert (op("pre"), op("post")) == (1.0, 0.0)
+            page.fill("#blend", "40")
+            page.dispatch_event("#blend", "input")
+            assert (op("pre"), op("post")) == (1.0, 0.4)
+            page.keyboard.press("b")
+            assert (op("pre"), op("post")) == (0.0, 1.0)
+            # the gun stroke by one click (nothing typed), a second click clears it
+            page.click("#strokes button[data-mm='15']")
+            assert page.input_value("#stroke") == "15"
+            page.click("#strokes button[data-mm='15']")
+            assert page.input_value("#stroke") == ""
+            # a finer level: its tiles
+            page.click(f"#levels button[data-level='{finest}']")
+            assert page.get_attribute("#tile-0 image", "href").endswith(f"/0/{finest}")
+            page.wait_for_load_state("networkidle")
+            assert not errors, errors
+            browser.close()
+        assert any(p.name.startswith(f"tile_e0_l{finest}_") for p in cache.iterdir())
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_the_slide_and_ultrasound_views(chromium, held_run):
+    check_slide_and_ultrasound_views(held_run, chromium)

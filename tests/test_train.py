@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_voc
@@ -71,6 +72,91 @@ def test_augmentation_keeps_image_and_mask_aligned():
         assert same or mirrored
 
 
+CROP = {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05}  # T0 at x 10, row 20
+
+
+def striped(b: int = 4, h: int = 48, w: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels with a different cancer block per sample (void below the 41-row strip) and an image that
+    encodes them (cancer bright) over a ramp along x, so that every column differs."""
+    y = torch.zeros(b, h, w, dtype=torch.long)
+    for k in range(b):
+        y[k, 12:30, 20 + 7 * k : 60 + 7 * k] = 1
+    y[:, 41:] = 255
+    x = (y == 1).float().unsqueeze(1) * 10.0 + torch.linspace(0, 1, w)
+    return x, y
+
+
+def test_recrop_along_the_axis_moves_image_and_label_together():
+    x, y = striped()
+    move = torch.tensor([[3.0, 0, 0, 0], [-4.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, -6.0]])
+    fill = torch.tensor([-7.0])
+    xs, ys = data.recrop(x, y, torch.full((4,), 96), move, data.tract_origin(CROP), fill)
+    assert data.tract_origin(CROP) == (10.0, 20.0)
+    # T0 3 px further along: the new crop starts 3 px later; what lies past the old strip is fill and void
+    assert torch.allclose(xs[0, :, :, :93], x[0, :, :, 3:], atol=1e-4) and torch.equal(ys[0, :, :93], y[0, :, 3:])
+    assert torch.all(xs[0, :, :, 93:] == -7) and torch.all(ys[0, :, 93:] == 255)
+    assert torch.allclose(xs[1, :, :, 4:], x[1, :, :, :92], atol=1e-4) and torch.all(ys[1, :, :4] == 255)
+    assert torch.equal(ys[2, :46], y[2, 2:]) and torch.all(ys[2, 46:] == 255)  # across: 2 rows down
+    # 6 px (0.3 mm) shorter: the strip ends 6 px earlier; the rest is untouched
+    assert torch.equal(ys[3, :, :90], y[3, :, :90]) and torch.all(ys[3, :, 90:] == 255)
+    assert torch.all(xs[3, :, :, 90:] == -7) and torch.allclose(xs[3, :, :, :90], x[3, :, :, :90], atol=1e-4)
+
+
+def test_recrop_turns_about_t0_and_keeps_image_and_label_aligned():
+    x, y = striped()
+    y[:, 20, 10] = 1  # T0's pixel
+    x[:, 0, 20, 10] = 10.0
+    move = torch.zeros(4, 4)
+    move[:, 2] = torch.tensor([2.0, -2.0, 5.0, -5.0]).deg2rad()
+    xs, ys = data.recrop(x, y, torch.full((4,), 96), move, data.tract_origin(CROP), torch.zeros(1))
+    assert torch.all(ys[:, 20, 10] == 1)  # T0 stays where it was
+    assert not torch.equal(ys, y)
+    valid = ys != 255
+    assert ((xs[:, 0] > 5) == (ys == 1))[valid].float().mean() > 0.98
+
+
+def test_crop_shift_is_seeded_and_draws_nothing_when_off():
+    x, y = striped()
+    shift = {"shift_along_mm": 0.3, "shift_across_mm": 0.1, "shift_deg": 1.0, "shift_length_mm": 0.4}
+    widths = torch.tensor([96, 90, 80, 96])
+    runs = [
+        data.crop_shift(x, y, widths, shift, CROP, torch.zeros(1), torch.Generator().manual_seed(5)) for _ in range(2)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    xs, ys = runs[0]
+    assert not torch.equal(ys, y)
+    valid = ys != 255
+    assert ((xs[:, 0] > 5) == (ys == 1))[valid].float().mean() > 0.98
+    assert torch.all(ys[2, :, 88:] == 255)  # a strip 80 px long, at most 8 px (0.4 mm) longer
+    gen = torch.Generator().manual_seed(5)
+    off = data.shift_settings({})
+    assert off == dict.fromkeys(data.SHIFT_KEYS, 0.0)
+    assert data.crop_shift(x, y, widths, off, CROP, torch.zeros(1), gen) == (x, y)
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+
+
+def test_single_frame_label_follows_the_tissue_between_two_crops():
+    """The benchmark's label carried from a two-frame crop onto a single-frame crop of the same frame marks
+    the same tissue as that crop's own pixels."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from single_frame_dice import carry_label
+
+    from workflow_scripts import tract
+
+    rr, cc = np.mgrid[0:300, 0:400]
+    frame = np.where((cc - 180) ** 2 + (rr - 150) ** 2 < 14**2, 200, 40).astype(np.uint8)  # a bright disc
+    mm, s = (0.1, 0.1), (2.0, 0.05, 0.5)  # width, resolution, margin
+    two = {"t0_px": [100.0, 120.0], "t1_px": [300.0, 180.0]}
+    one = {"t0_px": [102.0, 121.5], "t1_px": [306.0, 174.0]}  # 0.25 mm along, 3 deg turned, 0.6 mm longer
+    crop2, frame2 = tract.crop_strip(frame, two, mm, *s)
+    crop1, frame1 = tract.crop_strip(frame, one, mm, *s)
+    carried = carry_label((crop2 > 120).astype(np.uint8), frame2, frame1)
+    assert carried.shape == crop1.shape and (carried == 1).sum() > 200
+    valid = carried != 255
+    assert valid.mean() > 0.8 and ((crop1 > 120) == (carried == 1))[valid].mean() > 0.98
+    assert not np.array_equal(crop1 > 120, crop2[:, : crop1.shape[1]] > 120)  # the crops do differ
+
+
 @pytest.mark.parametrize("n, size", [(1, 8), (5, 2), (6, 2), (9, 8)])
 def test_batches_cover_every_image_and_never_hold_one(n, size):
     b = train.batches(n, size, torch.Generator().manual_seed(0))
@@ -123,10 +209,49 @@ def test_imagenet_backbone_without_cache_or_network_names_the_file_and_folder(tm
     assert str(tmp_path / "torch/hub/checkpoints/resnet101-63fe2227.pth") in e.value.hint
 
 
+def test_unet_resnet_trains_and_round_trips_through_model_pt(tmp_path):
+    torch.manual_seed(0)
+    model = models.build_model("unet_resnet")  # random weights: nothing read from the cache
+    x, y = torch.randn(2, 3, 41, 72), torch.randint(0, 2, (2, 41, 72))  # sides not multiples of 32
+    out = model(x)["out"]
+    assert out.shape == (2, 2, 41, 72)
+    train.loss_fn(out, y, torch.tensor([0.3, 0.7]), 0.0).backward()
+    grads = [p.grad for p in model.net.encoder.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    ck = {"model": model.state_dict(), "norm": {"kind": "imagenet", "mean": [0.0] * 3, "std": [1.0] * 3}}
+    torch.save({**ck, "config": {"arch": "unet_resnet", "aux": False}}, tmp_path / "model.pt")
+    loaded, meta = models.load_checkpoint(tmp_path / "model.pt", torch.device("cpu"))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["out"], model(x)["out"]) and meta["norm"]["kind"] == "imagenet"
+
+
+def test_unet_resnet_reads_imagenet_weights_from_the_cache_or_says_how_to_fetch_them(tmp_path, monkeypatch):
+    from torchvision.models import resnet34
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "torch/hub/checkpoints/resnet34-b627a593.pth"
+    with pytest.raises(InputError) as e:
+        models.build_model("unet_resnet", False, "imagenet")
+    assert str(path) in e.value.what and "not cached" in e.value.what
+    assert "python -m workflow_scripts.models --fetch resnet34" in e.value.hint and str(path) in e.value.hint
+    path.parent.mkdir(parents=True)
+    state = resnet34(weights=None).state_dict()
+    torch.save({k: torch.full_like(v, 0.25) if v.is_floating_point() else v for k, v in state.items()}, path)
+    assert models.imagenet_file("resnet34") == path
+    model = models.build_model("unet_resnet", False, "imagenet")
+    assert torch.all(model.net.encoder.layer4[2].conv2.weight == 0.25)
+    torch.save({k: v for k, v in state.items() if not k.startswith("layer4")}, tmp_path / "part.pth")
+    n = sum(k.startswith("layer4") for k in state)
+    with pytest.raises(InputError, match=f"lack {n} ResNet-34 tensors"):
+        models.build_model("unet_resnet", False, str(tmp_path / "part.pth"))
+
+
 RECIPE = {  # CPU-tiny training settings shared by the tests that train
     "batch_size": 2,
     "crop_width": 32,
     "rotation_deg": 5,
+    **{"shift_along_mm": 0.06, "shift_across_mm": 0.16, "shift_deg": 3.65, "shift_length_mm": 0.58},  # config's
     "lr": 1e-3,
     "weight_decay": 1e-4,
     "class_weights": [0.3, 0.7],
@@ -138,6 +263,20 @@ RECIPE = {  # CPU-tiny training settings shared by the tests that train
 
 def tiny_voc(root: Path) -> None:
     write_voc(root, {"train": [f"T{i}" for i in range(4)], "val": ["V0", "V1"]})
+
+
+def test_same_seed_same_weights(tmp_path):
+    """A tiny run is reproducible on the CPU: the seed fixes initialisation, shuffling and every augmentation
+    draw (the crop shift included)."""
+    tiny_voc(tmp_path / "voc")
+    cfg = {**RECIPE, "arch": "unet", "aux": False, "features": [4, 4, 8, 8, 16, 4], "epochs": 2, "normalise": "zscore"}
+    runs = []
+    for k, seed in enumerate((3, 3, 4)):
+        res = train.train({**cfg, "seed": seed}, tmp_path / "voc", tmp_path / f"s{k}", log=lambda m: None)
+        best = torch.load(tmp_path / f"s{k}" / "best.pt", weights_only=False)["model"]
+        runs.append(([h["train_loss"] for h in res["history"]], best))
+    assert runs[0][0] == runs[1][0] and all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
+    assert runs[0][0] != runs[2][0]
 
 
 def run_until(cmd, epoch_line, sig):

@@ -1,8 +1,10 @@
 """Training data: a VOC split as device-ready tensors, the input normalisation, and augmentation.
 
 The whole (small) dataset lives on the device; augmentation runs there too, in
-batches: one random geometry (width crop, horizontal flip, rotation) for image
-and mask, and a random gain and offset of the intensities.
+batches: first the crop shift (the crop tractmap-infer would cut: T0 moved along
+and across the tract, the axis turned about T0, the length changed; see
+``crop_shift``), then one random geometry (width crop, horizontal flip, rotation)
+for image and mask, and a random gain and offset of the intensities.
 
 Normalisation (``train.normalise``), recorded in model.pt and applied from there by
 predict and tractmap-infer: ``zscore`` subtracts the train split's mean and divides by
@@ -41,6 +43,11 @@ def load_split(root: Path, split: str, multiple: int = 8) -> tuple[torch.Tensor,
         x[k, 0, : a.shape[0], : a.shape[1]] = a
         y[k, : b.shape[0], : b.shape[1]] = b
     return torch.from_numpy(x), torch.from_numpy(y), ids
+
+
+def crop_widths(root: Path, ids: list[str]) -> torch.Tensor:
+    """Each crop's own width in px (before ``load_split``'s padding): where its strip ends."""
+    return torch.tensor([PIL.Image.open(root / "SegmentationClass" / f"{i}.png").size[0] for i in ids])
 
 
 def norm_stats(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -105,6 +112,80 @@ def geometric(
     )
     y[inside.squeeze(1) < 0.5] = VOID
     return x, y
+
+
+SHIFT_KEYS = ("shift_along_mm", "shift_across_mm", "shift_deg", "shift_length_mm")
+
+
+def shift_settings(cfg: dict) -> dict[str, float]:
+    """The crop-shift augmentation's half-ranges (config train.shift_*; 0, i.e. off, where a config predates them)."""
+    return {k: float(cfg.get(k, 0.0)) for k in SHIFT_KEYS}
+
+
+def tract_origin(crop: dict) -> tuple[float, float]:
+    """T0's (x, y) in a training crop's pixels: ``margin_mm`` in from the left, on the middle row."""
+    rows = int(round(crop["width_mm"] / crop["out_mm_per_px"])) | 1  # as geometry.tract_crop_frame
+    return crop["margin_mm"] / crop["out_mm_per_px"], (rows - 1) / 2
+
+
+def recrop(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    widths: torch.Tensor,
+    move: torch.Tensor,
+    origin: tuple[float, float],
+    fill: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strips cut with T0 moved and the axis turned, as ``tract.crop_strip`` would cut them.
+
+    ``move`` (B, 4), in crop px and radians: T0's shift along and across the axis, the axis turn about T0,
+    and the length change. A new crop pixel (u, v) is read at T0 + shift + R(turn) (u - x0, v - y0) of the
+    old one; what lies beyond the old strip or the new strip's end is ``fill`` (C,) and void.
+    """
+    b, c, h, w = x.shape
+    x0, y0 = origin
+    da, dc, turn, dl = (move[:, k].to(x.device, x.dtype).reshape(b, 1, 1) for k in range(4))
+    v, u = torch.meshgrid(
+        torch.arange(h, device=x.device, dtype=x.dtype) - y0,
+        torch.arange(w, device=x.device, dtype=x.dtype) - x0,
+        indexing="ij",
+    )
+    src_x = x0 + da + torch.cos(turn) * u - torch.sin(turn) * v
+    src_y = y0 + dc + torch.sin(turn) * u + torch.cos(turn) * v
+    grid = torch.stack([(2 * src_x + 1) / w - 1, (2 * src_y + 1) / h - 1], -1)  # align_corners=False
+    fill = fill.to(x.device, x.dtype).reshape(1, -1, 1, 1)
+    out = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    lab = F.grid_sample(y.unsqueeze(1).to(x.dtype), grid, mode="nearest", padding_mode="border", align_corners=False)
+    lab = lab.squeeze(1).round().long()
+    strip = widths.to(x.device, x.dtype).reshape(b, 1, 1)
+    inside = (src_x > -0.5) & (src_x < torch.clamp(strip, max=w) - 0.5) & (src_y > -0.5) & (src_y < h - 0.5)
+    inside &= (u + x0) < strip + dl  # the new strip's own length
+    lab[~inside] = VOID
+    return torch.where(inside.unsqueeze(1), out, fill), lab
+
+
+def crop_shift(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    widths: torch.Tensor,
+    shift: dict[str, float],
+    crop: dict,
+    fill: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop shift: each strip re-cut as tractmap-infer's single-frame tract might place it.
+
+    T0 along and across the axis, the axis angle and the length are each drawn uniformly within
+    +-``shift`` (config train.shift_*, the p95s benchmarks/crop_shift.py measured); image and label move
+    together. No draw is made when every range is 0, so the other augmentation stays as it was.
+    """
+    if not any(shift.values()):
+        return x, y
+    res = crop["out_mm_per_px"]
+    along, across = shift["shift_along_mm"] / res, shift["shift_across_mm"] / res
+    half = torch.tensor([along, across, math.radians(shift["shift_deg"]), shift["shift_length_mm"] / res])
+    move = (torch.rand(x.shape[0], 4, generator=gen) * 2 - 1) * half
+    return recrop(x, y, widths, move, tract_origin(crop), fill)
 
 
 def intensity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

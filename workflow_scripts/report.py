@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts import failures, provenance
-from workflow_scripts.review_app import REVIEW_PORT, review_page
+from workflow_scripts.review_app import review_page
 from workflow_scripts.state import STATES
 
 PACKAGES = (
@@ -187,15 +187,17 @@ def review_links(rev: pd.DataFrame, results: Path) -> str:
     """The command that starts the review app on this results folder, and each held biopsy's page in it."""
     if rev.empty:
         return ""
-    base = f"http://127.0.0.1:{REVIEW_PORT}"
-    cmd = html.escape(f"tractmap-review {results} --port {REVIEW_PORT}")
+    cmd = html.escape(f"tractmap-review {results}")
     keys = dict.fromkeys(zip(rev["participant_id"], rev["biopsy_id"], strict=True))
+    # relative links: they open the biopsy's page when the app serves this report (its /report page)
     links = "".join(
-        f'<li><a href="{html.escape(base + review_page(p, b))}">{html.escape(f"{p}/{b}")}</a></li>' for p, b in keys
+        f'<li><a href="{html.escape(review_page(p, b).lstrip("/"))}">{html.escape(f"{p}/{b}")}</a></li>'
+        for p, b in keys
     )
     return (
-        f"<p>Review in the browser: run <code>{cmd}</code> in the working directory and open the URL it prints "
-        f"once (it carries the access token); then each held biopsy's page:</p><ul class='review-links'>{links}</ul>"
+        f"<p>Review in the browser: run <code>{cmd}</code> in the working directory, open the URL it prints "
+        "(it carries the access token), then its report page (/report, this report): these links open each held "
+        f"biopsy's page there.</p><ul class='review-links'>{links}</ul>"
     )
 
 

@@ -8,8 +8,9 @@ which the workflow reads as biopsies.tsv overrides (only that biopsy reruns).
 
 Built on the standard library's ``http.server`` (no dependency): the app has a handful of
 routes, and every byte it serves is looked up by (participant, biopsy) in the queue and a
-fixed file name; no request path or value reaches the file system.  Every request must carry
-the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header).
+fixed file name, or rendered once from the slide (full-resolution tiles read by region around the core's ends,
+the evidence overlay) into ``<results>/.review_cache``; no request path or value reaches the file system.
+Every request must carry the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import getpass
+import hashlib
 import hmac
 import html
 import http.cookies
@@ -26,12 +28,16 @@ import io
 import ipaddress
 import json
 import math
+import os
+import queue as queuelib
+import re
 import secrets
 import socket
 import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +45,7 @@ import numpy as np
 import PIL.Image
 
 from workflow_scripts import decisions as decisionlib
+from workflow_scripts.errors import InputError
 
 # the pipeline's own steps (scipy, scikit-image) are imported by a thread once the server listens
 # (warm_up), so that the app starts at once; a request that needs one waits for that import
@@ -63,11 +70,164 @@ JSONS = {
     "pre": "ingest/{p}/{b}/prefire.json",
     "post": "ingest/{p}/{b}/postfire.json",
 }
+# the biopsy's slide (its thumbnail level, its cores), for the slide panel and the tiles
+SLIDE = {"meta": "slides/{p}/{s}/wsi.json", "cores": "slides/{p}/{s}/cores.json", "labels": "slides/{p}/{s}/cores.png"}
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
-# the port the report's links to review pages assume (tractmap-review --port); by default the app takes a free one
-REVIEW_PORT = 8765
+# gun strokes offered as one-click choices, besides this biopsy's and config tract.throw_mm: the two settings of
+# the usual spring-loaded biopsy guns (e.g. BARD MAGNUM 15 / 22 mm); any other is typed
+COMMON_STROKES_MM = (15.0, 22.0)
 # what a browser may send in a decision; reviewer and time are the server's
 CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", *decisionlib.VALUES}
+
+
+# ------------------------------------------------------------------ images the app renders itself
+# Full-resolution tiles around a core's ends and the slide's evidence overlay (every core's outline, the dye the
+# orientation counted), each rendered once, on first request (or by Prefetch), into
+# <results>/.review_cache/<participant>/<biopsy>/ under a name that carries a digest of what it was made from (a
+# rerun of the pipeline makes a new name, so a stale image is never served).  Tiles are read by region from the
+# slide file (slide.read_region), never the whole slide.  Nothing here takes a path from a request: the handler
+# passes the queue's own biopsy key, a core end (0 or 1) and a pyramid level, each checked first.
+CACHE = ".review_cache"
+TILE_PX = 512  # side of one full-resolution tile (px of its level)
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # the sheets' ID pattern: safe as a folder name
+# overlay colours (RGBA): this biopsy's core, the slide's other cores, the dye counted (edge; a light fill
+# leaves the dye's own colour visible beneath)
+OUTLINE = {
+    "this": (255, 212, 0, 255),
+    "other": (0, 200, 255, 220),
+    "dye": (0, 255, 0, 255),
+    "dye_fill": (0, 255, 0, 70),
+}
+_RENDER = threading.Lock()  # one render at a time; a second request for the same image waits and reuses it
+
+
+def digest(*parts: bytes | str) -> str:
+    """A short digest of what an image is made from (its cache name changes when they do)."""
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def cache_dir(results: Path, key: tuple[str, str]) -> Path:
+    """A biopsy's cache folder; IDs that the sheets' pattern would not allow are refused (never a path)."""
+    if not all(SAFE_ID.fullmatch(k) for k in key):
+        raise ValueError(f"biopsy {key[0]}/{key[1]}: IDs outside [A-Za-z0-9_-] cannot name a cache folder")
+    return results / CACHE / key[0] / key[1]
+
+
+def cached(path: Path, make: Callable[[], np.ndarray]) -> Path:
+    """``path``, rendered by ``make`` (an RGB or RGBA array) and written atomically if it is not there yet."""
+    if path.is_file():
+        return path
+    with _RENDER:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            PIL.Image.fromarray(make()).save(tmp, format="PNG")
+            os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------ tiles around the core's ends
+
+
+def zoom_levels(meta: dict) -> list[int]:
+    """The slide's pyramid levels finer than its thumbnail (level 0, full resolution, always among them)."""
+    finer = [k for k, um in enumerate(meta["level_um"]) if um < meta["level_um_per_px"] * 0.99]
+    return finer or [0]
+
+
+def tile_box(end_xy: list[float], meta: dict, level: int, size: int = TILE_PX) -> dict:
+    """The tile of ``level`` around a core end given in thumbnail px: its origin and size (level px), where the
+    end falls in it, and its µm per px.  The tile stays inside the level (it shifts at the slide's edges)."""
+    scale = meta["level_um_per_px"] / meta["level_um"][level]
+    h, w = meta["level_shapes"][level]
+    end = (np.asarray(end_xy, float) + 0.5) * scale - 0.5
+    tw, th = min(size, w), min(size, h)
+    x0 = int(np.clip(round(end[0] - tw / 2), 0, w - tw))
+    y0 = int(np.clip(round(end[1] - th / 2), 0, h - th))
+    return {
+        "origin": [x0, y0],
+        "size": [tw, th],
+        "end": [float(end[0] - x0), float(end[1] - y0)],
+        "um_per_px": meta["level_um"][level],
+    }
+
+
+def slide_file(workdir: Path, cfg: dict, key: tuple[str, str]) -> Path:
+    """The slide file of a biopsy: its ``wsi`` cell in the biopsies sheet that config.yaml names (relative
+    paths from the working directory, as the workflow reads them)."""
+    from workflow_scripts import sheets as sheetlib
+
+    sheet = workdir / cfg["samples"]["biopsies"]
+    rows = sheetlib.read_sheet(str(sheet), set())
+    row = rows[(rows["participant_id"] == key[0]) & (rows["biopsy_id"] == key[1])]
+    if row.empty or not isinstance(row["wsi"].iloc[0], str):
+        raise LookupError(f"biopsy {key[0]}/{key[1]} has no wsi in {sheet}")
+    return workdir / row["wsi"].iloc[0]
+
+
+def render_tile(slide: Path, meta: dict, level: int, box: dict) -> np.ndarray:
+    """The tile's pixels, read by region; a slide file whose levels are no longer those ingested is refused."""
+    from workflow_scripts.slide import read_region
+
+    (x, y), (w, h) = box["origin"], box["size"]
+    rgb, shapes = read_region(slide, level, x, y, w, h)
+    if shapes != meta["level_shapes"]:
+        raise LookupError(f"{slide} has changed since it was ingested (levels {shapes}): rerun the workflow")
+    return rgb
+
+
+# ------------------------------------------------------------------ the slide's evidence overlay
+
+
+def outlines(labels: np.ndarray, this: int) -> np.ndarray:
+    """RGBA: every core's outline (from the cores step's label image), this biopsy's core in its own colour."""
+    from scipy import ndimage
+
+    edge = labels != ndimage.grey_erosion(labels, size=3)
+    edge |= labels != ndimage.grey_dilation(labels, size=3)
+    edge &= labels > 0
+    out = np.zeros((*labels.shape, 4), np.uint8)
+    out[edge & (labels != this)] = OUTLINE["other"]
+    out[edge & (labels == this)] = OUTLINE["this"]
+    return out
+
+
+def dye_pixels(rgb: np.ndarray, labels: np.ndarray, position: int, level_um: float, min_dye_fraction: float):
+    """(ys, xs) of the pixels the orientation counted as dye on one core: its own stages, run again on the
+    thumbnail (:func:`workflow_scripts.orient.end_evidence`); none where it finds no dye."""
+    from workflow_scripts import orient
+    from workflow_scripts.errors import InputError
+
+    crop, mask, (x0, y0) = orient.isolate(rgb, labels, position, level_um)
+    od = orient.optical_density(crop)
+    try:
+        shape = orient.core_shape(mask, level_um)
+        core = orient.core_pixels(od, mask, shape, level_um)
+        stain = orient.stain_model(od, core, level_um, frozenset())
+        scale = max(core.width * min_dye_fraction, 1.0)
+        ev = orient.end_evidence(od, mask, core, stain, scale, level_um, frozenset())
+    except InputError:
+        return np.zeros(0, int), np.zeros(0, int)
+    return core.ys[ev.flagged] + y0, core.xs[ev.flagged] + x0
+
+
+def evidence_overlay(thumb: Path, labels: Path, position: int, level_um: float, min_dye_fraction: float) -> np.ndarray:
+    """RGBA over the slide thumbnail: the cores' outlines and this core's dye pixels."""
+    lab = np.asarray(PIL.Image.open(labels))
+    out = outlines(lab, position)
+    rgb = np.asarray(PIL.Image.open(thumb).convert("RGB"))
+    from scipy import ndimage
+
+    ys, xs = dye_pixels(rgb, lab, position, level_um, min_dye_fraction)
+    dyed = np.zeros(lab.shape, bool)
+    dyed[ys, xs] = True
+    out[dyed] = OUTLINE["dye_fill"]
+    out[dyed & ~ndimage.binary_erosion(dyed, iterations=2)] = OUTLINE["dye"]
+    return out
 
 
 class Refused(Exception):
@@ -84,10 +244,18 @@ class Queue:
 
     results: Path
     rows: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    # the working directory's config.yaml (None: not found): where the sheet names the slide files
+    workdir: Path | None = None
+    config: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, results: Path) -> Queue:
         q = cls(results)
+        q.workdir = workdir_of(results)
+        if q.workdir:
+            import yaml
+
+            q.config = yaml.safe_load((q.workdir / "config.yaml").read_text()) or {}
         with open(results / "review.tsv", newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f, delimiter="\t"):
                 q.rows.setdefault((r["participant_id"], r["biopsy_id"]), []).append(r)
@@ -106,6 +274,10 @@ class Queue:
     def file(self, key: tuple[str, str], pattern: str) -> Path:
         slide = json.loads(self.file(key, JSONS["orient"]).read_text())["slide"] if "{s}" in pattern else ""
         return self.results / pattern.format(p=key[0], b=key[1], s=slide)
+
+    def data_one(self, key: tuple[str, str], name: str) -> dict:
+        """One of a biopsy's records (:data:`JSONS`)."""
+        return json.loads(self.file(key, JSONS[name]).read_text())
 
     def data(self, key: tuple[str, str]) -> dict:
         """A biopsy's orient, tract and ingest records (read per request: the pipeline may rerun meanwhile)."""
@@ -195,14 +367,68 @@ def preview_png(record: dict, queue: Queue) -> bytes:
     return buf.getvalue()
 
 
-def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
-    """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
+def evidence_png(key: tuple[str, str], queue: Queue) -> Path:
+    """The slide's evidence overlay of a biopsy (every core's outline, the dye counted), rendered once."""
+    raw = {k: queue.file(key, pat).read_bytes() for k, pat in (("orient", JSONS["orient"]), ("meta", SLIDE["meta"]))}
+    o, meta = json.loads(raw["orient"]), json.loads(raw["meta"])
+    frac = (queue.config.get("orient") or {}).get("min_dye_fraction")
+    if frac is None:
+        raise Refused(404, "the dye evidence needs the config.yaml that made the results: start the app there")
+    name = f"evidence_{digest(raw['orient'], raw['meta'], str(frac))}.png"
+    make = lambda: evidence_overlay(  # noqa: E731
+        queue.file(key, IMAGES["wsi"]), queue.file(key, SLIDE["labels"]), o["core_position"],
+        meta["level_um_per_px"], frac,
+    )  # fmt: skip
+    return cached(cache_dir(queue.results, key) / name, make)
+
+
+def tile_png(key: tuple[str, str], queue: Queue, end: str, level: str) -> Path:
+    """A full-resolution tile around end 0 or 1 of a biopsy's core at one of its slide's finer levels, read by
+    region from the slide file that the sheet names, rendered once; any other end or level is refused."""
+    if end not in ("0", "1"):
+        raise Refused(400, f"end {end!r}: a core's end is 0 or 1")
+    raw = queue.file(key, SLIDE["meta"]).read_bytes()
+    meta = json.loads(raw)
+    levels = zoom_levels(meta)
+    if not (level.isascii() and level.isdigit() and int(level) in levels):
+        raise Refused(400, f"level {level!r}: this slide's tiles are at level {', '.join(map(str, levels))}")
+    box = tile_box(core_ends(queue.data_one(key, "orient"))[int(end)], meta, int(level))
+    if queue.workdir is None:
+        raise Refused(
+            404, "the slide file is named in the sheet of config.yaml: start the app in the working directory"
+        )
+    name = f"tile_e{end}_l{level}_{digest(raw, json.dumps(box))}.png"
+    try:
+        slide = slide_file(queue.workdir, queue.config, key)
+        return cached(
+            cache_dir(queue.results, key) / name,
+            lambda: render_tile(slide, meta, int(level), box),
+        )
+    except (LookupError, KeyError, OSError) as e:
+        raise Refused(404, f"no tile of {key[0]}/{key[1]}: {e}") from None
+    except InputError as e:
+        raise Refused(404, f"no tile of {key[0]}/{key[1]}: {e.what} ({e.hint})") from None
+
+
+def dye_sides(key: tuple[str, str], queue: Queue, orient: dict) -> tuple[str, str]:
+    """The displayed side of the dyed end as found, and of the other end: as the review step wrote them into
+    review.tsv (``review.dye_end_side``), read there so that a page needs no import of the pipeline's steps;
+    computed by the same function for a biopsy held for its tract only."""
+    row = next((r for r in queue.rows[key] if r["step"] == "orient"), None)
+    if row and row["confirm"].startswith("dye_end=") and row["correct"].startswith("dye_end="):
+        return row["confirm"].removeprefix("dye_end="), row["correct"].removeprefix("dye_end=")
     from workflow_scripts import review as reviewlib
 
+    return reviewlib.dye_end_side(orient), reviewlib.dye_end_side(orient, flipped=True)
+
+
+def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
+    """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
     data = queue.data(key)
     o, t = data["orient"], data["tract"]
-    c, a = np.array(o["centroid"]), np.array(o["axis"])
-    ends = [(c + a * e).tolist() for e in o["extent"]]
+    ends = core_ends(o)
+    sides = dye_sides(key, queue, o)
+    tract_cfg = queue.config.get("tract") or {}
     keys = queue.keys()
     i = keys.index(key)
     held = {r["step"] for r in queue.rows[key]}
@@ -219,8 +445,8 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "confidence": o.get("confidence"),
             "ends": ends,
             "dyed": 1 if o["dye_at_positive_end"] else 0,
-            "found_side": reviewlib.dye_end_side(o),
-            "other_side": reviewlib.dye_end_side(o, flipped=True),
+            "found_side": sides[0],
+            "other_side": sides[1],
             "width": o.get("width", 20),
         },
         "tract": {
@@ -231,6 +457,9 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "length_mm": t["sampled_length_mm"],
             "axis_deg": t["axis_deg"],
             "stroke_mm": t["stroke_mm"],
+            "strokes": sorted(
+                {*COMMON_STROKES_MM, float(t["stroke_mm"]), *[float(v) for v in [tract_cfg.get("throw_mm")] if v]}
+            ),
             "mm_per_px": data["pre"]["mm_per_px"],
             "origin": data["pre"]["region_bounds_xyxy"][:2],
             "shape": data["pre"]["shape"],
@@ -238,10 +467,53 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "post_shift": t.get("post_shift_px", [0.0, 0.0]),
         },
         "decision": decision,
+        # the ultrasound's DICOM-vs-sheet spacing conflicts (ingest), each once; the tract step holds the tract for them
+        "calibration": list(
+            dict.fromkeys(
+                m["calibration_conflict"] for m in (data["pre"], data["post"]) if m.get("calibration_conflict")
+            )
+        ),
         "wsi_size": list(PIL.Image.open(queue.file(key, IMAGES["wsi"])).size),  # reads the header only
+        "slide": slide_data(key, queue, ends, o),
         "prev": review_page(*keys[i - 1]) if i > 0 else None,
         "next": review_page(*keys[i + 1]) if i + 1 < len(keys) else None,
         "position": [i + 1, len(keys)],
+    }
+
+
+def core_ends(orient: dict) -> list[list[float]]:
+    """The core's two ends (thumbnail px): end 0 at the negative extent, end 1 at the positive."""
+    c, a = np.array(orient["centroid"]), np.array(orient["axis"])
+    return [(c + a * e).tolist() for e in orient["extent"]]
+
+
+def slide_data(key: tuple[str, str], queue: Queue, ends: list[list[float]], orient: dict) -> dict:
+    """The slide panel's data: every core on the slide (thumbnail px), which is this biopsy's, the dye mass
+    counted in from each end, and the full-resolution tiles around both ends at each finer pyramid level."""
+    meta = json.loads(queue.file(key, SLIDE["meta"]).read_text())
+    found = json.loads(queue.file(key, SLIDE["cores"]).read_text())
+    px = found["level_um_per_px"] / 1000.0  # mm per thumbnail px
+    cores = [
+        {
+            "position": c["position"],
+            "names": c.get("names", []),
+            "centre": c["centre_px"],
+            "axis": c["axis"],
+            "length": c["length_mm"] / px,
+            "width": c["width_mm"] / px,
+        }
+        for c in found["cores"]
+    ]
+    levels = zoom_levels(meta)
+    return {
+        "cores": cores,
+        "this": orient.get("core_position"),
+        "dye_mass": orient.get("dye_mass_px") or [0.0, 0.0],
+        "evidence": orient.get("evidence"),
+        "um_per_px": meta["level_um_per_px"],
+        "levels": [{"level": k, "um_per_px": meta["level_um"][k]} for k in levels],
+        "level": levels[-1],  # the tiles first shown: the coarsest level finer than the thumbnail
+        "tiles": {str(k): [tile_box(e, meta, k) for e in ends] for k in levels},
     }
 
 
@@ -266,11 +538,38 @@ def index_html(queue: Queue, decisions_file: Path) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap review queue</title>"
         "<link rel='stylesheet' href='/static/style.css'><link rel='icon' href='data:,'></head>"
         "<body><h1>Review queue</h1>"
-        f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}.</p>"
+        f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}. "
+        "The pipeline's <a href='/report'>report</a> (its links open these pages).</p>"
         "<table id='queue'><tr><th>biopsy</th><th>held step(s)</th><th>decision</th><th>reviewer</th></tr>"
         + "".join(rows)
         + "</table></body></html>"
     )
+
+
+class Prefetch:
+    """Renders a biopsy's evidence overlay and its first tiles in the background (one worker): asked for the
+    next biopsy while a person reviews this one, so that its images are ready when they press n."""
+
+    def __init__(self, queue: Queue):
+        self.queue, self.todo = queue, queuelib.SimpleQueue()
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def ask(self, key: tuple[str, str]) -> None:
+        self.todo.put(key)
+
+    def render(self, key: tuple[str, str]) -> None:
+        evidence_png(key, self.queue)
+        meta = json.loads(self.queue.file(key, SLIDE["meta"]).read_text())
+        for end in ("0", "1"):
+            tile_png(key, self.queue, end, str(zoom_levels(meta)[-1]))
+
+    def run(self) -> None:
+        while True:
+            key = self.todo.get()
+            try:
+                self.render(key)
+            except (Refused, InputError, OSError, LookupError, ValueError):
+                pass  # the page's own request for the image reports what is wrong
 
 
 @dataclass
@@ -279,6 +578,7 @@ class App:
     decisions_file: Path
     token: str
     reviewer: str
+    prefetch: Prefetch | None = None
 
     def authorised(self, query: dict, cookie: str, header: str) -> bool:
         given = [query.get("token", [""])[0], cookie, header]
@@ -333,7 +633,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[0] == "b":
             key = app.queue.known(parts[1], parts[2])
             body = page_html(page_data(key, app.queue, app.decisions_file))
+            keys = app.queue.keys()
+            if app.prefetch and keys.index(key) + 1 < len(keys):
+                app.prefetch.ask(keys[keys.index(key) + 1])
             return self._send(200, body.encode(), "text/html; charset=utf-8", extra)
+        if len(parts) == 4 and parts[0] == "img" and parts[3] == "evidence":
+            path = evidence_png(app.queue.known(parts[1], parts[2]), app.queue)
+            return self._send(200, path.read_bytes(), "image/png", extra)
+        if len(parts) == 5 and parts[0] == "tile":
+            path = tile_png(app.queue.known(parts[1], parts[2]), app.queue, parts[3], parts[4])
+            return self._send(200, path.read_bytes(), "image/png", extra)
+        if parts == ["report"]:
+            report = app.queue.results / "report.html"
+            if not report.is_file():
+                raise Refused(404, f"no report yet: run snakemake {app.queue.results}/report.html")
+            return self._send(200, report.read_bytes(), "text/html; charset=utf-8", extra)
         if len(parts) == 4 and parts[0] == "img" and parts[3] in IMAGES:
             key = app.queue.known(parts[1], parts[2])
             path = app.queue.file(key, IMAGES[parts[3]])
@@ -382,7 +696,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         try:
-            self._route()
+            try:
+                self._route()
+            except ConnectionError:  # the browser went away: nobody to answer
+                return
+            except (OSError, ValueError, LookupError, InputError) as e:  # a results file missing or half-written
+                what = e.what if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+                raise Refused(500, f"{what}; if the workflow is running, reload once it is done") from None
         except Refused as e:
             if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a person, not app.js
                 page = f"<!DOCTYPE html><title>tractmap review</title><p>{html.escape(e.message)}</p>"
@@ -417,7 +737,8 @@ def make_server(
     results: Path, decisions_file: Path, host: str, port: int, reviewer: str, token: str
 ) -> http.server.ThreadingHTTPServer:
     """The app's server (not yet serving): the queue is read once here; pages read their biopsy's files."""
-    app = App(Queue.load(results), decisions_file, token, reviewer)
+    q = Queue.load(results)
+    app = App(q, decisions_file, token, reviewer, Prefetch(q))
     handler = type("BoundHandler", (Handler,), {"app": app})
     cls = http.server.ThreadingHTTPServer
     if ":" in host:
@@ -427,17 +748,22 @@ def make_server(
     return server
 
 
+def workdir_of(results: Path) -> Path | None:
+    """The working directory that made ``results``: its parent, else the current folder, where either holds
+    config.yaml; None where neither does."""
+    return next((w for w in (results.resolve().parent, Path.cwd()) if (w / "config.yaml").is_file()), None)
+
+
 def decisions_path(results: Path) -> Path:
-    """The decisions file of the working directory that made ``results`` (its parent, else the current
-    folder): review.decisions of its config.yaml, relative to it, or the config schema's default."""
+    """The decisions file of the working directory that made ``results`` (:func:`workdir_of`):
+    review.decisions of its config.yaml, relative to it, or the config schema's default."""
     import yaml
 
-    for workdir in (results.resolve().parent, Path.cwd()):
-        cfg = workdir / "config.yaml"
-        if cfg.is_file():
-            name = ((yaml.safe_load(cfg.read_text()) or {}).get("review") or {}).get("decisions")
-            return workdir / (name or decisionlib.default_path())
-    return Path.cwd() / decisionlib.default_path()
+    workdir = workdir_of(results)
+    if workdir is None:
+        return Path.cwd() / decisionlib.default_path()
+    name = ((yaml.safe_load((workdir / "config.yaml").read_text()) or {}).get("review") or {}).get("decisions")
+    return workdir / (name or decisionlib.default_path())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -468,7 +794,9 @@ def main(argv: list[str] | None = None) -> None:
     host = f"[{a.host}]" if ":" in a.host else a.host
     n = len(server.RequestHandlerClass.app.queue.rows)
     print(f"tractmap-review: {n} held biopsies of {a.results}; decisions to {decisions_file}", flush=True)
-    print(f"    http://{host}:{server.server_address[1]}/?token={server.RequestHandlerClass.app.token}", flush=True)
+    url = f"http://{host}:{server.server_address[1]}"
+    print(f"    {url}/?token={server.RequestHandlerClass.app.token}", flush=True)
+    print(f"    then the report, with a link to each held biopsy: {url}/report", flush=True)
     warm_up()
     try:
         server.serve_forever()

@@ -292,3 +292,52 @@ def read_slide(path: str | Path, target_um: float, sheet_um: float | None = None
     if vendor and vendor != "generic-tiff":
         return read_openslide(path, target_um, sheet_um)
     return read_tiff(path, target_um, sheet_um)
+
+
+# ------------------------------------------------------------------ one region at full resolution
+
+
+def tiff_region(page: tifffile.TiffPage, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """RGB pixels [y, y+h) x [x, x+w) of one TIFF page (inside it): only the tiles or strips that overlap
+    them are read and decoded."""
+    sh, sw = (page.tilelength, page.tilewidth) if page.is_tiled else (page.rowsperstrip, page.imagewidth)
+    sh = min(sh or page.imagelength, page.imagelength)
+    ny, nx = -(-page.imagelength // sh), -(-page.imagewidth // sw)
+    spp = page.samplesperpixel
+    planes = spp if page.planarconfig == 2 and spp > 1 else 1
+    raw = np.zeros((h, w, spp), page.dtype)
+    decode, tables = page.decode, page.jpegtables  # first: their first access may read the file
+    fh = page.parent.filehandle
+    for ty in range(y // sh, min(-(-(y + h) // sh), ny)):
+        for tx in range(x // sw, min(-(-(x + w) // sw), nx)):
+            oy, ox = ty * sh - y, tx * sw - x  # the segment's place in the region
+            ys = slice(max(oy, 0), min(oy + sh, h, page.imagelength - y))
+            xs = slice(max(ox, 0), min(ox + sw, w, page.imagewidth - x))
+            for s in range(planes):
+                i = s * ny * nx + ty * nx + tx
+                fh.seek(page.dataoffsets[i])
+                seg = decode(fh.read(page.databytecounts[i]), i, jpegtables=tables)[0][0]
+                piece = seg[ys.start - oy : ys.stop - oy, xs.start - ox : xs.stop - ox]
+                raw[ys, xs, s : s + 1 if planes > 1 else spp] = piece
+    return to_rgb8(raw, page.photometric, page.bitspersample)
+
+
+def read_region(path: str | Path, level: int, x: int, y: int, w: int, h: int) -> tuple[np.ndarray, list[list[int]]]:
+    """RGB pixels [y, y+h) x [x, x+w) of one pyramid level (numbered as :func:`read_slide` numbers them in
+    ``level_shapes``), read by region, never the whole level; and the slide's level shapes (h, w), by which a
+    caller checks that the file is still the one it read before."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise InputError("slide file does not exist", "fix the wsi path in biopsies.tsv")
+    vendor = openslide.OpenSlide.detect_format(path)
+    if vendor and vendor != "generic-tiff":
+        with openslide.OpenSlide(path) as slide:
+            shapes = [[lh, lw] for lw, lh in slide.level_dimensions]
+            ds = slide.level_downsamples[level]
+            rgba = np.asarray(slide.read_region((round(x * ds), round(y * ds)), level, (w, h)))
+            a = rgba[..., 3:].astype(np.float32) / 255.0
+            return np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8), shapes
+    with tifffile.TiffFile(path) as tif:
+        levels = tiff_levels(tif)
+        shapes = [[lv.keyframe.imagelength, lv.keyframe.imagewidth] for lv in levels]
+        return tiff_region(levels[level].keyframe, x, y, w, h), shapes

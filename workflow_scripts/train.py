@@ -2,7 +2,8 @@
 
 The recipe is the paper's: weighted Dice loss (optionally plus cross-entropy),
 AdamW with cosine annealing, random horizontal flip, rotation and intensity
-augmentation, and z-score normalisation from the train split only (or, with
+augmentation (plus the crop shift tractmap-infer's single-frame tract brings:
+``train.shift_*``, see ``data.crop_shift``), and z-score normalisation from the train split only (or, with
 ``normalise: imagenet``, ImageNet's statistics; see ``data``).  The whole
 (small) dataset lives on the device; augmentation runs there too, in batches.
 The best epoch is chosen on validation Dice; the test split is never read.
@@ -23,13 +24,23 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from workflow_scripts import provenance
-from workflow_scripts.data import geometric, intensity, load_split, norm_params, normalise
+from workflow_scripts.data import (
+    crop_shift,
+    crop_widths,
+    geometric,
+    intensity,
+    load_split,
+    norm_params,
+    normalise,
+    shift_settings,
+)
 from workflow_scripts.errors import run_cli
 from workflow_scripts.models import build_model, forward
 from workflow_scripts.voc import VOID
@@ -165,30 +176,54 @@ def fingerprint(cfg: dict, train_ids: list[str], val_ids: list[str], *data: torc
 # ------------------------------------------------------------------ loop
 
 
-def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "train", val_list: str = "val") -> dict:
-    """Train one model; returns the summary. Resumes from ``state_dir/last.pt`` when it matches."""
-    torch.manual_seed(cfg["seed"])
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = dev.type == "cuda"
+@dataclass
+class Data:
+    """The device-ready train and val tensors of one run, with what the crop shift needs."""
+
+    xt: torch.Tensor
+    yt: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
+    train_ids: list[str]
+    val_ids: list[str]
+    widths: torch.Tensor  # each train crop's own width (px), before padding
+    fill: torch.Tensor  # the padding's grey 0, normalised
+    norm: dict
+    fingerprint: str
+
+
+def load_data(cfg: dict, voc: Path, train_list: str, val_list: str, dev: torch.device) -> Data:
+    """Both splits, normalised with the train split's statistics (or ImageNet's), on ``dev``."""
     xt, yt, train_ids = load_split(voc, train_list)
     xv, yv, val_ids = load_split(voc, val_list)
     fp = fingerprint(cfg, train_ids, val_ids, xt, yt, xv, yv)  # a corrected label must not resume an old run
     norm = norm_params(cfg["normalise"], xt, yt)
-    xt, xv = normalise(xt, norm).to(dev), normalise(xv, norm).to(dev)
-    yt, yv = yt.long().to(dev), yv.long().to(dev)
+    return Data(
+        normalise(xt, norm).to(dev),
+        yt.long().to(dev),
+        normalise(xv, norm).to(dev),
+        yv.long().to(dev),
+        train_ids,
+        val_ids,
+        crop_widths(voc, train_ids).to(dev),
+        normalise(torch.zeros(1, 1, 1, 1), norm).flatten(),
+        norm,
+        fp,
+    )
+
+
+def setup_model(cfg: dict, dev: torch.device, log) -> tuple[torch.nn.Module, torch.nn.Module | Compiled]:
+    """The model on ``dev``, and what the loop calls: on CUDA channels-last and (``compile``) compiled."""
     model = build_model(cfg["arch"], cfg["aux"], cfg.get("backbone_weights"), cfg.get("features")).to(dev)
-    net, compile_model = model, cfg["compile"]  # what the loop calls: on CUDA, the compiled model
-    if amp:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # fixed crop shapes: let cuDNN pick its fastest kernels once
-        net = Compiled(model, log) if compile_model else model
-    opt = make_optimizer(model, cfg, dev)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-    weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=dev)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    state_dir.mkdir(parents=True, exist_ok=True)
-    last = state_dir / "last.pt"
-    start, history, best = 1, [], {"val_dice": -1.0, "epoch": 0}
+    if dev.type != "cuda":
+        return model, model
+    model = model.to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = True  # fixed crop shapes: let cuDNN pick its fastest kernels once
+    return model, Compiled(model, log) if cfg["compile"] else model
+
+
+def resume(last: Path, fp: str, model, opt, sched, gen: torch.Generator, dev: torch.device, log) -> tuple:
+    """(first epoch, history, best) after ``last`` when it belongs to this run (its state restored), else afresh."""
     if last.exists():
         ck = torch.load(last, map_location=dev, weights_only=False)
         if ck["fingerprint"] == fp:
@@ -197,84 +232,132 @@ def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "t
             sched.load_state_dict(ck["scheduler"])
             gen.set_state(ck["generator"])
             torch.set_rng_state(ck["torch_rng"])
-            start, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
             log(f"resuming after epoch {ck['epoch']} from {last}")
-        else:
-            log(f"ignoring {last}: it belongs to another configuration or dataset")
-    meta = {
+            return ck["epoch"] + 1, ck["history"], ck["best"]
+        log(f"ignoring {last}: it belongs to another configuration or dataset")
+    return 1, [], {"val_dice": -1.0, "epoch": 0}
+
+
+def run_meta(cfg: dict, d: Data, dev: torch.device) -> dict:
+    """What model.pt records besides the weights."""
+    return {
         "config": cfg,
         "seed": cfg["seed"],
         "versions": provenance.versions(("torch", "torchvision", "numpy", "tractmap")),
-        "norm": norm,  # train.normalise and its statistics: predict and tractmap-infer apply it from here
+        "norm": d.norm,  # train.normalise and its statistics: predict and tractmap-infer apply it from here
         "crop": cfg["crop"],  # the tract settings the training crops were cut with
-        "train_ids": train_ids,
-        "val_ids": val_ids,
+        "train_ids": d.train_ids,
+        "val_ids": d.val_ids,
         "device": str(dev),
-        "amp_bf16": amp,
+        "amp_bf16": dev.type == "cuda",
     }
+
+
+def log_environment(cfg: dict, d: Data, dev: torch.device, log) -> None:
+    """One line on the device and data (and the SLURM job and its GPUs, under SLURM)."""
     if "SLURM_JOB_ID" in os.environ:
         gpus = {k: v for k, v in os.environ.items() if "GPU" in k and k.startswith("SLURM")}
         log(
             f"SLURM job {os.environ['SLURM_JOB_ID']}, "
             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}, {gpus}"
         )
-    log(f"device {dev}, {len(train_ids)} train / {len(val_ids)} val images, seed {cfg['seed']}")
-    n, bs, t_start = len(train_ids), cfg["batch_size"], time.time()
+    log(f"device {dev}, {len(d.train_ids)} train / {len(d.val_ids)} val images, seed {cfg['seed']}")
+
+
+def train_one_epoch(net, opt, d: Data, cfg: dict, weights: torch.Tensor, gen: torch.Generator, amp: bool) -> float:
+    """One pass over the train split in shuffled, augmented batches; returns the mean loss."""
+    shift, losses = shift_settings(cfg), []
+    for idx in batches(len(d.train_ids), cfg["batch_size"], gen):
+        idx = idx.to(d.xt.device)
+        x, y = crop_shift(d.xt[idx], d.yt[idx], d.widths[idx], shift, cfg["crop"], d.fill, gen)
+        x, y = geometric(x, y, cfg["crop_width"], cfg["rotation_deg"], gen)
+        losses.append(train_step(net, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
+    return float(torch.stack(losses).mean())
+
+
+@torch.no_grad()
+def evaluate(net, d: Data, bs: int, weights: torch.Tensor, ce_weight: float, amp: bool) -> tuple[float, float]:
+    """Validation loss and cancer Dice over the whole val split."""
+    logits = torch.cat([forward(net, d.xv[i : i + bs], amp)["out"].float() for i in range(0, len(d.val_ids), bs)])
+    return float(loss_fn(logits, d.yv, weights, ce_weight)), cancer_dice(logits.argmax(1), d.yv)
+
+
+def save_epoch(state_dir: Path, model, opt, sched, gen: torch.Generator, row: dict, ck: dict, improved: bool) -> None:
+    """best.pt when the epoch improved on validation Dice; last.pt, the resume state, always."""
+    if improved:
+        atomic_save(
+            {"model": model.state_dict(), **ck["meta"], "epoch": row["epoch"], "val_dice": row["val_dice"]},
+            state_dir / "best.pt",
+        )
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch": row["epoch"],
+            "history": ck["history"],
+            "best": ck["best"],
+            "fingerprint": ck["fingerprint"],
+            **ck["meta"],
+        },
+        state_dir / "last.pt",
+    )
+
+
+def epoch_line(row: dict, epochs: int, eta: float) -> str:
+    """The log line of one finished epoch."""
+    return (
+        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+        f"val_dice {row['val_dice']:.4f} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s ETA "
+        f"{time.strftime('%H:%M:%S', time.gmtime(eta))}"
+    )
+
+
+def train(cfg: dict, voc: Path, state_dir: Path, log=print, train_list: str = "train", val_list: str = "val") -> dict:
+    """Train one model; returns the summary. Resumes from ``state_dir/last.pt`` when it matches."""
+    torch.manual_seed(cfg["seed"])
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = dev.type == "cuda"
+    d = load_data(cfg, voc, train_list, val_list, dev)
+    model, net = setup_model(cfg, dev, log)
+    opt = make_optimizer(model, cfg, dev)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+    weights = torch.tensor(cfg["class_weights"], dtype=torch.float32, device=dev)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    start, history, best = resume(state_dir / "last.pt", d.fingerprint, model, opt, sched, gen, dev, log)
+    meta = run_meta(cfg, d, dev)
+    log_environment(cfg, d, dev, log)
+    bs, t_start = cfg["batch_size"], time.time()
     if isinstance(net, Compiled) and start <= cfg["epochs"]:
         model.train()
-        net.warm_up(geometric(xt[:bs], yt[:bs], cfg["crop_width"], 0.0, torch.Generator())[0], amp)
+        net.warm_up(geometric(d.xt[:bs], d.yt[:bs], cfg["crop_width"], 0.0, torch.Generator())[0], amp)
     for epoch in range(start, cfg["epochs"] + 1):
         t0 = time.time()
         model.train()
-        losses = []
-        for idx in batches(n, bs, gen):
-            idx = idx.to(dev)
-            x, y = geometric(xt[idx], yt[idx], cfg["crop_width"], cfg["rotation_deg"], gen)
-            losses.append(train_step(net, opt, intensity(x, gen), y, weights, cfg["ce_weight"], amp))
+        train_loss = train_one_epoch(net, opt, d, cfg, weights, gen, amp)
         sched.step()
         model.eval()
-        with torch.no_grad():
-            logits = torch.cat([forward(net, xv[i : i + bs], amp)["out"].float() for i in range(0, len(val_ids), bs)])
-            val_loss = float(loss_fn(logits, yv, weights, cfg["ce_weight"]))
-            val_dice = cancer_dice(logits.argmax(1), yv)
+        val_loss, val_dice = evaluate(net, d, bs, weights, cfg["ce_weight"], amp)
         secs = time.time() - t0
         row = {
             "epoch": epoch,
-            "train_loss": float(torch.stack(losses).mean()),
+            "train_loss": train_loss,
             "val_loss": val_loss,
             "val_dice": val_dice,
             "lr": opt.param_groups[0]["lr"],
-            "images_per_s": n / secs,
+            "images_per_s": len(d.train_ids) / secs,
             "seconds": secs,
         }
         history.append(row)
-        if val_dice > best["val_dice"]:
+        improved = val_dice > best["val_dice"]
+        if improved:
             best = {"val_dice": val_dice, "val_loss": val_loss, "epoch": epoch}
-            atomic_save(
-                {"model": model.state_dict(), **meta, "epoch": epoch, "val_dice": val_dice}, state_dir / "best.pt"
-            )
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "history": history,
-                "best": best,
-                "fingerprint": fp,
-                **meta,
-            },
-            last,
-        )
-        done = epoch - start + 1
-        eta = (time.time() - t_start) / done * (cfg["epochs"] - epoch)
-        log(
-            f"epoch {epoch}/{cfg['epochs']} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
-            f"val_dice {val_dice:.4f} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s ETA "
-            f"{time.strftime('%H:%M:%S', time.gmtime(eta))}"
-        )
+        ck = {"meta": meta, "history": history, "best": best, "fingerprint": d.fingerprint}
+        save_epoch(state_dir, model, opt, sched, gen, row, ck, improved)
+        log(epoch_line(row, cfg["epochs"], (time.time() - t_start) / (epoch - start + 1) * (cfg["epochs"] - epoch)))
     return {"best": best, "history": history, **meta}
 
 

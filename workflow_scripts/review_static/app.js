@@ -29,45 +29,116 @@ function el(parent, name, attrs) {
 }
 
 const [SW, SH] = D.wsi_size;
+const S = D.slide;
+const dyedEnd = () => (state.flipped ? 1 - D.orient.dyed : D.orient.dyed);
+
+// every core of the slide, as the cores step measured it (a box along its axis), each named
+function drawCores() {
+  const g = $("slide-cores");
+  const r = Math.max(SW, SH) / 60;
+  for (const c of S.cores) {
+    const mine = c.position === S.this;
+    const deg = (Math.atan2(c.axis[1], c.axis[0]) * 180) / Math.PI;
+    el(g, "rect", { class: mine ? "core this" : "core other", x: -c.length / 2, y: -c.width / 2, width: c.length,
+      height: c.width, fill: "none", stroke: mine ? "#ffd400" : "#00c8ff", "stroke-width": r / (mine ? 5 : 8),
+      "stroke-dasharray": mine ? "none" : `${r / 2} ${r / 3}`,
+      transform: `translate(${c.centre[0]} ${c.centre[1]}) rotate(${deg})` });
+    const t = el(g, "text", { x: c.centre[0], y: c.centre[1] - c.width / 2 - r / 2, fill: mine ? "#ffd400" : "#00c8ff",
+      "font-size": r * 1.4, "text-anchor": "middle" });
+    t.textContent = (c.names.join(", ") || `core ${c.position}`) + (mine ? " (this biopsy)" : "");
+  }
+}
+
 function drawSlide() {
   const [sw, sh] = [SW, SH];
   $("slide").setAttribute("viewBox", slideView.vb.join(" "));
   $("oriented").className = state.flipped ? "flipped" : "";
-  const img = $("slide-img");
-  img.setAttribute("href", `${base}/wsi`);
-  img.setAttribute("width", sw);
-  img.setAttribute("height", sh);
   const g = $("slide-overlay");
   g.replaceChildren();
   const [a, b] = D.orient.ends;
   const r = Math.max(sw, sh) / 60;
   el(g, "line", { x1: a[0], y1: a[1], x2: b[0], y2: b[1], stroke: "#ffd400", "stroke-width": r / 4,
     "stroke-dasharray": `${r} ${r / 2}` });
-  const dyed = state.flipped ? 1 - D.orient.dyed : D.orient.dyed;
+  // the dye mass the orientation counted in from each end, along the axis (thumbnail px)
+  const len = Math.hypot(b[0] - a[0], b[1] - a[1]) || 1;
+  const u = [(b[0] - a[0]) / len, (b[1] - a[1]) / len];
+  D.orient.ends.forEach((p, i) => {
+    const m = Math.min(S.dye_mass[i] || 0, len / 2) * (i === 0 ? 1 : -1);
+    if (m) el(g, "line", { class: "dye-mass", x1: p[0], y1: p[1], x2: p[0] + u[0] * m, y2: p[1] + u[1] * m,
+      stroke: "#00ff00", "stroke-opacity": 0.6, "stroke-width": r * 0.8 });
+  });
+  const dyed = dyedEnd();
   D.orient.ends.forEach((p, i) => {
     el(g, "circle", { id: i === dyed ? "dyed-end" : "undyed-end", cx: p[0], cy: p[1], r,
       fill: i === dyed ? "#1e64ff" : "none", stroke: "#fff", "stroke-width": r / 4 });
     const t = el(g, "text", { x: p[0] + r * 1.3, y: p[1], fill: "#fff", "font-size": r * 1.6 });
-    t.textContent = i === dyed ? "dye" : "other end";
+    t.textContent = (i === dyed ? "dye" : "other end") + ` (${Math.round(S.dye_mass[i] || 0)} px)`;
   });
+  drawTiles();
   const side = state.flipped ? D.orient.other_side : D.orient.found_side;
   $("slide-legend").textContent = `dyed end: ${side}` + (state.flipped ? " (flipped)" : " (as found)") +
     ` - orientation ${D.orient.state}, confidence ${D.orient.confidence.toFixed(2)}`;
 }
 
+// ---------------------------------------------------------------- full-resolution tiles at the core's ends
+const tiles = { level: S.level, views: [null, null] };
+function drawTiles() {
+  const dyed = dyedEnd();
+  [0, 1].forEach((i) => {
+    const svg = $(`tile-${i}`);
+    const box = S.tiles[String(tiles.level)][i];
+    const [w, h] = box.size;
+    if (!tiles.views[i] || tiles.views[i].level !== tiles.level) tiles.views[i] = { level: tiles.level, vb: [0, 0, w, h] };
+    svg.setAttribute("viewBox", tiles.views[i].vb.join(" "));
+    const img = svg.querySelector("image");
+    const href = `/tile/${encodeURIComponent(D.participant_id)}/${encodeURIComponent(D.biopsy_id)}/${i}/${tiles.level}`;
+    if (img.getAttribute("href") !== href) {
+      img.setAttribute("href", href);
+      img.setAttribute("width", w);
+      img.setAttribute("height", h);
+    }
+    const g = svg.querySelector(".mark");
+    g.replaceChildren();
+    const [x, y] = box.end;
+    const r = Math.max(w, h) / 25;
+    const colour = i === dyed ? "#1e64ff" : "#ffffff";
+    el(g, "circle", { cx: x, cy: y, r, fill: "none", stroke: colour, "stroke-width": r / 5 });
+    el(g, "line", { x1: x - 2 * r, y1: y, x2: x - r, y2: y, stroke: colour, "stroke-width": r / 5 });
+    el(g, "line", { x1: x + r, y1: y, x2: x + 2 * r, y2: y, stroke: colour, "stroke-width": r / 5 });
+    $(`tile-${i}-label`).textContent = `${i === dyed ? "dyed end" : "other end"}: ` +
+      `${Math.round(w * box.um_per_px)} µm across, ${box.um_per_px.toPrecision(3)} µm/px (level ${tiles.level})`;
+  });
+}
+function levelButtons() {
+  const span = $("levels");
+  for (const lv of S.levels) {
+    const b = document.createElement("button");
+    b.textContent = `${lv.um_per_px.toPrecision(3)} µm/px`;
+    b.dataset.level = lv.level;
+    b.onclick = () => { tiles.level = lv.level; markLevel(); drawTiles(); };
+    span.appendChild(b);
+  }
+  markLevel();
+}
+function markLevel() {
+  for (const b of $("levels").children) b.className = Number(b.dataset.level) === tiles.level ? "on" : "";
+}
+
+// ---------------------------------------------------------------- ultrasound: pre-fire, post-fire, blended
 const slideView = { vb: [0, 0, SW, SH] };
-const view = { post: false, vb: [0, 0, W, H] };
+const view = { blend: 0, vb: [0, 0, W, H] };
 function drawUS() {
   const svg = $("us");
   svg.setAttribute("viewBox", view.vb.join(" "));
-  const img = $("us-img");
-  const [pw, ph] = view.post ? [T.post_shape[1], T.post_shape[0]] : [W, H];
-  img.setAttribute("href", `${base}/${view.post ? "postfire" : "prefire"}`);
-  img.setAttribute("width", pw);
-  img.setAttribute("height", ph);
-  // T0/T1 are pre-fire px; on the post-fire frame they sit where the run aligned the two frames
-  const s = view.post ? T.post_shift : [0, 0];
-  $("us-overlay").setAttribute("transform", `translate(${s[0]} ${s[1]})`);
+  // T0/T1 are pre-fire px; the post-fire frame is laid where the run aligned the two frames, over the pre-fire
+  const s = T.post_shift;
+  const post = $("us-post");
+  post.setAttribute("transform", `translate(${-s[0]} ${-s[1]})`);
+  post.setAttribute("opacity", view.blend / 100);
+  $("us-pre").setAttribute("opacity", view.blend === 100 ? 0 : 1);
+  $("blend").value = view.blend;
+  $("show-pre").className = view.blend === 0 ? "on" : "";
+  $("show-post").className = view.blend === 100 ? "on" : "";
   const r = Math.max(3, view.vb[2] / 70);
   const [p0, p1] = [state.t0, state.t1];
   for (const [id, p] of [["t0", p0], ["t1", p1]]) {
@@ -91,6 +162,7 @@ function draw() {
   drawUS();
   $("save").disabled = !state.moved;
   $("stroke").value = state.stroke;
+  markStroke();
   const d = D.decision;
   $("current").textContent = d
     ? `Decision: ${d.decision} by ${d.reviewer} at ${d.decided_at}` + (d.exclude ? ` (${d.exclude})` : "")
@@ -224,8 +296,19 @@ wheelZoom($("slide"), slideView, [SW, SH], drawSlide);
 $("zoom-in").onclick = () => zoom(view, [W, H], drawUS, 0.5);
 $("zoom-out").onclick = () => zoom(view, [W, H], drawUS, 2);
 $("zoom-reset").onclick = () => { view.vb = [0, 0, W, H]; drawUS(); };
-$("show-pre").onclick = () => { view.post = false; $("show-pre").className = "on"; $("show-post").className = ""; drawUS(); };
-$("show-post").onclick = () => { view.post = true; $("show-post").className = "on"; $("show-pre").className = ""; drawUS(); };
+const blend = (v) => { view.blend = v; drawUS(); };
+$("show-pre").onclick = () => blend(0);
+$("show-post").onclick = () => blend(100);
+$("blend").oninput = () => blend(Number($("blend").value));
+for (const i of [0, 1]) {
+  const v = { get vb() { return tiles.views[i].vb; }, set vb(x) { tiles.views[i].vb = x; } };
+  wheelZoom($(`tile-${i}`), v, [1024, 1024], drawTiles);
+}
+const evidence = (on) => {
+  $("show-evidence").checked = on;
+  $("slide-evidence").style.display = on ? "" : "none";
+};
+$("show-evidence").onchange = () => evidence($("show-evidence").checked);
 
 const actions = {
   confirm: () => save(kind()),
@@ -237,12 +320,30 @@ const actions = {
     save("exclude");
   },
   next: () => { if (D.next) location.href = D.next; },
+  blend: () => blend(view.blend < 50 ? 100 : 0),
+  evidence: () => evidence(!$("show-evidence").checked),
 };
 for (const id of ["confirm", "flip", "save", "undo", "exclude"]) $(id).onclick = actions[id];
-$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); };
+$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); markStroke(); };
+// one-click gun strokes (this biopsy's, the config's, the usual guns'); a second click clears the choice
+function markStroke() {
+  for (const b of $("strokes").children) b.className = b.dataset.mm === state.stroke ? "on" : "";
+}
+for (const mm of T.strokes) {
+  const b = document.createElement("button");
+  b.textContent = `${mm} mm`;
+  b.dataset.mm = String(mm);
+  b.onclick = () => {
+    state.stroke = state.stroke === b.dataset.mm ? "" : b.dataset.mm;
+    $("stroke").value = state.stroke;
+    markStroke();
+  };
+  $("strokes").appendChild(b);
+}
 document.addEventListener("keydown", (e) => {
-  if (e.target.tagName === "INPUT" || e.ctrlKey || e.metaKey || e.altKey) return;
-  const a = { c: "confirm", f: "flip", s: "save", u: "undo", n: "next" }[e.key];
+  const typing = e.target.tagName === "INPUT" && !["range", "checkbox"].includes(e.target.type);
+  if (typing || e.ctrlKey || e.metaKey || e.altKey) return;
+  const a = { c: "confirm", f: "flip", s: "save", u: "undo", n: "next", b: "blend", e: "evidence" }[e.key];
   if (a) { e.preventDefault(); actions[a](); }
 });
 
@@ -255,7 +356,23 @@ for (const r of D.reasons) {
   reasons.appendChild(li);
 }
 $("preview").src = `${base}/crop`;
+for (const [id, name, w, h] of [["slide-img", "wsi", SW, SH], ["slide-evidence", "evidence", SW, SH],
+  ["us-pre", "prefire", W, H], ["us-post", "postfire", T.post_shape[1], T.post_shape[0]]]) {
+  const img = $(id);
+  img.setAttribute("href", `${base}/${name}`);
+  img.setAttribute("width", w);
+  img.setAttribute("height", h);
+}
+if (D.calibration.length) {
+  $("calibration").hidden = false;
+  $("calibration").textContent = `Ultrasound calibration: ${D.calibration.join("; ")}. Confirm (c) keeps this ` +
+    "spacing with the tract as shown; to use the DICOM's instead, remove us_mm_per_px from biopsies.tsv and rerun.";
+}
+drawCores();
+levelButtons();
 $("oriented").src = `${base}/oriented`;
 state = fromDecision(D.decision);
 draw();
 if (state.moved) preview();
+// the page is drawn and its actions bound: ms since the navigation began (benchmarks/review_app_speed.py)
+document.body.dataset.ready = String(performance.now());
