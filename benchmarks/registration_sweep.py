@@ -7,6 +7,12 @@ the truth is read only to score.  Run from the repository root:
 
     python benchmarks/registration_sweep.py --n 240 --seeds 1 2 --workers 2
     python benchmarks/registration_sweep.py --n 60 --strokes 15 22 --steps tract   # mixed gun strokes, tract only
+    python benchmarks/registration_sweep.py --seeds 13 14 --n 40 --steps tract --ablation tract  # ablation_tract.md
+
+``--ablate STEP.NAME`` (repeatable) leaves one element of ``orient.ABLATABLE`` or ``tract.ABLATABLE`` out;
+``--ablation tract`` runs nothing removed and then each element of ``tract.ABLATABLE`` removed, on the same
+rendered biopsies, and prints one table (an accepted tract is wrong with a tip over ``WRONG_MM`` or its
+axis over ``WRONG_AXIS_DEG`` off the truth).
 
 Each biopsy's gun stroke (``--strokes``: drawn per biopsy) reaches the tract step as biopsies.tsv's
 ``stroke_mm`` would (``--config-stroke``: the config's one stroke for all, as without that column).
@@ -44,6 +50,9 @@ from workflow_scripts.errors import InputError  # noqa: E402
 LEVEL_UM = 16.0
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
 CORES = {k: v for k, v in CONFIG["cores"].items() if k != "dye_class"}
+WRONG_MM = 1.0  # an accepted tract with a tip further off than this is wrong (twice the T0 p95 required)
+WRONG_AXIS_DEG = 1.5  # or with its axis further off than this (the axis p95 required)
+ABLATABLE = {"orient": orient.ABLATABLE, "tract": tract.ABLATABLE}
 
 
 def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
@@ -92,6 +101,19 @@ def _no_mark(t: synthetic.BiopsyTruth) -> synthetic.BiopsyTruth:
     from dataclasses import replace
 
     return replace(t, dye_mark="")
+
+
+def ablated(names: list[str]) -> dict[str, frozenset[str]]:
+    """``--ablate STEP.NAME`` values -> the names each step leaves out; an unknown step or name is an error."""
+    out: dict[str, set[str]] = {"orient": set(), "tract": set()}
+    for v in names:
+        step, _, name = v.partition(".")
+        if step not in ABLATABLE or name not in ABLATABLE[step]:
+            raise SystemExit(
+                f"--ablate {v}: not one of " + ", ".join(f"{k}.{n}" for k in ABLATABLE for n in ABLATABLE[k])
+            )
+        out[step].add(name)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def ultrasound(t: synthetic.BiopsyTruth) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +201,10 @@ def register_slide(args: tuple) -> list[dict]:
     own core, picked as the sheet would (by name or position).  ``measure``: also the peak memory of each step;
     ``compress``: the slide level through a JPEG round trip; ``marks``: the pathologist's dye marks used;
     ``formats``: the ultrasound's (see ``us_format``); ``strokes``: the guns' strokes drawn from;
-    ``stroke_given``: each biopsy's stroke reaches the tract step, else the config's; ``steps``: which run."""
-    seed, pid, measure, compress, n_cores, marks, formats, strokes, stroke_given, steps = args
+    ``stroke_given``: each biopsy's stroke reaches the tract step, else the config's; ``steps``: which run;
+    ``orient_off``: the orientation elements left out; ``variants``: (label, tract elements left out), each run
+    on the same rendered biopsy (one row per variant, its label in ``ablated``)."""
+    seed, pid, measure, compress, n_cores, marks, formats, strokes, stroke_given, steps, orient_off, variants = args
     ts, thumb, features = render(seed, pid, compress, n_cores, marks, strokes, "orient" in steps)
     rows = []
     try:
@@ -194,8 +218,24 @@ def register_slide(args: tuple) -> list[dict]:
         labels, found = None, e.what
     for t in ts:
         stroke = t.stroke_mm if stroke_given else CONFIG["tract"]["throw_mm"]
-        rows.append(register_one(t, thumb, features, labels, found, measure, formats, stroke))
+        us = us_inputs(t, formats)
+        for label, tract_off in variants:
+            row = register_one(t, thumb, features, labels, found, measure, us, stroke, orient_off, tract_off)
+            rows.append({**row, "ablated": label})
     return rows
+
+
+def us_inputs(t: synthetic.BiopsyTruth, formats: str) -> dict:
+    """A biopsy's ultrasound as the tract step reads it: pre- and post-fire frames (rendered, or through an
+    export and the reader), the pre-fire region's offset from the truth's (px), the pixels over the truth's
+    region (for scoring the crop), and the format."""
+    pre, post = ultrasound(t)
+    fmt, quality = us_format(t.seed[0], t.participant_id, formats, t.biopsy_id)
+    offset, truth_view = np.zeros(2), pre
+    if fmt != "dicom":
+        furniture = synthetic.biopsy_rng(t.seed[0] + 29, t.participant_id, t.biopsy_id)
+        pre, post, offset, truth_view = as_export(t, pre, post, fmt, quality, furniture)
+    return {"pre": pre, "post": post, "offset": offset, "truth_view": truth_view, "fmt": fmt, "quality": quality}
 
 
 def register_one(
@@ -205,19 +245,19 @@ def register_one(
     labels: np.ndarray | None,
     found,
     measure: bool,
-    formats: str,
+    us: dict,
     stroke: float,
+    orient_off: frozenset[str] = frozenset(),
+    tract_off: frozenset[str] = frozenset(),
 ) -> dict:
     """Register and score one biopsy whose core lies on a slide level with the cores ``found`` (or their error);
-    ``stroke``: the gun's stroke the tract step is given."""
-    pre, post = ultrasound(t)
+    ``us``: its ultrasound (``us_inputs``); ``stroke``: the gun's stroke the tract step is given;
+    ``orient_off``/``tract_off``: the elements each step leaves out."""
+    pre, post, offset, truth_view, fmt, quality = (
+        us[k] for k in ("pre", "post", "offset", "truth_view", "fmt", "quality")
+    )
     seed, pid = t.seed[0], f"{t.participant_id}/{t.biopsy_id}"
     truth = synthetic.truth_record(t)
-    fmt, quality = us_format(seed, t.participant_id, formats, t.biopsy_id)
-    offset, truth_view = np.zeros(2), pre
-    if fmt != "dicom":
-        furniture = synthetic.biopsy_rng(seed + 29, t.participant_id, t.biopsy_id)
-        pre, post, offset, truth_view = as_export(t, pre, post, fmt, quality, furniture)
     row = {"seed": seed, "biopsy": pid, **factors(t), "us_format": fmt, "us_jpeg_quality": quality or None}
     mm = (t.mm_per_px, t.mm_per_px)
     c = CONFIG
@@ -229,7 +269,7 @@ def register_one(
         mine = cores.select(found, value)
         centre = np.array([truth["core_centre_slide_px"]]) * t.slide_um_per_px / LEVEL_UM
         row["core_matched"] = cores.nearest_core(labels, centre, 1000 / LEVEL_UM) == mine["position"]
-        found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, **c["orient"])
+        found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, orient_off, **c["orient"])
         row.update(
             orient_state=found_o["state"],
             orient_source=found_o["source"],
@@ -245,7 +285,7 @@ def register_one(
     row["orient_s"] = time.process_time() - t_start
     t_start = time.process_time()
     try:
-        res_t = tract.tract(pre, post, mm, stroke, {}, c["tract"]["min_confidence"])
+        res_t = tract.tract(pre, post, mm, stroke, {}, c["tract"]["min_confidence"], disabled=tract_off)
         row["tract_state"], row["length_flag"] = res_t["state"], res_t["length_flag"]
         for k in ("t0_px", "t1_px"):  # an export's region (trimmed by the reader) -> the truth's region
             res_t[k] = (np.array(res_t[k]) + offset).tolist()
@@ -274,6 +314,7 @@ def register_one(
         err = lambda a, b: float(np.linalg.norm((np.array(a) - np.array(b)) * t.mm_per_px))  # noqa: E731
         row["t0_mm"], row["t1_mm"] = err(res_t["t0_px"], truth["t0_px"]), err(res_t["t1_px"], truth["t1_px"])
         row["axis_deg"] = abs((res_t["axis_deg"] - truth["axis_deg"] + 180) % 360 - 180)
+        row["tract_wrong"] = max(row["t0_mm"], row["t1_mm"]) > WRONG_MM or row["axis_deg"] > WRONG_AXIS_DEG
         u = np.array(res_t["t1_px"]) - np.array(res_t["t0_px"])
         u = u / (np.linalg.norm(u) + 1e-9)
         row["t0_along_mm"] = float((np.array(res_t["t0_px"]) - truth["t0_px"]) @ u * t.mm_per_px)  # + : beyond the tip
@@ -328,8 +369,35 @@ def summary(df: pd.DataFrame) -> dict:
         "dice_med": q("dice", 50),
         "T0_p95_acc": float(np.nanpercentile(df.loc[acc_t, "t0_mm"], 95)) if acc_t.any() else float("nan"),
         "T1_p95_acc": float(np.nanpercentile(df.loc[acc_t, "t1_mm"], 95)) if acc_t.any() else float("nan"),
+        "axis_p95_acc": float(np.nanpercentile(df.loc[acc_t, "axis_deg"], 95)) if acc_t.any() else float("nan"),
+        "tract_wrong_accepted": int((acc_t & df.get("tract_wrong", pd.Series(False, index=df.index)).eq(True)).sum()),
         "review_%": 100 * float(review.mean()),
     }
+
+
+def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per element removed (``none``: the baseline): wrong accepted, sent to review, failed, the accepted
+    tracts' T0/T1 (mm) and axis (degrees) p95, and how many biopsies' state or tips changed from the baseline."""
+    base = df[df["ablated"] == "none"].set_index(["seed", "biopsy"])
+    out = []
+    for label, g in df.groupby("ablated", sort=False):
+        s, g = summary(g), g.set_index(["seed", "biopsy"])
+        moved = (g["tract_state"] != base["tract_state"]) | ~np.isclose(
+            g[["t0_mm", "t1_mm"]].fillna(-1), base[["t0_mm", "t1_mm"]].fillna(-1), atol=1e-3
+        ).all(axis=1)
+        out.append(
+            {
+                "element removed": label,
+                "wrong accepted": s["tract_wrong_accepted"],
+                "sent to review": s["tract_review"],
+                "failed": s["tract_failed"],
+                "T0 p95 (mm)": s["T0_p95_acc"],
+                "T1 p95 (mm)": s["T1_p95_acc"],
+                "axis p95 (deg)": s["axis_p95_acc"],
+                "changed": int(moved.sum()),
+            }
+        )
+    return pd.DataFrame(out)
 
 
 def main() -> None:
@@ -351,7 +419,15 @@ def main() -> None:
     p.add_argument("--strokes", type=float, nargs="+", default=[22.0], help="gun strokes (mm), one drawn per biopsy")
     p.add_argument("--config-stroke", action="store_true", help="the config's stroke for all, not each biopsy's")
     p.add_argument("--steps", nargs="+", choices=["orient", "tract"], default=["orient", "tract"], help="tract: always")
+    p.add_argument(
+        "--ablate", action="append", default=[], metavar="STEP.NAME", help="leave one element out, e.g. tract.edge_snr"
+    )
+    p.add_argument("--ablation", choices=["tract"], help="nothing removed, then each element of tract.ABLATABLE")
     a = p.parse_args()
+    off = ablated(a.ablate)
+    variants = [("none", off["tract"])]
+    if a.ablation == "tract":
+        variants += [(name, off["tract"] | {name}) for name in tract.ABLATABLE]
     jobs = [
         (
             s,
@@ -364,6 +440,8 @@ def main() -> None:
             tuple(a.strokes),
             not a.config_stroke,
             tuple(a.steps),
+            off["orient"],
+            tuple(variants),
         )
         for s in a.seeds
         for i in range(a.n)
@@ -380,15 +458,25 @@ def main() -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    df = pd.DataFrame(rows)
+    every = pd.DataFrame(rows)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
+    every.to_csv(a.out, sep="\t", index=False, float_format="%.4g")
+    if a.ablation:
+        print(
+            f"Tract ablation on seeds {a.seeds}, {a.n} slides each, ultrasound {a.us_format}, strokes {a.strokes} mm "
+            f"({'the config' if a.config_stroke else 'each biopsy'}'s given), {a.ablate or 'nothing'} left out "
+            f"throughout:\n"
+        )
+        print(ablation_table(every).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        return
+    df = every
     pd.set_option("display.width", 250, "display.max_columns", 30, "display.max_rows", 200)
     fmt = lambda d: d.to_string(float_format=lambda v: f"{v:.3g}")  # noqa: E731
     slide = "as rendered" if a.no_jpeg else "JPEG round trip"
     print(
         f"Varied cohort: {len(df)} biopsies, seeds {a.seeds}, slide level {slide}, ultrasound {a.us_format}, "
         f"strokes {a.strokes} mm ({'the config' if a.config_stroke else 'each biopsy'}'s given), steps {a.steps}, "
+        f"left out {a.ablate or 'nothing'}, "
         f"{time.time() - t0:.0f} s\n"
     )
     print("OVERALL")

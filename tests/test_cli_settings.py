@@ -23,17 +23,12 @@ import inspect
 import pkgutil
 import re
 
-import pytest
 import yaml
 from conftest import ROOT
 
 import workflow_scripts
 
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
-# command lines that still build their parser inside main(), owned by parallel work at the time of writing
-# (the review app): its options are read by stopping main() at parse_args and are
-# checked like the others; give them parser() and drop them from here (a test below says when)
-NO_PARSER_YET = {"workflow_scripts.review_app"}
 NEUTRAL = (None, [], "", "{}", "[]")
 UNQUOTED_OK = {"threads"}  # an integer Snakemake sets
 
@@ -81,25 +76,6 @@ def cli_modules() -> list:
 MODULES = cli_modules()
 
 
-class _Parsed(Exception):
-    """Raised in place of parsing, carrying the parser main() built."""
-
-
-def parser_of(mod, monkeypatch) -> argparse.ArgumentParser:
-    """The module's parser: parser(), or (NO_PARSER_YET) the one main() builds, caught at parse_args."""
-    if hasattr(mod, "parser"):
-        return mod.parser()
-
-    def caught(self, *args, **kwargs):
-        raise _Parsed(self)
-
-    with monkeypatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", caught)
-        with pytest.raises(_Parsed) as e:
-            mod.main([])
-    return e.value.args[0]
-
-
 def options(p: argparse.ArgumentParser, prog: str) -> list[tuple[str, argparse.Action]]:
     """Every option of a parser and of its sub-commands, with the command that has it."""
     out = []
@@ -136,11 +112,11 @@ def setting_keys(a: argparse.Action) -> list[str]:
     return why
 
 
-def default_problems(modules, monkeypatch) -> list[str]:
+def default_problems(modules) -> list[str]:
     """Every option whose own default stands in for a config setting."""
     problems = []
     for mod in modules:
-        for prog, a in options(parser_of(mod, monkeypatch), mod.__name__):
+        for prog, a in options(mod.parser(), mod.__name__):
             why = setting_keys(a)
             if not neutral(a) and why:
                 problems.append(
@@ -152,21 +128,19 @@ def default_problems(modules, monkeypatch) -> list[str]:
 
 def test_every_command_line_has_a_parser():
     missing = sorted(m.__name__ for m in MODULES if not hasattr(m, "parser"))
-    assert set(missing) <= NO_PARSER_YET, f"give these a parser() (main() parses parser().parse_args): {missing}"
+    assert not missing, f"give these a parser() (main() parses parser().parse_args): {missing}"
     assert len(MODULES) >= 15  # the walk found the steps (a broken walk would make every test here pass)
-    stale = sorted(n for n in NO_PARSER_YET if hasattr(importlib.import_module(n), "parser"))
-    assert not stale, f"{stale} now have parser(): remove them from NO_PARSER_YET"
 
 
-def test_no_command_line_default_duplicates_or_contradicts_config(monkeypatch):
-    problems = default_problems(MODULES, monkeypatch)
+def test_no_command_line_default_duplicates_or_contradicts_config():
+    problems = default_problems(MODULES)
     assert not problems, "\n".join(problems)
 
 
-def test_options_that_name_a_config_key_are_required_and_the_key_exists(monkeypatch):
+def test_options_that_name_a_config_key_are_required_and_the_key_exists():
     problems = []
     for mod in MODULES:
-        for prog, a in options(parser_of(mod, monkeypatch), mod.__name__):
+        for prog, a in options(mod.parser(), mod.__name__):
             for key in named_keys(a):
                 if not any(k == key or k.startswith(f"{key}.") for k in FLAT):
                     problems.append(f"{prog} {a.option_strings}: help names config {key}, which config.yaml lacks")
@@ -189,7 +163,7 @@ def test_the_check_catches_a_default_that_copies_config(monkeypatch):
         return p
 
     monkeypatch.setattr(ingest, "parser", with_default)
-    problems = default_problems([ingest], monkeypatch)
+    problems = default_problems([ingest])
     assert len(problems) == 1 and "--thumb-um: default 16.0" in problems[0], problems
     assert "config ingest.thumb_um_per_px" in problems[0]
 
@@ -262,8 +236,8 @@ def shell_of(block: str) -> str:
     return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', "\n".join(body)))
 
 
-def test_rules_pass_every_required_option_quoted(monkeypatch):
-    parsers = {m.__name__.removeprefix("workflow_scripts."): parser_of(m, monkeypatch) for m in MODULES}
+def test_rules_pass_every_required_option_quoted():
+    parsers = {m.__name__.removeprefix("workflow_scripts."): m.parser() for m in MODULES}
     parsers["synthetic"] = parsers.pop("synthetic.cohort")
     problems, steps = [], 0
     for name, block in rule_blocks():

@@ -186,7 +186,7 @@ def test_imagenet_backbone_comes_from_torchvisions_cache(tmp_path, monkeypatch):
     from torchvision.models import resnet101
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    path = models.imagenet_file()
+    path = models.imagenet_file("resnet101")
     assert path.parent == tmp_path / "torch/hub/checkpoints" and path.name == "resnet101-63fe2227.pth"
     path.parent.mkdir(parents=True)
     state = {

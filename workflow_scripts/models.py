@@ -81,7 +81,7 @@ FETCH_HINT = (
 )
 
 
-def imagenet_file(name: str = "resnet101") -> Path:
+def imagenet_file(name: str) -> Path:
     """Where torchvision caches a ResNet's ImageNet weights ($TORCH_HOME/hub/checkpoints)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(RESNETS[name].url).name
 
@@ -95,7 +95,7 @@ def fetch(name: str) -> Path:
 def backbone_state(backbone_weights: str) -> dict[str, torch.Tensor]:
     """A ResNet-101 state_dict: torchvision's ImageNet weights (cached, else downloaded) or a local file."""
     if backbone_weights == IMAGENET:
-        path = imagenet_file()
+        path = imagenet_file("resnet101")
         if not path.is_file():
             try:
                 torch.hub.load_state_dict_from_url(IMAGENET_WEIGHTS.url, progress=False, check_hash=True)
@@ -174,10 +174,15 @@ def build_model(
     return model
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """``python -m workflow_scripts.models --fetch NAME``: the backbones whose weights to fetch."""
     p = argparse.ArgumentParser(description="fetch ImageNet backbone weights into the torch hub cache (needs internet)")
     p.add_argument("--fetch", nargs="+", choices=sorted(RESNETS), required=True)
-    for name in p.parse_args(argv).fetch:
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    for name in parser().parse_args(argv).fetch:
         print(f"{name}: {fetch(name)}")
 
 

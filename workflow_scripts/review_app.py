@@ -766,7 +766,8 @@ def decisions_path(results: Path) -> Path:
     return workdir / (name or decisionlib.default_path())
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """tractmap-review's options: the results folder, and where and as whom it serves."""
     p = argparse.ArgumentParser(prog="tractmap-review", description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, help="the results folder (holds review.tsv)")
     p.add_argument(
@@ -779,6 +780,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--expose", action="store_true", help="allow --host other than loopback (anyone reaching it "
                    "with the token can write decisions)")  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser()
     a = p.parse_args(argv)
     if not (a.results / "review.tsv").is_file():
         p.error(f"{a.results}/review.tsv does not exist: run the workflow first (snakemake {a.results}/review.tsv)")
