@@ -50,8 +50,7 @@ rule voc_image:
 rule voc_list:
     input:
         labels=lambda w: member_files(list_members(w.split)),
-        orient=lambda w: step_files(list_members(w.split), "orient"),
-        tract=lambda w: step_files(list_members(w.split), "tract"),
+        state=lambda w: step_files(list_members(w.split), "state"),
     output:
         f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     conda:
@@ -61,7 +60,7 @@ rule voc_list:
     benchmark:
         f"{JOB_BENCHMARKS}/voc_list/{{split}}.tsv"
     shell:
-        "python -m workflow_scripts.voc list --out={output:q} --orient {input.orient:q} --tract {input.tract:q} "
+        "python -m workflow_scripts.voc list --out={output:q} --state {input.state:q} "
         "-- {input.labels:q} > {log:q} 2>&1"
 
 
@@ -106,6 +105,7 @@ rule qc_figure:
         pre=f"{ING}/prefire.png",
         tract=rules.tract.output.json,
         orient=rules.orient.output.json,
+        state=rules.review_state.output[0],
         oriented=rules.orient.output.oriented,
         crop=rules.tract.output.crop,
         label=rules.voc_image.output.label,
@@ -124,6 +124,7 @@ rule qc_figure:
         f"{JOB_BENCHMARKS}/qc_figure/{{participant}}/{{biopsy}}.tsv"
     shell:
         "python -m workflow_scripts.qc figure --pre={input.pre:q} --tract={input.tract:q} --orient={input.orient:q} "
+        "--state={input.state:q} "
         "--oriented={input.oriented:q} --crop={input.crop:q} --label={input.label:q} --out={output:q} "
         "--slide={input.slide:q} --cores={input.cores:q} --labels={input.labels:q} "
         "--title={wildcards.participant:q}/{wildcards.biopsy:q} > {log:q} 2>&1"
@@ -133,17 +134,16 @@ rule qc_table:
     input:
         tract=per_biopsy(f"{RESULTS}/tract/{{participant}}/{{biopsy}}.json"),
         orient=per_biopsy(f"{RESULTS}/orient/{{participant}}/{{biopsy}}.json"),
+        state=per_biopsy(f"{RESULTS}/state/{{participant}}/{{biopsy}}.json"),
         transfer=per_biopsy(f"{RESULTS}/transfer/{{participant}}/{{biopsy}}_summary.json"),
         label=per_biopsy(f"{VOC}/SegmentationClass/{{participant}}_{{biopsy}}.png"),
         truth=per_biopsy(f"{config['truth_dir']}/{{participant}}/{{biopsy}}.json") if config.get("truth_dir") and DEMO["enabled"] else [],
+        truth_mask=per_biopsy(f"{config['truth_dir']}/{{participant}}/{{biopsy}}_mask.png") if config.get("truth_dir") and DEMO["enabled"] else [],
     output:
         table=report(f"{RESULTS}/qc/registration_qc.tsv", caption="report/qc_table.rst", category="Registration QC",
                      labels={"output": "per biopsy"}),
         figure=report(f"{RESULTS}/qc/registration_qc.png", caption="report/qc_figure.rst", category="Registration QC",
                       labels={"output": "histograms"}),
-    params:
-        # each biopsy's override source (auto / sheet / review (<reviewer>), common.smk)
-        sources=json.dumps({f"{p}/{b}": OVERRIDE_SOURCE.get((p, b), "auto") for p, b in biopsies.index}),
     conda:
         "../envs/tractmap.yaml"
     log:
@@ -151,13 +151,14 @@ rule qc_table:
     benchmark:
         f"{JOB_BENCHMARKS}/qc_table.tsv"
     shell:
-        "python -m workflow_scripts.qc table --tract {input.tract:q} --orient {input.orient:q} "
-        "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} --sources={params.sources:q} "
+        "python -m workflow_scripts.qc table --tract {input.tract:q} --orient {input.orient:q} --state {input.state:q} "
+        "--transfer {input.transfer:q} --label {input.label:q} --truth {input.truth:q} --truth-mask {input.truth_mask:q} "
         "--out={output.table:q} --figure={output.figure:q} > {log:q} 2>&1"
 
 
 rule review:
     input:
+        state=per_biopsy(f"{RESULTS}/state/{{participant}}/{{biopsy}}.json"),
         orient=per_biopsy(f"{RESULTS}/orient/{{participant}}/{{biopsy}}.json"),
         tract=per_biopsy(f"{RESULTS}/tract/{{participant}}/{{biopsy}}.json"),
         prefire=per_biopsy(f"{ING}/prefire.json"),
@@ -171,5 +172,6 @@ rule review:
     benchmark:
         f"{JOB_BENCHMARKS}/review.tsv"
     shell:
-        "python -m workflow_scripts.review --orient {input.orient:q} --tract {input.tract:q} --prefire {input.prefire:q} "
+        "python -m workflow_scripts.review --state {input.state:q} --orient {input.orient:q} --tract {input.tract:q} "
+        "--prefire {input.prefire:q} "
         "--qc {input.qc:q} --out={output:q} > {log:q} 2>&1"

@@ -131,6 +131,7 @@ rule report:
         qc_table=rules.qc_table.output.table,
         qc_figure=rules.qc_table.output.figure,
         review=rules.review.output,
+        qc_figures=rules.review.input.qc,  # review.tsv names them; the report inlines the held ones
         test=expand(rules.evaluate.output, split="test"),
         val=expand(rules.evaluate.output, split="val"),
         curves=expand(rules.train.output.curves, model=config["train"]["models"]),

@@ -64,6 +64,31 @@ rule tract:
         "{params.overrides:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
 
+rule review_state:
+    # where the biopsy stands (accepted / review / override / failed), decided once in
+    # workflow_scripts/state.py; the VOC lists, review.tsv, QC and the report read this file
+    input:
+        orient=rules.orient.output.json,
+        tract=rules.tract.output.json,
+    output:
+        f"{RESULTS}/state/{{participant}}/{{biopsy}}.json",
+    params:
+        # auto / sheet / review (<reviewer>): the sheet and the decisions file, read at parse time (common.smk)
+        source=lambda w: OVERRIDE_SOURCE.get((w.participant, w.biopsy), "auto"),
+    group:
+        "prep_{participant}"
+    conda:
+        "../envs/tractmap.yaml"
+    log:
+        f"{LOGS}/review_state/{{participant}}/{{biopsy}}.log",
+    benchmark:
+        f"{JOB_BENCHMARKS}/review_state/{{participant}}/{{biopsy}}.tsv"
+    shell:
+        "python -m workflow_scripts.state --orient={input.orient:q} --tract={input.tract:q} --out={output:q} "
+        "--override-source={params.source:q} --participant={wildcards.participant:q} "
+        "--biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
+
+
 rule transfer:
     input:
         annotation=sheet_file("annotation"),

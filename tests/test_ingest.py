@@ -474,7 +474,7 @@ def test_spacing_text():
 
 
 def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
-    from workflow_scripts import review, tract
+    from workflow_scripts import review, state, tract
 
     out, truth = biopsy
     dicom_mm = truth["mm_per_px"]
@@ -505,9 +505,13 @@ def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
     args += ["--width-mm=2", "--margin-mm=0.5", "--out-mm-per-px=0.05"]
     tract.main([*args, "--min-confidence=0"])
     res = json.loads((d / "t.json").read_text())
-    assert res["state"] == "review"
-    assert f"DICOM {dicom_mm:.4g} mm/px vs us_mm_per_px {sheet:.4g} mm/px" in res["review_reason"]
-    rows = review.entries("P001", "B1", {"state": "accepted"}, res, meta["region_bounds_xyxy"], "qc.png")
+    assert res["state"] == "accepted"  # the tract's own call; the conflict is data that holds the biopsy
+    assert any(
+        f"DICOM {dicom_mm:.4g} mm/px vs us_mm_per_px {sheet:.4g} mm/px" in c for c in res["calibration_conflicts"]
+    )
+    st = {"participant_id": "P001", "biopsy_id": "B1", **state.biopsy_state({"state": "accepted"}, res)}
+    assert st["state"] == "review" and st["steps"]["tract"] == "review"
+    rows = review.entries(st, {"state": "accepted"}, res, meta["region_bounds_xyxy"], "qc.png")
     assert len(rows) == 1 and f"vs us_mm_per_px {sheet:.4g} mm/px" in rows[0]["reason"]
     for phase in ("prefire", "postfire"):  # the same tract without the conflict is accepted
         m = json.loads((d / f"{phase}.json").read_text())
@@ -515,7 +519,8 @@ def test_a_calibration_conflict_goes_to_review_naming_both(tmp_path, biopsy):
         (d / f"{phase}.json").write_text(json.dumps(m))
     tract.main([*args, "--min-confidence=0"])
     res = json.loads((d / "t.json").read_text())
-    assert res["state"] == "accepted" and "review_reason" not in res
+    assert res["state"] == "accepted" and "review_reason" not in res and res["calibration_conflicts"] == []
+    assert state.biopsy_state({"state": "accepted"}, res)["state"] == "accepted"
 
 
 def test_demo_exports_carry_the_spacing_the_dicoms_are_rendered_at(tmp_path, biopsy):

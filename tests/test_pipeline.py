@@ -366,6 +366,7 @@ def test_a_biopsy_appended_on_a_read_slide_adds_only_its_own_jobs_and_a_bad_core
         "ingest_ultrasound": 2,
         "orient": 1,
         "tract": 1,
+        "review_state": 1,
         "transfer": 1,
         "labelme": 1,
         "voc_image": 1,

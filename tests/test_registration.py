@@ -460,7 +460,7 @@ def test_rim_contacts_are_where_a_line_outside_the_core_meets_it():
 
 
 def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects():
-    from workflow_scripts import review
+    from workflow_scripts import review, state
 
     o = {
         "state": "review",
@@ -479,12 +479,16 @@ def test_review_rows_give_the_override_that_confirms_and_the_one_that_corrects()
         "length_flag": False,
         "confidence": {"t0": 0.9, "t1": 0.9, "axis": 0.9},
     }
-    rows = review.entries("P001", "B1", o, t, [100, 50, 600, 500], "qc.png")
+
+    def rows_of(o: dict, t: dict) -> list[dict]:
+        st = {"participant_id": "P001", "biopsy_id": "B1", **state.biopsy_state(o, t)}
+        return review.entries(st, o, t, [100, 50, 600, 500], "qc.png")
+
+    rows = rows_of(o, t)
     assert [(r["step"], r["confirm"], r["correct"]) for r in rows] == [("orient", "dye_end=top", "dye_end=bottom")]
     assert rows[0]["reason"].endswith("px in from the two ends): end contrast 0.40 < 0.55")  # why, as found
-    rows = review.entries(
-        "P001", "B1", {**o, "state": "accepted"}, {**t, "state": "review"}, [100, 50, 600, 500], "qc.png"
-    )
+    assert rows[0]["participant_id"] == "P001" and rows[0]["qc_figure"] == "qc.png"
+    rows = rows_of({**o, "state": "accepted"}, {**t, "state": "review"})
     assert (
         rows[0]["step"] == "tract"
         and rows[0]["confirm"] == "tip_x=110.0 tip_y=70.0 axis_deg=15.00 override_length_mm=21.50"
@@ -542,7 +546,7 @@ def test_each_biopsys_stroke_checks_its_length_and_moves_no_tip(tmp_path):
 def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():
     """No needle in the pre-fire frame: the difference starts where the post-fire needle enters, so the tract
     reads far longer than the stroke.  It goes to review saying why, with T0 estimated as T1 less the stroke."""
-    from workflow_scripts import review
+    from workflow_scripts import review, state
 
     t, pre, post = demo_frames(300, "P0")
     d = (np.array(t.t1_mm) - t.t0_mm) / np.linalg.norm(np.array(t.t1_mm) - t.t0_mm)
@@ -552,7 +556,8 @@ def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():
     assert res["state"] == "review" and res["review_reason"].startswith("the pre-fire frame shows no needle")
     assert "T1 less the 22 mm stroke" in res["review_reason"] and res["confidence"]["t0"] == 0.0
     assert np.linalg.norm(np.array(res["t0_px"]) * t.mm_per_px - t.t0_mm) < 1.0  # the rendered throw: 97-100%
-    row = review.entries("P3", "B1", {"state": "accepted"}, res, [10, 20, 0, 0], "qc.png")[0]
+    st = {"participant_id": "P3", "biopsy_id": "B1", **state.biopsy_state({"state": "accepted"}, res)}
+    row = review.entries(st, {"state": "accepted"}, res, [10, 20, 0, 0], "qc.png")[0]
     assert "the pre-fire frame shows no needle" in row["reason"]
     assert row["confirm"].startswith(f"tip_x={res['t0_px'][0] + 10:.1f} tip_y={res['t0_px'][1] + 20:.1f}")
     fine = tract.tract(pre, post, mm, 22.0, {}, 0.55)  # the frames in order: no such reason

@@ -19,6 +19,7 @@ import PIL.Image  # noqa: E402
 from skimage.io import imread  # noqa: E402
 
 from workflow_scripts import geometry as geo  # noqa: E402
+from workflow_scripts.state import read_state  # noqa: E402
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,10 +86,11 @@ def summary_figure(table: pd.DataFrame, out: Path) -> None:
     plt.close(fig)
 
 
-def decisions(orient: dict, tract: dict) -> str:
-    """The two automatic decisions and their confidences, for a figure title."""
+def decisions(state: dict, orient: dict, tract: dict) -> str:
+    """The biopsy's review state, each step's state in it and the steps' confidences, for a figure title."""
     conf = ", ".join(f"{k} {v:.2f}" for k, v in tract.get("confidence", {}).items())
-    return f"dye end: {orient.get('state', '?')} ({orient['confidence']:.2f}); needle: {tract.get('state', '?')}" + (
+    steps = state["steps"]
+    return f"{state['state']}; dye end: {steps['orient']} ({orient['confidence']:.2f}); needle: {steps['tract']}" + (
         f" ({conf})" if conf else ""
     )
 
@@ -167,18 +169,51 @@ def figure(
     plt.close(fig)
 
 
+def table_row(tract: dict, orient: dict, state: dict) -> dict:
+    """One biopsy's QC measures and its review state (read from ``state/<p>/<b>.json``, never re-derived)."""
+    return {
+        "sampled_length_mm": tract["sampled_length_mm"],
+        "length_flag": tract["length_flag"],
+        "stroke_mm": tract.get("stroke_mm"),
+        "stroke_source": tract.get("stroke_source", ""),
+        "override_length_mm": tract.get("override_length_mm"),
+        "length_source": tract.get("length_source", ""),
+        "dye_confidence": orient["confidence"],
+        "state": state["state"],
+        "orient_state": state["steps"]["orient"],
+        "orient_source": orient.get("source", ""),
+        "core": orient.get("core_position", ""),
+        "tract_state": state["steps"]["tract"],
+        "override_source": state["override_source"],
+        **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
+    }
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="registration QC")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("figure")
-    for k in ("pre", "tract", "orient", "oriented", "crop", "label", "out", "title", "slide", "cores", "labels"):
+    for k in (
+        "pre",
+        "tract",
+        "orient",
+        "state",
+        "oriented",
+        "crop",
+        "label",
+        "out",
+        "title",
+        "slide",
+        "cores",
+        "labels",
+    ):
         f.add_argument(f"--{k}", required=True)
     t = sub.add_parser("table")
-    for k in ("tract", "orient", "transfer", "label"):
+    for k in ("tract", "orient", "state", "transfer", "label"):
         t.add_argument(f"--{k}", nargs="+", required=True, help=f"per-biopsy {k} files, in the same biopsy order")
     t.add_argument("--truth", nargs="*", default=[], help="demo truth JSONs, same biopsy order (scoring only)")
-    t.add_argument("--sources", default="{}", help='JSON {"<participant>/<biopsy>": override source}')
+    t.add_argument("--truth-mask", nargs="*", default=[], help="demo truth masks (<b>_mask.png), same order")
     t.add_argument("--out", required=True)
     t.add_argument("--figure", help="summary figure PNG")
     return p
@@ -188,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
     if a.cmd == "figure":
         load = lambda k: json.loads(Path(getattr(a, k)).read_text())  # noqa: E731
-        title = f"{a.title} [{decisions(load('orient'), load('tract'))}]"
+        title = f"{a.title} [{decisions(load('state'), load('orient'), load('tract'))}]"
         figure(
             imread(a.pre),
             load("tract"),
@@ -201,35 +236,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     rows = []
-    truths = a.truth or [None] * len(a.tract)
-    for tract_f, orient_f, transfer_f, label_f, truth in zip(
-        a.tract, a.orient, a.transfer, a.label, truths, strict=True
+    truths = zip(a.truth, a.truth_mask, strict=True) if a.truth else [None] * len(a.tract)
+    for tract_f, orient_f, state_f, transfer_f, label_f, truth in zip(
+        a.tract, a.orient, a.state, a.transfer, a.label, truths, strict=True
     ):
         pid, bid = Path(tract_f).parent.name, Path(tract_f).stem  # <results>/tract/<participant>/<biopsy>.json
         tract, orient, transfer = (json.loads(Path(x).read_text()) for x in (tract_f, orient_f, transfer_f))
-        row = {
-            "participant_id": pid,
-            "biopsy_id": bid,
-            "sampled_length_mm": tract["sampled_length_mm"],
-            "length_flag": tract["length_flag"],
-            "stroke_mm": tract.get("stroke_mm"),
-            "stroke_source": tract.get("stroke_source", ""),
-            "override_length_mm": tract.get("override_length_mm"),
-            "length_source": tract.get("length_source", ""),
-            "dye_confidence": orient["confidence"],
-            "shrinkage": transfer["shrinkage"],
-            "orient_state": orient.get("state", ""),
-            "orient_source": orient.get("source", ""),
-            "core": orient.get("core_position", ""),
-            "tract_state": tract.get("state", ""),
-            "override_source": json.loads(a.sources).get(f"{pid}/{bid}", "auto"),
-            **{f"tract_conf_{k}": v for k, v in tract.get("confidence", {}).items()},
-            "ignored_objects": transfer["ignored_total"],
-        }
+        row = {"participant_id": pid, "biopsy_id": bid, **table_row(tract, orient, read_state(state_f, pid, bid))}
+        row["shrinkage"], row["ignored_objects"] = transfer["shrinkage"], transfer["ignored_total"]
         if truth:
-            truth = Path(truth)
-            mask = imread(truth.with_name(f"{truth.stem}_mask.png"))
-            row.update(score(tract, orient, np.array(PIL.Image.open(label_f)), json.loads(truth.read_text()), mask))
+            found = json.loads(Path(truth[0]).read_text())
+            row.update(score(tract, orient, np.array(PIL.Image.open(label_f)), found, imread(truth[1])))
         rows.append(row)
     table = summarise(pd.DataFrame(rows))
     table.to_csv(a.out, sep="\t", index=False, float_format="%.4g")

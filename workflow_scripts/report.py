@@ -19,6 +19,7 @@ import pandas as pd
 
 from workflow_scripts import failures, provenance
 from workflow_scripts.review_app import review_page
+from workflow_scripts.state import STATES
 
 PACKAGES = (
     "tractmap",
@@ -221,6 +222,18 @@ def review_section(rev: pd.DataFrame, results: Path) -> str:
     return "".join(parts)
 
 
+def state_counts(qc: pd.DataFrame) -> str:
+    """How many biopsies stand in each review state, from the QC table's ``state`` column (which is read from
+    ``state/<p>/<b>.json``, decided once in workflow_scripts/state.py)."""
+    per_biopsy = qc[~qc["participant_id"].isin(["median", "p95"])]
+    counts = per_biopsy["state"].value_counts()
+    found = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in STATES)
+    return (
+        f"<p>Review state of the {len(per_biopsy)} registered biopsies: {html.escape(found)}. Only accepted and "
+        "override biopsies enter the VOC split lists (training and evaluation).</p>"
+    )
+
+
 def cv_section(path: str) -> list[str]:
     """Cross-validation: per-fold validation Dice with mean and SD, and where the ensembles' test results are."""
     if not path:
@@ -274,6 +287,7 @@ def build(a: argparse.Namespace) -> str:
         "<h3>Table 1. Participant characteristics by split</h3>",
         table(pd.read_csv(a.table1, sep="\t", dtype=str, keep_default_na=False)),
         "<h2>Registration QC</h2>",
+        state_counts(qc),
         table(qc[qc["participant_id"].isin(["median", "p95"])]),
         figure(Path(a.qc_figure), "Registration QC over all biopsies."),
         "<details><summary>per-biopsy QC</summary>"

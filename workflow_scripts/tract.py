@@ -304,10 +304,8 @@ def main(argv: list[str] | None = None) -> None:
             override_length_mm=a.override_length_mm,
             length_source="biopsies.tsv override_length_mm" if a.override_length_mm is not None else "auto",
         )
-        reasons = calibration_reasons(meta, json.loads(Path(a.post_meta).read_text()))
-        if reasons:  # the sheet's spacing won over a DICOM's that disagrees: a person decides (an override stands)
-            res["review_reason"] = "; ".join(r for r in (res.get("review_reason"), *reasons) if r)
-            res["state"] = "review" if res["state"] == "accepted" else res["state"]
+        # the sheet's spacing won over a DICOM's that disagrees: recorded as data; state.py holds the biopsy
+        res["calibration_conflicts"] = calibration_reasons(meta, json.loads(Path(a.post_meta).read_text()))
         crop, frame = crop_strip(pre, res, mm, a.width_mm, a.out_mm_per_px, a.margin_mm)
         imsave(a.crop, crop, check_contrast=False)
         res.update(frame)

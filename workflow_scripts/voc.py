@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 from pathlib import Path
 
 import imgviz
@@ -24,7 +23,7 @@ import numpy as np
 import PIL.Image
 
 from workflow_scripts.errors import InputError, read_json, run_cli
-from workflow_scripts.review import needs_review
+from workflow_scripts.state import USABLE, read_state
 
 CLASS_NAMES = ("_background_", "cancer")
 VOID = 255  # the label value of unknown pixels: the one definition (train and evaluate import it)
@@ -140,6 +139,21 @@ def convert(
     return label
 
 
+def write_list(labels: list[str], states: list[str], out: Path) -> None:
+    """An ImageSets list: the images whose biopsy's review state is usable (accepted or override); the held
+    ones are named, not listed."""
+    held = {}
+    for f, st in zip(labels, states, strict=True):
+        pid, bid = Path(f).stem.split("_", 1)  # <participant>_<biopsy>: participant IDs hold no '_'
+        state = read_state(st, pid, bid)["state"]
+        if state not in USABLE:
+            held[Path(f).stem] = state
+    ids = sorted(Path(f).stem for f in labels if Path(f).stem not in held)
+    out.write_text("".join(f"{i}\n" for i in ids))
+    named = " ".join(f"{k} ({v})" for k, v in sorted(held.items()))
+    print(f"{len(ids)} images in {out}" + (f"; {len(held)} held out: {named}" if held else ""))
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="Labelme JSON -> VOC")
@@ -154,8 +168,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--biopsy")
     s = sub.add_parser("list", help="an ImageSets/Segmentation list from the split's label files")
     s.add_argument("labels", nargs="*", help="SegmentationClass PNGs of the split's images")
-    s.add_argument("--orient", nargs="*", default=[], help="orient JSONs, same order as the labels")
-    s.add_argument("--tract", nargs="*", default=[], help="tract JSONs, same order as the labels")
+    s.add_argument("--state", nargs="*", default=[], help="review state JSONs (state/<p>/<b>.json), same order")
     s.add_argument("--out", required=True)
     n = sub.add_parser("names", help="class_names.txt")
     n.add_argument("--out", required=True)
@@ -186,18 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
         run_cli(go, a.participant, a.biopsy, a.labelme)
     elif a.cmd == "list":
-        states = zip(a.orient or [None] * len(a.labels), a.tract or [None] * len(a.labels), strict=True)
-        held = {
-            Path(f).stem
-            for f, (o, t) in zip(a.labels, states, strict=True)
-            if o and t and needs_review(json.loads(Path(o).read_text()), json.loads(Path(t).read_text()))
-        }
-        ids = sorted(Path(f).stem for f in a.labels if Path(f).stem not in held)
-        Path(a.out).write_text("".join(f"{i}\n" for i in ids))
-        print(
-            f"{len(ids)} images in {a.out}"
-            + (f"; {len(held)} held for review: {' '.join(sorted(held))}" if held else "")
-        )
+        run_cli(lambda: write_list(a.labels, a.state, Path(a.out)))
     else:
         Path(a.out).write_text("\n".join(CLASS_NAMES) + "\n")
 

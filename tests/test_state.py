@@ -1,0 +1,100 @@
+"""The review state: one decision per biopsy, read by the VOC lists, the review queue and QC."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflow_scripts import qc, state, voc
+from workflow_scripts.errors import InputError
+
+STEP_STATES = ("accepted", "review", "override", "failed")
+
+
+@pytest.mark.parametrize("o, t", list(itertools.product(STEP_STATES, STEP_STATES)))
+def test_the_biopsy_takes_the_strongest_step_state(o, t):
+    """failed > review > override > accepted, over both steps, whichever step has it."""
+    res = state.biopsy_state({"state": o}, {"state": t}, "sheet")
+    rank = {"failed": 0, "review": 1, "override": 2, "accepted": 3}
+    assert res["state"] == min(o, t, key=rank.get)
+    assert res["steps"] == {"orient": o, "tract": t} and res["override_source"] == "sheet"
+
+
+@pytest.mark.parametrize(
+    "tract_state, expected", [("accepted", "review"), ("review", "review"), ("override", "override")]
+)
+def test_a_calibration_conflict_holds_an_accepted_tract_and_an_override_stands(tract_state, expected):
+    conflict = "ultrasound calibration: DICOM 0.04 mm/px vs us_mm_per_px 0.05 mm/px (us_mm_per_px used)"
+    tract = {"state": tract_state, "calibration_conflicts": [conflict]}
+    res = state.biopsy_state({"state": "accepted"}, tract)
+    assert res["steps"]["tract"] == expected and res["state"] == expected
+    assert conflict in res["reasons"]["tract"]  # said, even where the override stands
+    clean = state.biopsy_state({"state": "accepted"}, {"state": tract_state, "calibration_conflicts": []})
+    assert clean["steps"]["tract"] == tract_state  # the same tract without the conflict keeps its own state
+
+
+def test_reasons_are_kept_for_the_steps_that_are_not_accepted():
+    o = {"state": "review", "review_reason": "end contrast 0.40 < 0.55"}
+    t = {"state": "accepted", "review_reason": ""}
+    assert state.biopsy_state(o, t)["reasons"] == {"orient": "end contrast 0.40 < 0.55"}
+
+
+def test_an_unknown_step_state_names_the_step():
+    with pytest.raises(InputError, match="the tract result has state 'maybe'"):
+        state.biopsy_state({"state": "accepted"}, {"state": "maybe"})
+
+
+def write_states(tmp_path: Path, states: dict[str, tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """State files written by the CLI from orient/tract results, and matching VOC label paths."""
+    labels, files = [], []
+    for bid, (o, t) in states.items():
+        (tmp_path / "o.json").write_text(json.dumps({"state": o}))
+        (tmp_path / "t.json").write_text(json.dumps({"state": t}))
+        out = tmp_path / "state" / "P001" / f"{bid}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        args = [f"--orient={tmp_path / 'o.json'}", f"--tract={tmp_path / 't.json'}", f"--out={out}"]
+        state.main([*args, "--override-source=auto", "--participant=P001", f"--biopsy={bid}"])
+        files.append(str(out))
+        labels.append(str(tmp_path / f"P001_{bid}.png"))
+    return labels, files
+
+
+def test_voc_lists_only_accepted_and_override_biopsies(tmp_path, capsys):
+    cases = {
+        "B1": ("accepted", "accepted"),
+        "B2": ("override", "accepted"),
+        "B3": ("accepted", "review"),
+        "B4": ("failed", "override"),
+    }
+    labels, files = write_states(tmp_path, cases)
+    voc.main(["list", f"--out={tmp_path / 'train.txt'}", "--state", *files, "--", *labels])
+    assert (tmp_path / "train.txt").read_text().split() == ["P001_B1", "P001_B2"]
+    assert "2 held out: P001_B3 (review) P001_B4 (failed)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a state file of another biopsy, in the wrong order, is refused
+        voc.main(["list", f"--out={tmp_path / 'x.txt'}", "--state", *files[::-1], "--", *labels])
+    assert "state file" in capsys.readouterr().err
+
+
+def test_the_qc_row_carries_the_state_file_not_the_steps_own():
+    tract = {"state": "accepted", "sampled_length_mm": 20.0, "length_flag": False, "confidence": {"t0": 0.9}}
+    tract["calibration_conflicts"] = ["ultrasound calibration: DICOM 0.04 vs 0.05"]
+    orient = {"state": "override", "confidence": 0.3, "source": "override"}
+    st = state.biopsy_state(orient, tract, "review (tester)")
+    row = qc.table_row(tract, orient, st)
+    assert (row["state"], row["orient_state"], row["tract_state"]) == ("review", "override", "review")
+    assert row["override_source"] == "review (tester)"
+    assert qc.decisions(st, {"confidence": 0.3}, tract).startswith("review; dye end: override (0.30); needle: review")
+
+
+def test_the_report_counts_the_states_of_the_qc_table():
+    from workflow_scripts import report
+
+    qc_table = pd.DataFrame(
+        {"participant_id": ["P1", "P1", "P2", "median", "p95"], "state": ["review", "accepted", "review", None, None]}
+    )
+    text = report.state_counts(qc_table)
+    assert "of the 3 registered biopsies: 0 failed, 2 review, 0 override, 1 accepted" in text
