@@ -59,7 +59,7 @@ def copy_biopsy(res: Path, p: str, b: str, q: str, slide: str) -> None:
         if not (res / dst).exists():
             shutil.copytree(res / src, res / dst)
     for name in (f"orient/{{}}/{b}.json", f"orient/{{}}/{b}_oriented.png", f"tract/{{}}/{b}.json",
-                 f"tract/{{}}/{b}_crop.png", f"qc/{{}}/{b}.png"):  # fmt: skip
+                 f"tract/{{}}/{b}_crop.png", f"qc/{{}}/{b}.png", f"state/{{}}/{b}.json"):  # fmt: skip
         (res / name.format(q)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(res / name.format(p), res / name.format(q))
 

@@ -69,6 +69,7 @@ JSONS = {
     "tract": "tract/{p}/{b}.json",
     "pre": "ingest/{p}/{b}/prefire.json",
     "post": "ingest/{p}/{b}/postfire.json",
+    "state": "state/{p}/{b}.json",  # each step's state, as state.py decided it (what review.tsv holds)
 }
 # the biopsy's slide (its thumbnail level, its cores), for the slide panel and the tiles
 SLIDE = {"meta": "slides/{p}/{s}/wsi.json", "cores": "slides/{p}/{s}/cores.json", "labels": "slides/{p}/{s}/cores.png"}
@@ -280,7 +281,7 @@ class Queue:
         return json.loads(self.file(key, JSONS[name]).read_text())
 
     def data(self, key: tuple[str, str]) -> dict:
-        """A biopsy's orient, tract and ingest records (read per request: the pipeline may rerun meanwhile)."""
+        """A biopsy's orient, tract, ingest and state records (read per request: the pipeline may rerun meanwhile)."""
         return {k: json.loads(self.file(key, pat).read_text()) for k, pat in JSONS.items()}
 
 
@@ -426,6 +427,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
     data = queue.data(key)
     o, t = data["orient"], data["tract"]
+    steps = data["state"]["steps"]  # a tract held for a calibration conflict is held here, not in its JSON
     ends = core_ends(o)
     sides = dye_sides(key, queue, o)
     tract_cfg = queue.config.get("tract") or {}
@@ -441,7 +443,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
         "reasons": [{"step": r["step"], "reason": r["reason"]} for r in queue.rows[key]],
         "held": sorted(held),
         "orient": {
-            "state": o.get("state"),
+            "state": steps.get("orient"),
             "confidence": o.get("confidence"),
             "ends": ends,
             "dyed": 1 if o["dye_at_positive_end"] else 0,
@@ -450,7 +452,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "width": o.get("width", 20),
         },
         "tract": {
-            "state": t.get("state"),
+            "state": steps.get("tract"),
             "confidence": t.get("confidence", {}),
             "t0": t["t0_px"],
             "t1": t["t1_px"],
