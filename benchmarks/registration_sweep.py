@@ -275,7 +275,6 @@ def register_one(
             orient_source=found_o["source"],
             orient_conf=found_o["confidence"],
             orient_evidence=found_o.get("evidence"),
-            orient_shared=found_o.get("shared_with_other_end"),
         )
         can = orient.canonical(found_o, LEVEL_UM, t.slide_um_per_px)
         res_o = {**found_o, **can}

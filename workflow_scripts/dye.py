@@ -60,17 +60,6 @@ def present(x: np.ndarray, ref: np.ndarray, radius: np.ndarray, min_count: float
     return near[tuple(kx.T)]
 
 
-def shared_colour(dye: np.ndarray, other: np.ndarray, radius: np.ndarray, n_end: int, least: float) -> float:
-    """Share of the dye pixels whose colour also occurs (within about ``radius``) at the other end.
-
-    ``other`` holds the other end's candidate pixels; a colour occurs there when ``END_SHARE`` of
-    the end's ``n_end`` tissue pixels (and ``least``) have it.
-    """
-    if len(dye) == 0:
-        return 0.0
-    return float(present(dye, other, radius, max(least, END_SHARE * n_end)).mean())
-
-
 def at_both_ends(
     flags: np.ndarray,
     feats: np.ndarray,

@@ -7,8 +7,8 @@ The call is a pipeline of named stages, each a short function below:
 2. **the slide's stain model** (:func:`stain_model`, in :mod:`workflow_scripts.stain`): the H-E
    mixing line learnt from the core itself, and which pixels lie off it beyond the tissue's own
    scatter at their density;
-3. **dye candidates**: first evidence (:func:`colour_candidates`): off the line, a colour the
-   middle lacks, and not flagged at both ends; second evidence (:func:`novelty_candidates`), asked
+3. **dye candidates**: first evidence (:func:`colour_candidates`): off the line beyond the tissue's
+   scatter, and not flagged at both ends; second evidence (:func:`novelty_candidates`), asked
    when the first finds too little (dyes close to haematoxylin): a colour the middle lacks that is
    haematoxylin-ward of the tissue or denser than most of it;
 4. **mass at each end** (:func:`end_evidence`, :mod:`workflow_scripts.dye`): the dye walked in
@@ -61,15 +61,13 @@ CHROMA_FLOOR = 0.008  # least chromaticity distance from the H-E line that is dy
 LOG_OD_RADIUS = 0.12  # log optical density within which two colours' densities are alike (about 13 %)
 NOVEL_SHARE = 0.005  # share of the middle's pixels near a colour below which the middle lacks that colour
 MIN_SPAN = 0.08  # chromaticity run of the tissue along its H-E line below which the line is undetermined
-SHARED_MAX = 0.3  # share of the dye's colours also found at the other end above which the call needs review
 DYE_MAX_WIDTHS = 2.0  # dye mass in from an end, in core widths, beyond which a novel colour is not taken for dye
 LONE_SHARE = 0.005  # share of the core off the H-E line away from the dyed end above which a second population exists
-THIN_MASS = 1.5  # dye mass, in least dye masses, that a colour found in thin parts only (rims too) needs
 ISOLATE_MARGIN_UM = 1500.0  # the level read around one core: its neighbours beyond are painted out
 NEIGHBOUR_MARGIN_UM = 48.0  # a neighbouring core is painted out this far beyond its mask
 
 # the evidence stages that can be left out (the doubts' names are DOUBTS' keys)
-STAGES = ("density_scatter", "colour_novel", "both_ends_tissue", "novelty_evidence")
+STAGES = ("density_scatter", "both_ends_tissue", "novelty_evidence")
 STAGES += ("thick_first", "rim_contacts", "rings")
 
 
@@ -234,13 +232,9 @@ def novel(core: CorePixels, stain: StainModel, among: np.ndarray, level_um: floa
 
 
 def colour_candidates(core: CorePixels, stain: StainModel, level_um: float, disabled: frozenset[str]) -> np.ndarray:
-    """Stage 3a, first evidence: dye is off the slide's H-E line, a colour the middle's own off-line pixels
-    lack (``colour_novel``: a tissue population off the line is off it in the middle too, while tissue on the
-    line must not hide a dye just off it), and not flagged at both ends (``both_ends_tissue``: a colour there
-    is tissue, stroma at either end, say; a dye is at one end)."""
+    """Stage 3a, first evidence: dye is off the slide's H-E line, and not flagged at both ends
+    (``both_ends_tissue``: a colour there is tissue, stroma at either end, say; a dye is at one end)."""
     flags = core.solid & stain.beyond
-    if "colour_novel" not in disabled:
-        flags &= novel(core, stain, stain.beyond, level_um)
     if "both_ends_tissue" not in disabled:
         least = dye.PRESENT_MIN_UM2 / level_um**2
         flags &= ~dye.at_both_ends(flags, stain.feats, core.low, core.quarters, stain.radius, core.solid, least)
@@ -294,7 +288,7 @@ class Call:
     whether its dye is in ``thick`` parts, the dye mass at the called end (``dye_px``), the least dye
     (``scale``) and the core's ``width`` (level px); the other evidence's mass at the called end and the other
     (``here``, ``there``) where it was ``asked``; the share of the core off the H-E line away from the
-    called end (``lone``); and the share of the dye's colour also at the other end (``shared``)."""
+    called end (``lone``)."""
 
     confidence: float
     bar: float
@@ -307,7 +301,6 @@ class Call:
     here: float
     there: float
     lone: float
-    shared: float
 
 
 def low_contrast(c: Call) -> str:
@@ -331,14 +324,6 @@ def open_line(c: Call) -> str:
     return ""
 
 
-def thin_small_dye(c: Call) -> str:
-    """A colour found in thin parts only needs more than the least dye (a rim that does not run on over the
-    glass is thin too)."""
-    if c.kind == "colour" and not c.thick and c.dye_px < THIN_MASS * c.scale:
-        return "a small dye found in thin parts only (rims are thin)"
-    return ""
-
-
 def novel_too_deep(c: Call) -> str:
     """A novel colour deeper than a dye soaks in (a few core widths) is tissue whose mix the middle lacks."""
     return (
@@ -355,37 +340,24 @@ def offline_other_end(c: Call) -> str:
     return ""
 
 
-def shared_colour(c: Call) -> str:
-    """A colour at both ends is tissue (stroma, say), not dye."""
-    return f"{c.shared:.0%} of the dye's colour is also at the other end" if c.shared >= SHARED_MAX else ""
-
-
 DOUBTS: dict[str, Callable[[Call], str]] = {
     f.__name__: f
     for f in (
         low_contrast,
         open_line,
-        thin_small_dye,
         novel_too_deep,
         offline_other_end,
-        shared_colour,
     )
 }
 ABLATABLE = STAGES + tuple(DOUBTS)
 
 
-def weigh(core: CorePixels, stain: StainModel, ev: Evidence, scale: float, bar: float, level_um: float) -> Call:
+def weigh(core: CorePixels, stain: StainModel, ev: Evidence, scale: float, bar: float) -> Call:
     """What the doubts weigh: the call's features (see :class:`Call`)."""
     m_neg, m_pos = ev.mass
     pos = m_pos > m_neg
     here, there = (0.0, 0.0) if ev.check is None else ((ev.check[1], ev.check[0]) if pos else ev.check)
-    other, win = core.quarters if pos else core.quarters[::-1]
-    # a colour off the line is held against the other end's own off-line pixels (as for the candidates)
-    found_there = other & core.solid & (stain.beyond if ev.kind == "colour" else True)
-    least = dye.PRESENT_MIN_UM2 / level_um**2
-    shared = dye.shared_colour(
-        stain.feats[win & ev.flagged], stain.feats[found_there], stain.radius, (other & core.solid).sum(), least
-    )
+    win = core.quarters[1] if pos else core.quarters[0]
     lone = float((stain.beyond & core.solid & ~win).sum() / core.solid.sum())
     confidence = dye.contrast(m_pos, m_neg, scale)
     return Call(
@@ -400,7 +372,6 @@ def weigh(core: CorePixels, stain: StainModel, ev: Evidence, scale: float, bar: 
         here,
         there,
         lone,
-        shared,
     )
 
 
@@ -431,7 +402,7 @@ def automatic_call(
             f"need {scale:.1f}: min_dye_fraction {min_dye_fraction} of the core width)",
             DYE_HINT,
         )
-    call = weigh(core, stain, ev, scale, accept_confidence if ev.kind == "colour" else accept_novelty, level_um)
+    call = weigh(core, stain, ev, scale, accept_confidence if ev.kind == "colour" else accept_novelty)
     if call.confidence < min_confidence:
         raise InputError(
             f"dyed end is ambiguous (confidence {call.confidence:.2f} < {min_confidence}; "
@@ -451,7 +422,6 @@ def automatic_call(
             "spread": stain.spread,
             "span": stain.span,
         },
-        "shared_with_other_end": call.shared,
         "features": {k: (float(v) if not isinstance(v, str) else v) for k, v in vars(call).items()},
         "review_reason": reason,
         "dye_at_positive_end": bool(m_pos > m_neg),
