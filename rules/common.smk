@@ -60,7 +60,7 @@ participants, _problems = read_sheet("participants", "../schemas/participants.sc
 biopsies, _bproblems = read_sheet("biopsies", "../schemas/biopsies.schema.yaml", ("participant_id", "biopsy_id"))
 _problems += _bproblems
 # review decisions (tractmap-review): each wins over the sheet's overrides of the same group
-# (decisions.GROUPS; README "Review in the browser"); they reach jobs as params, so a decision
+# (decisions.GROUPS; docs/review.md); they reach jobs as params, so a decision
 # reruns only its biopsy's jobs and the aggregates
 DECISIONS = decisionlib.read(config["review"]["decisions"])
 OVERRIDE_SOURCE = {}  # (participant, biopsy) -> auto / sheet / review (<reviewer>), shown in the QC table
