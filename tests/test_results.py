@@ -249,7 +249,9 @@ def test_inference_with_a_manual_tip_and_axis(cohort_run, tmp_path):
     dicom, t = new_prefire(tmp_path, seed=777)
     image, meta = ingest.read_ultrasound(dicom, frame="last")
     x0, y0 = meta["region_bounds_xyxy"][:2]
-    res = infer(cohort_run, dicom, tmp_path / "out", "--tip", str(300 + x0), str(200 + y0), "--axis-deg", "10")
+    assert meta["frames"] > 1  # a cine: which frame is the pre-fire one is the user's to say (--frame)
+    tip = ["--tip", str(300 + x0), str(200 + y0), "--axis-deg", "10"]
+    res = infer(cohort_run, dicom, tmp_path / "out", "--frame", "last", *tip)
     assert res.returncode == 0, res.stderr
     geom = json.loads((tmp_path / "out/new_prefire.json").read_text())
     assert geom["source"]["t0"] == "override"
