@@ -80,8 +80,8 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
 @pytest.mark.parametrize(
     "step, args",
     [
-        ("ingest", ["ultrasound", "--image={o}/i.png", "--meta={o}/i.json"]),
-        ("ingest", ["wsi", "--image={o}/i.png", "--meta={o}/i.json"]),
+        ("ingest", ["ultrasound", "--image={o}/i.png", "--meta={o}/i.json", "--frame=last"]),
+        ("ingest", ["wsi", "--image={o}/i.png", "--meta={o}/i.json", "--thumb-um=16"]),
         (
             "transfer",
             [
