@@ -229,6 +229,8 @@ def tract(
     """
     _check_names(disabled)
     if post is not None and all(overrides.get(k) is None for k in ("tip", "axis_deg", "length_mm")):
+        if min_confidence is None:
+            raise ValueError("tract without overrides needs min_confidence (config tract.min_confidence)")
         return auto_tract(pre, post, mm_per_px, stroke_mm, min_confidence, disabled)
     return override_tract(pre, post, mm_per_px, stroke_mm, overrides, manual)
 
