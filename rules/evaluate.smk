@@ -82,6 +82,7 @@ rule evaluate:
     input:
         predictions=lambda w: [f"{RESULTS}/predict/{m}/{w.split}" for m in evaluated_models(w.split)],
         labels=lambda w: voc_files((w.split,)),
+        images=lambda w: voc_files((w.split,), "PNGImages"),  # the example figure draws on them
         ids=f"{VOC}/ImageSets/Segmentation/{{split}}.txt",
     output:
         **{k: eval_output(k) for k in EVAL_OUTPUTS},

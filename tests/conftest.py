@@ -16,6 +16,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # the cohort run's configured log and job-benchmark folders (not the defaults; a space tests quoting)
 RUN_LOGS = "job logs"
 RUN_BENCHMARKS = "job logs/bench marks"
+OPEN_AUDIT_HOOK = Path(__file__).parent / "open_audit"  # a sitecustomize that records each process's files
 
 
 def write_config(workdir: Path, **overrides) -> Path:
@@ -85,24 +86,40 @@ def snakemake_command(workdir: Path, *args: str) -> list[str]:
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: int = 1200, pythonpath: list[Path] = ()
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    timeout: int = 1200,
+    pythonpath: list[Path] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run the real workflow in workdir (``pythonpath``: folders put before the checkout)."""
+    """Run the real workflow in workdir (``pythonpath``: folders put before the checkout; ``env``: added)."""
     cmd = snakemake_command(workdir, *args)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(ROOT)])}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}")
     return res
 
 
+def open_audit_dir(run: Path) -> Path:
+    """Where the files a run's processes opened are recorded (outside the run, so no output scan sees them)."""
+    return run.parent / f"{run.name}.open_audit"
+
+
 @pytest.fixture(scope="session")
 def cohort_run(tmp_path_factory) -> Path:
-    """A complete workflow run on a small synthetic cohort (4 participants)."""
+    """A complete workflow run on a small synthetic cohort (4 participants).
+
+    Every file its Python processes open, list or rename in the run's folder is recorded (see
+    ``tests/open_audit``) in the folder ``open_audit`` beside it, for ``test_declared_inputs``."""
     workdir = tmp_path_factory.mktemp("cohort")
+    audit = open_audit_dir(workdir)
+    audit.mkdir()
     make_cohort(workdir, 4)
     write_config(workdir, logs=RUN_LOGS, job_benchmarks=RUN_BENCHMARKS)
-    snakemake(workdir, "--cores", "2")
+    env = {"TRACTMAP_OPEN_AUDIT": str(audit), "TRACTMAP_OPEN_ROOT": str(workdir)}
+    snakemake(workdir, "--cores", "2", pythonpath=[OPEN_AUDIT_HOOK], env=env)
     return workdir
 
 
