@@ -92,6 +92,32 @@ def test_a_pen_line_beside_the_cores_is_not_a_core():
     assert len(found) == 2 and all(c["width_mm"] > 0.8 for c in found), cores.listing(found)
 
 
+@pytest.mark.parametrize("seed", [7, 8])
+@pytest.mark.parametrize("at", [0.0, 1.0])
+def test_a_pen_line_drawn_on_over_a_core_end_neither_lengthens_it_nor_is_taken_for_dye(seed, at):
+    ts = synthetic.slide_truths(seed, "P302", ["B1"], varied=True)
+    t = ts[0]
+    # a blue line (0.25 mm) along the axis, half on the tissue, half on over the glass beyond one end: it used
+    # to lengthen the core by all of its 2 mm outside, and its ink at the undyed end won calls (13:V0007/B2)
+    t.nuisance.update(pen=[[at, 0.0, 4.0, 0.3, 0.25, 0]], bubbles=[])
+    h, w = (int(s * t.slide_um_per_px / LEVEL_UM) for s in t.slide_shape)
+    thumb = synthetic.render_slide(ts, 0, 0, h, w, LEVEL_UM)
+    labels, found = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+    assert len(found) == 1 and found[0]["length_mm"] == pytest.approx(t.throw_mm * t.shrink, abs=0.15), (
+        seed,
+        at,
+        t.throw_mm * t.shrink,
+        cores.listing(found),
+    )
+    try:  # a clear error, a review or the right end: never the wrong end accepted
+        res = orient.orient_core(thumb, labels, found[0], LEVEL_UM, None, **CFG["orient"])
+    except InputError as e:
+        assert "dye_end" in e.hint, e
+        return
+    x, (lo, hi) = dye_x(res, t)
+    assert res["state"] == "review" or abs(x - hi) < 0.25 * (hi - lo), (seed, at, res["state"], res["confidence"])
+
+
 def test_a_tumour_outline_is_kept_on_its_own_core_only_and_one_spanning_two_is_an_error():
     ts, _, found, labels = render(3, 2)
     scale = LEVEL_UM / ts[0].slide_um_per_px

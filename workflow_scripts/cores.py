@@ -43,14 +43,39 @@ NAME_COVER = 0.5  # share of a core's pixels that a named annotation must enclos
 MARK_REACH_UM = 1000.0  # a dye mark off the tissue is assigned to the nearest core within this distance
 GAP_UM = 32.0  # length along the axis without tissue that counts as a gap between fragments
 CLOSE_UM = 32.0  # holes in the absorbing parts this small are closed
+SPUR_UM = 320.0  # lines thinner than this that run out of a thicker part (pen lines, rims) are cut off it
+EDGE_UM = 16.0  # ... beyond this from its thick body (its own ragged edge stays)
+SPUR_REACH_UM = 400.0  # ... when they reach this far out of it (a pointed corner of an oblique end is shorter)
 CORE_HINT = "set core in biopsies.tsv to one of the names or positions listed"
 
 
 def absorbing(od: np.ndarray, level_um: float) -> np.ndarray:
-    """Pixels that absorb, closed over small holes, with thin rims and hairlines opened away."""
+    """Pixels that absorb, closed over small holes, with thin rims and hairlines opened away, and thin lines
+    cut off where they run out of a thicker part (:func:`without_spurs`)."""
     mask = ndimage.binary_closing(od.max(axis=-1) > TISSUE_OD, iterations=max(1, int(CLOSE_UM / level_um + 0.5)))
     size = max(3, int(round(OPEN_UM / level_um)) | 1)  # odd, at least 3
-    return ndimage.binary_opening(mask, structure=np.ones((size, size), bool))
+    return without_spurs(ndimage.binary_opening(mask, structure=np.ones((size, size), bool)), level_um)
+
+
+def without_spurs(mask: np.ndarray, level_um: float) -> np.ndarray:
+    """``mask`` less the lines thinner than ``SPUR_UM`` that run on ``SPUR_REACH_UM`` or more out of a thicker
+    part: a pen line or a bubble's rim drawn on over a core is not the core, and would lengthen it.  The parts'
+    own ragged edges (within ``EDGE_UM`` of their thick body), a pointed corner of an obliquely cut end (short)
+    and a part that is thin throughout stay."""
+    r = max(1, int(round(SPUR_UM / level_um / 2)))
+    padded = np.pad(mask, r + 1)  # outside the level is glass
+    inner = ndimage.distance_transform_edt(padded) > r  # eroded by a disc of radius r (distances: fast at any r)
+    if not inner.any():
+        return mask
+    wide = (ndimage.distance_transform_edt(~inner) <= r)[r + 1 : -r - 1, r + 1 : -r - 1] & mask  # ... dilated back
+    near = ndimage.binary_dilation(wide, iterations=max(1, int(round(EDGE_UM / level_um))))
+    spurs, n = ndimage.label(mask & ~near, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    reach = ndimage.maximum(ndimage.distance_transform_edt(~near), spurs, range(1, n + 1))
+    attached = ndimage.maximum(ndimage.binary_dilation(near), spurs, range(1, n + 1))
+    cut = 1 + np.flatnonzero((np.asarray(reach) * level_um >= SPUR_REACH_UM) & (np.asarray(attached) > 0))
+    return mask & ~np.isin(spurs, cut)
 
 
 def axis_of(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
