@@ -67,6 +67,7 @@ def test_orientation_puts_true_dye_end_right(case):
         truth["throw_mm"] * truth["shrink"], rel=0.01
     )
     assert found["confidence"] > 0.8
+    assert 0.9 < found["p_correct"] <= 1.0  # a clear accepted call is very likely right (docs/calibration_orient.md)
 
 
 def test_manual_overrides_win(case):

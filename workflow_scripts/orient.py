@@ -17,7 +17,9 @@ The call is a pipeline of named stages, each a short function below:
 5. **decision and state** (:func:`automatic_call`, :data:`DOUBTS`, :func:`decide`): no dye or a
    confidence below ``min_confidence`` is an error; a call is ``accepted`` when its contrast
    reaches its evidence's bar and no doubt holds, else ``review``; a ``dye_end`` override, then the
-   pathologist's dye marks, win over the automatic call.
+   pathologist's dye marks, win over the automatic call.  ``p_correct`` is the call's probability of being
+   right, fitted on synthetic training seeds and checked on held-out ones (:mod:`workflow_scripts.calibration`);
+   it decides nothing.
 
 Every stage and doubt has a name in :data:`ABLATABLE`; ``disabled`` leaves the named ones out
 (``benchmarks/orient_ablation.py`` measures what each earns).  Lengths are in µm and converted with
@@ -37,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.io import imread, imsave
 
-from workflow_scripts import dye
+from workflow_scripts import calibration, dye
 from workflow_scripts import geometry as geo
 from workflow_scripts.cores import GAP_UM, axis_of, gaps, select
 from workflow_scripts.errors import InputError, run_cli
@@ -387,8 +389,9 @@ def automatic_call(
     min_confidence: float,
     disabled: frozenset[str] = frozenset(),
 ) -> dict:
-    """Stage 5, the dyed end from the pixels alone: ``dye_at_positive_end``, ``confidence``, the evidence, and
-    ``state`` ``accepted`` (the contrast reaches ``accept_confidence``, or ``accept_novelty`` for the second
+    """Stage 5, the dyed end from the pixels alone: ``dye_at_positive_end``, ``confidence``, the evidence, the
+    calibrated probability it is right (``p_correct``, :mod:`workflow_scripts.calibration`: reported, not decisive),
+    and ``state`` ``accepted`` (the contrast reaches ``accept_confidence``, or ``accept_novelty`` for the second
     evidence, and no doubt in :data:`DOUBTS` holds) or ``review``.  No dye at either end (less than
     ``min_dye_fraction`` of the core's width), or a confidence below ``min_confidence``, is an error."""
     core = core_pixels(od, mask, shape, level_um)
@@ -410,6 +413,7 @@ def automatic_call(
             DYE_HINT,
         )
     reason = "; ".join(why for name, doubt in DOUBTS.items() if name not in disabled and (why := doubt(call)))
+    features = {k: (float(v) if not isinstance(v, str) else v) for k, v in vars(call).items()}
     return {
         "dye_mass_px": [m_neg, m_pos],
         "dye_fraction": [m_neg / (hi - lo), m_pos / (hi - lo)],
@@ -422,7 +426,8 @@ def automatic_call(
             "spread": stain.spread,
             "span": stain.span,
         },
-        "features": {k: (float(v) if not isinstance(v, str) else v) for k, v in vars(call).items()},
+        "features": features,
+        "p_correct": calibration.p_correct({**features, "doubted": bool(reason)}),  # reported, not decisive
         "review_reason": reason,
         "dye_at_positive_end": bool(m_pos > m_neg),
         "state": "review" if reason else "accepted",
@@ -444,7 +449,7 @@ def decide(found: dict, override: str | None, mark: str | None) -> dict:
     """The recorded call: a ``dye_end`` override wins; else a pathologist's dye mark at one end, held for
     review where it contradicts an accepted automatic call; else the automatic call.  ``auto`` keeps
     the automatic call as it was."""
-    auto = {k: found.get(k) for k in ("state", "dye_at_positive_end", "review_reason", "confidence")}
+    auto = {k: found.get(k) for k in ("state", "dye_at_positive_end", "review_reason", "confidence", "p_correct")}
     if override:
         pos = bool(np.asarray(found["axis"]) @ DIRECTIONS[override] > 0)
         return {

@@ -179,6 +179,7 @@ def table_row(tract: dict, orient: dict, state: dict) -> dict:
         "override_length_mm": tract.get("override_length_mm"),
         "length_source": tract.get("length_source", ""),
         "dye_confidence": orient["confidence"],
+        "dye_p_correct": orient.get("p_correct"),  # the calibrated probability (docs/calibration_orient.md)
         "state": state["state"],
         "orient_state": state["steps"]["orient"],
         "orient_source": orient.get("source", ""),
