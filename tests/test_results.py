@@ -31,6 +31,7 @@ def test_evaluation_recomputes_from_saved_predictions(cohort_run):
     voc = cohort_run / "results/voc"
     for split in ("test", "val"):
         ids = (voc / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+        assert ids, split  # the loops below check something
         per = pd.read_csv(cohort_run / f"results/evaluate/{split}/per_image.tsv", sep="\t")
         for model in MODELS:
             rows = per[per.model == model].set_index("image_id")
@@ -48,19 +49,27 @@ def test_evaluation_recomputes_from_saved_predictions(cohort_run):
                 cm = skm.confusion_matrix(t, p, labels=[0, 1])
                 assert [rows.loc[image_id, k] for k in ("tn", "fp", "fn", "tp")] == cm.ravel().tolist()
         summary = pd.read_csv(cohort_run / f"results/evaluate/{split}/summary.tsv", sep="\t")
+        rows_wanted = sorted((m, k) for m in MODELS for k in (*evaluate.METRICS, *evaluate.PIXEL_METRICS))
+        assert sorted(zip(summary.model, summary.metric, strict=True)) == rows_wanted
         for r in summary.itertuples():
             mine = per[per.model == r.model]
             if r.metric == "recall_pixel":
                 expected = mine.tp.sum() / (mine.tp.sum() + mine.fn.sum())
+                used = mine[mine.tp + mine.fn > 0]
             elif r.metric == "specificity_pixel":
                 expected = mine.tn.sum() / (mine.tn.sum() + mine.fp.sum())
+                used = mine[mine.tn + mine.fp > 0]
             else:  # the images where every model's metric is defined
                 wide = per.pivot(index="image_id", columns="model", values=r.metric).dropna()
                 expected = wide[r.model].mean()
                 assert r.n_defined == len(wide)
+                used = mine[mine.image_id.isin(wide.index)]
             assert r.mean == pytest.approx(expected, rel=1e-5)  # TSVs hold 6 digits
-            if not np.isnan(r.ci_low):
-                assert r.ci_low <= r.mean <= r.ci_high
+            assert r.n_participants == used.participant_id.nunique(), r
+            if r.n_participants >= 2:  # the configured interval, cut to [0, 1] (every metric is a proportion)
+                assert 0 <= r.ci_low <= r.mean <= r.ci_high <= 1, r
+            else:  # one participant (this cohort's test and val splits): no interval, never a made-up one
+                assert np.isnan(r.ci_low) and np.isnan(r.ci_high), r
         conf = pd.read_csv(cohort_run / f"results/evaluate/{split}/confusion.tsv", sep="\t").set_index("model")
         for model in MODELS:
             assert conf.loc[model, "tp"] == per[per.model == model]["tp"].sum()
