@@ -307,8 +307,15 @@ def test_inference_errors_name_the_file_and_suggest_the_manual_options(cohort_ru
     blank = tmp_path / "no_needle.dcm"
     ds.save_as(blank)
     fails_saying(infer(cohort_run, blank, tmp_path / "o2"), "no_needle.dcm", "no needle", "--tip X Y", "--axis-deg")
-    # the manual options are the way out
+    # the manual options are the way out: the tract is where they put it, or found at the spacing given
     res = infer(cohort_run, blank, tmp_path / "o3", "--tip", "200", "150", "--axis-deg", "5")
     assert res.returncode == 0, res.stderr
+    geom = json.loads((tmp_path / "o3/no_needle.json").read_text())
+    x0, y0 = geom["region_bounds_xyxy"][:2]  # --tip is in the file's pixels, t0_px in the tissue region's
+    assert geom["source"]["t0"] == "override" and geom["axis_deg"] == pytest.approx(5.0)
+    np.testing.assert_allclose(geom["t0_px"], [200 - x0, 150 - y0])
     res = infer(cohort_run, uncal, tmp_path / "o4", "--mm-per-px", str(t.mm_per_px), str(t.mm_per_px))
     assert res.returncode == 0, res.stderr
+    geom = json.loads((tmp_path / "o4/uncalibrated.json").read_text())
+    assert geom["source"]["t0"] == "auto" and geom["sampled_length_mm"] == pytest.approx(geom["stroke_mm"])
+    assert np.linalg.norm((np.array(geom["t0_px"]) - np.array(t.t0_mm) / t.mm_per_px) * t.mm_per_px) < 0.5  # mm
