@@ -482,3 +482,6 @@ def test_the_optimizer_is_fused_on_cuda_only():
     model = torch.nn.Linear(2, 2)
     opt = train.make_optimizer(model, {"lr": 1e-3, "weight_decay": 0.0}, torch.device("cpu"))
     assert not opt.defaults.get("fused")  # CPU runs stay as they were
+    # for a CUDA run, the fused kernel (built here on CPU parameters, which PyTorch's fused AdamW accepts too)
+    cuda = train.make_optimizer(model, {"lr": 1e-3, "weight_decay": 0.0}, torch.device("cuda"))
+    assert cuda.defaults["fused"] is True and isinstance(cuda, torch.optim.AdamW)
