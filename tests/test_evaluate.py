@@ -46,9 +46,17 @@ def test_undefined_metrics_are_nan_and_counted():
     empty = evaluate.image_metrics(evaluate.confusion(truth, np.zeros_like(truth)))
     assert empty["pixel_accuracy"] == 1 and empty["specificity"] == 1 and empty["miou"] == 1
     assert all(math.isnan(empty[k]) for k in ("dice", "precision", "recall"))
-    # sklearn agrees where it defines the value with zero_division=nan
+    # sklearn, told to give nan where a value is undefined (zero_division=nan), agrees on every metric
     t = truth[truth != VOID]
-    assert math.isnan(skm.precision_score(t, t, zero_division=np.nan))
+    ref = {
+        "pixel_accuracy": skm.accuracy_score(t, t),
+        "dice": skm.f1_score(t, t, zero_division=np.nan),
+        "precision": skm.precision_score(t, t, zero_division=np.nan),
+        "recall": skm.recall_score(t, t, zero_division=np.nan),
+        "specificity": skm.recall_score(t, t, pos_label=0, zero_division=np.nan),
+        "miou": skm.jaccard_score(t, t, average="macro"),  # background only: its IoU
+    }
+    assert {k: empty[k] for k in ref} == pytest.approx(ref, nan_ok=True)
     df = pd.DataFrame(
         {
             "model": "m",
@@ -293,9 +301,13 @@ def test_table1_tests_agree_with_scipy():
 
 
 def test_tiny_tables_give_a_p_value():
-    for table in ([[2, 0, 0], [0, 1, 1]], [[1, 1, 0], [1, 0, 1]]):
+    """Both 2 x 3 tables have margins (2, 2) and (2, 1, 1): four tables, of probability 1/6, 1/3, 1/3, 1/6.
+    The first is one of the two least likely (P = 2/6); the second is among the most likely (P = 1)."""
+    for table, exact in (([[2, 0, 0], [0, 1, 1]], 1 / 3), ([[1, 1, 0], [1, 0, 1]], 1.0)):
         test, p = stats.categorical_test(np.array(table), seed=1)
-        assert test.startswith("Fisher's exact") and 0 < p <= 1
+        assert exact_rxc_p(np.array(table)) == pytest.approx(exact)  # the enumeration agrees with the hand count
+        se = math.sqrt(exact * (1 - exact) / stats.MC_TABLES)
+        assert test.startswith("Fisher's exact") and p == pytest.approx(exact, abs=4 * se + 1e-9), (table, p)
     assert stats.categorical_test(np.array([[3, 2, 1]]), seed=0)[0].startswith("none")
 
 

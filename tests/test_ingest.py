@@ -198,7 +198,11 @@ def test_geojson_reader_accepts_all_three_qupath_shapes(biopsy):
         k: len(tumour_polygons(parse_features(copy.deepcopy(v)), {"Tumor": "cancer"})[0]) for k, v in shapes.items()
     }
     assert counts["FeatureCollection"] == counts["array"] == len(polys)
-    assert counts["Feature"] >= 1
+    # a lone Feature is that feature's own outline, the first of the array's
+    assert feats[0]["properties"]["classification"]["name"] == "Tumor" and counts["Feature"] == 1
+    alone = tumour_polygons(parse_features(copy.deepcopy(feats[0])), {"Tumor": "cancer"})[0][0]
+    np.testing.assert_allclose(alone[2][0], feats[0]["geometry"]["coordinates"][0])
+    np.testing.assert_allclose(alone[2][0], polys[0][2][0])
     with pytest.raises(InputError, match="not a QuPath GeoJSON"):
         parse_features({"type": "Topology"})
 

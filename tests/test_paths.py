@@ -6,7 +6,9 @@ import re
 import string
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import PIL.Image
 import pytest
 from conftest import ROOT, ingest_ultrasound, snakemake, write_config
 
@@ -120,7 +122,8 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
     for i in range(1, len(folders) + 1):
         labelme = json.loads((tmp_path / results / f"labelme/P{i:03d}/{BID}.json").read_text())
         assert "cancer" in {s["label"] for s in labelme["shapes"]}  # the class map (with quotes in a key) was read
-        assert (tmp_path / results / f"voc/SegmentationClass/P{i:03d}_{BID}.png").stat().st_size > 0
+        voc = np.asarray(PIL.Image.open(tmp_path / results / f"voc/SegmentationClass/P{i:03d}_{BID}.png"))
+        assert (voc == 1).any() and (voc == 0).any(), i  # the tumour outline reached the VOC label
     # nothing in a path ran: no file made by $(...) or backticks, anywhere
     assert not owned.exists()
     assert not list(tmp_path.rglob("BACKTICK_OWNED")) and not list(tmp_path.rglob("OWNED2"))

@@ -62,16 +62,27 @@ def test_registration_accuracy_from_the_qc_table(cohort_run):
     assert med["dice"] == pytest.approx(rows["dice"].median())
 
 
-def test_benchmarks_fast_and_small(cohort_run):
+def test_benchmarks_one_per_job_in_the_configured_folder_and_small(cohort_run):
+    """Every job of the per-biopsy and per-slide rules writes its own benchmark into the configured folder, and
+    none holds more than 1 GB.  (Its seconds are not asserted: they measure the machine, not the code.)"""
     # the configured folders are used, and nothing lands in the committed benchmarks/ scripts' folder
     assert not (cohort_run / "benchmarks").exists() and not (cohort_run / "logs").exists()
-    for rule in ("orient", "tract", "transfer", "ingest_wsi", "ingest_ultrasound", "voc_image"):
+    sheet = pd.read_csv(cohort_run / "sheets/biopsies.tsv", sep="\t", dtype=str)
+    biopsies = {f"{p}/{b}" for p, b in zip(sheet["participant_id"], sheet["biopsy_id"], strict=True)}
+    slide_dirs = cohort_run / "results/slides"
+    slides = {d.relative_to(slide_dirs).as_posix() for d in slide_dirs.glob("*/*")}
+    assert len(slides) == sheet["wsi"].nunique()  # one folder per slide file
+    expected = {
+        **dict.fromkeys(("orient", "tract", "transfer", "voc_image"), biopsies),
+        "ingest_ultrasound": {f"{k}_{phase}" for k in biopsies for phase in ("prefire", "postfire")},
+        "ingest_wsi": slides,
+    }
+    for rule, jobs in expected.items():
         files = sorted((cohort_run / RUN_BENCHMARKS / rule).rglob("*.tsv"))
-        assert len(files) >= 4, (rule, files)  # one per biopsy (or image): the rule wrote its benchmarks
+        assert {f.relative_to(cohort_run / RUN_BENCHMARKS / rule).with_suffix("").as_posix() for f in files} == jobs
         for f in files:
             b = pd.read_csv(f, sep="\t")
-            assert b["s"].iloc[0] < 4.0, (f, b["s"].iloc[0])  # < 2 s on an idle core; slack for a loaded CI
-            assert b["max_rss"].iloc[0] < 1024, f
+            assert len(b) == 1 and b["max_rss"].iloc[0] < 1024, f  # MB
 
 
 def test_no_dicom_header_value_reaches_any_output(cohort_run):
@@ -217,9 +228,19 @@ def test_training_outputs_and_selection_on_validation(cohort_run):
         assert ck["selected_on"] == "validation Dice" and ck["config"]["arch"] == model
         hist = pd.read_csv(cohort_run / f"results/train/{model}/history.tsv", sep="\t")
         assert list(hist["epoch"]) == [1, 2] and {"val_dice", "images_per_s", "lr"} <= set(hist.columns)
-        assert (cohort_run / f"results/train/{model}/curves.png").stat().st_size > 1000
+        curves = np.asarray(PIL.Image.open(cohort_run / f"results/train/{model}/curves.png").convert("RGB"))
+        assert series_pixels(curves) >= 200, model  # each curve drawn (~400 px each; a legend swatch alone is ~50)
         log = (cohort_run / RUN_LOGS / f"train/{model}.log").read_text()
         assert "ETA" in log and "img/s" in log
+
+
+# the colours of train.plot_curves' three series: train loss (C0), val loss (C1), val Dice ("g")
+SERIES = {"train loss": (31, 119, 180), "val loss": (255, 127, 14), "val Dice": (0, 128, 0)}
+
+
+def series_pixels(rgb: np.ndarray) -> int:
+    """The fewest pixels any one of the curve figure's series colours covers."""
+    return min(int((np.abs(rgb.astype(int) - c).sum(-1) < 60).sum()) for c in SERIES.values())
 
 
 def add_participant(workdir: Path, pid: str, split: str) -> None:
@@ -254,7 +275,9 @@ def test_changing_characteristics_reruns_no_image_processing(copy_run):
     p.loc[1, "vascularity"] = "rim"
     p.to_csv(sheet, sep="\t", index=False)
     jobs = planned_jobs(copy_run)
-    assert set(jobs) <= {"splits", "table1", "report", "all"}, jobs  # the split record, Table 1 and the report
+    # Table 1 and the report show the characteristics: they are redone (an empty plan would leave them stale);
+    # besides them only the split record, which copies the sheet, and the `all` target
+    assert {"table1", "report"} <= set(jobs) <= {"splits", "table1", "report", "all"}, jobs
 
 
 def test_uncertain_orientation_waits_for_review_and_a_confirmation_reruns_only_that_biopsy(copy_run):

@@ -31,6 +31,7 @@ def test_evaluation_recomputes_from_saved_predictions(cohort_run):
     voc = cohort_run / "results/voc"
     for split in ("test", "val"):
         ids = (voc / f"ImageSets/Segmentation/{split}.txt").read_text().split()
+        assert ids, split  # the loops below check something
         per = pd.read_csv(cohort_run / f"results/evaluate/{split}/per_image.tsv", sep="\t")
         for model in MODELS:
             rows = per[per.model == model].set_index("image_id")
@@ -48,19 +49,27 @@ def test_evaluation_recomputes_from_saved_predictions(cohort_run):
                 cm = skm.confusion_matrix(t, p, labels=[0, 1])
                 assert [rows.loc[image_id, k] for k in ("tn", "fp", "fn", "tp")] == cm.ravel().tolist()
         summary = pd.read_csv(cohort_run / f"results/evaluate/{split}/summary.tsv", sep="\t")
+        rows_wanted = sorted((m, k) for m in MODELS for k in (*evaluate.METRICS, *evaluate.PIXEL_METRICS))
+        assert sorted(zip(summary.model, summary.metric, strict=True)) == rows_wanted
         for r in summary.itertuples():
             mine = per[per.model == r.model]
             if r.metric == "recall_pixel":
                 expected = mine.tp.sum() / (mine.tp.sum() + mine.fn.sum())
+                used = mine[mine.tp + mine.fn > 0]
             elif r.metric == "specificity_pixel":
                 expected = mine.tn.sum() / (mine.tn.sum() + mine.fp.sum())
+                used = mine[mine.tn + mine.fp > 0]
             else:  # the images where every model's metric is defined
                 wide = per.pivot(index="image_id", columns="model", values=r.metric).dropna()
                 expected = wide[r.model].mean()
                 assert r.n_defined == len(wide)
+                used = mine[mine.image_id.isin(wide.index)]
             assert r.mean == pytest.approx(expected, rel=1e-5)  # TSVs hold 6 digits
-            if not np.isnan(r.ci_low):
-                assert r.ci_low <= r.mean <= r.ci_high
+            assert r.n_participants == used.participant_id.nunique(), r
+            if r.n_participants >= 2:  # the configured interval, cut to [0, 1] (every metric is a proportion)
+                assert 0 <= r.ci_low <= r.mean <= r.ci_high <= 1, r
+            else:  # one participant (this cohort's test and val splits): no interval, never a made-up one
+                assert np.isnan(r.ci_low) and np.isnan(r.ci_high), r
         conf = pd.read_csv(cohort_run / f"results/evaluate/{split}/confusion.tsv", sep="\t").set_index("model")
         for model in MODELS:
             assert conf.loc[model, "tp"] == per[per.model == model]["tp"].sum()
@@ -298,8 +307,15 @@ def test_inference_errors_name_the_file_and_suggest_the_manual_options(cohort_ru
     blank = tmp_path / "no_needle.dcm"
     ds.save_as(blank)
     fails_saying(infer(cohort_run, blank, tmp_path / "o2"), "no_needle.dcm", "no needle", "--tip X Y", "--axis-deg")
-    # the manual options are the way out
+    # the manual options are the way out: the tract is where they put it, or found at the spacing given
     res = infer(cohort_run, blank, tmp_path / "o3", "--tip", "200", "150", "--axis-deg", "5")
     assert res.returncode == 0, res.stderr
+    geom = json.loads((tmp_path / "o3/no_needle.json").read_text())
+    x0, y0 = geom["region_bounds_xyxy"][:2]  # --tip is in the file's pixels, t0_px in the tissue region's
+    assert geom["source"]["t0"] == "override" and geom["axis_deg"] == pytest.approx(5.0)
+    np.testing.assert_allclose(geom["t0_px"], [200 - x0, 150 - y0])
     res = infer(cohort_run, uncal, tmp_path / "o4", "--mm-per-px", str(t.mm_per_px), str(t.mm_per_px))
     assert res.returncode == 0, res.stderr
+    geom = json.loads((tmp_path / "o4/uncalibrated.json").read_text())
+    assert geom["source"]["t0"] == "auto" and geom["sampled_length_mm"] == pytest.approx(geom["stroke_mm"])
+    assert np.linalg.norm((np.array(geom["t0_px"]) - np.array(t.t0_mm) / t.mm_per_px) * t.mm_per_px) < 0.5  # mm

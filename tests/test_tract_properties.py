@@ -5,6 +5,7 @@ the domain-randomised one, with a seed it prints on failure; ``TRACT_PROPERTY_SE
 The truth is read only to score.
 """
 
+import functools
 import os
 from dataclasses import replace
 
@@ -38,12 +39,12 @@ def tips_mm(res: dict, mm_per_px: float) -> np.ndarray:
     return np.array([res["t0_px"], res["t1_px"]]) * mm_per_px
 
 
-@pytest.mark.parametrize("draw", draws(), ids=lambda d: f"seed{d[0]}-{d[1]}")
-def test_scaling_the_ultrasound_spacing_keeps_the_tips_in_mm(draw):
-    """The same tissue rendered at a spacing 0.67-1.5 times as coarse (kept within the scanners' 0.02-0.10
-    mm/px): T0 and T1 in mm stay where they were, and where both are accepted, within the accuracy required."""
-    master, seed, varied = draw
-    why = f"TRACT_PROPERTY_SEED={master}, biopsy seed {seed}, varied={varied}"
+@functools.cache
+def at_two_spacings(draw: tuple[int, int, bool]) -> tuple[float, list[tuple[str, np.ndarray]], np.ndarray]:
+    """A drawn biopsy's tract at its own spacing and at one 0.67-1.5 times as coarse (kept within the scanners'
+    0.02-0.10 mm/px): the factor, (state, tips in mm) at each spacing, and the true tips in mm.  Cached: the
+    property test and the test that it is not vacuous read the same tracts."""
+    _, seed, varied = draw
     t = synthetic.sample_truth(seed, f"S{seed}", "B1", varied=varied)
     rng = np.random.default_rng(seed)
     k = float(np.clip(rng.uniform(0.67, 1.5), 0.02 / t.mm_per_px, 0.10 / t.mm_per_px))
@@ -52,22 +53,29 @@ def test_scaling_the_ultrasound_spacing_keeps_the_tips_in_mm(draw):
     for case in (t, scaled):
         res = tract.tract(*frames(case), (case.mm_per_px,) * 2, case.stroke_mm, {}, MIN_CONFIDENCE)
         found.append((res["state"], tips_mm(res, case.mm_per_px)))
-    (state_a, a), (state_b, b) = found
+    return k, found, np.array([t.t0_mm, t.t1_mm])
+
+
+@pytest.mark.parametrize("draw", draws(), ids=lambda d: f"seed{d[0]}-{d[1]}")
+def test_scaling_the_ultrasound_spacing_keeps_the_tips_in_mm(draw):
+    """The same tissue rendered at a coarser or finer spacing: T0 and T1 in mm stay where they were, and where
+    both are accepted, within the accuracy required."""
+    master, seed, varied = draw
+    why = f"TRACT_PROPERTY_SEED={master}, biopsy seed {seed}, varied={varied}"
+    k, ((state_a, a), (state_b, b)), truth = at_two_spacings(draw)
     assert {state_a, state_b} <= {"accepted", "review"}, why
-    if state_a == state_b == "accepted":
+    if state_a == state_b == "accepted":  # how often this holds: the test below
         moved = np.linalg.norm(a - b, axis=1)
         assert moved[0] < T0_MM and moved[1] < T1_MM, (why, f"spacing x{k:.2f}", moved)
-        truth = np.array([t.t0_mm, t.t1_mm])
         assert (np.linalg.norm(b - truth, axis=1) < [T0_MM, T1_MM]).all(), (why, f"spacing x{k:.2f}")
 
 
 def test_most_draws_are_decided_at_either_spacing():
-    """The spacing property above is not vacuous: the unvaried model's biopsies are accepted at both spacings."""
-    states = []
-    for _, seed, varied in draws()[::2]:
-        t = synthetic.sample_truth(seed, f"S{seed}", "B1", varied=varied)
-        states.append(tract.tract(*frames(t), (t.mm_per_px,) * 2, t.stroke_mm, {}, MIN_CONFIDENCE)["state"])
-    assert states.count("accepted") >= len(states) - 1, (f"TRACT_PROPERTY_SEED={SEED}", states)
+    """The spacing property above is not vacuous: the unvaried model's biopsies are accepted at both spacings
+    (all but one of them), so its accuracy comparison runs."""
+    states = [[s for s, _ in at_two_spacings(d)[1]] for d in draws()[::2]]
+    both = sum(s == ["accepted", "accepted"] for s in states)
+    assert both >= len(states) - 1, (f"TRACT_PROPERTY_SEED={SEED}", states)
 
 
 @pytest.mark.parametrize("draw", draws(), ids=lambda d: f"seed{d[0]}-{d[1]}")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from conftest import write_voc
@@ -66,10 +67,13 @@ def test_augmentation_keeps_image_and_mask_aligned():
     flipped = torch.Generator().manual_seed(1)
     # rotation 0 and no crop: each sample is either identical or mirrored, image and mask together
     xb, yb = data.geometric(x, y, crop_w=96, max_deg=0, gen=flipped)
+    kinds = []
     for k in range(6):
         same = torch.equal(yb[k], y[k]) and torch.allclose(xb[k], x[k], atol=1e-4)
         mirrored = torch.equal(yb[k], y[k].flip(-1)) and torch.allclose(xb[k], x[k].flip(-1), atol=1e-4)
-        assert same or mirrored
+        assert same or mirrored, k
+        kinds.append("mirrored" if mirrored else "same")
+    assert set(kinds) == {"same", "mirrored"}, kinds  # the flip is drawn: an augmentation that never flips fails
 
 
 CROP = {"throw_mm": 22.0, "width_mm": 2.0, "margin_mm": 0.5, "out_mm_per_px": 0.05}  # T0 at x 10, row 20
@@ -417,9 +421,13 @@ def test_a_model_runs_only_with_the_normalisation_it_was_trained_with(tmp_path, 
     prob = predict.probability(model, ck["norm"], image, torch.device("cpu"))
     mean = torch.tensor(data.IMAGENET_MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(data.IMAGENET_STD).reshape(1, 3, 1, 1)
-    x = (torch.from_numpy(image).float()[None, None] / 255 - mean) / std
-    with torch.no_grad():
-        by_hand = model(x)["out"].softmax(1)[0, 1].numpy()
+
+    def imagenet_by_hand(image: np.ndarray) -> np.ndarray:
+        x = (torch.from_numpy(image).float()[None, None] / 255 - mean) / std
+        with torch.no_grad():
+            return model(x)["out"].softmax(1)[0, 1].numpy()
+
+    by_hand = imagenet_by_hand(image)
     assert prob == pytest.approx(by_hand, abs=1e-5)
     zscored = (torch.from_numpy(image).float()[None, None] - 128) / 64  # a z-score of the same image
     with torch.no_grad():
@@ -428,7 +436,11 @@ def test_a_model_runs_only_with_the_normalisation_it_was_trained_with(tmp_path, 
     # the predict command line with the model's configured setting runs; with the other, it stops and says why
     args = [f"--model={path}", f"--voc={tmp_path / 'voc'}", "--split=val", "--threads=0"]
     predict.main([*args, f"--out={tmp_path / 'p1'}", "--normalise=imagenet"])
-    assert (tmp_path / "p1/V0.png").is_file()
+    for v in ("V0", "V1"):  # what it wrote is the model on each lossless val image, scaled as by hand above
+        expected = imagenet_by_hand(np.asarray(PIL.Image.open(tmp_path / f"voc/PNGImages/{v}.png")))
+        assert np.load(tmp_path / f"p1/{v}_prob.npy") == pytest.approx(expected, abs=1e-5), v
+        label = np.asarray(PIL.Image.open(tmp_path / f"p1/{v}.png"))
+        assert np.array_equal(label, (expected >= 0.5).astype(np.uint8)), v
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         predict.main([*args, f"--out={tmp_path / 'p2'}", "--normalise=zscore"])
@@ -470,3 +482,6 @@ def test_the_optimizer_is_fused_on_cuda_only():
     model = torch.nn.Linear(2, 2)
     opt = train.make_optimizer(model, {"lr": 1e-3, "weight_decay": 0.0}, torch.device("cpu"))
     assert not opt.defaults.get("fused")  # CPU runs stay as they were
+    # for a CUDA run, the fused kernel (built here on CPU parameters, which PyTorch's fused AdamW accepts too)
+    cuda = train.make_optimizer(model, {"lr": 1e-3, "weight_decay": 0.0}, torch.device("cuda"))
+    assert cuda.defaults["fused"] is True and isinstance(cuda, torch.optim.AdamW)
