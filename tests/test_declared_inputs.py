@@ -75,13 +75,10 @@ def job_of(wrote: set[str], jobs: list[Job]) -> Job | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def undeclared(run: Path, argv: tuple, files: dict[str, set[str]], jobs: list[Job]) -> list[str]:
-    """What one process did that its job does not declare."""
-    exists = lambda p: (run / p).exists()  # noqa: E731 - a temporary, renamed or removed, is the job's own affair
-    job = job_of({w for w in files["write"] if exists(w)}, jobs)
-    cmd = " ".join(argv)[:160]
-    if job is None:
-        return [f"{cmd}: wrote {sorted(files['write'])[:3]}, which is no one job's declared output"]
+def undeclared(run: Path, job: Job, files: dict[str, set[str]]) -> list[str]:
+    """What one process of ``job`` did that the job does not declare (a file that no longer exists, a temporary
+    renamed or removed, is the job's own affair)."""
+    exists = lambda p: (run / p).exists()  # noqa: E731
     mine = job.outputs | job.logs
     problems = [
         f"{job.rule}: wrote {w}, not an output or log" for w in files["write"] if exists(w) and not within(w, mine)
@@ -108,9 +105,12 @@ def test_every_job_reads_only_its_declared_inputs(cohort_run):
     ran = set()
     problems = []
     for argv, files in seen.items():
-        problems += undeclared(cohort_run, argv, files, jobs)
-        if (job := job_of({w for w in files["write"] if (cohort_run / w).exists()}, jobs)) is not None:
-            ran.add(job.rule)
+        job = job_of({w for w in files["write"] if (cohort_run / w).exists()}, jobs)
+        if job is None:
+            problems.append(f"{' '.join(argv)[:160]}: wrote {sorted(files['write'])[:3]}, no one job's declared output")
+            continue
+        problems += undeclared(cohort_run, job, files)
+        ran.add(job.rule)
     assert not problems, "\n".join(sorted(set(problems)))
     scripted = {j.rule for j in jobs if j.python}
     assert len(scripted) > 15 and scripted <= ran, f"no process seen for {sorted(scripted - ran)}"
