@@ -201,7 +201,6 @@ def dye_pixels(rgb: np.ndarray, labels: np.ndarray, position: int, level_um: flo
     """(ys, xs) of the pixels the orientation counted as dye on one core: its own stages, run again on the
     thumbnail (:func:`workflow_scripts.orient.end_evidence`); none where it finds no dye."""
     from workflow_scripts import orient
-    from workflow_scripts.errors import InputError
 
     crop, mask, (x0, y0) = orient.isolate(rgb, labels, position, level_um)
     od = orient.optical_density(crop)

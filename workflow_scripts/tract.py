@@ -28,7 +28,6 @@ from workflow_scripts import needle
 from workflow_scripts.errors import InputError, run_cli
 
 SKIN_MM = 1.5  # the skin line: bright and straight, never the needle tip
-NO_NEEDLE_HINT = needle.NO_NEEDLE_HINT
 THROW_SHORTFALL = 0.03  # share of the throw the advance seen in the image plane may fall short of it
 STROKE_OVERSHOOT_MM = 0.5  # a tract longer than the throw by more than this has a tip in the wrong place
 STROKE_SHORT = 0.75  # a tract shorter than this share of the stroke has a tip in the wrong place
