@@ -43,7 +43,8 @@ NAME_COVER = 0.5  # share of a core's pixels that a named annotation must enclos
 MARK_REACH_UM = 1000.0  # a dye mark off the tissue is assigned to the nearest core within this distance
 GAP_UM = 32.0  # length along the axis without tissue that counts as a gap between fragments
 CLOSE_UM = 32.0  # holes in the absorbing parts this small are closed
-# below cores.min_width_mm (config, 0.4 mm): every core holds the disc, so no core is cut (the forward model draws pens 0.1-0.3 mm)
+# below cores.min_width_mm (config, 0.4 mm): every core holds the disc, so no core is cut
+# (the forward model draws pens 0.1-0.3 mm wide)
 SPUR_UM = 320.0  # lines thinner than this that run out of a thicker part (pen lines, rims) are cut off it
 EDGE_UM = 16.0  # ... beyond this from its thick body (its own ragged edge stays)
 SPUR_REACH_UM = 400.0  # ... when they reach this far out of it (a pointed corner of an oblique end is shorter)
