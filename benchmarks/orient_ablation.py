@@ -76,7 +76,7 @@ def orient_slide(job: tuple) -> list[dict]:
     cfg = sweep.CONFIG
     rows = []
     try:
-        labels, found = cores.find_cores(orient.optical_density(rgb), level, **sweep.CORES)
+        labels, found, _ = cores.find_cores(orient.optical_density(rgb), level, **sweep.CORES)
         scale = level / slide["slide_um_per_px"]  # the annotations name the cores, as in the pipeline
         cores.annotate(found, labels, slide["features"], scale, level, cfg["cores"]["dye_class"])
     except InputError as e:

@@ -210,7 +210,7 @@ def register_slide(args: tuple) -> list[dict]:
     try:
         if thumb is None:
             raise InputError("orientation skipped")
-        labels, found = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+        labels, found, _ = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
         cores.annotate(
             found, labels, features, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CONFIG["cores"]["dye_class"]
         )

@@ -55,6 +55,7 @@ rule cores:
     input:
         thumb=rules.ingest_wsi.output.image,
         meta=rules.ingest_wsi.output.meta,
+        wsi=slide_value("wsi"),  # a finer level, read by region where fat and glass between pieces must be told apart
         annotation=slide_value("annotation"),
     output:
         cores=f"{SLIDE_DIR}/cores.json",
@@ -70,7 +71,7 @@ rule cores:
     benchmark:
         f"{JOB_BENCHMARKS}/cores/{{participant}}/{{slide}}.tsv"
     shell:
-        "python -m workflow_scripts.cores --thumb={input.thumb:q} --meta={input.meta:q} "
+        "python -m workflow_scripts.cores --thumb={input.thumb:q} --meta={input.meta:q} --wsi={input.wsi:q} "
         "--annotation={input.annotation:q} --out={output.cores:q} --labels={output.labels:q} "
         "--max-gap-mm={params.c[max_gap_mm]:q} --min-width-mm={params.c[min_width_mm]:q} "
         "--min-area-mm2={params.c[min_area_mm2]:q} --dye-class={params.c[dye_class]:q} "

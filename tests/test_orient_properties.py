@@ -31,7 +31,7 @@ RENDER_UM = 8.0  # the finest level read; coarser levels are area averages of it
 
 def call(rgb: np.ndarray, level_um: float) -> dict:
     """The orientation step on a one-core slide level, as the pipeline runs it, with the shipped thresholds."""
-    labels, found = cores.find_cores(stain.optical_density(rgb), level_um, **CORES)
+    labels, found, _ = cores.find_cores(stain.optical_density(rgb), level_um, **CORES)
     return orient.orient_core(rgb, labels, cores.select(found, ""), level_um, None, **CONFIG["orient"])
 
 

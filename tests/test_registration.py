@@ -23,7 +23,7 @@ CORES = {k: v for k, v in yaml.safe_load((ROOT / "config.yaml").read_text())["co
 
 def find_orientation(thumb: np.ndarray, override: str | None = None, level_um: float = 16.0) -> dict:
     """The orientation step on a one-core slide level, as the pipeline runs it, with the shipped thresholds."""
-    labels, found = cores.find_cores(orient.optical_density(thumb), level_um, **CORES)
+    labels, found, _ = cores.find_cores(orient.optical_density(thumb), level_um, **CORES)
     return orient.orient_core(thumb, labels, cores.select(found, ""), level_um, override, **ORIENT)
 
 

@@ -21,7 +21,6 @@ and converted with the level's resolution.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,11 @@ from scipy import ndimage
 from skimage.draw import polygon as fill_polygon
 from skimage.io import imread, imsave
 
+from workflow_scripts import fat as fatlib
 from workflow_scripts.errors import InputError, read_json, run_cli
+from workflow_scripts.slide import read_region
+from workflow_scripts.stain import optical_density
+from workflow_scripts.transfer import class_name, parse_features  # the QuPath dialects are read in one place
 
 TISSUE_OD = 0.15  # largest channel's optical density above which a pixel absorbs (tissue, dye, rims, pen)
 OPEN_UM = 110.0  # parts thinner than this are opened away (bubble rims touching a core, hairline pen strokes)
@@ -48,6 +51,9 @@ CLOSE_UM = 32.0  # holes in the absorbing parts this small are closed
 SPUR_UM = 320.0  # lines thinner than this that run out of a thicker part (pen lines, rims) are cut off it
 EDGE_UM = 16.0  # ... beyond this from its thick body (its own ragged edge stays)
 SPUR_REACH_UM = 400.0  # ... when they reach this far out of it (a pointed corner of an oblique end is shorter)
+END_UM = 2500.0  # a piece beyond a core's end is judged on the core's last this many µm (its local axis: cores curve)
+FAT_MAX_MM = 6.0  # pieces in line further apart than this are not one core, whatever lies between them
+PIECE_UM2 = 0.01e6  # pieces of tissue at least this large are listed (accounted for) in cores.json
 CORE_HINT = "set core in biopsies.tsv to one of the names or positions listed"
 
 
@@ -118,58 +124,137 @@ def _part(lab: np.ndarray, i: int, sl: tuple[slice, slice]) -> dict:
     }
 
 
-def joins(core: dict, part: dict, max_gap_px: float) -> bool:
-    """Is ``part`` a fragment of ``core``: in line with its axis, parallel if elongated, within the gap?"""
-    n = np.array([-core["axis"][1], core["axis"][0]])
-    if np.median(np.abs((part["pts"] - core["c"]) @ n)) >= max(IN_LINE * core["thick"], 3.0):
-        return False
+def perpendicular(axis: np.ndarray) -> np.ndarray:
+    """The unit normal of an axis."""
+    return np.array([-axis[1], axis[0]])
+
+
+def parallel(part: dict, axis: np.ndarray, core_thick: float) -> bool:
+    """Does an elongated part run along ``axis``?  A short piece has no direction to judge, and passes."""
     length = part["extent"][1] - part["extent"][0]
-    elongated = length > 2 * part["thick"] and length > 3 * core["thick"]  # a short piece has no direction to judge
-    if elongated and abs(part["axis"] @ core["axis"]) < np.cos(np.radians(PARALLEL_DEG)):
-        return False
+    elongated = length > 2 * part["thick"] and length > 3 * core_thick
+    return not elongated or abs(part["axis"] @ axis) >= np.cos(np.radians(PARALLEL_DEG))
+
+
+def end_frame(core: dict, sign: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The core's end on the ``sign`` side of its axis, fitted on its last ``END_UM`` (a core curves): a point on
+    the local axis, the local axis pointing out of the core, the end's place along it and the half-width there."""
+    t = (core["pts"] - core["c"]) @ core["axis"]
+    lo, hi = core["extent"]
+    reach = core["end_px"]
+    near = core["pts"][(t >= hi - reach) if sign > 0 else (t <= lo + reach)] if hi - lo > 2 * reach else core["pts"]
+    c, axis, width = axis_of(near)
+    out = axis * (1.0 if axis @ core["axis"] * sign > 0 else -1.0)
+    return c, out, float(((near - c) @ out).max()), 0.5 * width
+
+
+def link(core: dict, part: dict) -> dict | None:
+    """How ``part`` lies against ``core``: None when it is not in line; else the along-axis gap (level px) from
+    the core's end (0 for a part beside the core, within its extent), and the end's local frame."""
+    lim = max(IN_LINE * core["thick"], 3.0)
     t = (part["pts"] - core["c"]) @ core["axis"]
     lo, hi = core["extent"]
-    return max(t.min() - hi, lo - t.max(), 0.0) <= max_gap_px
+    if t.max() > lo and t.min() < hi:  # beside the core: judged on its whole axis
+        off = np.median(np.abs((part["pts"] - core["c"]) @ perpendicular(core["axis"])))
+        return {"gap_px": 0.0} if off < lim and parallel(part, core["axis"], core["thick"]) else None
+    c, out, t_end, half_w = end_frame(core, 1 if t.min() >= hi else -1)
+    if np.median(np.abs((part["pts"] - c) @ perpendicular(out))) >= lim or not parallel(part, out, core["thick"]):
+        return None
+    start = float(((part["pts"] - c) @ out).min())
+    return {"gap_px": max(start - t_end, 0.0), "c": c, "axis": out, "t0": t_end, "t1": start, "half_w": half_w}
 
 
-def merged(core: dict, part: dict) -> dict:
-    """A core with one more fragment: axis and extent refitted on all its pixels."""
-    pts = np.concatenate([core["pts"], part["pts"]])
+def band_pixels(c: np.ndarray, axis: np.ndarray, t0: float, t1: float, half_w: float) -> np.ndarray:
+    """Level pixels (x, y) of the band from ``t0`` to ``t1`` along ``axis`` from ``c``, ``half_w`` either side."""
+    n = perpendicular(axis)
+    corners = np.array([c + t * axis + s * half_w * n for t in (t0, t1) for s in (-1, 1)])
+    (x0, y0), (x1, y1) = np.floor(corners.min(axis=0)), np.ceil(corners.max(axis=0))
+    yy, xx = np.mgrid[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
+    pts = np.stack([xx.ravel(), yy.ravel()], 1).astype(float)
+    t, s = (pts - c) @ axis, (pts - c) @ n
+    return pts[(t >= t0) & (t <= t1) & (np.abs(s) <= half_w)]
+
+
+def merged(core: dict, part: dict, fat_pts: np.ndarray | None = None) -> dict:
+    """A core with one more fragment (and the fat between them, as tissue): axis and extent refitted."""
+    extra = [] if fat_pts is None or not len(fat_pts) else [fat_pts]
+    pts = np.concatenate([core["pts"], part["pts"], *extra])
     c, axis, width = axis_of(pts)
     t = (pts - c) @ axis
     return {
+        **core,
         "ids": core["ids"] + part["ids"],
         "pts": pts,
         "c": c,
         "axis": axis,
         "width": width,
         "extent": (t.min(), t.max()),
-        "thick": core["thick"],
+        "fat": core["fat"] + extra,
+        "tissue_px": core["tissue_px"] + len(part["pts"]),
     }
 
 
-def group(parts: list[dict], max_gap_px: float, is_core: Callable[[dict], bool]) -> list[dict]:
-    """Cores from parts: parts that are fragments of one another (:func:`joins`, judged on the larger
-    one's axis), transitively, are one core.  A group whose largest part is not core-like (``is_core``)
-    is dropped as debris or a pen mark."""
-    parts = sorted(parts, key=lambda p: -len(p["pts"]))
-    root = list(range(len(parts)))
+def joined(core: dict, part: dict, lk: dict, geometry: dict) -> dict | None:
+    """``core`` with ``part`` joined, or None: a part in line beyond the core's end joins when the glass between
+    them (the gap less the fat found there at a fine level, :mod:`workflow_scripts.fat`) is at most the maximum
+    gap, and the whole stretch at most ``FAT_MAX_MM``; the fat is painted in as tissue."""
+    gap = lk["gap_px"]
+    if gap > geometry["fat_max_px"]:
+        return None
+    fat, evidence = [], {"fine_um": None}
+    if gap >= GAP_UM / geometry["level_um"]:
+        args = (lk["c"], lk["axis"], lk["t0"], lk["t1"], lk["half_w"], geometry["level_um"])
+        fat, evidence = fatlib.fat_bins(geometry["read"], *args)
+    fat_px = sum(b - a for a, b in fat)
+    if gap - fat_px > geometry["max_gap_px"]:
+        return None
+    band = [band_pixels(lk["c"], lk["axis"], a, b, lk["half_w"]) for a, b in fat]
+    out = merged(core, part, np.concatenate(band) if band else None)
+    um = geometry["level_um"] / 1000
+    out["joins"] = core["joins"] + [
+        {"piece": part["ids"][0], "gap_mm": round(gap * um, 3), "fat_mm": round(fat_px * um, 3), **evidence}
+    ]
+    return out
 
-    def find(i: int) -> int:
-        while root[i] != i:
-            i = root[i]
-        return i
 
-    for i, big in enumerate(parts):
-        for j in range(i + 1, len(parts)):
-            if find(i) != find(j) and joins(big, parts[j], max_gap_px):
-                root[find(j)] = find(i)
-    cores = []
-    for r in sorted({find(i) for i in range(len(parts))}):
-        members = [parts[i] for i in range(len(parts)) if find(i) == r]
-        if is_core(members[0]):
-            cores.append(functools.reduce(merged, members))
-    return cores
+def grow(core: dict, pool: list[dict], geometry: dict) -> dict:
+    """A core grown from its seed: the part in line nearest an end joins (:func:`joined`), the core is refitted
+    (its axis, extent and ends), and again, until no part joins.  Joined parts leave ``pool``."""
+    refused: set[tuple[int, float]] = set()  # (part, the core's extent when it was refused): no second read
+    while True:
+        links = [(lk["gap_px"], i, lk) for i, p in enumerate(pool) if (lk := link(core, p)) is not None]
+        for _, i, lk in sorted(links, key=lambda x: x[:2]):
+            key = (pool[i]["ids"][0], round(float(core["extent"][1] - core["extent"][0]), 1))
+            if key in refused:
+                continue
+            if lk["gap_px"] > 0:
+                grown = joined(core, pool[i], lk, geometry)
+            else:  # beside the core, within its extent
+                grown = merged(core, pool[i])
+                grown["joins"] = core["joins"] + [{"piece": pool[i]["ids"][0], "gap_mm": 0.0, "fat_mm": 0.0}]
+            if grown is not None:
+                core = grown
+                pool.pop(i)
+                break
+            refused.add(key)
+        else:
+            return core
+
+
+def group(parts: list[dict], geometry: dict, is_core: Callable[[dict], bool]) -> tuple[list[dict], list[dict]]:
+    """Cores from parts: the largest part not yet in a core seeds one and grows (:func:`grow`).  A group that
+    is not core-like (``is_core``) is not a core: its parts are left over.  Returns (cores, left-over groups)."""
+    pool = sorted(parts, key=lambda p: -len(p["pts"]))
+    cores, left = [], []
+    while pool:
+        seed = pool.pop(0)
+        core = grow(
+            {**seed, "fat": [], "joins": [], "tissue_px": len(seed["pts"]), "end_px": geometry["end_px"]},
+            pool,
+            geometry,
+        )
+        (cores if is_core(core) else left).append(core)
+    return cores, left
 
 
 def gaps(t: np.ndarray, min_px: float) -> list[list[float]]:
@@ -179,10 +264,54 @@ def gaps(t: np.ndarray, min_px: float) -> list[list[float]]:
     return [[float(s[i]), float(s[i + 1])] for i in jump]
 
 
+def why_not_core(p: dict, level_um: float, min_width_mm: float, min_area_px: float) -> str:
+    """Why a group of parts is not a core, in words."""
+    if p["thick"] * level_um < min_width_mm * 1000:
+        return f"thinner than a core ({p['thick'] * level_um / 1000:.2f} < {min_width_mm} mm): a pen line or a rim"
+    if p["tissue_px"] < min_area_px:
+        return "smaller than a core (cores.min_area_mm2): debris"
+    return "round, not elongated: a crumb or a pen dot"
+
+
+def piece_record(p: dict, level_um: float) -> dict:
+    """One piece the finder saw: its number (its label in the level's components), size and place."""
+    lo, hi = p["extent"]
+    return {
+        "piece": p["ids"][0],
+        "length_mm": round(float((hi - lo) * level_um / 1000), 3),
+        "width_mm": round(float(p["thick"] * level_um / 1000), 3),
+        "area_mm2": round(float(len(p["pts"]) * level_um**2 / 1e6), 4),
+        "centre_px": [round(float(v), 1) for v in p["c"] + p["axis"] * 0.5 * (lo + hi)],
+    }
+
+
+def in_line(piece: dict, cores: list[dict], geometry: dict) -> dict | None:
+    """The core a left-over piece lies in line with, beyond one of its ends and within ``FAT_MAX_MM``: its
+    position, the gap and the end (level px); None for none."""
+    for k in cores:
+        lk = link(k, piece)
+        if lk is not None and lk["gap_px"] > 0 and lk["gap_px"] <= geometry["fat_max_px"]:
+            end = lk["c"] + lk["axis"] * lk["t0"]
+            return {
+                "core": k["position"],
+                "gap_mm": round(lk["gap_px"] * geometry["level_um"] / 1000, 3),
+                "core_end_px": [round(float(v), 1) for v in end],
+            }
+    return None
+
+
 def find_cores(
-    od: np.ndarray, level_um: float, *, max_gap_mm: float, min_width_mm: float, min_area_mm2: float
-) -> tuple[np.ndarray, list[dict]]:
-    """Label image (0: none, k: core k) and the cores, numbered left to right by their centres' x."""
+    od: np.ndarray,
+    level_um: float,
+    *,
+    max_gap_mm: float,
+    min_width_mm: float,
+    min_area_mm2: float,
+    read: fatlib.Reader | None = None,
+) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """Label image (0: none, k: core k), the cores, numbered left to right by their centres' x, and every
+    piece of tissue seen (joined into a core, a core's seed, or left over, with why).  ``read``: a finer
+    pyramid level, where fat and glass between pieces in line are told apart (:mod:`workflow_scripts.fat`)."""
     lab, n = ndimage.label(absorbing(od, level_um))
     if n == 0:
         raise InputError(
@@ -190,14 +319,23 @@ def find_cores(
         )
     sizes = ndimage.sum(np.ones_like(lab), lab, range(1, n + 1))
     boxes = ndimage.find_objects(lab)
-    parts = [_part(lab, i + 1, boxes[i]) for i in np.flatnonzero(sizes >= DEBRIS_SHARE * sizes.max())]
+    listed = np.flatnonzero(sizes * level_um**2 >= PIECE_UM2)
+    parts = {i + 1: _part(lab, i + 1, boxes[i]) for i in listed}
+    dust = {i for i, p in parts.items() if len(p["pts"]) < DEBRIS_SHARE * sizes.max()}
     min_area_px = min_area_mm2 * 1e6 / level_um**2
+    geometry = {
+        "level_um": level_um,
+        "max_gap_px": max_gap_mm * 1000 / level_um,
+        "fat_max_px": FAT_MAX_MM * 1000 / level_um,
+        "end_px": END_UM / level_um,
+        "read": read,
+    }
 
     def is_core(p: dict) -> bool:
         long = p["extent"][1] - p["extent"][0] >= ELONGATION * p["thick"]  # a pen dot or a crumb is round
-        return long and p["thick"] * level_um >= min_width_mm * 1000 and len(p["pts"]) >= min_area_px
+        return long and p["thick"] * level_um >= min_width_mm * 1000 and p["tissue_px"] >= min_area_px
 
-    found = group(parts, max_gap_mm * 1000 / level_um, is_core)
+    found, left = group([p for i, p in parts.items() if i not in dust], geometry, is_core)
     if not found:
         raise InputError(
             f"no core found on the slide: no absorbing part is at least {min_width_mm} mm thick and "
@@ -207,10 +345,35 @@ def find_cores(
     centre = lambda k: k["c"] + k["axis"] * 0.5 * sum(k["extent"])  # noqa: E731 - the middle of the extent
     found.sort(key=lambda k: (centre(k)[0], centre(k)[1]))
     labels = np.zeros(lab.shape, np.uint16)
-    cores = []
+    cores, pieces = [], []
     for pos, k in enumerate(found, start=1):
+        k["position"] = pos
         labels[np.isin(lab, k["ids"])] = pos
+        for fat in k["fat"]:
+            x, y = fat.astype(int).T
+            keep = (y >= 0) & (y < labels.shape[0]) & (x >= 0) & (x < labels.shape[1])
+            labels[y[keep], x[keep]] = np.where(labels[y[keep], x[keep]] == 0, pos, labels[y[keep], x[keep]])
         lo, hi = k["extent"]
+        joins = {j["piece"]: j for j in k["joins"]}
+        for i in k["ids"]:
+            j = joins.get(i)
+            how = (
+                "the core's largest piece"
+                if j is None
+                else (
+                    f"in line with the core, {j['gap_mm'] - j['fat_mm']:.2f} mm of glass"
+                    + (f" and {j['fat_mm']:.2f} mm of fat" if j["fat_mm"] else "")
+                    + " between"
+                )
+            )
+            pieces.append(
+                {
+                    **piece_record(parts[i], level_um),
+                    "role": "core" if j is None else "fragment",
+                    "core": pos,
+                    "why": how,
+                }
+            )
         cores.append(
             {
                 "position": pos,
@@ -223,11 +386,29 @@ def find_cores(
                     round((b - a) * level_um / 1000, 3)
                     for a, b in gaps((k["pts"] - k["c"]) @ k["axis"], GAP_UM / level_um)
                 ],
+                "fat_mm": round(sum(j["fat_mm"] for j in k["joins"]), 3),
                 "names": [],
                 "dye_marks_px": [],
             }
         )
-    return labels, cores
+    for g in left:
+        why = why_not_core(g, level_um, min_width_mm, min_area_px)
+        for i in g["ids"]:
+            pieces.append({**piece_record(parts[i], level_um), "role": "leftover", "core": None, "why": why})
+    for i in sorted(dust):
+        pieces.append(
+            {
+                **piece_record(parts[i], level_um),
+                "role": "leftover",
+                "core": None,
+                "why": "dust: smaller than 1% of the largest piece",
+            }
+        )
+    for p in pieces:
+        if p["role"] == "leftover":
+            p["in_line_with"] = in_line(parts[p["piece"]], found, geometry)
+    pieces.sort(key=lambda p: p["piece"])
+    return labels, cores, pieces
 
 
 # ------------------------------------------------------------------ QuPath names and dye marks
@@ -273,8 +454,6 @@ def annotate(
     """Add each named annotation drawn around a core to its names, and each dye mark to its marks (level px).
 
     ``scale``: level-0 px per level px (QuPath coordinates are level-0 px)."""
-    from workflow_scripts.transfer import class_name  # the QuPath dialects are read in one place
-
     for f in features:
         rings = [r / scale for r in _rings(f.get("geometry") or {}) if len(r)]
         if not rings:
@@ -333,7 +512,7 @@ def select(cores: list[dict], value: str) -> dict:
 def parser() -> argparse.ArgumentParser:
     """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="find every core on a slide level, number and name them")
-    for k in ("thumb", "meta", "annotation", "out", "labels"):
+    for k in ("thumb", "meta", "wsi", "annotation", "out", "labels"):
         p.add_argument(f"--{k}", required=True)
     p.add_argument("--max-gap-mm", type=float, required=True, help="config cores.max_gap_mm")
     p.add_argument("--min-width-mm", type=float, required=True, help="config cores.min_width_mm")
@@ -343,10 +522,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
-    from workflow_scripts.orient import optical_density
-    from workflow_scripts.transfer import parse_features
+def slide_reader(path: str, meta: dict) -> fatlib.Reader:
+    """A reader of the slide's fine level (:func:`fat.fine_level`) by region, boxes given in the thumbnail's px."""
+    level = fatlib.fine_level(meta["level_um"])
+    um = meta["level_um"][level]
+    f = meta["level_um_per_px"] / um  # fine px per thumbnail px
+    h, w = meta["level_shapes"][level]
 
+    def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float, tuple[float, float]]:
+        ix0, iy0 = max(int(np.floor(x0 * f)), 0), max(int(np.floor(y0 * f)), 0)
+        ix1, iy1 = min(int(np.ceil(x1 * f)), w), min(int(np.ceil(y1 * f)), h)
+        if ix1 <= ix0 or iy1 <= iy0:
+            return np.zeros((0, 0, 3), np.uint8), um, (x0, y0)
+        rgb, _ = read_region(path, level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+        return rgb, um, (ix0 / f, iy0 / f)
+
+    return read
+
+
+def main(argv: list[str] | None = None) -> None:
     a = parser().parse_args(argv)
 
     def go() -> None:
@@ -354,17 +548,25 @@ def main(argv: list[str] | None = None) -> None:
         features = parse_features(doc)
         rgb, meta = imread(a.thumb), json.loads(Path(a.meta).read_text())
         level_um = meta["level_um_per_px"]
-        labels, cores = find_cores(
+        labels, cores, pieces = find_cores(
             optical_density(rgb),
             level_um,
             max_gap_mm=a.max_gap_mm,
             min_width_mm=a.min_width_mm,
             min_area_mm2=a.min_area_mm2,
+            read=slide_reader(a.wsi, meta),
         )
         annotate(cores, labels, features, level_um / meta["um_per_px"], level_um, a.dye_class)
         imsave(a.labels, labels, check_contrast=False)
-        Path(a.out).write_text(json.dumps({"level_um_per_px": level_um, "cores": cores}, indent=1))
+        doc = {"level_um_per_px": level_um, "cores": cores, "pieces": pieces}
+        Path(a.out).write_text(json.dumps(doc, indent=1))
         print(f"{len(cores)} core(s), left to right: {listing(cores)}")
+        for p in pieces:
+            print(
+                f"piece {p['piece']}: {p['length_mm']:.2f} mm, {p['role']}"
+                + (f" of core {p['core']}" if p["core"] else "")
+                + f": {p['why']}"
+            )
 
     run_cli(go, a.participant, None, a.annotation)
 
