@@ -76,6 +76,8 @@ EXCLUDED = [[p, b, r] for p, b, r in zip(biopsies["participant_id"], biopsies["b
 DEMO_ON_SLIDE = {}
 for _row in biopsies.to_dict("records"):
     DEMO_ON_SLIDE.setdefault((_row["participant_id"], sheetlib.slide_key(_row["wsi"])), []).append(_row)
+# rows per slide, excluded ones too: a slide with more cores than rows holds its biopsies (orient)
+SHEET_ROWS_ON_SLIDE = {k: len(v) for k, v in DEMO_ON_SLIDE.items()}
 biopsies = biopsies[_reason == ""]
 _problems += sheetlib.check(
     participants, biopsies, (config["samples"]["participants"], config["samples"]["biopsies"]), GENERATED
@@ -173,6 +175,11 @@ def slide_value(column):
         return "" if v is None or (isinstance(v, float) and v != v) else str(v)
 
     return value
+
+
+def slide_rows(wildcards):
+    """The number of biopsies.tsv rows (excluded ones too) whose cores lie on this biopsy's slide."""
+    return SHEET_ROWS_ON_SLIDE[(wildcards.participant, SLIDE[(wildcards.participant, wildcards.biopsy)])]
 
 
 def slide_output(name):

@@ -19,6 +19,7 @@ rule orient:
         novelty=config["orient"]["accept_novelty"],
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
+        rows=slide_rows,
     group:
         "prep_{participant}"
     conda:
@@ -32,7 +33,7 @@ rule orient:
         "--oriented={output.oriented:q} --cores={input.cores:q} --labels={input.labels:q} "
         "--core={params.core:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} "
         "--accept-novelty={params.novelty:q} --min-confidence={params.conf:q} "
-        "--min-dye-fraction={params.frac:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "--min-dye-fraction={params.frac:q} --slide-rows={params.rows:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "> {log:q} 2>&1"
 
 
@@ -70,6 +71,7 @@ rule review_state:
     input:
         orient=rules.orient.output.json,
         tract=rules.tract.output.json,
+        transfer=f"{RESULTS}/transfer/{{participant}}/{{biopsy}}_summary.json",
     output:
         f"{RESULTS}/state/{{participant}}/{{biopsy}}.json",
     params:
@@ -84,7 +86,8 @@ rule review_state:
     benchmark:
         f"{JOB_BENCHMARKS}/review_state/{{participant}}/{{biopsy}}.tsv"
     shell:
-        "python -m workflow_scripts.state --orient={input.orient:q} --tract={input.tract:q} --out={output:q} "
+        "python -m workflow_scripts.state --orient={input.orient:q} --tract={input.tract:q} "
+        "--transfer={input.transfer:q} --out={output:q} "
         "--override-source={params.source:q} --participant={wildcards.participant:q} "
         "--biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
@@ -105,6 +108,7 @@ rule transfer:
         classes=json.dumps(config["transfer"]["classes"]),
         outside=config["transfer"]["outside_core"],
         across=config["transfer"]["across"],
+        shrink=config["transfer"]["plausible_shrinkage"],
     group:
         "prep_{participant}"
     conda:
@@ -118,7 +122,8 @@ rule transfer:
         "--tract={input.tract:q} --crop={input.crop:q} --cores={input.cores:q} --labels={input.labels:q} "
         "--slide-meta={input.slide_meta:q} --out={output.labelme:q} "
         "--summary={output.summary:q} --classes={params.classes:q} --outside-core={params.outside:q} "
-        "--across={params.across:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
+        "--across={params.across:q} --plausible-shrinkage {params.shrink:q} "
+        "--participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
 
 rule labelme:

@@ -109,6 +109,7 @@ def test_hostile_paths_run_through_registration_and_voc(tmp_path):
             "classes": {"Tumor": "cancer", 'it\'s a $(class), "x"': "cancer"},
             "outside_core": "void",
             "across": "shrinkage",
+            "plausible_shrinkage": [0.6, 1.05],
         },
     )
     targets = [

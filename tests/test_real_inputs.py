@@ -97,6 +97,8 @@ def test_real_slides_and_scans_through_the_workflow(tmp_path):
                 '--classes={{"Tumor": "cancer"}}',
                 "--outside-core=void",
                 "--across=shrinkage",
+                "--plausible-shrinkage=0.6",
+                "1.05",
             ],
         ),
         ("voc", ["image", "--root={o}/voc", "--image-id=P001_B1", "--image-format=jpg"]),

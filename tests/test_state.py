@@ -21,7 +21,7 @@ def test_the_biopsy_takes_the_strongest_step_state(o, t):
     res = state.biopsy_state({"state": o}, {"state": t}, "sheet")
     rank = {"failed": 0, "review": 1, "override": 2, "accepted": 3}
     assert res["state"] == min(o, t, key=rank.get)
-    assert res["steps"] == {"orient": o, "tract": t} and res["override_source"] == "sheet"
+    assert res["steps"] == {"orient": o, "tract": t, "transfer": "accepted"} and res["override_source"] == "sheet"
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,24 @@ def test_reasons_are_kept_for_the_steps_that_are_not_accepted():
     assert state.biopsy_state(o, t)["reasons"] == {"orient": "end contrast 0.40 < 0.55"}
 
 
+SHORT = "the core on the slide (11.3 mm) is shorter than the sampled tract (19.2 mm) allows"
+
+
+@pytest.mark.parametrize(
+    "o, t, expected",
+    [("accepted", "accepted", "review"), ("review", "accepted", "review"), ("override", "accepted", "override")],
+)
+def test_the_labels_own_evidence_holds_the_biopsy_until_a_person_decides(o, t, expected):
+    """A transfer summary with review reasons (a core/tract length out of range, tumour on a left-over piece)
+    holds an otherwise accepted biopsy, with its reason; a person's override of a step clears it."""
+    res = state.biopsy_state({"state": o}, {"state": t}, transfer={"review_reasons": [SHORT]})
+    assert res["state"] == expected
+    assert (res["reasons"].get("transfer") == SHORT) == (o != "override")
+    assert res["steps"]["transfer"] == ("accepted" if o == "override" else "review")
+    clean = state.biopsy_state({"state": o}, {"state": t}, transfer={"review_reasons": []})
+    assert clean["steps"]["transfer"] == "accepted"
+
+
 def test_an_unknown_step_state_names_the_step():
     with pytest.raises(InputError, match="the tract result has state 'maybe'"):
         state.biopsy_state({"state": "accepted"}, {"state": "maybe"})
@@ -54,9 +72,11 @@ def write_states(tmp_path: Path, states: dict[str, tuple[str, str]]) -> tuple[li
     for bid, (o, t) in states.items():
         (tmp_path / "o.json").write_text(json.dumps({"state": o}))
         (tmp_path / "t.json").write_text(json.dumps({"state": t}))
+        (tmp_path / "s.json").write_text(json.dumps({"review_reasons": []}))
         out = tmp_path / "state" / "P001" / f"{bid}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         args = [f"--orient={tmp_path / 'o.json'}", f"--tract={tmp_path / 't.json'}", f"--out={out}"]
+        args.append(f"--transfer={tmp_path / 's.json'}")
         state.main([*args, "--override-source=auto", "--participant=P001", f"--biopsy={bid}"])
         files.append(str(out))
         labels.append(str(tmp_path / f"P001_{bid}.png"))

@@ -54,6 +54,7 @@ SPUR_REACH_UM = 400.0  # ... when they reach this far out of it (a pointed corne
 END_UM = 2500.0  # a piece beyond a core's end is judged on the core's last this many µm (its local axis: cores curve)
 FAT_MAX_MM = 6.0  # pieces in line further apart than this are not one core, whatever lies between them
 PIECE_UM2 = 0.01e6  # pieces of tissue at least this large are listed (accounted for) in cores.json
+LEFTOVER_HOLD_MM = 1.0  # a left-over piece this long in line with a core's end holds that core's biopsy for review
 CORE_HINT = "set core in biopsies.tsv to one of the names or positions listed"
 
 
@@ -282,6 +283,7 @@ def piece_record(p: dict, level_um: float) -> dict:
         "width_mm": round(float(p["thick"] * level_um / 1000), 3),
         "area_mm2": round(float(len(p["pts"]) * level_um**2 / 1e6), 4),
         "centre_px": [round(float(v), 1) for v in p["c"] + p["axis"] * 0.5 * (lo + hi)],
+        "bbox_px": [float(v) for v in (*p["pts"].min(axis=0), *p["pts"].max(axis=0))],
     }
 
 
@@ -504,6 +506,34 @@ def select(cores: list[dict], value: str) -> dict:
             return cores[int(value) - 1]
         raise InputError(f"core position {value} is past the {len(cores)} core(s) found: {found}", CORE_HINT)
     raise InputError(f"no annotation named {value!r} is drawn around a core on this slide: {found}", CORE_HINT)
+
+
+def unaccounted(pieces: list[dict], n_cores: int, core: dict, dye_positive: bool | None, rows: int) -> list[str]:
+    """Why the tissue on the slide does not add up for this biopsy's ``core``: a left-over piece longer than
+    ``LEFTOVER_HOLD_MM`` in line with one of its ends (a part of it the finder could not join), or more cores
+    than biopsies.tsv has rows for the slide (``rows``, excluded ones too).  ``dye_positive``: whether the
+    dyed end lies along the core's axis (None: unknown), to name the end."""
+    reasons = []
+    axis, centre = np.asarray(core["axis"]), np.asarray(core["centre_px"])
+    for p in pieces:
+        near = (p.get("in_line_with") or {}).get("core")
+        if p["role"] != "leftover" or near != core["position"] or p["length_mm"] <= LEFTOVER_HOLD_MM:
+            continue
+        end = "one"
+        if dye_positive is not None:
+            beyond = float((np.asarray(p["centre_px"]) - centre) @ axis) > 0
+            end = "the dyed (distal)" if beyond == dye_positive else "the undyed (proximal)"
+        reasons.append(
+            f"a {p['length_mm']:.1f} mm piece of tissue in line with {end} end of this core, "
+            f"{p['in_line_with']['gap_mm']:.1f} mm beyond it, belongs to no biopsy (piece {p['piece']} in cores.json): "
+            "check that the core is whole"
+        )
+    if n_cores > rows:
+        reasons.append(
+            f"the slide carries {n_cores} cores but biopsies.tsv has {rows} row(s) for it: a core may be split "
+            "in pieces, or a piece may belong to no biopsy; check the slide's cores"
+        )
+    return reasons
 
 
 # ------------------------------------------------------------------ entry point

@@ -41,7 +41,7 @@ from skimage.io import imread, imsave
 
 from workflow_scripts import calibration, dye
 from workflow_scripts import geometry as geo
-from workflow_scripts.cores import GAP_UM, axis_of, gaps, select
+from workflow_scripts.cores import GAP_UM, axis_of, gaps, select, unaccounted
 from workflow_scripts.errors import InputError, run_cli
 from workflow_scripts.stain import (
     H_CHROMA,
@@ -499,6 +499,15 @@ def decide(found: dict, override: str | None, mark: str | None) -> dict:
     }
 
 
+def held(found: dict, reasons: list[str]) -> dict:
+    """The call held for review for ``reasons`` found beyond the dye (the slide's tissue does not add up): an
+    override stands (a person decided, having seen the slide), and a failed call stays failed."""
+    if not reasons or found["state"] in ("override", "failed"):
+        return found
+    why = "; ".join(r for r in (found.get("review_reason"), *reasons) if r)
+    return {**found, "state": "review", "review_reason": why, "tissue_doubts": reasons}
+
+
 def canonical(found: dict, level_um: float, slide_um: float) -> dict:
     """Slide full-res px -> canonical um transform, the core's canonical extent and its gaps (canonical um)."""
     scale = level_um / slide_um  # level px -> full-res px
@@ -565,6 +574,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-novelty", type=float, required=True, help="the same, for a dye found as a novel colour")
     p.add_argument("--min-confidence", type=float, required=True, help="below: an error")
     p.add_argument("--min-dye-fraction", type=float, required=True)
+    p.add_argument(
+        "--slide-rows", type=int, required=True, help="biopsies.tsv rows on this biopsy's slide, excluded ones too"
+    )
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     return p
@@ -589,11 +601,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def go() -> None:
         rgb, labels = imread(a.thumb), imread(a.labels)
-        meta, cores = json.loads(Path(a.meta).read_text()), json.loads(Path(a.cores).read_text())["cores"]
+        meta, doc = json.loads(Path(a.meta).read_text()), json.loads(Path(a.cores).read_text())
+        cores = doc["cores"]
+        mine = select(cores, a.core)
         found = orient_core(
             rgb,
             labels,
-            select(cores, a.core),
+            mine,
             meta["level_um_per_px"],
             a.dye_end or None,
             min_dye_fraction=a.min_dye_fraction,
@@ -601,8 +615,9 @@ def main(argv: list[str] | None = None) -> None:
             accept_novelty=a.accept_novelty,
             min_confidence=a.min_confidence,
         )
+        doubts = unaccounted(doc.get("pieces", []), len(cores), mine, found.get("dye_at_positive_end"), a.slide_rows)
         res = {
-            **found,
+            **held(found, doubts),
             **canonical(found, meta["level_um_per_px"], meta["um_per_px"]),
             "slide": Path(a.thumb).parent.name,
         }

@@ -61,12 +61,26 @@ def tract_entry(tract: dict, reason: str, region_xy: list[float]) -> dict:
     }
 
 
+def transfer_entry(orient: dict, tract: dict, reason: str, region_xy: list[float]) -> dict:
+    """The review row of a label its own evidence contradicts (the core's length, tumour on a left-over piece):
+    confirmed by deciding the orientation and the tract as found, corrected by fixing whichever is wrong."""
+    confirm = f"{orient_entry(orient, '')['confirm']} {tract_entry(tract, '', region_xy)['confirm']}"
+    return {
+        "step": "transfer",
+        "reason": f"label doubtful: {reason}",
+        "confirm": confirm,
+        "correct": "check the slide's cores (cores.json, the QC figure): fix the core in biopsies.tsv (core), the "
+        "dyed end or the tips, or exclude the biopsy",
+    }
+
+
 def entries(state: dict, orient: dict, tract: dict, region_xy: list[float], qc_figure: str) -> list[dict]:
     """The review rows of one biopsy: a row for each step its review state holds (``state.biopsy_state``)."""
     held = {k for k, s in state["steps"].items() if s == "review"}
     why = state.get("reasons", {})
     rows = [orient_entry(orient, why.get("orient", ""))] if "orient" in held else []
     rows += [tract_entry(tract, why.get("tract", ""), region_xy)] if "tract" in held else []
+    rows += [transfer_entry(orient, tract, why.get("transfer", ""), region_xy)] if "transfer" in held else []
     who = {"participant_id": state["participant_id"], "biopsy_id": state["biopsy_id"]}
     return [{**who, **r, "qc_figure": qc_figure} for r in rows]
 

@@ -53,13 +53,25 @@ def tract_decision(tract: dict) -> tuple[str, str]:
     return ("review" if conflicts and s == "accepted" else s), reason
 
 
-def biopsy_state(orient: dict, tract: dict, override_source: str = "auto") -> dict:
+def transfer_decision(summary: dict | None, decided: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """The label's own evidence against it (the transfer summary's ``review_reasons``: a core/tract length
+    outside the plausible range, tumour on a piece of the core left over): held for review, unless a person
+    decided a step of this biopsy (an override), having seen these reasons on its review page."""
+    reasons = (summary or {}).get("review_reasons") or []
+    if not reasons or any(s == "override" for s, _ in decided.values()):
+        return "accepted", ""
+    return "review", "; ".join(reasons)
+
+
+def biopsy_state(orient: dict, tract: dict, override_source: str = "auto", transfer: dict | None = None) -> dict:
     """Where a biopsy stands: ``state`` (precedence failed > review > override > accepted over its steps),
-    each step's ``steps`` state, the ``reasons`` of the steps that give one, and ``override_source``."""
+    each step's ``steps`` state, the ``reasons`` of the steps that give one, and ``override_source``.
+    ``transfer``: the transfer summary, whose ``review_reasons`` hold the biopsy (:func:`transfer_decision`)."""
     decided = {
         "orient": (step_state(orient, "orient"), orient.get("review_reason") or ""),
         "tract": tract_decision(tract),
     }
+    decided["transfer"] = transfer_decision(transfer, decided)
     steps = {k: s for k, (s, _) in decided.items()}
     return {
         "state": next(s for s in STATES if s in steps.values()),
@@ -84,7 +96,7 @@ def read_state(path: str | Path, participant: str | None = None, biopsy: str | N
 def parser() -> argparse.ArgumentParser:
     """The command line: the biopsy's step results in, its state file out."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for k in ("orient", "tract", "out", "participant", "biopsy"):
+    for k in ("orient", "tract", "transfer", "out", "participant", "biopsy"):
         p.add_argument(f"--{k}", required=True)
     p.add_argument("--override-source", required=True, help="auto / sheet / review (<reviewer>) (common.smk)")
     return p
@@ -96,7 +108,12 @@ def main(argv: list[str] | None = None) -> None:
     def go() -> None:
         orient = read_json(a.orient, "the orient result", "rerun the orient rule for this biopsy")
         tract = read_json(a.tract, "the tract result", "rerun the tract rule for this biopsy")
-        doc = {"participant_id": a.participant, "biopsy_id": a.biopsy, **biopsy_state(orient, tract, a.override_source)}
+        summary = read_json(a.transfer, "the transfer summary", "rerun the transfer rule for this biopsy")
+        doc = {
+            "participant_id": a.participant,
+            "biopsy_id": a.biopsy,
+            **biopsy_state(orient, tract, a.override_source, summary),
+        }
         Path(a.out).write_text(json.dumps(doc, indent=1))
         print(f"{a.participant}/{a.biopsy}: {doc['state']} ({', '.join(f'{k} {v}' for k, v in doc['steps'].items())})")
 

@@ -159,6 +159,42 @@ def on_core(
     return kept, left
 
 
+def on_leftover(polys: list[tuple[str, str, Polygon]], pieces: list[dict], position: int, scale: float) -> list[str]:
+    """Why the biopsy's label may miss tumour: an outline that reaches onto a left-over piece of tissue in line
+    with this core (``cores.json`` pieces, level px; ``scale``: level-0 px per level px), a part of the core the
+    finder could not join, so that the outline's tumour there lies outside the label."""
+    reasons = []
+    for p in pieces:
+        if p["role"] != "leftover" or (p.get("in_line_with") or {}).get("core") != position:
+            continue
+        x0, y0, x1, y1 = np.asarray(p["bbox_px"]) + [-1, -1, 1, 1]
+        hits = sum(
+            1
+            for _, _, poly in polys
+            if (((v := poly[0] / scale)[:, 0] >= x0) & (v[:, 0] <= x1) & (v[:, 1] >= y0) & (v[:, 1] <= y1)).any()
+        )
+        if hits:
+            reasons.append(
+                f"{hits} tumour outline(s) reach onto a {p['length_mm']:.1f} mm piece of tissue in line with this core "
+                f"that belongs to no biopsy (piece {p['piece']} in cores.json): its tumour is not in the label"
+            )
+    return reasons
+
+
+def shrinkage_reason(core_mm: float, tract_mm: float, plausible: tuple[float, float]) -> str:
+    """Why a core's length contradicts the tract it was sampled from ('' when it does not): the core on the
+    slide against the sampled tract length, outside the ``plausible`` ratio (shrinkage, lost tissue)."""
+    ratio = core_mm / tract_mm
+    if plausible[0] <= ratio <= plausible[1]:
+        return ""
+    what = "shorter" if ratio < plausible[0] else "longer"
+    return (
+        f"the core on the slide ({core_mm:.1f} mm) is {what} than the sampled tract ({tract_mm:.1f} mm) allows: "
+        f"ratio {ratio:.2f}, plausible {plausible[0]:.2f}-{plausible[1]:.2f}; check that the whole core was found "
+        "(cores.json) and the tract's tips"
+    )
+
+
 def gap_voids(gaps_x_um: list[list[float]], canon_to_crop: np.ndarray, crop_shape: tuple[int, int]) -> list:
     """Void rectangles over the crop where the core has no tissue between its fragments (canonical um)."""
     h = crop_shape[0]
@@ -236,6 +272,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", required=True, help="JSON {QuPath class: label} (config transfer.classes)")
     p.add_argument("--outside-core", choices=["void", "background"], required=True, help="config transfer.outside_core")
     p.add_argument("--across", choices=["physical", "shrinkage"], required=True, help="config transfer.across")
+    p.add_argument(
+        "--plausible-shrinkage", type=float, nargs=2, required=True, help="config transfer.plausible_shrinkage"
+    )
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     return p
@@ -249,12 +288,14 @@ def main(argv: list[str] | None = None) -> None:
         classes = json.loads(a.classes)
         polys, ignored = tumour_polygons(parse_features(doc), classes)
         orient, tract = json.loads(Path(a.orient).read_text()), json.loads(Path(a.tract).read_text())
-        meta, cores = json.loads(Path(a.slide_meta).read_text()), json.loads(Path(a.cores).read_text())["cores"]
+        meta, slide = json.loads(Path(a.slide_meta).read_text()), json.loads(Path(a.cores).read_text())
+        cores = slide["cores"]
         names = {
             c["position"]: f"core {c['position']}" + (f" ({', '.join(c['names'])})" if c["names"] else "")
             for c in cores
         }
         scale = meta["level_um_per_px"] / meta["um_per_px"]
+        reasons = on_leftover(polys, slide.get("pieces", []), orient["core_position"], scale)
         polys, left = on_core(polys, imread(a.labels), orient["core_position"], scale, names)
         ignored.update(left)
         to_crop = registered_canonical_to_crop(orient, tract, a.across)
@@ -271,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.out).write_text(
             json.dumps(labelme_document(shapes, crop.name, crop.read_bytes(), tract["crop_shape"]), indent=1)
         )
-        shrink = (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000 / tract["sampled_length_mm"]
+        core_mm = (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000
+        shrink = core_mm / tract["sampled_length_mm"]
+        reasons += [r for r in [shrinkage_reason(core_mm, tract["sampled_length_mm"], a.plausible_shrinkage)] if r]
         fixes = {k: v for k, v in ignored.items() if k in REPAIRS}
         ignored = Counter({k: v for k, v in ignored.items() if k not in REPAIRS})
         summary = {
@@ -280,10 +323,11 @@ def main(argv: list[str] | None = None) -> None:
             "ignored": dict(ignored),
             "ignored_total": sum(ignored.values()),
             "repaired": fixes,
-            "core_length_mm": (orient["core_x_um"][1] - orient["core_x_um"][0]) / 1000,
+            "core_length_mm": core_mm,
             "tract_length_mm": tract["sampled_length_mm"],
             "shrinkage": shrink,
-            "shrinkage_plausible": 0.6 <= shrink <= 1.05,
+            "shrinkage_plausible": a.plausible_shrinkage[0] <= shrink <= a.plausible_shrinkage[1],
+            "review_reasons": reasons,  # the label's own evidence against it: state.py holds the biopsy
             "outside_core": a.outside_core,
             "across": a.across,
         }
