@@ -39,6 +39,7 @@ from workflow_scripts import (  # noqa: E402
     ingest,  # noqa: E402
     orient,
     qc,
+    state,
     synthetic,
     tract,
     transfer,
@@ -52,6 +53,8 @@ CONFIG = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").re
 CORES = {k: v for k, v in CONFIG["cores"].items() if k != "dye_class"}
 WRONG_MM = 1.0  # an accepted tract with a tip further off than this is wrong (twice the T0 p95 required)
 WRONG_AXIS_DEG = 1.5  # or with its axis further off than this (the axis p95 required)
+BAD_DICE = 0.5  # an accepted label with a Dice below this against the truth is a wrong label nobody was told of
+PLAUSIBLE = tuple(CONFIG["transfer"]["plausible_shrinkage"])
 ABLATABLE = {"orient": orient.ABLATABLE, "tract": tract.ABLATABLE}
 
 
@@ -94,6 +97,23 @@ def render(
     if n_cores > 1 or marks:
         feats += [f for t in ts for f in synthetic.annotations.core_features(t if marks else _no_mark(t), rng)]
     return ts, thumb, feats
+
+
+FINE_UM = 4.0  # the finer slide level the core finder reads between pieces in line (fat or glass)
+
+
+def fine_reader(ts: list[synthetic.BiopsyTruth], level_um: float):
+    """The slide's finer level read by region, as the pipeline reads a pyramid level: boxes in level px,
+    rendered at ``FINE_UM`` through the forward model (no JPEG: tiles at that level are stored as rendered)."""
+
+    def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float, tuple[float, float]]:
+        f = level_um / FINE_UM
+        ix0, iy0 = max(int(np.floor(x0 * f)), 0), max(int(np.floor(y0 * f)), 0)
+        ix1, iy1 = int(np.ceil(x1 * f)), int(np.ceil(y1 * f))
+        rgb = synthetic.render_slide(ts, iy0, ix0, max(iy1 - iy0, 0), max(ix1 - ix0, 0), FINE_UM)
+        return rgb, FINE_UM, (ix0 / f, iy0 / f)
+
+    return read
 
 
 def _no_mark(t: synthetic.BiopsyTruth) -> synthetic.BiopsyTruth:
@@ -204,25 +224,55 @@ def register_slide(args: tuple) -> list[dict]:
     ``stroke_given``: each biopsy's stroke reaches the tract step, else the config's; ``steps``: which run;
     ``orient_off``: the orientation elements left out; ``variants``: (label, tract elements left out), each run
     on the same rendered biopsy (one row per variant, its label in ``ablated``)."""
-    seed, pid, measure, compress, n_cores, marks, formats, strokes, stroke_given, steps, orient_off, variants = args
+    seed, pid, measure, compress, n_cores, marks, formats, strokes, stroke_given, steps, orient_off, variants, opts = (
+        args
+    )
+    fine, length_check = opts
     ts, thumb, features = render(seed, pid, compress, n_cores, marks, strokes, "orient" in steps)
     rows = []
     try:
         if thumb is None:
             raise InputError("orientation skipped")
-        labels, found, _ = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+        read = fine_reader(ts, LEVEL_UM) if fine else None
+        labels, found, pieces = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES, read=read)
         cores.annotate(
             found, labels, features, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CONFIG["cores"]["dye_class"]
         )
     except InputError as e:
-        labels, found = None, e.what
+        labels, found, pieces = None, e.what, []
     for t in ts:
         stroke = t.stroke_mm if stroke_given else CONFIG["tract"]["throw_mm"]
         us = us_inputs(t, formats)
         for label, tract_off in variants:
-            row = register_one(t, thumb, features, labels, found, measure, us, stroke, orient_off, tract_off)
+            row = register_one(
+                t, thumb, features, labels, found, measure, us, stroke, orient_off, tract_off, pieces, length_check
+            )
+            row.update(accounting(t, labels, pieces))
             rows.append({**row, "ablated": label})
     return rows
+
+
+def accounting(t: synthetic.BiopsyTruth, labels: np.ndarray | None, pieces: list[dict]) -> dict:
+    """How the finder saw this biopsy's true core (scored on the truth): the found cores along its centre line
+    (1: whole; more: split), and the left-over pieces (over 0.5 mm) lying on it."""
+    if labels is None:
+        return {"core_found_as": 0, "leftover_on_core": 0}
+    truth = synthetic.truth_record(t)
+    f = t.slide_um_per_px / LEVEL_UM
+    c, d = np.array(truth["core_centre_slide_px"]) * f, np.array(truth["dye_end_slide_px"]) * f
+    line = c + (d - c) * np.linspace(-0.95, 0.95, 400)[:, None]
+    x, y = np.clip(np.round(line).astype(int), 0, np.array(labels.shape[::-1]) - 1).T
+    found_as = len(set(labels[y, x].tolist()) - {0})
+    half_w = t.core_width_mm * t.shrink * 1000 / LEVEL_UM / 2
+    seg, length = d - c, np.linalg.norm(d - c)
+
+    def on_core(p: dict) -> bool:
+        v = np.array(p["centre_px"]) - c
+        along = float(v @ seg / length)
+        return abs(along) <= length + 10 and abs(float(v @ np.array([-seg[1], seg[0]]) / length)) <= half_w
+
+    left = sum(1 for p in pieces if p["role"] == "leftover" and p["length_mm"] > 0.5 and on_core(p))
+    return {"core_found_as": found_as, "leftover_on_core": left}
 
 
 def us_inputs(t: synthetic.BiopsyTruth, formats: str) -> dict:
@@ -249,6 +299,8 @@ def register_one(
     stroke: float,
     orient_off: frozenset[str] = frozenset(),
     tract_off: frozenset[str] = frozenset(),
+    pieces: list[dict] | None = None,
+    length_check: bool = True,
 ) -> dict:
     """Register and score one biopsy whose core lies on a slide level with the cores ``found`` (or their error);
     ``us``: its ultrasound (``us_inputs``); ``stroke``: the gun's stroke the tract step is given;
@@ -270,6 +322,9 @@ def register_one(
         centre = np.array([truth["core_centre_slide_px"]]) * t.slide_um_per_px / LEVEL_UM
         row["core_matched"] = cores.nearest_core(labels, centre, 1000 / LEVEL_UM) == mine["position"]
         found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, orient_off, **c["orient"])
+        rows_on_slide = 1 if not t.slide_id else int(t.slide_id.count("-"))  # the sheet's rows: every core's
+        doubts = cores.unaccounted(pieces or [], len(found), mine, found_o.get("dye_at_positive_end"), rows_on_slide)
+        found_o = orient.held(found_o, doubts)
         row.update(
             orient_state=found_o["state"],
             orient_source=found_o["source"],
@@ -323,6 +378,7 @@ def register_one(
         row["orient_correct"] = bool(dye[0] > 0)
     if res_o is not None and res_t is not None:
         polys, _ = transfer.tumour_polygons(transfer.parse_features(features), CONFIG["transfer"]["classes"])
+        raw = polys
         if labels is not None:  # only the outlines on this biopsy's core (an outline spanning two: an error)
             scale, names = LEVEL_UM / t.slide_um_per_px, {k["position"]: str(k["position"]) for k in found}
             try:
@@ -337,6 +393,14 @@ def register_one(
         voids += transfer.gap_voids(res_o["core_gaps_x_um"], to_crop, res_t["crop_shape"])
         label = voc.rasterize(transfer.labelme_shapes(polys, voids), crop.shape, voc.label_values())
         row["dice"] = qc.score(res_t, res_o, label, truth, synthetic.truth_label(t))["dice"]
+        core_mm = (res_o["core_x_um"][1] - res_o["core_x_um"][0]) / 1000
+        row["shrinkage"] = core_mm / res_t["sampled_length_mm"]
+        reasons = [transfer.shrinkage_reason(core_mm, res_t["sampled_length_mm"], PLAUSIBLE)] if length_check else []
+        if labels is not None:
+            reasons += transfer.on_leftover(raw, pieces or [], res_o["core_position"], scale)
+        st = state.biopsy_state(res_o, res_t, transfer={"review_reasons": [r for r in reasons if r]})
+        row["state"], row["reasons"] = st["state"], "; ".join(f"{k}: {v}" for k, v in st["reasons"].items())
+        row["accepted_bad_label"] = st["state"] in state.USABLE and row["dice"] < BAD_DICE
     return row
 
 
@@ -346,6 +410,8 @@ def summary(df: pd.DataFrame) -> dict:
     acc_o = df["orient_state"] == "accepted"
     correct = df.get("orient_correct", pd.Series(False, index=df.index)).fillna(False).astype(bool)
     review = (df["orient_state"] == "review") | (df["tract_state"] == "review")
+    if "state" in df:  # every hold: orient, tract and the label's own evidence (state.py)
+        review = df["state"] == "review"
     acc_t = df["tract_state"] == "accepted"
     orient_run = bool((df["orient_state"] != "skipped").any())
     q = lambda c, p: float(np.nanpercentile(df[c], p)) if c in df and df[c].notna().any() else float("nan")  # noqa: E731
@@ -371,6 +437,12 @@ def summary(df: pd.DataFrame) -> dict:
         "axis_p95_acc": float(np.nanpercentile(df.loc[acc_t, "axis_deg"], 95)) if acc_t.any() else float("nan"),
         "tract_wrong_accepted": int((acc_t & df.get("tract_wrong", pd.Series(False, index=df.index)).eq(True)).sum()),
         "review_%": 100 * float(review.mean()),
+        "cores_whole": int((df.get("core_found_as", pd.Series(dtype=float)) == 1).sum()),
+        "cores_split": int((df.get("core_found_as", pd.Series(dtype=float)) > 1).sum()),
+        "leftover_pieces": int(df.get("leftover_on_core", pd.Series(dtype=float)).fillna(0).sum()),
+        "accepted_dice_lt_0.5": int(
+            df.get("accepted_bad_label", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()
+        ),
     }
 
 
@@ -422,6 +494,8 @@ def main() -> None:
         "--ablate", action="append", default=[], metavar="STEP.NAME", help="leave one element out, e.g. tract.edge_snr"
     )
     p.add_argument("--ablation", choices=["tract"], help="nothing removed, then each element of tract.ABLATABLE")
+    p.add_argument("--no-fine", action="store_true", help="no finer slide level: fat and glass not told apart")
+    p.add_argument("--no-length-check", action="store_true", help="the core/tract length check off (its cost)")
     a = p.parse_args()
     off = ablated(a.ablate)
     variants = [("none", off["tract"])]
@@ -441,6 +515,7 @@ def main() -> None:
             tuple(a.steps),
             off["orient"],
             tuple(variants),
+            (not a.no_fine, not a.no_length_check),
         )
         for s in a.seeds
         for i in range(a.n)
@@ -502,6 +577,7 @@ def main() -> None:
         "moved",
         "border",
         "us_format",
+        *[f for f in ("fat", "fat_crossing") if f in df],
     ):
         print(f"\nBY {f}")
         print(fmt(pd.DataFrame([{f: k, **summary(g)} for k, g in df.groupby(f)])))
