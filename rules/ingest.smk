@@ -60,6 +60,7 @@ rule cores:
     output:
         cores=f"{SLIDE_DIR}/cores.json",
         labels=f"{SLIDE_DIR}/cores.png",
+        figure=f"{SLIDE_DIR}/cores_figure.png",  # every core and piece of tissue seen, and why
     params:
         c=config["cores"],
     group:
@@ -72,7 +73,7 @@ rule cores:
         f"{JOB_BENCHMARKS}/cores/{{participant}}/{{slide}}.tsv"
     shell:
         "python -m workflow_scripts.cores --thumb={input.thumb:q} --meta={input.meta:q} --wsi={input.wsi:q} "
-        "--annotation={input.annotation:q} --out={output.cores:q} --labels={output.labels:q} "
+        "--annotation={input.annotation:q} --out={output.cores:q} --labels={output.labels:q} --figure={output.figure:q} "
         "--max-gap-mm={params.c[max_gap_mm]:q} --min-width-mm={params.c[min_width_mm]:q} "
         "--min-area-mm2={params.c[min_area_mm2]:q} --dye-class={params.c[dye_class]:q} "
         "--participant={wildcards.participant:q} > {log:q} 2>&1"

@@ -32,6 +32,7 @@ from skimage.io import imread, imsave
 
 from workflow_scripts import fat as fatlib
 from workflow_scripts.errors import InputError, read_json, run_cli
+from workflow_scripts.qc import slide_figure
 from workflow_scripts.slide import read_region
 from workflow_scripts.stain import optical_density
 from workflow_scripts.transfer import class_name, parse_features  # the QuPath dialects are read in one place
@@ -542,7 +543,7 @@ def unaccounted(pieces: list[dict], n_cores: int, core: dict, dye_positive: bool
 def parser() -> argparse.ArgumentParser:
     """The command line; every setting that config.yaml carries is a required option the rule passes."""
     p = argparse.ArgumentParser(description="find every core on a slide level, number and name them")
-    for k in ("thumb", "meta", "wsi", "annotation", "out", "labels"):
+    for k in ("thumb", "meta", "wsi", "annotation", "out", "labels", "figure"):
         p.add_argument(f"--{k}", required=True)
     p.add_argument("--max-gap-mm", type=float, required=True, help="config cores.max_gap_mm")
     p.add_argument("--min-width-mm", type=float, required=True, help="config cores.min_width_mm")
@@ -590,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
         imsave(a.labels, labels, check_contrast=False)
         doc = {"level_um_per_px": level_um, "cores": cores, "pieces": pieces}
         Path(a.out).write_text(json.dumps(doc, indent=1))
+        slide_figure(rgb, labels, doc, a.figure)
         print(f"{len(cores)} core(s), left to right: {listing(cores)}")
         for p in pieces:
             print(

@@ -95,9 +95,88 @@ def decisions(state: dict, orient: dict, tract: dict) -> str:
     )
 
 
-def slide_panel(ax: plt.Axes, slide: np.ndarray, labels: np.ndarray, cores: list[dict], orient: dict) -> None:
-    """The whole slide level with every core outlined and numbered; this biopsy's core and its dyed end in red."""
+PIECE_COLOURS = {"fragment": "c", "leftover": "orange"}
+
+
+def pieces_panel(ax: plt.Axes, pieces: list[dict]) -> None:
+    """Every piece of tissue that is not a core's seed: fragments (cyan) and left-overs (orange, dashed), each
+    boxed with its number and length; a left-over in line with a core is marked '→ core k'."""
+    for p in pieces:
+        if p["role"] == "core" or p["length_mm"] < 0.3:
+            continue
+        x0, y0, x1, y1 = p["bbox_px"]
+        colour = PIECE_COLOURS[p["role"]]
+        ax.add_patch(
+            plt.Rectangle(
+                (x0 - 1, y0 - 1),
+                x1 - x0 + 2,
+                y1 - y0 + 2,
+                fill=False,
+                ec=colour,
+                lw=0.8,
+                ls="--" if p["role"] == "leftover" else ":",
+            )
+        )
+        near = (p.get("in_line_with") or {}).get("core")
+        label = f"{p['piece']}: {p['length_mm']:.1f} mm" + (f" → core {near}" if near else "")
+        ax.text(x1 + 2, y0, label, color=colour, fontsize=6, va="top", clip_on=True)
+
+
+def slide_figure(slide: np.ndarray, labels: np.ndarray, doc: dict, path: str | Path) -> None:
+    """The slide's cores and every piece the finder saw (``cores.json``), with the list of pieces and why."""
+    cores, pieces = doc["cores"], doc.get("pieces", [])
+    listed = [p for p in pieces if p["length_mm"] >= 0.3]
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [3, 2]})
     ax.imshow(slide)
+    for c in cores:
+        ax.contour(labels == c["position"], levels=[0.5], colors="r", linewidths=1.0)
+        ax.text(
+            *c["centre_px"],
+            str(c["position"]),
+            color="r",
+            fontsize=11,
+            fontweight="bold",
+            ha="center",
+            va="center",
+            bbox={"facecolor": "white", "alpha": 0.6, "lw": 0},
+        )
+    pieces_panel(ax, pieces)
+    ax.set_title(f"{len(cores)} core(s); {len(listed)} piece(s) of at least 0.3 mm", fontsize=9)
+    ax.axis("off")
+    lines = [
+        f"{p['piece']}: {p['length_mm']:.1f} mm, "
+        + (
+            f"core {p['core']}"
+            if p["role"] == "core"
+            else f"fragment of core {p['core']}"
+            if p["core"]
+            else "left over"
+        )
+        + f" ({p['why']})"
+        for p in listed
+    ]
+    tx.text(
+        0,
+        1,
+        "\n".join(lines[:40]) + (f"\n... {len(lines) - 40} more in cores.json" if len(lines) > 40 else ""),
+        fontsize=7,
+        va="top",
+        family="monospace",
+        wrap=True,
+    )
+    tx.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def slide_panel(
+    ax: plt.Axes, slide: np.ndarray, labels: np.ndarray, cores: list[dict], orient: dict, pieces: list[dict] = ()
+) -> None:
+    """The whole slide level with every core outlined and numbered, and the other pieces of tissue boxed
+    (:func:`pieces_panel`); this biopsy's core and its dyed end in red."""
+    ax.imshow(slide)
+    pieces_panel(ax, list(pieces))
     mine = orient["core_position"]
     for c in cores:
         k = c["position"]
@@ -233,7 +312,13 @@ def main(argv: list[str] | None = None) -> None:
             np.array(PIL.Image.open(a.label)),
             title,
             Path(a.out),
-            (imread(a.slide), imread(a.labels), load("cores")["cores"], load("orient")),
+            (
+                imread(a.slide),
+                imread(a.labels),
+                load("cores")["cores"],
+                load("orient"),
+                load("cores").get("pieces", []),
+            ),
         )
         return
     rows = []
