@@ -17,10 +17,79 @@ from .truth import (
     core_to_slide_px,
     core_to_us,
     edge_wobble,
+    fat_inside,
     slide_to_core,
 )
 
 TILE = 256  # px, tiles of the OME-TIFF
+NET_UM = 7.0  # pixel size (um) at which the adipocytes' net fades to its area average (1/e)
+
+
+def _hash01(i: np.ndarray, j: np.ndarray, salt: int) -> np.ndarray:
+    """A deterministic pseudo-random number in [0, 1) per integer pair (a 64-bit mix)."""
+    with np.errstate(over="ignore"):
+        h = i.astype(np.int64).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= j.astype(np.int64).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(salt)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+    return (h >> np.uint64(11)).astype(float) / 2.0**53
+
+
+def _cell_walls(x: np.ndarray, y: np.ndarray, spacing: float, salt: int) -> np.ndarray:
+    """Distance (um) from each point (slide um in the core's frame) to the nearest wall of a Voronoi net of
+    cells whose centres jitter about a square grid of ``spacing`` (half the gap between the two nearest)."""
+    gi, gj = np.floor(x / spacing), np.floor(y / spacing)
+    f1, f2 = np.full(x.shape, np.inf), np.full(x.shape, np.inf)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            ci, cj = gi + di, gj + dj
+            cx = (ci + 0.5 + 0.8 * (_hash01(ci, cj, salt) - 0.5)) * spacing
+            cy = (cj + 0.5 + 0.8 * (_hash01(ci, cj, salt + 1) - 0.5)) * spacing
+            d = np.hypot(x - cx, y - cy)
+            f2 = np.where(d < f1, f1, np.minimum(f2, d))
+            f1 = np.minimum(f1, d)
+    return (f2 - f1) / 2
+
+
+def _line_cover(dist: np.ndarray, lo: float, hi: float, um_per_px: float) -> np.ndarray:
+    """The share of a pixel (centred ``dist`` um from a line) that the band [lo, hi] um about the line covers."""
+    a, b = dist - um_per_px / 2, dist + um_per_px / 2
+    return np.clip(np.minimum(b, hi) - np.maximum(a, lo), 0, None) / um_per_px
+
+
+def fat_stain(t: BiopsyTruth, u: np.ndarray, v: np.ndarray, um_per_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where a tile's pixels (core mm u, v) are fat, and the eosin concentration there (0 elsewhere).
+
+    Fat is nearly empty adipocytes bounded by thin eosin membranes.  The membranes are rendered
+    resolution-aware: at 2-4 um/px as a net (each pixel's share of a wall), fading with the pixel size to
+    the area average (membrane share 2 x thickness / cell spacing, times the membrane's density), so that
+    at 16 um/px fat is nearly as pale as glass.  Where a lobule meets the core's outline, a slightly denser
+    rim (fat bounded by tissue) runs along it.  The small round vacuoles of the varied cohort are fat too."""
+    fat = t.fat
+    mask, conc = np.zeros(u.shape, bool), np.zeros(u.shape)
+    near = (np.abs(v) < t.core_width_mm) & (u > -0.1) & (u < t.throw_mm + 0.1)  # the core and a margin
+    if not near.any():
+        return mask, conc
+    un, vn = u[near], v[near]
+    inner = fat_inside(fat, un, vn) if fat.get("lobules") else np.zeros(un.shape, bool)
+    for cu, cv, r in t.nuisance.get("vacuoles", []):
+        inner |= np.hypot(un - cu, vn - cv) < r
+    mask[near] = inner
+    if not inner.any():
+        return mask, conc
+    cell, wall, dens = fat.get("cell_um", 80.0), fat.get("membrane_um", 3.0), fat.get("membrane_od", 0.4)
+    uf, vf = u[mask], v[mask]
+    mean = min(2 * wall / cell, 1.0)  # the walls' area share
+    vis = float(np.exp(-((um_per_px / NET_UM) ** 2)))
+    share = np.full(uf.shape, mean)
+    if vis > 0.01:  # finer than about 15 um/px: the net shows
+        x, y = uf * t.shrink * 1000, vf * t.shrink * 1000
+        near = _line_cover(_cell_walls(x, y, cell, fat.get("texture", 0)), -wall / 2, wall / 2, um_per_px)
+        share = vis * near + (1 - vis) * mean
+    rim = (t.core_width_mm / 2 * edge_wobble(t, uf) - np.abs(vf)) * t.shrink * 1000  # um inside the outline
+    conc[mask] = fat.get("interior_od", 0.01) + dens * share + 0.6 * dens * _line_cover(rim, 0, 1.5 * wall, um_per_px)
+    return mask, conc
 
 
 def render_slide_tile(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_px: float) -> np.ndarray:
@@ -46,7 +115,10 @@ def render_slide_tile(t: BiopsyTruth, y0: int, x0: int, h: int, w: int, um_per_p
     nuc_benign = np.clip(0.12 + 0.35 * (noise - 0.4), 0, 1)
     ch = np.where(cancer, 0.25 + 0.85 * nuc_cancer, 0.12 + 0.6 * nuc_benign)
     ce = np.where(cancer, 0.35, 0.55 + 0.1 * np.sin(xu * 0.05))
+    fat, conc = fat_stain(t, u, v, um_per_px)  # fat holds no tumour: nearly empty cells, pink walls
+    ch, ce = np.where(fat, 0.1 * conc, ch), np.where(fat, conc, ce)
     od = ch[..., None] * HEMATOXYLIN + ce[..., None] * EOSIN
+    od[fat] += np.log(255 / 242)  # fat lets through what glass does, less its walls' stain
     dye = u > t.throw_mm - t.dye_length_mm
     od = np.where(dye[..., None], od * 0.4 + 0.9 * DYES[t.dye] / np.linalg.norm(DYES[t.dye]) * 1.6, od)
     rgb = 255 * np.exp(-od)
@@ -77,11 +149,10 @@ def _render_varied_tile(
             m = np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * r * r))
             ch = ch + gain * m
             ce = ce - 0.2 * m
-        for cu, cv, r in nz["fat"]:  # fat: nearly empty vacuoles
-            f = np.hypot(u - cu, v - cv) < r
-            ch, ce = np.where(f, 0.03, ch), np.where(f, 0.05, ce)
+        fat, conc = fat_stain(t, u, v, um_per_px)  # lobules and vacuoles: nearly empty cells, pink walls
+        ch, ce = np.where(fat, 0.1 * conc, ch), np.where(fat, conc, np.maximum(ce, 0.05))
         hv, ev = np.array(nz["h_vec"]), np.array(nz["e_vec"])
-        od = (nz["h_scale"] * ch)[..., None] * hv / np.linalg.norm(hv) + (nz["e_scale"] * np.maximum(ce, 0.05))[
+        od = (nz["h_scale"] * ch)[..., None] * hv / np.linalg.norm(hv) + (nz["e_scale"] * ce)[
             ..., None
         ] * ev / np.linalg.norm(ev)
         for fu, fw, tilt in nz["folds"]:  # a fold doubles the tissue

@@ -81,6 +81,8 @@ class BiopsyTruth:
     # domain randomisation (the varied cohort); empty for the demo, whose rendering it leaves unchanged
     nuisance: dict = field(default_factory=dict)
     stroke_mm: float = 22.0  # the gun's stroke setting (what biopsies.tsv stroke_mm says)
+    # fat lobules in the core (both cohorts; ``sample_fat``): tissue, never a gap; {} draws none
+    fat: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def sample_truth(
     pad_x, pad_y = int(rng.integers(20, 90)), int(rng.integers(30, 80))
     um, rot = slide_pose(rng, large_slide)
     canaries = sample_canaries(rng)
-    return BiopsyTruth(
+    t = BiopsyTruth(
         participant_id=participant_id,
         biopsy_id=biopsy_id,
         seed=[seed],
@@ -218,6 +220,8 @@ def sample_truth(
         nuisance=nuisance,
         stroke_mm=stroke,
     )
+    t.fat = sample_fat(biopsy_rng(seed + FAT_STREAM, participant_id, biopsy_id), t)
+    return t
 
 
 def sample_nuisance(rng: np.random.Generator, stroke_mm: float = 22.0) -> dict:
@@ -249,7 +253,8 @@ def sample_nuisance(rng: np.random.Generator, stroke_mm: float = 22.0) -> dict:
         "bleed_mm": u(1.5, 5.0),
         "bleed_side": float(rng.choice([-1.0, 1.0])),
         "dense": [[u(0.0, throw), u(-0.4, 0.4), u(0.3, 1.2), u(0.5, 1.0)] for _ in range(int(rng.integers(0, 4)))],
-        "fat": [[u(0.0, throw), u(-0.5, 0.5), u(0.05, 0.25)] for _ in range(int(rng.integers(0, 12)))],
+        # small round fat vacuoles (u, v, r; mm) inside the tissue; the lobules are ``BiopsyTruth.fat``
+        "vacuoles": [[u(0.0, throw), u(-0.5, 0.5), u(0.05, 0.25)] for _ in range(int(rng.integers(0, 12)))],
         "stroma_freq": u(0.004, 0.02),
         "stroma_amp": u(0.0, 0.35),
         "gaps": [[u(0.15, 0.85) * throw, u(0.1, 0.6)] for _ in range(int(rng.choice([0, 0, 1, 2])))],
@@ -286,6 +291,124 @@ def sample_nuisance(rng: np.random.Generator, stroke_mm: float = 22.0) -> dict:
         "calipers": [[u(0.1, 0.9), u(0.1, 0.9)] for _ in range(int(rng.integers(0, 4)))],
         "border": float(rng.choice([0.0, 160.0, 255.0])),
     }
+
+
+# --------------------------------------------------------------------------
+# Fat lobules in the core
+# --------------------------------------------------------------------------
+
+FAT_STREAM = 3701  # the seed offset of the fat draws' own stream: every other draw stays as it was
+FAT_RICHNESS = {"none": 0.3, "some": 0.4, "rich": 0.3}  # share of cores
+
+
+def sample_fat(rng: np.random.Generator, t: BiopsyTruth) -> dict:
+    """The core's fat: a richness, its adipocytes and its lobules (core mm, as ``gaps_mm``), clustered.
+
+    A lobule is a ``band`` across the core's full width with wavy ends, or a ``blob`` (an irregular oval)
+    across part of it, at most 0.8 of it, touching an edge or not.  ``u0_mm``/``length_mm`` and
+    ``v_lo_mm``/``v_hi_mm`` are its extent along the core (from T0) and across it (v; the blob's before
+    the core's outline clips it).  Lobules keep clear of the dyed end (its ink covers fat and tissue alike);
+    bands also leave at least 0.8 mm of tissue to the undyed end and between each other.  ``crossings_mm``:
+    the stretches (u from, u to) where fat fills the core's whole width, the union of all lobules, which
+    is what splits the stained tissue into pieces in line."""
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    richness = str(rng.choice(list(FAT_RICHNESS), p=list(FAT_RICHNESS.values())))
+    fat = {
+        "richness": richness,
+        "cell_um": u(65.0, 100.0),  # the adipocytes' mean spacing on the slide; jitter gives cells of 50-120 um
+        "membrane_um": u(2.0, 4.0),  # their membranes' thickness on the slide
+        "membrane_od": u(0.35, 0.5),  # the eosin concentration of a membrane seen edge-on
+        "interior_od": u(0.0, 0.02),  # the nearly empty inside of a cell (unstained to faintly pink)
+        "texture": int(rng.integers(0, 2**31)),  # the seed of the cells' jitter
+        "lobules": [],
+        "crossings_mm": [],
+    }
+    if richness == "none":
+        return fat
+    half = t.core_width_mm / 2
+    lo, hi = 0.1, t.throw_mm - t.dye_length_mm - 0.3  # along the core, clear of the dyed end
+    clusters = [u(lo + 1.0, hi - 1.0) for _ in range(1 if richness == "some" else int(rng.integers(1, 4)))]
+    n_band = int(rng.choice([0, 1, 1, 2])) if richness == "some" else int(rng.integers(1, 4))
+    n_blob = int(rng.integers(0 if n_band else 1, 3)) if richness == "some" else int(rng.integers(2, 6))
+    for _ in range(n_band):
+        length = float(np.exp(rng.uniform(np.log(0.3), np.log(2.0))))
+        for _try in range(20):  # tissue of 0.8 mm at least to the undyed end and between bands
+            u0 = float(np.clip(clusters[int(rng.integers(len(clusters)))] + rng.normal(0, 1.0), 0.8, hi - length))
+            bands = [b for b in fat["lobules"] if b["kind"] == "band"]
+            if all(u0 > b["u0_mm"] + b["length_mm"] + 0.8 or u0 + length + 0.8 < b["u0_mm"] for b in bands):
+                break
+        else:
+            continue
+        fat["lobules"].append(
+            {
+                "kind": "band",
+                "u0_mm": u0,
+                "length_mm": length,
+                "v_lo_mm": -half,
+                "v_hi_mm": half,
+                "full_width": True,
+                # each end's waviness: depth (mm, at most a quarter of the length), wavelength (mm), phase
+                "ends": [[u(0.05, 0.25) * length, u(0.3, 1.2), u(0, 2 * np.pi)] for _ in range(2)],
+            }
+        )
+    for _ in range(n_blob):
+        ru, rv = float(np.exp(rng.uniform(np.log(0.15), np.log(0.75)))), u(0.15, 0.4)
+        uc = float(np.clip(clusters[int(rng.integers(len(clusters)))] + rng.normal(0, 1.0), lo + ru, hi - ru))
+        vc = u(-half, half)
+        fat["lobules"].append(
+            {
+                "kind": "blob",
+                "u0_mm": uc - ru,
+                "length_mm": 2 * ru,
+                "v_lo_mm": vc - rv,
+                "v_hi_mm": vc + rv,
+                "full_width": False,
+                "centre_mm": [uc, vc],
+                "radii_mm": [ru, rv],
+                "harmonics": [[u(0, 0.05), u(0, 2 * np.pi)] for _ in range(3)],  # of the outline, orders 2-4
+            }
+        )
+    fat["lobules"].sort(key=lambda b: b["u0_mm"])
+    fat["crossings_mm"] = fat_crossings(t, fat)
+    return fat
+
+
+def fat_inside(fat: dict, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Boolean: is core point (u, v) mm in one of the fat lobules (the core's outline not applied)."""
+    u, v = np.broadcast_arrays(u, v)
+    out = np.zeros(u.shape, bool)
+    for b in fat.get("lobules", []):
+        near = (u > b["u0_mm"] - 0.2 * b["length_mm"]) & (u < b["u0_mm"] + 1.2 * b["length_mm"])
+        if not near.any():
+            continue
+        un, vn = u[near], v[near]
+        if b["kind"] == "band":
+            lo, hi = b["u0_mm"] + _wavy(vn, *b["ends"][0]), b["u0_mm"] + b["length_mm"] - _wavy(vn, *b["ends"][1])
+            out[near] |= (un > lo) & (un < hi)
+        else:
+            (uc, vc), (ru, rv) = b["centre_mm"], b["radii_mm"]
+            du, dv = (un - uc) / ru, (vn - vc) / rv
+            phi = np.arctan2(dv, du)
+            edge = 1 + sum(a * np.cos((k + 2) * phi + p) for k, (a, p) in enumerate(b["harmonics"]))
+            out[near] |= np.hypot(du, dv) < edge
+    return out
+
+
+def _wavy(v: np.ndarray, depth: float, wavelength: float, phase: float) -> np.ndarray:
+    """How far (mm, 0..depth) a band's end lies inside its extent at v: a wave with an overtone."""
+    x = v / wavelength
+    return depth * (0.5 + 0.3 * np.sin(2 * np.pi * x + phase) + 0.2 * np.sin(5 * x + 2 * phase))
+
+
+def fat_crossings(t: BiopsyTruth, fat: dict, step: float = 0.01) -> list[list[float]]:
+    """The stretches along the core (u from, u to; mm) where fat fills its whole width."""
+    u = np.arange(0.0, t.throw_mm, step)
+    v = np.arange(-t.core_width_mm / 2, t.core_width_mm / 2 + step / 2, step)
+    vv, uu = np.meshgrid(v, u)
+    core = np.abs(vv) <= t.core_width_mm / 2 * edge_wobble(t, uu)
+    across = (fat_inside(fat, uu, vv) | ~core).all(axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], across.astype(int), [0]])))
+    return [[float(u[a]), float(u[b - 1] + step)] for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 # --------------------------------------------------------------------------
