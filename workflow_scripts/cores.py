@@ -159,11 +159,15 @@ def link(core: dict, part: dict) -> dict | None:
     if t.max() > lo and t.min() < hi:  # beside the core: judged on its whole axis
         off = np.median(np.abs((part["pts"] - core["c"]) @ perpendicular(core["axis"])))
         return {"gap_px": 0.0} if off < lim and parallel(part, core["axis"], core["thick"]) else None
-    c, out, t_end, half_w = end_frame(core, 1 if t.min() >= hi else -1)
-    if np.median(np.abs((part["pts"] - c) @ perpendicular(out))) >= lim or not parallel(part, out, core["thick"]):
-        return None
-    start = float(((part["pts"] - c) @ out).min())
-    return {"gap_px": max(start - t_end, 0.0), "c": c, "axis": out, "t0": t_end, "t1": start, "half_w": half_w}
+    sign = 1 if t.min() >= hi else -1
+    local = end_frame(core, sign)  # a bent core: its end's own line
+    whole = (core["c"], core["axis"] * sign, (hi if sign > 0 else -lo), 0.5 * core["width"])  # a sliver off-centre
+    for c, out, t_end, half_w in (local, whole):  # at its end tilts the local line: the core's whole line
+        off = np.median(np.abs((part["pts"] - c) @ perpendicular(out)))
+        if off < lim and parallel(part, out, core["thick"]):
+            start = float(((part["pts"] - c) @ out).min())
+            return {"gap_px": max(start - t_end, 0.0), "c": c, "axis": out, "t0": t_end, "t1": start, "half_w": half_w}
+    return None
 
 
 def band_pixels(c: np.ndarray, axis: np.ndarray, t0: float, t1: float, half_w: float) -> np.ndarray:
