@@ -99,23 +99,6 @@ def render(
     return ts, thumb, feats
 
 
-FINE_UM = 4.0  # the finer slide level the core finder reads between pieces in line (fat or glass)
-
-
-def fine_reader(ts: list[synthetic.BiopsyTruth], level_um: float):
-    """The slide's finer level read by region, as the pipeline reads a pyramid level: boxes in level px,
-    rendered at ``FINE_UM`` through the forward model (no JPEG: tiles at that level are stored as rendered)."""
-
-    def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float, tuple[float, float]]:
-        f = level_um / FINE_UM
-        ix0, iy0 = max(int(np.floor(x0 * f)), 0), max(int(np.floor(y0 * f)), 0)
-        ix1, iy1 = int(np.ceil(x1 * f)), int(np.ceil(y1 * f))
-        rgb = synthetic.render_slide(ts, iy0, ix0, max(iy1 - iy0, 0), max(ix1 - ix0, 0), FINE_UM)
-        return rgb, FINE_UM, (ix0 / f, iy0 / f)
-
-    return read
-
-
 def _no_mark(t: synthetic.BiopsyTruth) -> synthetic.BiopsyTruth:
     """The truth without a dye mark: the automatic call is what is measured."""
     from dataclasses import replace
@@ -233,7 +216,7 @@ def register_slide(args: tuple) -> list[dict]:
     try:
         if thumb is None:
             raise InputError("orientation skipped")
-        read = fine_reader(ts, LEVEL_UM) if fine else None
+        read = synthetic.region_reader(ts, LEVEL_UM) if fine else None  # the slide's 4 um/px level
         labels, found, pieces = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES, read=read)
         cores.annotate(
             found, labels, features, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CONFIG["cores"]["dye_class"]

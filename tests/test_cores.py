@@ -24,7 +24,9 @@ def render(seed: int, n: int, varied: bool = False, named: bool = True) -> tuple
     thumb = synthetic.render_slide(ts, 0, 0, h, w, LEVEL_UM)
     rng = np.random.default_rng(seed)
     feats = [f for t in ts for f in synthetic.qupath_features(t, rng) + synthetic.annotations.core_features(t, rng)]
-    labels, found, _ = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+    labels, found, _ = cores.find_cores(
+        orient.optical_density(thumb), LEVEL_UM, **CORES, read=synthetic.region_reader(ts, LEVEL_UM)
+    )
     cores.annotate(found, labels, feats, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CFG["cores"]["dye_class"])
     return ts, thumb, found, labels
 
@@ -88,7 +90,9 @@ def test_a_pen_line_beside_the_cores_is_not_a_core():
         t.nuisance["bubbles"] = []
     h, w = (int(s * ts[0].slide_um_per_px / LEVEL_UM) for s in ts[0].slide_shape)
     thumb = synthetic.render_slide(ts, 0, 0, h, w, LEVEL_UM)
-    _, found, _ = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+    _, found, _ = cores.find_cores(
+        orient.optical_density(thumb), LEVEL_UM, **CORES, read=synthetic.region_reader(ts, LEVEL_UM)
+    )
     assert len(found) == 2 and all(c["width_mm"] > 0.8 for c in found), cores.listing(found)
 
 
@@ -102,7 +106,9 @@ def test_a_pen_line_drawn_on_over_a_core_end_neither_lengthens_it_nor_is_taken_f
     t.nuisance.update(pen=[[at, 0.0, 4.0, 0.3, 0.25, 0]], bubbles=[])
     h, w = (int(s * t.slide_um_per_px / LEVEL_UM) for s in t.slide_shape)
     thumb = synthetic.render_slide(ts, 0, 0, h, w, LEVEL_UM)
-    labels, found, _ = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES)
+    labels, found, _ = cores.find_cores(
+        orient.optical_density(thumb), LEVEL_UM, **CORES, read=synthetic.region_reader(ts, LEVEL_UM)
+    )
     assert len(found) == 1 and found[0]["length_mm"] == pytest.approx(t.throw_mm * t.shrink, abs=0.15), (
         seed,
         at,

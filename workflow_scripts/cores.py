@@ -361,6 +361,7 @@ def find_cores(
             keep = (y >= 0) & (y < labels.shape[0]) & (x >= 0) & (x < labels.shape[1])
             labels[y[keep], x[keep]] = np.where(labels[y[keep], x[keep]] == 0, pos, labels[y[keep], x[keep]])
         lo, hi = k["extent"]
+        glass = gaps((k["pts"] - k["c"]) @ k["axis"], GAP_UM / level_um)  # fat painted in: glass gaps only
         joins = {j["piece"]: j for j in k["joins"]}
         for i in k["ids"]:
             j = joins.get(i)
@@ -388,11 +389,8 @@ def find_cores(
                 "axis": k["axis"].tolist(),
                 "length_mm": float((hi - lo) * level_um / 1000),
                 "width_mm": float(k["thick"] * level_um / 1000),
-                "fragments": len(k["ids"]),
-                "gaps_mm": [
-                    round((b - a) * level_um / 1000, 3)
-                    for a, b in gaps((k["pts"] - k["c"]) @ k["axis"], GAP_UM / level_um)
-                ],
+                "fragments": 1 + len(glass),  # pieces apart across fat are one fragment of tissue
+                "gaps_mm": [round((b - a) * level_um / 1000, 3) for a, b in glass],
                 "fat_mm": round(sum(j["fat_mm"] for j in k["joins"]), 3),
                 "names": [],
                 "dye_marks_px": [],

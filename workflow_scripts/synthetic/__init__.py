@@ -20,7 +20,7 @@ Modules: ``truth`` (sampling the truth), ``ultrasound`` (DICOM rendering),
 
 from .annotations import qupath_features, write_geojson
 from .cohort import cohort_sheets, generate_biopsy, generate_slide, generate_ultrasound, slide_truths
-from .histology import render_slide, render_slide_tile, write_wsi
+from .histology import region_reader, render_slide, render_slide_tile, write_wsi
 from .truth import (
     BiopsyTruth,
     biopsy_rng,
@@ -44,6 +44,7 @@ __all__ = [
     "generate_slide",
     "generate_ultrasound",
     "place_cores_on_slide",
+    "region_reader",
     "render_slide",
     "slide_truths",
     "place_on_slide",

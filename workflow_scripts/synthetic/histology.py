@@ -209,6 +209,20 @@ def render_slide(ts: list[BiopsyTruth], y0: int, x0: int, h: int, w: int, um_per
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def region_reader(ts: list[BiopsyTruth], level_um: float, fine_um: float = 4.0):
+    """A slide's finer pyramid level read by region, as a slide file is read: ``read(x0, y0, x1, y1)`` (a box in
+    px of the ``level_um`` level) -> the box rendered at ``fine_um`` (clipped at the slide's top-left edge), that
+    resolution, and the level px of its top-left corner."""
+
+    def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float, tuple[float, float]]:
+        f = level_um / fine_um
+        ix0, iy0 = max(int(np.floor(x0 * f)), 0), max(int(np.floor(y0 * f)), 0)
+        h, w = max(int(np.ceil(y1 * f)) - iy0, 0), max(int(np.ceil(x1 * f)) - ix0, 0)
+        return render_slide(ts, iy0, ix0, h, w, fine_um), fine_um, (ix0 / f, iy0 / f)
+
+    return read
+
+
 def write_wsi(ts: list[BiopsyTruth], path: Path) -> None:
     """Write a pyramidal tiled OME-TIFF of a slide's cores tile by tile (never the whole plane in memory)."""
     t = ts[0]
