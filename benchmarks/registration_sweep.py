@@ -99,6 +99,21 @@ def render(
     return ts, thumb, feats
 
 
+def fine_reader(ts: list[synthetic.BiopsyTruth], level_um: float, um_per_px: float = 4.0, quality: int | None = None):
+    """A reader of a finer pyramid level of the slide carrying the cores ``ts``: ``read(x0, y0, x1, y1)`` renders
+    the region given in px of the ``level_um`` level (x1, y1 exclusive) at ``um_per_px`` and returns (RGB uint8,
+    um_per_px), as reading that region from a finer WSI level would (``quality``: through a JPEG round trip)."""
+
+    def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float]:
+        f = level_um / um_per_px
+        c0, r0 = int(np.floor(x0 * f)), int(np.floor(y0 * f))
+        c1, r1 = max(int(np.ceil(x1 * f)), c0 + 1), max(int(np.ceil(y1 * f)), r0 + 1)
+        rgb = synthetic.render_slide(ts, r0, c0, r1 - r0, c1 - c0, um_per_px)
+        return (jpeg(rgb, quality) if quality else rgb), um_per_px
+
+    return read
+
+
 def _no_mark(t: synthetic.BiopsyTruth) -> synthetic.BiopsyTruth:
     """The truth without a dye mark: the automatic call is what is measured."""
     from dataclasses import replace
@@ -169,6 +184,8 @@ def factors(t: synthetic.BiopsyTruth) -> dict:
         "cores_on_slide": 1 if not t.slide_id else int(t.slide_id.count("-")),
         "core_by": "" if not t.slide_id else ("name" if t.core_name else "position"),
         "fragments": 1 + len(t.gaps_mm) + len(nz["gaps"]),
+        "fat": t.fat.get("richness", "none"),  # fat lobules (tissue, not gaps): none, some or rich
+        "fat_crossing": len(t.fat.get("crossings_mm", [])),  # where lobules fill the core's full width
         "dye_mark": t.dye_mark or "none",
         "dye_cover": nz["dye_cover"],
         "dense_at_end": bool(ends),
@@ -542,6 +559,8 @@ def main() -> None:
         "cores_on_slide",
         "core_by",
         "fragments",
+        "fat",
+        "fat_crossing",
         "dye_mark",
         "stroke",
         "dye",

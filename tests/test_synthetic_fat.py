@@ -65,6 +65,7 @@ def test_a_lobule_across_the_core_is_as_pale_as_glass_at_16um(varied):
     assert m["fat"].sum() > 30 and m["before"].sum() > 30 and m["after"].sum() > 30
     assert np.mean(od[m["fat"]] < 0.15) > 0.9 and np.median(od[m["fat"]]) < 0.1  # found as no tissue
     assert np.median(od[m["fat"]]) > np.median(od[m["glass"]])  # faintly pink, not brighter than glass
+    assert od[m["fat"]].std() < 0.01  # the area average: no net of cells at this pixel size
     for side in ("before", "after"):  # stained tissue on both sides
         assert np.mean(od[m[side]] > 0.15) > 0.9, side
 
@@ -131,3 +132,23 @@ def test_fat_draws_are_recorded_and_clustered_along_the_core():
         assert sample_fat(synthetic.biopsy_rng(5 + FAT_STREAM, f"F{i:03d}", "B1"), t) == fat
     assert all(n >= 8 for n in counts.values()), counts
     assert crossing >= 15
+
+
+def test_the_sweeps_fine_reader_reads_a_finer_level_of_the_same_slide():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "registration_sweep.py"
+    spec = importlib.util.spec_from_file_location("registration_sweep", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    t = fat_core()
+    x, y = synthetic.truth.core_to_slide_px(t, np.array([BAND["u0_mm"] + 0.6]), np.array([0.0]))
+    cx, cy = round(x[0] * t.slide_um_per_px / 16), round(y[0] * t.slide_um_per_px / 16)  # the lobule's middle
+    rgb, um = sweep.fine_reader([t], 16.0)(cx - 5, cy - 5, cx + 5, cy + 5)
+    assert um == 4.0 and rgb.shape == (40, 40, 3) and rgb.dtype == np.uint8
+    assert (rgb == synthetic.render_slide([t], (cy - 5) * 4, (cx - 5) * 4, 40, 40, 4.0)).all()
+    od = (-np.log(np.maximum(rgb, 1) / 242.0)).max(axis=-1)
+    assert 0.02 < np.mean(od > 0.15) < 0.35  # the adipocytes' walls
+    coarse = synthetic.render_slide([t], cy - 2, cx - 2, 4, 4, 16.0)
+    assert ((-np.log(np.maximum(coarse, 1) / 242.0)).max(axis=-1) < 0.15).all()  # where 16 um/px shows none
