@@ -99,19 +99,16 @@ def render(
     return ts, thumb, feats
 
 
-def fine_reader(ts: list[synthetic.BiopsyTruth], level_um: float, um_per_px: float = 4.0, quality: int | None = None):
-    """A reader of a finer pyramid level of the slide carrying the cores ``ts``: ``read(x0, y0, x1, y1)`` renders
-    the region given in px of the ``level_um`` level (x1, y1 exclusive) at ``um_per_px`` and returns (RGB uint8,
-    um_per_px), as reading that region from a finer WSI level would (``quality``: through a JPEG round trip)."""
+def fine_reader(ts: list[synthetic.BiopsyTruth], quality: int | None):
+    """The slide's 4 µm/px level read by region (``synthetic.region_reader``), through a JPEG round trip at
+    ``quality`` as a scanner stores its tiles (None: as rendered)."""
+    read = synthetic.region_reader(ts, LEVEL_UM)
 
-    def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float]:
-        f = level_um / um_per_px
-        c0, r0 = int(np.floor(x0 * f)), int(np.floor(y0 * f))
-        c1, r1 = max(int(np.ceil(x1 * f)), c0 + 1), max(int(np.ceil(y1 * f)), r0 + 1)
-        rgb = synthetic.render_slide(ts, r0, c0, r1 - r0, c1 - c0, um_per_px)
-        return (jpeg(rgb, quality) if quality else rgb), um_per_px
+    def jpeg_read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float, tuple[float, float]]:
+        rgb, um, origin = read(x0, y0, x1, y1)
+        return (jpeg(rgb, quality) if quality and rgb.size else rgb), um, origin
 
-    return read
+    return jpeg_read
 
 
 def _no_mark(t: synthetic.BiopsyTruth) -> synthetic.BiopsyTruth:
@@ -233,7 +230,8 @@ def register_slide(args: tuple) -> list[dict]:
     try:
         if thumb is None:
             raise InputError("orientation skipped")
-        read = synthetic.region_reader(ts, LEVEL_UM) if fine else None  # the slide's 4 um/px level
+        quality = 75 + (seed * 31 + int(pid[1:])) % 21 if compress else None  # the fine level's tiles: JPEG 75-95
+        read = fine_reader(ts, quality) if fine else None
         labels, found, pieces = cores.find_cores(orient.optical_density(thumb), LEVEL_UM, **CORES, read=read)
         cores.annotate(
             found, labels, features, LEVEL_UM / ts[0].slide_um_per_px, LEVEL_UM, CONFIG["cores"]["dye_class"]
@@ -579,7 +577,6 @@ def main() -> None:
         "moved",
         "border",
         "us_format",
-        *[f for f in ("fat", "fat_crossing") if f in df],
     ):
         print(f"\nBY {f}")
         print(fmt(pd.DataFrame([{f: k, **summary(g)} for k, g in df.groupby(f)])))
