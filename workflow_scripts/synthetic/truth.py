@@ -331,7 +331,7 @@ def sample_fat(rng: np.random.Generator, t: BiopsyTruth) -> dict:
     n_band = int(rng.choice([0, 1, 1, 2])) if richness == "some" else int(rng.integers(1, 4))
     n_blob = int(rng.integers(0 if n_band else 1, 3)) if richness == "some" else int(rng.integers(2, 6))
     for _ in range(n_band):
-        length = float(np.exp(rng.uniform(np.log(0.3), np.log(2.0))))
+        length = float(np.exp(rng.uniform(np.log(0.3), np.log(4.0))))  # up to past cores.max_gap_mm
         for _try in range(20):  # tissue of 0.8 mm at least to the undyed end and between bands
             u0 = float(np.clip(clusters[int(rng.integers(len(clusters)))] + rng.normal(0, 1.0), 0.8, hi - length))
             bands = [b for b in fat["lobules"] if b["kind"] == "band"]
