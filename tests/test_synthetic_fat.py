@@ -134,19 +134,12 @@ def test_fat_draws_are_recorded_and_clustered_along_the_core():
     assert crossing >= 15
 
 
-def test_the_sweeps_fine_reader_reads_a_finer_level_of_the_same_slide():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "registration_sweep.py"
-    spec = importlib.util.spec_from_file_location("registration_sweep", path)
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+def test_the_region_reader_reads_a_finer_level_of_the_same_slide():
     t = fat_core()
     x, y = synthetic.truth.core_to_slide_px(t, np.array([BAND["u0_mm"] + 0.6]), np.array([0.0]))
     cx, cy = round(x[0] * t.slide_um_per_px / 16), round(y[0] * t.slide_um_per_px / 16)  # the lobule's middle
-    rgb, um = sweep.fine_reader([t], 16.0)(cx - 5, cy - 5, cx + 5, cy + 5)
-    assert um == 4.0 and rgb.shape == (40, 40, 3) and rgb.dtype == np.uint8
+    rgb, um, origin = synthetic.region_reader([t], 16.0)(cx - 5, cy - 5, cx + 5, cy + 5)
+    assert um == 4.0 and rgb.shape == (40, 40, 3) and rgb.dtype == np.uint8 and origin == (cx - 5, cy - 5)
     assert (rgb == synthetic.render_slide([t], (cy - 5) * 4, (cx - 5) * 4, 40, 40, 4.0)).all()
     od = (-np.log(np.maximum(rgb, 1) / 242.0)).max(axis=-1)
     assert 0.02 < np.mean(od > 0.15) < 0.35  # the adipocytes' walls
