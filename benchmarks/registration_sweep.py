@@ -245,12 +245,12 @@ def register_slide(args: tuple) -> list[dict]:
             row = register_one(
                 t, thumb, features, labels, found, measure, us, stroke, orient_off, tract_off, pieces, length_check
             )
-            row.update(accounting(t, labels, pieces))
+            row.update(accounting(t, labels, pieces, found if labels is not None else []))
             rows.append({**row, "ablated": label})
     return rows
 
 
-def accounting(t: synthetic.BiopsyTruth, labels: np.ndarray | None, pieces: list[dict]) -> dict:
+def accounting(t: synthetic.BiopsyTruth, labels: np.ndarray | None, pieces: list[dict], found: list[dict]) -> dict:
     """How the finder saw this biopsy's true core (scored on the truth): the found cores along its centre line
     (1: whole; more: split), and the left-over pieces (over 0.5 mm) lying on it."""
     if labels is None:
@@ -270,7 +270,17 @@ def accounting(t: synthetic.BiopsyTruth, labels: np.ndarray | None, pieces: list
         return abs(along) <= length + 10 and abs(float(v @ np.array([-seg[1], seg[0]]) / length)) <= half_w
 
     left = sum(1 for p in pieces if p["role"] == "leftover" and p["length_mm"] > 0.5 and on_core(p))
-    return {"core_found_as": found_as, "leftover_on_core": left}
+    mine = [k for k in found if k["position"] in set(labels[y, x].tolist())]
+    crossings = t.fat.get("crossings_mm", [])
+    return {
+        "core_found_as": found_as,
+        "leftover_on_core": left,
+        # fat and glass between pieces in line: what the finder joined as fat / left as gaps, against the truth
+        "fat_true_mm": round(sum(b - a for a, b in crossings) * t.shrink, 3),
+        "fat_found_mm": round(sum(k["fat_mm"] for k in mine), 3),
+        "gaps_true": len(t.gaps_mm) + len(t.nuisance["gaps"]),
+        "gaps_found": sum(len(k["gaps_mm"]) for k in mine),
+    }
 
 
 def us_inputs(t: synthetic.BiopsyTruth, formats: str) -> dict:
@@ -438,6 +448,10 @@ def summary(df: pd.DataFrame) -> dict:
         "cores_whole": int((df.get("core_found_as", pd.Series(dtype=float)) == 1).sum()),
         "cores_split": int((df.get("core_found_as", pd.Series(dtype=float)) > 1).sum()),
         "leftover_pieces": int(df.get("leftover_on_core", pd.Series(dtype=float)).fillna(0).sum()),
+        "fat_found_%": 100 * float(df["fat_found_mm"].sum() / max(df["fat_true_mm"].sum(), 1e-9))
+        if "fat_true_mm" in df
+        else float("nan"),
+        "gaps_found/true": f"{int(df['gaps_found'].sum())}/{int(df['gaps_true'].sum())}" if "gaps_true" in df else "",
         "accepted_dice_lt_0.5": int(
             df.get("accepted_bad_label", pd.Series(dtype=bool)).fillna(False).astype(bool).sum()
         ),

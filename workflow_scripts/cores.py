@@ -116,7 +116,7 @@ def _part(lab: np.ndarray, i: int, sl: tuple[slice, slice]) -> dict:
     c, axis, width = axis_of(pts)
     t = (pts - c) @ axis
     return {
-        "ids": [i],
+        "ids": [int(i)],
         "pts": pts,
         "c": c,
         "axis": axis,
@@ -568,7 +568,11 @@ def slide_reader(path: str, meta: dict) -> fatlib.Reader:
         if ix1 <= ix0 or iy1 <= iy0:
             return np.zeros((0, 0, 3), np.uint8), um, (x0, y0)
         rgb, _ = read_region(path, level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-        return rgb, um, (ix0 / f, iy0 / f)
+        k = max(1, int(fatlib.FINE_UM / um + 0.01))  # a much finer level: averaged down to about FINE_UM
+        if k > 1 and min(rgb.shape[:2]) >= k:
+            bh, bw = rgb.shape[0] // k * k, rgb.shape[1] // k * k
+            rgb = rgb[:bh, :bw].reshape(bh // k, k, bw // k, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        return rgb, um * k, (ix0 / f, iy0 / f)
 
     return read
 
