@@ -186,8 +186,31 @@ def chromium() -> str:
     return path
 
 
+LAPTOP = {"width": 1366, "height": 768}
+FULL_HD = {"width": 1920, "height": 1080}
+ACTIONS = ("#confirm", "#flip", "#save", "#undo", "#stroke", "#exclude-reason", "#exclude")
+
+
+def actions_in_view(page, shot: Path) -> None:
+    """A screenshot of the page as first shown; every action inside the window without scrolling, and the
+    slide's end labels inside the slide image (none cut at its edge)."""
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=shot)
+    size = page.viewport_size
+    for sel in ACTIONS:
+        box = page.locator(sel).bounding_box()
+        assert box and box["x"] >= 0 and box["y"] >= 0, (sel, box)
+        assert box["x"] + box["width"] <= size["width"] and box["y"] + box["height"] <= size["height"], (sel, box, size)
+    outside = page.evaluate(
+        """() => { const [w, h] = JSON.parse(document.getElementById('data').textContent).wsi_size;
+        return [...document.querySelectorAll('#slide-overlay text')].map((t) => t.getBBox())
+          .filter((b) => b.x < 0 || b.y < 0 || b.x + b.width > w || b.y + b.height > h).length; }"""
+    )
+    assert outside == 0
+
+
 @pytest.mark.slow
-def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_run):
+def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_run, tmp_path):
     from playwright import sync_api
 
     w = held_run
@@ -229,12 +252,19 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_r
 
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium)
-            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page = browser.new_page(viewport=LAPTOP)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(app.url)  # the token becomes a cookie
-            # flip the dyed end: one key
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))  # a 404, an aborted request
+            page.on("requestfailed", lambda r: errors.append(f"{r.url}: {r.failure}"))
+            page.goto(app.url)  # the token becomes a cookie, and leaves the address bar (and the history)
+            assert "token" not in page.url and page.url.rstrip("/") == app.base
+            why = page.locator("#queue td.why").all_text_contents()  # the queue says why each biopsy is held
+            assert len(why) == len(keys) and all(w.strip() for w in why), why
+            # flip the dyed end: one key, with the actions in view on a laptop screen
             page.goto(app.base + review_page(*flip))
+            page.wait_for_selector("body[data-ready]")
+            actions_in_view(page, tmp_path / "screens/review_1366x768.png")
             side = json.loads(page.locator("#data").text_content())["orient"]["other_side"]
             page.keyboard.press("f")
             page.wait_for_function("document.getElementById('current').textContent.includes('flip')")
@@ -270,6 +300,11 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_r
             page.fill("#exclude-reason", "air bubble over the tract")
             page.click("#exclude")
             page.wait_for_function("document.getElementById('current').textContent.includes('exclude')")
+            # a full-HD screen; the pipeline's report (no favicon 404)
+            page.set_viewport_size(FULL_HD)
+            actions_in_view(page, tmp_path / "screens/review_1920x1080.png")
+            page.goto(app.base + "/report")
+            page.wait_for_load_state("networkidle")
             assert not errors, errors
             browser.close()
         # nothing the app serves holds a DICOM patient or study header value (the demo plants them)
@@ -512,6 +547,18 @@ def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
             page.click(f"#levels button[data-level='{finest}']")
             assert page.get_attribute("#tile-0 image", "href").endswith(f"/0/{finest}")
             page.wait_for_load_state("networkidle")
+            # a stroke that the found length breaks (the tract step's check): the page says so before saving,
+            # the line above the actions says what the save keeps, and the row records the warning seen
+            page.click("#strokes button[data-mm='15']")
+            assert "a gun stroke of 15 mm" in page.locator("#keeps").text_content()
+            page.keyboard.press("c")
+            page.wait_for_selector("#warnings:not([hidden])")
+            assert "15 mm gun stroke" in page.locator("#warning-list").text_content()
+            decisions = w / "reviews/decisions.tsv"
+            assert not decisions.exists()
+            page.click("#save-anyway")
+            page.wait_for_function("document.getElementById('current').textContent.includes('confirm')")
+            assert "15 mm gun stroke" in decisionlib.current(decisions, key)["warnings_seen"]
             assert not errors, errors
             browser.close()
         assert any(p.name.startswith(f"tile_e0_l{finest}_") for p in cache.iterdir())
@@ -735,9 +782,12 @@ def test_a_save_on_a_stale_page_is_refused(served):
     status, _, body = served.post("/api/decision", flip(decision="confirm", dye_end="right"), If_Match=tag)
     assert status == 409 and "the pipeline has rerun P1/B1" in body["error"]
     assert len(served.lines()) == 2 and len(served.log.read_text().splitlines()) == 2
-    # on the current version: saved
+    # on the current version: saved; undone on the version that save answered, the flip before is current again
     tag = served.call("GET", "/api/decision/P1/B1")[1]["ETag"]
-    assert served.post("/api/decision", flip(decision="confirm", dye_end="right"), If_Match=tag)[0] == 200
+    status, headers, _ = served.post("/api/decision", flip(decision="confirm", dye_end="right"), If_Match=tag)
+    assert status == 200
+    status, _, left = served.post("/api/undo", {"participant_id": "P1", "biopsy_id": "B1"}, If_Match=headers["ETag"])
+    assert status == 200 and left["decision"] == "flip"
 
 
 def tract_values(length_mm: float) -> dict:

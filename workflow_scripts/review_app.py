@@ -10,7 +10,10 @@ Built on the standard library's ``http.server`` (no dependency): the app has a h
 routes, and every byte it serves is looked up by (participant, biopsy) in the queue and a
 fixed file name, or rendered once from the slide (full-resolution tiles read by region around the core's ends,
 the evidence overlay) into ``<results>/.review_cache``; no request path or value reaches the file system.
-Every request must carry the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header).
+Every request must carry the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header)
+and name a Host the app serves; a write must come from the app's own Origin, or without one with the token header
+(Jupyter's rules, against cross-site writes and DNS rebinding), and state the version it was made on (If-Match).
+Every request gets an HTTP answer: bodies are bounded before they are parsed, and an unforeseen failure is a 500.
 """
 
 from __future__ import annotations
@@ -546,6 +549,14 @@ def dye_sides(key: tuple[str, str], queue: Queue, orient: dict) -> tuple[str, st
     return reviewlib.dye_end_side(orient), reviewlib.dye_end_side(orient, flipped=True)
 
 
+def with_points(decision: dict | None, data: dict) -> dict | None:
+    """A decision with the T0/T1 its tip, axis and length give, as the tract step will place them (``points``,
+    pre-fire tissue-region px), where it sets them."""
+    if decision and "tip_x" in decision:
+        decision["points"] = [p.tolist() for p in tract_points(decision, data)]
+    return decision
+
+
 def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
     data = queue.data(key)
@@ -557,9 +568,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     keys = queue.keys()
     i = keys.index(key)
     held = {r["step"] for r in queue.rows[key]}
-    decision = decisionlib.current(decisions_file, key)
-    if decision and "tip_x" in decision:  # its T0/T1, as the tract step will place them
-        decision["points"] = [p.tolist() for p in tract_points(decision, data)]
+    decision = with_points(decisionlib.current(decisions_file, key), data)
     return {
         "participant_id": key[0],
         "biopsy_id": key[1],
@@ -905,7 +914,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise stale(key, e.current) from None
         if left is None:
             raise Refused(409, f"no decision of {key[0]}/{key[1]} to undo")
-        return self._json(200, left or None, {"ETag": etag(key, app.queue, app.decisions_file)})
+        left = with_points(left or None, app.queue.data(key))  # the page shows it without a reload
+        return self._json(200, left, {"ETag": etag(key, app.queue, app.decisions_file)})
 
     def _post(self, parts: list[str]) -> None:
         app = self.app
