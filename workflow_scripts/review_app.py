@@ -287,7 +287,7 @@ class Queue:
         for key in self.rows:
             if key == (p, b):
                 return key
-        raise Refused(404 if p and b else 400, f"biopsy {p}/{b} is not in the review queue")
+        raise Refused(404 if p and b else 400, f"biopsy {p[:40]}/{b[:40]} is not in the review queue")
 
     def file(self, key: tuple[str, str], pattern: str) -> Path:
         slide = json.loads(self.file(key, JSONS["orient"]).read_text())["slide"] if "{s}" in pattern else ""
@@ -340,7 +340,7 @@ def check(body: object, queue: Queue, reviewer: str) -> dict:
     if unknown:
         names = ", ".join(str(u)[:30] for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise Refused(400, f"unknown field(s): {names}")
-    key = queue.known(str(body.get("participant_id", ""))[:80], str(body.get("biopsy_id", ""))[:80])
+    key = queue.known(str(body.get("participant_id", "")), str(body.get("biopsy_id", "")))
     for k, v in body.items():
         if k in decisionlib.NUMERIC and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
             raise Refused(400, f"{k} must be a finite number")
@@ -513,12 +513,12 @@ def tile_png(key: tuple[str, str], queue: Queue, end: str, level: str) -> Path:
     """A full-resolution tile around end 0 or 1 of a biopsy's core at one of its slide's finer levels, read by
     region from the slide file that the sheet names, rendered once; any other end or level is refused."""
     if end not in ("0", "1"):
-        raise Refused(400, f"end {end!r}: a core's end is 0 or 1")
+        raise Refused(400, f"end {end[:10]!r}: a core's end is 0 or 1")
     raw = queue.file(key, SLIDE["meta"]).read_bytes()
     meta = json.loads(raw)
     levels = zoom_levels(meta)
     if not (level.isascii() and level.isdigit() and int(level) in levels):
-        raise Refused(400, f"level {level!r}: this slide's tiles are at level {', '.join(map(str, levels))}")
+        raise Refused(400, f"level {level[:10]!r}: this slide's tiles are at level {', '.join(map(str, levels))}")
     box = tile_box(core_ends(queue.data_one(key, "orient"))[int(end)], meta, int(level))
     if queue.workdir is None:
         raise Refused(
@@ -906,7 +906,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         app = self.app
         if not isinstance(body, dict) or set(body) != {"participant_id", "biopsy_id"}:
             raise Refused(400, "undo takes participant_id and biopsy_id only")
-        key = app.queue.known(str(body["participant_id"])[:80], str(body["biopsy_id"])[:80])
+        key = app.queue.known(str(body["participant_id"]), str(body["biopsy_id"]))
         made_on = self._made_on(key)
         try:
             left = decisionlib.undo(app.decisions_file, key, app.reviewer, utc_now(), made_on)
