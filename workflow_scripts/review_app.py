@@ -746,6 +746,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     app: App  # set on the subclass made by serve()
     server_version = "tractmap-review"
     sys_version = ""
+    timeout = 60  # s: a connection that sends nothing for this long is closed (it no longer holds a thread)
 
     def log_message(self, fmt: str, *args: object) -> None:  # no query strings (the token) in the log
         sys.stderr.write(f"{self.command} {urllib.parse.urlsplit(self.path).path} {args[1] if len(args) > 1 else ''}\n")

@@ -75,11 +75,14 @@ function drawSlide() {
   D.orient.ends.forEach((p, i) => {
     el(g, "circle", { id: i === dyed ? "dyed-end" : "undyed-end", cx: p[0], cy: p[1], r,
       fill: i === dyed ? "#1e64ff" : "none", stroke: "#fff", "stroke-width": r / 4 });
-    // the label on the side of the end that faces the image's middle, so that the image edge never cuts it
+    // both labels below their ends (the core's name is above it), on two lines so that they never overlap, each
+    // running towards the image's middle and kept inside it, so that the image edge never cuts it
     const inward = p[0] > sw / 2;
-    const t = el(g, "text", { x: p[0] + (inward ? -r * 1.3 : r * 1.3), y: Math.min(Math.max(p[1], r * 2), sh - r),
-      fill: "#fff", "font-size": r * 1.6, "text-anchor": inward ? "end" : "start", stroke: "#000",
-      "stroke-width": r / 10, "paint-order": "stroke" });
+    const y = p[1] + r * (i === 0 ? 2.6 : 4.3);
+    const x = inward ? Math.min(p[0] + r, sw) : Math.max(p[0] - r, 0);
+    const t = el(g, "text", { x, y: Math.min(Math.max(y, r * 2), sh - r / 2),
+      fill: "#fff", "font-size": r * 1.4, "text-anchor": inward ? "end" : "start", stroke: "#000",
+      "stroke-width": r / 12, "paint-order": "stroke" });
     t.textContent = `${endSide(i)} end: ${i === dyed ? "dyed" : "not dyed"} (dye ${Math.round(S.dye_mass[i] || 0)} px)`;
   });
   drawTiles();
@@ -99,6 +102,8 @@ function drawTiles() {
   const dyed = dyedEnd();
   [0, 1].forEach((i) => {
     const svg = $(`tile-${i}`);
+    // the tile of the slide's left (or top) end on the left
+    svg.parentNode.style.order = ["right", "bottom"].includes(endSide(i)) ? 2 : 1;
     const box = S.tiles[String(tiles.level)][i];
     const [w, h] = box.size;
     if (!tiles.views[i] || tiles.views[i].level !== tiles.level) tiles.views[i] = { level: tiles.level, vb: [0, 0, w, h] };
