@@ -63,7 +63,7 @@ MAX_DEPTH = 4
 MAX_NUMBER_CHARS = 24
 MAX_MAGNITUDE = 1e9
 NUMBER_REFUSED = (
-    f"a number in the body is longer than {MAX_NUMBER_CHARS} characters or larger than {MAX_MAGNITUDE:g}: "
+    f"a number in the body is longer than {MAX_NUMBER_CHARS} characters or larger than {MAX_MAGNITUDE:,.0f}: "
     "send the values the page shows"
 )
 # connections the listening socket queues while every handler is busy (socketserver's default, 5, drops a
