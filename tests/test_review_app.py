@@ -564,6 +564,23 @@ def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
             page.click("#save-anyway")
             page.wait_for_function("document.getElementById('current').textContent.includes('confirm')")
             assert "15 mm gun stroke" in decisionlib.current(decisions, key)["warnings_seen"]
+            # another biopsy whose orientation the pipeline has since accepted (its state file, as a rerun writes
+            # it): f first names the accepted call and its confidence; Cancel turns the flip back, saving nothing
+            other = next(k for k in keys if k != key)
+            state_file = w / "results/state/{}/{}.json".format(*other)
+            doc = json.loads(state_file.read_text())
+            state_file.write_text(json.dumps({**doc, "steps": {**doc["steps"], "orient": "accepted"}}))
+            page.goto(app.base + review_page(*other))
+            page.wait_for_selector("body[data-ready]")
+            legend = page.locator("#slide-legend").text_content()
+            page.keyboard.press("f")
+            page.wait_for_selector("#warnings:not([hidden])")
+            assert re.search(
+                r"accepted the dyed end at \w+ with confidence \d\.\d\d", page.text_content("#warning-list")
+            )
+            page.click("#cancel-warning")
+            assert page.locator("#slide-legend").text_content() == legend and page.is_hidden("#warnings")
+            assert decisionlib.current(decisions, other) is None
             assert not errors, errors
             browser.close()
         assert any(p.name.startswith(f"tile_e0_l{finest}_") for p in cache.iterdir())
