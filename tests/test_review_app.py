@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.client
 import io
 import json
 import multiprocessing
@@ -9,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -183,8 +186,31 @@ def chromium() -> str:
     return path
 
 
+LAPTOP = {"width": 1366, "height": 768}
+FULL_HD = {"width": 1920, "height": 1080}
+ACTIONS = ("#confirm", "#flip", "#save", "#undo", "#stroke", "#exclude-reason", "#exclude")
+
+
+def actions_in_view(page, shot: Path) -> None:
+    """A screenshot of the page as first shown; every action inside the window without scrolling, and the
+    slide's end labels inside the slide image (none cut at its edge)."""
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=shot)
+    size = page.viewport_size
+    for sel in ACTIONS:
+        box = page.locator(sel).bounding_box()
+        assert box and box["x"] >= 0 and box["y"] >= 0, (sel, box)
+        assert box["x"] + box["width"] <= size["width"] and box["y"] + box["height"] <= size["height"], (sel, box, size)
+    outside = page.evaluate(
+        """() => { const [w, h] = JSON.parse(document.getElementById('data').textContent).wsi_size;
+        return [...document.querySelectorAll('#slide-overlay text')].map((t) => t.getBBox())
+          .filter((b) => b.x < 0 || b.y < 0 || b.x + b.width > w || b.y + b.height > h).length; }"""
+    )
+    assert outside == 0
+
+
 @pytest.mark.slow
-def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_run):
+def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_run, tmp_path):
     from playwright import sync_api
 
     w = held_run
@@ -226,12 +252,20 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_r
 
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium)
-            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page = browser.new_page(viewport=LAPTOP)
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(app.url)  # the token becomes a cookie
-            # flip the dyed end: one key
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))  # a 404, an aborted request
+            failed = []  # requests cut off (a navigation away from a loading page cuts some: counted around undo)
+            page.on("requestfailed", lambda r: failed.append(f"{r.url}: {r.failure}"))
+            page.goto(app.url)  # the token becomes a cookie, and leaves the address bar (and the history)
+            assert "token" not in page.url and page.url.rstrip("/") == app.base
+            why = page.locator("#queue td.why").all_text_contents()  # the queue says why each biopsy is held
+            assert len(why) == len(keys) and all(w.strip() for w in why), why
+            # flip the dyed end: one key, with the actions in view on a laptop screen
             page.goto(app.base + review_page(*flip))
+            page.wait_for_selector("body[data-ready]")
+            actions_in_view(page, tmp_path / "screens/review_1366x768.png")
             side = json.loads(page.locator("#data").text_content())["orient"]["other_side"]
             page.keyboard.press("f")
             page.wait_for_function("document.getElementById('current').textContent.includes('flip')")
@@ -259,14 +293,23 @@ def test_review_in_the_browser_reruns_only_the_decided_biopsies(chromium, held_r
             page.goto(app.base + review_page(*excl))
             page.keyboard.press("c")
             page.wait_for_function("document.getElementById('current').textContent.includes('confirm')")
+            page.wait_for_load_state("networkidle")
+            failed.clear()
             page.keyboard.press("u")
             page.wait_for_function("document.getElementById('current').textContent === 'No decision yet.'")
+            page.wait_for_load_state("networkidle")
+            assert failed == []  # undo redraws in place: nothing in flight is cut off (no net::ERR_ABORTED)
             # exclude: refused without a reason, kept with one
             page.click("#exclude")
             assert "reason" in page.locator("#status").text_content()
             page.fill("#exclude-reason", "air bubble over the tract")
             page.click("#exclude")
             page.wait_for_function("document.getElementById('current').textContent.includes('exclude')")
+            # a full-HD screen; the pipeline's report (no favicon 404)
+            page.set_viewport_size(FULL_HD)
+            actions_in_view(page, tmp_path / "screens/review_1920x1080.png")
+            page.goto(app.base + "/report")
+            page.wait_for_load_state("networkidle")
             assert not errors, errors
             browser.close()
         # nothing the app serves holds a DICOM patient or study header value (the demo plants them)
@@ -509,6 +552,35 @@ def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
             page.click(f"#levels button[data-level='{finest}']")
             assert page.get_attribute("#tile-0 image", "href").endswith(f"/0/{finest}")
             page.wait_for_load_state("networkidle")
+            # a stroke that the found length breaks (the tract step's check): the page says so before saving,
+            # the line above the actions says what the save keeps, and the row records the warning seen
+            page.click("#strokes button[data-mm='15']")
+            assert "a gun stroke of 15 mm" in page.locator("#keeps").text_content()
+            page.keyboard.press("c")
+            page.wait_for_selector("#warnings:not([hidden])")
+            assert "15 mm gun stroke" in page.locator("#warning-list").text_content()
+            decisions = w / "reviews/decisions.tsv"
+            assert not decisions.exists()
+            page.click("#save-anyway")
+            page.wait_for_function("document.getElementById('current').textContent.includes('confirm')")
+            assert "15 mm gun stroke" in decisionlib.current(decisions, key)["warnings_seen"]
+            # another biopsy whose orientation the pipeline has since accepted (its state file, as a rerun writes
+            # it): f first names the accepted call and its confidence; Cancel turns the flip back, saving nothing
+            other = next(k for k in keys if k != key)
+            state_file = w / "results/state/{}/{}.json".format(*other)
+            doc = json.loads(state_file.read_text())
+            state_file.write_text(json.dumps({**doc, "steps": {**doc["steps"], "orient": "accepted"}}))
+            page.goto(app.base + review_page(*other))
+            page.wait_for_selector("body[data-ready]")
+            legend = page.locator("#slide-legend").text_content()
+            page.keyboard.press("f")
+            page.wait_for_selector("#warnings:not([hidden])")
+            assert re.search(
+                r"accepted the dyed end at \w+ with confidence \d\.\d\d", page.text_content("#warning-list")
+            )
+            page.click("#cancel-warning")
+            assert page.locator("#slide-legend").text_content() == legend and page.is_hidden("#warnings")
+            assert decisionlib.current(decisions, other) is None
             assert not errors, errors
             browser.close()
         assert any(p.name.startswith(f"tile_e0_l{finest}_") for p in cache.iterdir())
@@ -519,3 +591,282 @@ def check_slide_and_ultrasound_views(w: Path, chromium: str) -> None:
 @pytest.mark.slow
 def test_the_slide_and_ultrasound_views(chromium, held_run):
     check_slide_and_ultrasound_views(held_run, chromium)
+
+
+# ------------------------------------------------------------------ hostile input and busy reviewers (fast)
+
+STROKE = 22.0
+HELD = {  # (participant, biopsy): the held step(s), the orientation's confidence, the found tract's length (mm)
+    ("P1", "B1"): ("orient", 0.62, 20.0),
+    ("P1", "B2"): ("tract", 0.89, 22.57),  # the issue's case: flagged too long, the orientation accepted
+    ("P2", "B1"): ("orient", 0.55, 21.0),
+}
+
+
+def small_results(root: Path) -> Path:
+    """A results folder with what the app reads for a decision (review.tsv and each biopsy's records), 0.1 mm px."""
+    res = root / "results"
+    rows = ["participant_id\tbiopsy_id\tstep\treason\tconfirm\tcorrect\tqc_figure"]
+    for (p, b), (step, conf, length) in HELD.items():
+        orient = {"slide": "S1", "state": "review" if step == "orient" else "accepted", "confidence": conf}
+        orient |= {"dye_at_positive_end": True, "axis": [1.0, 0.0]}  # the dyed end at the right
+        t0 = [50.0, 100.0]
+        tract = {"t0_px": t0, "t1_px": [t0[0] + length * 10, t0[1]], "sampled_length_mm": length, "axis_deg": 0.0}
+        tract |= {"stroke_mm": STROKE, "state": "review" if step == "tract" else "accepted", "length_flag": False}
+        tract |= {"mm_per_px": [0.1, 0.1], "width_mm": 4.0, "out_mm_per_px": 0.2, "tract_x_px": [10, 120]}
+        steps = {"orient": orient["state"], "tract": tract["state"]}
+        reason = {"orient": "dyed end uncertain", "tract": f"a length a {STROKE:g} mm stroke cannot give"}[step]
+        state = {"participant_id": p, "biopsy_id": b, "state": "review", "steps": steps, "reasons": {step: reason}}
+        pre = {"mm_per_px": [0.1, 0.1], "region_bounds_xyxy": [0, 0, 399, 299], "shape": [300, 400]}
+        for name, doc in [(f"orient/{p}/{b}.json", orient), (f"tract/{p}/{b}.json", tract),
+                          (f"state/{p}/{b}.json", state), (f"ingest/{p}/{b}/prefire.json", pre),
+                          (f"ingest/{p}/{b}/postfire.json", pre)]:  # fmt: skip
+            (res / name).parent.mkdir(parents=True, exist_ok=True)
+            (res / name).write_text(json.dumps(doc))
+        confirm, correct = ("dye_end=right", "dye_end=left") if step == "orient" else ("tip_x=50", "")
+        rows.append(f"{p}\t{b}\t{step}\t{reason}\t{confirm}\t{correct}\t")
+        PIL.Image.fromarray(np.full((300, 400), 90, np.uint8)).save(res / f"ingest/{p}/{b}/prefire.png")
+    (res / "review.tsv").write_text("\n".join(rows) + "\n")
+    (root / "config.yaml").write_text("{}\n")
+    return res
+
+
+class Served:
+    """tractmap-review's server in this process, on a small results folder; raw HTTP requests to it."""
+
+    def __init__(self, root: Path, allow_hosts: tuple[str, ...] = ()):
+        self.decisions = root / "reviews/decisions.tsv"
+        self.log = decisionlib.history_path(self.decisions)
+        self.token = "t0ken-" + "x" * 20
+        res = small_results(root)
+        self.server = reviewapp.make_server(res, self.decisions, "127.0.0.1", 0, "tester", self.token, allow_hosts)
+        self.port = self.server.server_address[1]
+        self.host = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def call(self, method: str, path: str, body: object = None, raw: bytes | None = None, **headers: str):
+        """(status, headers, JSON or bytes) of one request; ``headers`` replace the defaults (a script's: its
+        own Host, the token header, If-Match: *); a value of None leaves that header out."""
+        h = {"Host": self.host, "Content-Type": "application/json", "X-Tractmap-Token": self.token, "If-Match": "*"}
+        h |= {k.replace("_", "-"): v for k, v in headers.items()}
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, data, {k: v for k, v in h.items() if v is not None})
+            r = conn.getresponse()
+            out = r.read()
+        finally:
+            conn.close()
+        is_json = r.headers.get_content_type() == "application/json"
+        return r.status, r.headers, json.loads(out) if is_json else out
+
+    def post(self, path: str, body: object = None, **headers: str):
+        return self.call("POST", path, body, **headers)
+
+    def lines(self) -> list[str]:
+        return self.decisions.read_text().splitlines() if self.decisions.exists() else []
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    s = Served(tmp_path)
+    yield s
+    s.close()
+
+
+def flip(p: str = "P1", b: str = "B1", **more) -> dict:
+    return {"participant_id": p, "biopsy_id": b, "decision": "flip", "dye_end": "left", **more}
+
+
+def test_every_hostile_body_gets_an_http_answer(served):
+    """Bodies that made the parser recurse or a float overflow are a 400 with a short sentence, never a dropped
+    connection; a failure the app did not foresee is a 500."""
+    long_int = b'{"participant_id": "P1", "biopsy_id": "B1", "decision": "correct", "tip_x": 1' + b"0" * 400
+    bodies = {
+        "401-digit integer": long_int + b', "tip_y": 1, "axis_deg": 0, "override_length_mm": 20}',
+        "[ x 30000": b"[" * 30000,
+        "{ x 10000": b'{"a":' * 10000,
+        "deep valid JSON": b"[" * 40 + b"]" * 40,
+        "300-digit float": b'{"participant_id": "P1", "biopsy_id": "B1", "decision": "flip", "stroke_mm": 1.'
+        + b"5" * 300
+        + b"}",
+        "1e400": b'{"participant_id": "P1", "biopsy_id": "B1", "decision": "flip", "stroke_mm": 1e400}',
+        "1e308": json.dumps(flip(stroke_mm=1e308)).encode(),
+        "NaN": b'{"participant_id": "P1", "biopsy_id": "B1", "decision": "flip", "stroke_mm": NaN}',
+        "-Infinity": b'{"participant_id": "P1", "biopsy_id": "B1", "decision": "flip", "stroke_mm": -Infinity}',
+        "a dict where a number goes": json.dumps(flip(stroke_mm={"a": [1, 2]})).encode(),
+        "a dye end of 300 digits": json.dumps(flip(dye_end="9" * 300)).encode(),
+    }
+    for what, raw in bodies.items():
+        for path in ("/api/decision", "/api/preview"):
+            status, _, answer = served.post(path, raw=raw)
+            assert status == 400, (what, path, status)
+            message = answer["error"]
+            assert len(message) < 200 and not re.search(r"\d{25}|\{'|\['", message), (what, message)
+    assert served.lines() == [] and not served.log.exists()
+    # a results record the app cannot use (a stroke of null): an answer, 500, with the error's kind
+    tract = served.decisions.parent.parent / "results/tract/P1/B2.json"
+    tract.write_text(json.dumps({**json.loads(tract.read_text()), "stroke_mm": None}))
+    status, _, body = served.post("/api/decision", flip("P1", "B2", **tract_values(20.0)))
+    assert status == 500 and "failed unexpectedly (TypeError)" in body["error"] and served.lines() == []
+
+
+def test_writes_only_from_the_apps_own_page(served):
+    """A foreign Host, a foreign Origin, a cookie without Origin, a token in the query: 403, nothing written."""
+    cookie = f"{reviewapp.COOKIE}={served.token}"
+    own = f"http://{served.host}"
+    refused = {
+        "Host of another site, token header": dict(Host=f"evil.example:{served.port}"),
+        "Host of another site, own Origin": dict(Host="evil.example", Origin="http://evil.example"),
+        "Origin of another site, cookie": dict(Origin="http://evil.example", Cookie=cookie, X_Tractmap_Token=None),
+        "Origin of another site, token header": dict(Origin="http://evil.example"),
+        "Origin null, cookie": dict(Origin="null", Cookie=cookie, X_Tractmap_Token=None),
+        "own Origin on another port": dict(Origin=f"http://127.0.0.1:{served.port + 1}", Cookie=cookie),
+        "cookie alone, no Origin": dict(Cookie=cookie, X_Tractmap_Token=None),
+        "own Origin, no token": dict(Origin=own, X_Tractmap_Token=None),
+    }
+    for what, headers in refused.items():
+        for path, body in (("/api/decision", flip()), ("/api/undo", {"participant_id": "P1", "biopsy_id": "B1"})):
+            assert served.post(path, body, **headers)[0] == 403, (what, path)
+    # the token in a write's query string counts for nothing, with or without an Origin
+    for origin in (None, own):
+        path = f"/api/decision?token={served.token}"
+        assert served.post(path, flip(), X_Tractmap_Token=None, Origin=origin)[0] == 403
+    # a page asked for under a foreign Host (DNS rebinding) is refused too, token or not
+    assert served.call("GET", f"/?token={served.token}", Host=f"evil.example:{served.port}")[0] == 403
+    assert served.lines() == [] and not served.log.exists()
+    # the app's own page (its Origin, the cookie), and a script (no Origin, the token header), write
+    assert served.post("/api/decision", flip(), Origin=own, Cookie=cookie, X_Tractmap_Token=None)[0] == 200
+    assert served.post("/api/decision", flip("P2", "B1"))[0] == 200
+    assert served.call("GET", f"/?token={served.token}", Host=f"localhost:{served.port}")[0] == 200
+    assert len(served.lines()) == 3
+    # the names it answers at: loopback's three, and under --expose the address and --allow-host's names
+    assert reviewapp.served_hosts("127.0.0.1", 8000) == {"127.0.0.1:8000", "localhost:8000", "[::1]:8000"}
+    assert reviewapp.served_hosts("10.1.2.3", 80, ["Lab-PC.example"]) == {"10.1.2.3:80", "lab-pc.example:80"}
+
+
+def test_allow_host_needs_expose(tmp_path):
+    small_results(tmp_path)
+    cmd = [sys.executable, "-m", "workflow_scripts.review_app", "results", "--allow-host", "lab-pc"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "--expose" in res.stderr
+
+
+def test_a_burst_of_writes_is_answered_in_full(served):
+    """50 writes at once on three biopsies: each answered with the row it wrote; the file keeps each biopsy's
+    last write and the log every one."""
+    keys = list(HELD)
+    start = threading.Barrier(50)
+
+    def write(i: int):
+        start.wait()
+        p, b = keys[i % len(keys)]
+        body = {"participant_id": p, "biopsy_id": b, "decision": "exclude", "exclude": f"burst write {i}"}
+        try:
+            return served.post("/api/decision", body)
+        except OSError as e:  # a reset or refused connection: what the test is for
+            return e
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(write, range(50)))
+    lost = [a for a in answers if isinstance(a, Exception)]
+    assert lost == [], f"{len(lost)} of 50 connections lost: {lost[:3]}"
+    assert [a[0] for a in answers] == [200] * 50
+    assert [a[2]["exclude"] for a in answers] == [f"burst write {i}" for i in range(50)]
+    log = pd.read_csv(served.log, sep="\t", dtype=str)
+    assert sorted(log["exclude"]) == sorted(f"burst write {i}" for i in range(50))
+    table = decisionlib.read(served.decisions).set_index(["participant_id", "biopsy_id"])
+    last = log.groupby(["participant_id", "biopsy_id"])["exclude"].last()
+    assert len(table) == 3 and all(table.loc[k, "exclude"] == last[k] for k in keys)
+
+
+def test_a_save_on_a_stale_page_is_refused(served):
+    """A save states the version it was made on (the page's ETag): another tab's decision, or a rerun of the
+    biopsy by the pipeline, since then is a 409 that says so; a save that names no version is refused."""
+    tag = served.call("GET", "/api/decision/P1/B1")[1]["ETag"]
+    assert served.post("/api/decision", flip(), If_Match=None)[0] == 428
+    assert served.post("/api/decision", flip(), If_Match='"made-up"')[0] == 412
+    status, headers, row = served.post("/api/decision", flip(), If_Match=tag)
+    assert status == 200 and row["decision"] == "flip" and headers["ETag"] != tag
+    # a second tab, still on the first version: refused, and the first tab's decision stays
+    status, _, body = served.post("/api/decision", flip(decision="confirm", dye_end="right"), If_Match=tag)
+    assert status == 409 and "another tab or by another reviewer" in body["error"] and body["reload"]
+    assert served.post("/api/undo", {"participant_id": "P1", "biopsy_id": "B1"}, If_Match=tag)[0] == 409
+    assert decisionlib.current(served.decisions, ("P1", "B1"))["decision"] == "flip"
+    # the pipeline reran the biopsy since the page was read: refused, though nobody decided since
+    tag = served.call("GET", "/api/decision/P1/B1")[1]["ETag"]
+    state = served.decisions.parent.parent / "results/state/P1/B1.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "state": "override"}))
+    status, _, body = served.post("/api/decision", flip(decision="confirm", dye_end="right"), If_Match=tag)
+    assert status == 409 and "the pipeline has rerun P1/B1" in body["error"]
+    assert len(served.lines()) == 2 and len(served.log.read_text().splitlines()) == 2
+    # on the current version: saved; undone on the version that save answered, the flip before is current again
+    tag = served.call("GET", "/api/decision/P1/B1")[1]["ETag"]
+    status, headers, _ = served.post("/api/decision", flip(decision="confirm", dye_end="right"), If_Match=tag)
+    assert status == 200
+    status, _, left = served.post("/api/undo", {"participant_id": "P1", "biopsy_id": "B1"}, If_Match=headers["ETag"])
+    assert status == 200 and left["decision"] == "flip"
+
+
+def tract_values(length_mm: float) -> dict:
+    """T0 where the run found it, T1 ``length_mm`` along the same axis (DICOM frame px of the small results)."""
+    return {"tip_x": 50.0, "tip_y": 100.0, "axis_deg": 0.0, "override_length_mm": length_mm}
+
+
+def test_decisions_are_checked_like_the_pipeline_checks(served):
+    """A flip of an accepted orientation, and a T0/T1 the tract step's length check flags for this stroke, are
+    refused until the page has shown the warning; the row records it."""
+    from workflow_scripts import tract as tractlib
+
+    body = flip("P1", "B2", **tract_values(22.57))  # the issue's case: Flip on a biopsy held for its tract only
+    status, _, answer = served.post("/api/decision", body)
+    assert status == 422 and served.lines() == []
+    warned = answer["warnings"]
+    assert len(warned) == 2 and "accepted the dyed end at right with confidence 0.89" in warned[0]
+    assert "22.57 mm, more than 0.5 mm longer than the 22 mm gun stroke" in warned[1]
+    assert served.post("/api/decision", {**body, "warnings_seen": "seen something else"})[0] == 422
+    status, _, row = served.post("/api/decision", {**body, "warnings_seen": answer["seen"]})
+    assert status == 200 and row["warnings_seen"] == answer["seen"]
+    assert decisionlib.read(served.decisions)["warnings_seen"].tolist() == [answer["seen"]]
+    # the length check is the tract step's own, for the stroke the decision leaves (its own, else the run's)
+    for length, stroke in [(23.9, None), (22.4, None), (22.6, None), (16.4, None), (16.6, None), (16.4, 18.0)]:
+        body = {**flip("P1", "B1", decision="correct", dye_end="right"), **tract_values(length)}
+        body |= {"stroke_mm": stroke} if stroke else {}
+        status, _, answer = served.post("/api/decision", body)
+        flagged = tractlib.implausible_length(length, stroke or STROKE)
+        assert status == (422 if flagged else 200), (length, stroke, answer)
+        assert not flagged or f"{length:.2f} mm" in answer["error"]
+    # the preview says the same before anything is saved
+    body = {**flip("P1", "B1", decision="correct", dye_end="right"), **tract_values(23.9)}
+    status, headers, _ = served.post("/api/preview", body)
+    assert status == 200 and "23.90 mm" in json.loads(headers["X-Tractmap-Warnings"])[0]
+    # an old decisions file, without the column, still reads and takes new rows
+    old = "\t".join(c for c in decisionlib.COLUMNS if c != "warnings_seen")
+    served.decisions.write_text(old + "\nP2\tB1\tflip\tleft" + "\t" * 7 + "tester\t2026-01-01T00:00:00Z\n")
+    assert decisionlib.current(served.decisions, ("P2", "B1"))["dye_end"] == "left"
+    assert served.post("/api/decision", flip("P1", "B1"))[0] == 200 and len(decisionlib.read(served.decisions)) == 2
+
+
+def test_free_text_is_kept_on_one_line(tmp_path):
+    """Tabs and line breaks in a reason (and in --reviewer) become single spaces; the page is told which field;
+    the decisions file and its log keep one line per row."""
+    s = Served(tmp_path)
+    try:
+        s.server.RequestHandlerClass.app.reviewer = decisionlib.one_line("Dr\tWho\n")
+        reason = "air\tbubble\r\nover the\u2028tract\x00 "
+        body = {"participant_id": "P1", "biopsy_id": "B1", "decision": "exclude", "exclude": reason}
+        status, headers, row = s.post("/api/decision", body)
+        assert status == 200 and row["exclude"] == "air bubble over the tract" and row["reviewer"] == "Dr Who"
+        assert headers["X-Tractmap-Normalised"] == "exclude"
+        status, headers, _ = s.post("/api/decision", {**body, "biopsy_id": "B2", "exclude": "plain reason"})
+        assert status == 200 and "X-Tractmap-Normalised" not in headers
+        for path in (s.decisions, s.log):
+            lines = path.read_text().splitlines()
+            assert len(lines) == 3 and all(line.count("\t") == len(decisionlib.COLUMNS) - 1 for line in lines)
+        assert s.post("/api/decision", {**body, "exclude": "\t\n"})[0] == 400  # nothing left: no reason
+    finally:
+        s.close()

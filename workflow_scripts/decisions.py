@@ -18,7 +18,9 @@ import contextlib
 import csv
 import fcntl
 import functools
+import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +40,20 @@ TRACT = ("tip_x", "tip_y", "axis_deg", "override_length_mm")
 # override groups, each taken whole from the decision or whole from the sheet
 GROUPS = {"dye_end": ("dye_end",), "tract": TRACT, "stroke": ("stroke_mm",), "exclude": ("exclude",)}
 VALUES = tuple(c for cols in GROUPS.values() for c in cols)
-COLUMNS = ["participant_id", "biopsy_id", "decision", *VALUES, "reviewer", "decided_at"]
+# warnings_seen: the checks' warnings the reviewer saw and saved over (optional: older files lack it); no override
+COLUMNS = ["participant_id", "biopsy_id", "decision", *VALUES, "warnings_seen", "reviewer", "decided_at"]
 NUMERIC = {"tip_x", "tip_y", "axis_deg", "override_length_mm", "stroke_mm"}
 IDS = ("participant_id", "biopsy_id")
+# characters that break a line-based reader: C0/C1 controls (tab, newline, ...) and Unicode line/paragraph breaks
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class Stale(Exception):
+    """A write made on a version of a biopsy's decision that is no longer current; ``current``: the row now."""
+
+    def __init__(self, current: dict | None):
+        super().__init__("the decision changed since it was read")
+        self.current = current
 
 
 @functools.cache
@@ -63,6 +76,12 @@ def history_path(path: Path) -> Path:
 def present(value: object) -> bool:
     """Whether a cell holds a value (not NaN, None or blank)."""
     return not (value is None or (isinstance(value, float) and value != value) or str(value).strip() == "")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: where it holds control characters (tab, newline, ...), every run of them and of
+    the spaces around them becomes one space, ends trimmed; other text is kept as it is."""
+    return " ".join(CONTROL.sub(" ", text).split()) if CONTROL.search(text) else text
 
 
 def clean(record: dict) -> dict:
@@ -129,10 +148,29 @@ def apply(sheet: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, dict[
     return out, sources
 
 
+def plain(e: jsonschema.ValidationError) -> str:
+    """A schema error as a short sentence naming the field and what it must be; it echoes no value (a value
+    may be long, or not text)."""
+    v = e.validator_value
+    says = {
+        "type": f"must be {'a number' if v == 'number' else 'text'}",
+        "enum": f"must be one of {', '.join(map(str, v))}" if isinstance(v, list) else "",
+        "minimum": f"must be at least {v}",
+        "exclusiveMinimum": f"must be more than {v}",
+        "maximum": f"must be at most {v}",
+        "pattern": "must not be blank" if v == "\\S" else "holds characters that are not allowed",
+        "minLength": "must not be empty",
+        "required": "give a reason to exclude" if v == ["exclude"] else "is missing a required field",
+        "dependentRequired": "T0/T1 needs all of tip_x, tip_y, axis_deg and override_length_mm",
+        "not": "a reason to exclude goes with the decision exclude only",
+    }.get(str(e.validator)) or "is not what schemas/decisions.schema.yaml allows"
+    return f"{'/'.join(map(str, e.absolute_path)) or 'decision'}: {says}"
+
+
 def validate(record: dict) -> list[str]:
-    """Schema problems of one decision (empty: valid)."""
+    """Schema problems of one decision, as plain sentences (empty: valid)."""
     v = jsonschema.Draft202012Validator(schema())
-    return [f"{'/'.join(map(str, e.absolute_path)) or 'decision'}: {e.message}" for e in v.iter_errors(record)]
+    return list(dict.fromkeys(plain(e) for e in v.iter_errors(record)))
 
 
 # ------------------------------------------------------------------ writing (the app)
@@ -179,30 +217,54 @@ def _append(path: Path, row: dict) -> None:
 
 
 def _text(record: dict) -> dict:
-    """A decision as the file's text cells (numbers without a trailing .0 where whole)."""
-    fmt = lambda v: repr(float(v)).removesuffix(".0") if isinstance(v, int | float) else str(v)  # noqa: E731
+    """A decision as the file's text cells (numbers without a trailing .0 where whole; text on one line)."""
+    fmt = lambda v: repr(float(v)).removesuffix(".0") if isinstance(v, int | float) else one_line(str(v))  # noqa: E731
     return {c: fmt(record[c]) if c in record else "" for c in COLUMNS}
+
+
+def _row_of(path: Path, key: tuple[str, str]) -> dict | None:
+    return next((r for r in _rows(path) if (r["participant_id"], r["biopsy_id"]) == key), None)
 
 
 def current(path: Path, key: tuple[str, str]) -> dict | None:
     """A biopsy's latest decision (its non-empty cells), if any."""
-    return next((clean(r) for r in _rows(path) if (r["participant_id"], r["biopsy_id"]) == key), None)
+    row = _row_of(path, key)
+    return None if row is None else clean(row)
 
 
-def save(path: Path, record: dict) -> dict:
-    """Keep one (validated) decision: it replaces the biopsy's row, the others are re-read and kept."""
+def version(row: dict | None) -> str:
+    """A short digest of a biopsy's row (any of its forms: text cells, or :func:`current`'s); ``none`` for none."""
+    if row is None:
+        return "none"
+    return hashlib.sha1("\t".join(_text(clean(row)).values()).encode()).hexdigest()[:12]
+
+
+def _expect(path: Path, key: tuple[str, str], expected: str | None) -> None:
+    """Raise :class:`Stale` unless the biopsy's row is still of version ``expected`` (None: any)."""
+    if expected is not None:
+        row = _row_of(path, key)
+        if version(row) != expected:
+            raise Stale(None if row is None else clean(row))
+
+
+def save(path: Path, record: dict, expected: str | None = None) -> dict:
+    """Keep one (validated) decision: it replaces the biopsy's row, the others are re-read and kept.
+    ``expected``: the version (:func:`version`) of the row it was made on; another raises :class:`Stale`."""
     row = _text(record)
     key = (row["participant_id"], row["biopsy_id"])
     with locked(path):
+        _expect(path, key, expected)
         rows = [r for r in _rows(path) if (r["participant_id"], r["biopsy_id"]) != key]
         _write(path, [*rows, row])
         _append(history_path(path), row)
     return clean(row)
 
 
-def undo(path: Path, key: tuple[str, str], reviewer: str, at: str) -> dict | None:
-    """Take back a biopsy's latest decision: the one before it (from the history) is current again, or none."""
+def undo(path: Path, key: tuple[str, str], reviewer: str, at: str, expected: str | None = None) -> dict | None:
+    """Take back a biopsy's latest decision: the one before it (from the history) is current again, or none.
+    ``expected`` as in :func:`save`."""
     with locked(path):
+        _expect(path, key, expected)
         stack: list[dict] = []
         for r in _rows(history_path(path)):
             if (r["participant_id"], r["biopsy_id"]) == key:

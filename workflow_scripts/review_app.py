@@ -10,7 +10,10 @@ Built on the standard library's ``http.server`` (no dependency): the app has a h
 routes, and every byte it serves is looked up by (participant, biopsy) in the queue and a
 fixed file name, or rendered once from the slide (full-resolution tiles read by region around the core's ends,
 the evidence overlay) into ``<results>/.review_cache``; no request path or value reaches the file system.
-Every request must carry the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header).
+Every request must carry the token (``?token=`` once, then the cookie it sets, or the ``X-Tractmap-Token`` header)
+and name a Host the app serves; a write must come from the app's own Origin, or without one with the token header
+(Jupyter's rules, against cross-site writes and DNS rebinding), and state the version it was made on (If-Match).
+Every request gets an HTTP answer: bodies are bounded before they are parsed, and an unforeseen failure is a 500.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +58,21 @@ STATIC = Path(__file__).with_name("review_static")
 COOKIE = "tractmap_review_token"
 HEADER = "X-Tractmap-Token"
 MAX_BODY = 64 * 1024
+# what a body may hold, checked before it is parsed or converted (a decision is one flat object of short values)
+MAX_DEPTH = 4
+MAX_NUMBER_CHARS = 24
+MAX_MAGNITUDE = 1e9
+NUMBER_REFUSED = (
+    f"a number in the body is longer than {MAX_NUMBER_CHARS} characters or larger than {MAX_MAGNITUDE:,.0f}: "
+    "send the values the page shows"
+)
+# connections the listening socket queues while every handler is busy (socketserver's default, 5, drops a
+# browser's burst of parallel requests)
+BACKLOG = 128
+# the names under which the app answers when it binds loopback (or every interface): a request naming another
+# Host is refused, so that a page of another site cannot reach it by DNS rebinding
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+TEXT_FIELDS = ("exclude",)  # free text a reviewer types: kept on one line (decisions.one_line)
 # what a page may ask for: its image's name -> the file under <results> ({p}/{b}: the queue's IDs)
 IMAGES = {
     "prefire": "ingest/{p}/{b}/prefire.png",
@@ -78,7 +96,7 @@ STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 # the usual spring-loaded biopsy guns (e.g. BARD MAGNUM 15 / 22 mm); any other is typed
 COMMON_STROKES_MM = (15.0, 22.0)
 # what a browser may send in a decision; reviewer and time are the server's
-CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", *decisionlib.VALUES}
+CLIENT_FIELDS = {"participant_id", "biopsy_id", "decision", "warnings_seen", *decisionlib.VALUES}
 
 
 # ------------------------------------------------------------------ images the app renders itself
@@ -233,9 +251,9 @@ def evidence_overlay(thumb: Path, labels: Path, position: int, level_um: float, 
 class Refused(Exception):
     """A request the app answers with an error status and a message, changing nothing."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, more: dict | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.more = status, message, more or {}
 
 
 @dataclass
@@ -269,7 +287,7 @@ class Queue:
         for key in self.rows:
             if key == (p, b):
                 return key
-        raise Refused(404 if p and b else 400, f"biopsy {p}/{b} is not in the review queue")
+        raise Refused(404 if p and b else 400, f"biopsy {p[:40]}/{b[:40]} is not in the review queue")
 
     def file(self, key: tuple[str, str], pattern: str) -> Path:
         slide = json.loads(self.file(key, JSONS["orient"]).read_text())["slide"] if "{s}" in pattern else ""
@@ -320,7 +338,8 @@ def check(body: object, queue: Queue, reviewer: str) -> dict:
         raise Refused(400, "a decision is a JSON object")
     unknown = sorted(set(body) - CLIENT_FIELDS)
     if unknown:
-        raise Refused(400, f"unknown field(s): {', '.join(map(str, unknown))}")
+        names = ", ".join(str(u)[:30] for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise Refused(400, f"unknown field(s): {names}")
     key = queue.known(str(body.get("participant_id", "")), str(body.get("biopsy_id", "")))
     for k, v in body.items():
         if k in decisionlib.NUMERIC and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)):
@@ -347,6 +366,114 @@ def check(body: object, queue: Queue, reviewer: str) -> dict:
                     f"(x {lo[0]:.0f}-{hi[0]:.0f}, y {lo[1]:.0f}-{hi[1]:.0f})",
                 )
     return record
+
+
+def one_line_fields(body: object) -> tuple[object, list[str]]:
+    """The body with its free-text fields on one line (:func:`decisions.one_line`), and the fields changed."""
+    if not isinstance(body, dict):
+        return body, []
+    changed = [k for k in TEXT_FIELDS if isinstance(body.get(k), str) and decisionlib.one_line(body[k]) != body[k]]
+    return {**body, **{k: decisionlib.one_line(body[k]) for k in changed}}, changed
+
+
+# ------------------------------------------------------------------ the pipeline's own checks, before a save
+
+
+def length_warning(record: dict, tract: dict) -> str | None:
+    """The tract step's length check (``tract.implausible_length``) on the length and stroke a decision
+    leaves this biopsy with; None where the check passes or the decision sets neither."""
+    from workflow_scripts import tract as tractlib
+
+    if "override_length_mm" not in record and "stroke_mm" not in record:
+        return None
+    length = float(record.get("override_length_mm", tract["sampled_length_mm"]))
+    stroke = float(record.get("stroke_mm", tract["stroke_mm"]))
+    if not tractlib.implausible_length(length, stroke):
+        return None
+    if length > stroke:
+        how = f"more than {tractlib.STROKE_OVERSHOOT_MM:g} mm longer than"
+    else:
+        how = f"shorter than {tractlib.STROKE_SHORT:.0%} of"
+    return (
+        f"T0 to T1 is {length:.2f} mm, {how} the {stroke:g} mm gun stroke: the tract step flags such a length "
+        "(move T1, or set the stroke this gun was fired with)"
+    )
+
+
+def flip_warning(record: dict, data: dict, found_side: str) -> str | None:
+    """A dyed end that the decision turns although the orientation was not held (the pipeline, or the sheet,
+    had decided it): its call and confidence; None otherwise."""
+    o, held = data["orient"], data["state"]["steps"].get("orient") == "review"
+    if held or "dye_end" not in record or record["dye_end"] == found_side:
+        return None
+    who = "biopsies.tsv set" if data["state"]["steps"].get("orient") == "override" else "The pipeline accepted"
+    conf = o.get("confidence")
+    at = f" with confidence {conf:.2f}" if isinstance(conf, int | float) else ""
+    return f"{who} the dyed end at {found_side}{at}; this decision flips it to {record['dye_end']}"
+
+
+def warnings(record: dict, key: tuple[str, str], queue: Queue) -> list[str]:
+    """What the pipeline's own checks say against a decision (an exclusion: nothing), each a sentence."""
+    if record.get("decision") == "exclude":
+        return []
+    data = queue.data(key)
+    found = flip_warning(record, data, dye_sides(key, queue, data["orient"])[0])
+    return [w for w in (found, length_warning(record, data["tract"])) if w]
+
+
+def pipeline_version(key: tuple[str, str], queue: Queue) -> str:
+    """A digest of what the pipeline last wrote for a biopsy (orient, tract and state records): a rerun changes it."""
+    return digest(*(queue.file(key, JSONS[k]).read_bytes() for k in ("orient", "tract", "state")))
+
+
+def etag(key: tuple[str, str], queue: Queue, decisions_file: Path) -> str:
+    """The version a page of this biopsy is made on: its decision's row and the pipeline's records."""
+    return f'"{decisionlib.version(decisionlib.current(decisions_file, key))}-{pipeline_version(key, queue)}"'
+
+
+# ------------------------------------------------------------------ request bodies, bounded before parsing
+
+JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def nesting(raw: bytes) -> int:
+    """How deep a JSON text nests arrays and objects (brackets inside strings not counted), without parsing it."""
+    depth = deepest = 0
+    for m in JSON_BRACKETS.finditer(JSON_STRINGS.sub(b'""', raw)):
+        depth += 1 if m.group() in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _number(text: str, convert: Callable[[str], float]) -> float:
+    """A JSON number, refused before conversion where its text is too long, after where it is too large."""
+    if len(text) > MAX_NUMBER_CHARS:
+        raise Refused(400, NUMBER_REFUSED)
+    value = convert(text)
+    if not abs(value) <= MAX_MAGNITUDE:
+        raise Refused(400, NUMBER_REFUSED)
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise Refused(400, "NaN and Infinity are not numbers a decision can hold: send a finite number")
+
+
+def parse_json(raw: bytes) -> object:
+    """A request body as JSON, its nesting and numbers bounded first (a 400, never an exception that drops
+    the connection: Python's parser recurses, and a 400-digit integer overflows a float)."""
+    if nesting(raw) > MAX_DEPTH:
+        raise Refused(400, f"the body nests deeper than {MAX_DEPTH} levels: a decision is one flat JSON object")
+    try:
+        return json.loads(
+            raw,
+            parse_int=lambda t: _number(t, int),
+            parse_float=lambda t: _number(t, float),
+            parse_constant=_no_constant,
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Refused(400, "the body is not JSON") from None
 
 
 def preview_png(record: dict, queue: Queue) -> bytes:
@@ -386,12 +513,12 @@ def tile_png(key: tuple[str, str], queue: Queue, end: str, level: str) -> Path:
     """A full-resolution tile around end 0 or 1 of a biopsy's core at one of its slide's finer levels, read by
     region from the slide file that the sheet names, rendered once; any other end or level is refused."""
     if end not in ("0", "1"):
-        raise Refused(400, f"end {end!r}: a core's end is 0 or 1")
+        raise Refused(400, f"end {end[:10]!r}: a core's end is 0 or 1")
     raw = queue.file(key, SLIDE["meta"]).read_bytes()
     meta = json.loads(raw)
     levels = zoom_levels(meta)
     if not (level.isascii() and level.isdigit() and int(level) in levels):
-        raise Refused(400, f"level {level!r}: this slide's tiles are at level {', '.join(map(str, levels))}")
+        raise Refused(400, f"level {level[:10]!r}: this slide's tiles are at level {', '.join(map(str, levels))}")
     box = tile_box(core_ends(queue.data_one(key, "orient"))[int(end)], meta, int(level))
     if queue.workdir is None:
         raise Refused(
@@ -422,6 +549,14 @@ def dye_sides(key: tuple[str, str], queue: Queue, orient: dict) -> tuple[str, st
     return reviewlib.dye_end_side(orient), reviewlib.dye_end_side(orient, flipped=True)
 
 
+def with_points(decision: dict | None, data: dict) -> dict | None:
+    """A decision with the T0/T1 its tip, axis and length give, as the tract step will place them (``points``,
+    pre-fire tissue-region px), where it sets them."""
+    if decision and "tip_x" in decision:
+        decision["points"] = [p.tolist() for p in tract_points(decision, data)]
+    return decision
+
+
 def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     """Everything one biopsy's page draws: reasons, the found core and tract, and the current decision."""
     data = queue.data(key)
@@ -433,9 +568,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
     keys = queue.keys()
     i = keys.index(key)
     held = {r["step"] for r in queue.rows[key]}
-    decision = decisionlib.current(decisions_file, key)
-    if decision and "tip_x" in decision:  # its T0/T1, as the tract step will place them
-        decision["points"] = [p.tolist() for p in tract_points(decision, data)]
+    decision = with_points(decisionlib.current(decisions_file, key), data)
     return {
         "participant_id": key[0],
         "biopsy_id": key[1],
@@ -468,6 +601,7 @@ def page_data(key: tuple[str, str], queue: Queue, decisions_file: Path) -> dict:
             "post_shift": t.get("post_shift_px", [0.0, 0.0]),
         },
         "decision": decision,
+        "version": etag(key, queue, decisions_file),  # what a save states it was made on (If-Match)
         # the ultrasound's DICOM-vs-sheet spacing conflicts (ingest), each once; the tract step holds the tract for them
         "calibration": list(
             dict.fromkeys(
@@ -525,23 +659,44 @@ def page_html(data: dict) -> str:
     return (STATIC / "page.html").read_text().replace("{{title}}", title).replace("{{data}}", blob)
 
 
+# after the first visit the token lives in the cookie: the address bar (and so the history) keeps the URL without it
+FORGET_TOKEN = (
+    "<script>if (location.search) history.replaceState(null, '', location.pathname + location.hash);</script>"
+)
+
+
+def held_reasons(key: tuple[str, str], queue: Queue) -> dict[str, str]:
+    """Why a biopsy is held, step -> reason: its state file's ``reasons`` (what the pipeline decided last), and
+    review.tsv's reason for a held step that the state file gives none."""
+    try:
+        reasons = queue.data_one(key, "state").get("reasons")
+    except (OSError, ValueError):
+        reasons = None
+    found = {str(k): str(v) for k, v in reasons.items()} if isinstance(reasons, dict) else {}
+    for r in queue.rows[key]:
+        found[r["step"]] = found.get(r["step"]) or r.get("reason") or "held for review"
+    return found
+
+
 def index_html(queue: Queue, decisions_file: Path) -> str:
+    """The queue page: each held biopsy, why it is held, and its current decision."""
     rows = []
-    for key, items in queue.rows.items():
+    for key in queue.rows:
         d = decisionlib.current(decisions_file, key) or {}
         href = review_page(*key)
-        steps = ", ".join(r["step"] for r in items)
+        why = "<br>".join(f"<b>{html.escape(k)}</b>: {html.escape(v)}" for k, v in held_reasons(key, queue).items())
         rows.append(
-            f"<tr><td><a href='{html.escape(href)}'>{html.escape('/'.join(key))}</a></td><td>{html.escape(steps)}</td>"
+            f"<tr><td><a href='{html.escape(href)}'>{html.escape('/'.join(key))}</a></td><td class='why'>{why}</td>"
             f"<td>{html.escape(d.get('decision', 'open'))}</td><td>{html.escape(d.get('reviewer', ''))}</td></tr>"
         )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tractmap review queue</title>"
-        "<link rel='stylesheet' href='/static/style.css'><link rel='icon' href='data:,'></head>"
+        "<link rel='stylesheet' href='/static/style.css'><link rel='icon' href='data:,'>"
+        f"{FORGET_TOKEN}</head>"
         "<body><h1>Review queue</h1>"
         f"<p>{len(queue.rows)} held biopsies; decisions go to {html.escape(str(decisions_file))}. "
         "The pipeline's <a href='/report'>report</a> (its links open these pages).</p>"
-        "<table id='queue'><tr><th>biopsy</th><th>held step(s)</th><th>decision</th><th>reviewer</th></tr>"
+        "<table id='queue'><tr><th>biopsy</th><th>why it is held</th><th>decision</th><th>reviewer</th></tr>"
         + "".join(rows)
         + "</table></body></html>"
     )
@@ -580,9 +735,10 @@ class App:
     token: str
     reviewer: str
     prefetch: Prefetch | None = None
+    hosts: frozenset[str] = frozenset()  # the Host headers it answers (served_hosts)
 
-    def authorised(self, query: dict, cookie: str, header: str) -> bool:
-        given = [query.get("token", [""])[0], cookie, header]
+    def token_in(self, *given: str) -> bool:
+        """Whether any of ``given`` is the token (compared in constant time)."""
         return any(g and hmac.compare_digest(g.encode(), self.token.encode()) for g in given)
 
 
@@ -590,6 +746,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     app: App  # set on the subclass made by serve()
     server_version = "tractmap-review"
     sys_version = ""
+    timeout = 60  # s: a connection that sends nothing for this long is closed (it no longer holds a thread)
 
     def log_message(self, fmt: str, *args: object) -> None:  # no query strings (the token) in the log
         sys.stderr.write(f"{self.command} {urllib.parse.urlsplit(self.path).path} {args[1] if len(args) > 1 else ''}\n")
@@ -612,20 +769,41 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         url = urllib.parse.urlsplit(self.path)
-        query = urllib.parse.parse_qs(url.query)
+        app = self.app
+        host = self.headers.get("Host", "").strip().lower()
+        if host not in app.hosts:
+            raise Refused(403, "this app answers only at the address tractmap-review printed: open that URL")
+        parts = [urllib.parse.unquote(s) for s in url.path.split("/")[1:]]
+        if parts == ["favicon.ico"]:  # asked by every page (the pipeline's report too): no icon, no 404
+            return self._send(204, b"", "image/x-icon")
         jar = http.cookies.SimpleCookie(self.headers.get("Cookie", ""))
         cookie = jar[COOKIE].value if COOKIE in jar else ""
-        app = self.app
-        if not app.authorised(query, cookie, self.headers.get(HEADER, "")):
+        header = self.headers.get(HEADER, "")
+        if self.command == "POST":
+            self._writer(host, cookie, header)
+            return self._post(parts)
+        query = urllib.parse.parse_qs(url.query)
+        if not app.token_in(query.get("token", [""])[0], cookie, header):
             raise Refused(403, "missing or wrong token: open the URL tractmap-review printed")
         extra = {}
         if query.get("token"):  # the first visit: the token moves into a cookie that only this site sends
             extra["Set-Cookie"] = f"{COOKIE}={app.token}; HttpOnly; SameSite=Strict; Path=/"
-        parts = [urllib.parse.unquote(s) for s in url.path.split("/")[1:]]
-        if self.command == "GET":
-            self._get(parts, extra)
-        else:
-            self._post(parts)
+        self._get(parts, extra)
+
+    def _writer(self, host: str, cookie: str, header: str) -> None:
+        """A write comes from the app's own page (Origin: this very address, and the token's cookie or header)
+        or from a script (no Origin, the token in the header); a token in the query string never writes."""
+        origin = self.headers.get("Origin")
+        if origin is None:
+            if not self.app.token_in(header):
+                raise Refused(
+                    403,
+                    f"a write without an Origin needs the token in the {HEADER} header (a cookie alone writes nothing)",
+                )
+        elif origin.strip().lower() != f"http://{host}":
+            raise Refused(403, "a write from another site's page is refused: decide on the app's own page")
+        elif not self.app.token_in(cookie, header):
+            raise Refused(403, "missing or wrong token: open the URL tractmap-review printed")
 
     def _get(self, parts: list[str], extra: dict) -> None:
         app = self.app
@@ -659,7 +837,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, (STATIC / parts[1]).read_bytes(), STATIC_FILES[parts[1]], extra)
         if len(parts) == 4 and parts[:2] == ["api", "decision"]:
             key = app.queue.known(parts[2], parts[3])
-            return self._json(200, decisionlib.current(app.decisions_file, key), extra)
+            tag = {"ETag": etag(key, app.queue, app.decisions_file)}
+            return self._json(200, decisionlib.current(app.decisions_file, key), {**extra, **tag})
         raise Refused(404, "no such page")
 
     def _body(self) -> object:
@@ -671,46 +850,141 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise Refused(400, "bad Content-Length") from None
         if not 0 < n <= MAX_BODY:
             raise Refused(413, f"a body of 1 to {MAX_BODY} bytes")
+        self.body_read = True
+        return parse_json(self.rfile.read(n))
+
+    def _made_on(self, key: tuple[str, str]) -> str | None:
+        """The version of the biopsy's decision a write was made on, from its If-Match (the page's ETag;
+        ``*``: whatever is current, None); a page older than the pipeline's last run of the biopsy is refused."""
+        tag = (self.headers.get("If-Match") or "").strip()
+        if not tag:
+            raise Refused(
+                428, "a save must name the version of the decision it was made on (If-Match): reload the page"
+            )
+        if tag == "*":
+            return None
+        m = re.fullmatch(r'"([0-9a-f]{12}|none)-([0-9a-f]{12})"', tag)
+        if not m:
+            raise Refused(412, "If-Match is not a version this app gave: reload the page")
+        if m[2] != pipeline_version(key, self.app.queue):
+            raise Refused(
+                409,
+                f"the pipeline has rerun {key[0]}/{key[1]} since this page was read: reload the page to see its "
+                "new result, then decide",
+                {"reload": True},
+            )
+        return m[1]
+
+    def _decide(self, body: object) -> None:
+        """Save a decision: checked, made on the current version, its warnings seen; the row and its ETag."""
+        app = self.app
+        body, changed = one_line_fields(body)
+        record = check(body, app.queue, app.reviewer)
+        key = (record["participant_id"], record["biopsy_id"])
+        made_on = self._made_on(key)
+        record.pop("warnings_seen", None)
+        warned = warnings(record, key, app.queue)
+        seen = " | ".join(warned)
+        if warned and (not isinstance(body, dict) or body.get("warnings_seen") != seen):
+            raise Refused(
+                422,
+                f"the pipeline's checks warn: {seen}. Nothing was saved: save again to keep it anyway "
+                "(the warning is recorded with the decision)",
+                {"warnings": warned, "seen": seen},
+            )
+        if seen:
+            record["warnings_seen"] = seen
         try:
-            return json.loads(self.rfile.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise Refused(400, "the body is not JSON") from None
+            row = decisionlib.save(app.decisions_file, record, made_on)
+        except decisionlib.Stale as e:
+            raise stale(key, e.current) from None
+        extra = {"ETag": etag(key, app.queue, app.decisions_file)}
+        if changed:
+            extra["X-Tractmap-Normalised"] = ", ".join(changed)
+        return self._json(200, row, extra)
+
+    def _undo(self, body: object) -> None:
+        app = self.app
+        if not isinstance(body, dict) or set(body) != {"participant_id", "biopsy_id"}:
+            raise Refused(400, "undo takes participant_id and biopsy_id only")
+        key = app.queue.known(str(body["participant_id"]), str(body["biopsy_id"]))
+        made_on = self._made_on(key)
+        try:
+            left = decisionlib.undo(app.decisions_file, key, app.reviewer, utc_now(), made_on)
+        except decisionlib.Stale as e:
+            raise stale(key, e.current) from None
+        if left is None:
+            raise Refused(409, f"no decision of {key[0]}/{key[1]} to undo")
+        left = with_points(left or None, app.queue.data(key))  # the page shows it without a reload
+        return self._json(200, left, {"ETag": etag(key, app.queue, app.decisions_file)})
 
     def _post(self, parts: list[str]) -> None:
         app = self.app
         body = self._body()
         if parts == ["api", "decision"]:
-            record = check(body, app.queue, app.reviewer)
-            return self._json(200, decisionlib.save(app.decisions_file, record))
+            return self._decide(body)
         if parts == ["api", "preview"]:
-            record = check(body, app.queue, app.reviewer)
-            return self._send(200, preview_png(record, app.queue), "image/png")
+            record = check(one_line_fields(body)[0], app.queue, app.reviewer)
+            key = (record["participant_id"], record["biopsy_id"])
+            said = json.dumps(warnings({**record, "decision": "correct"}, key, app.queue))  # ASCII: a header
+            return self._send(200, preview_png(record, app.queue), "image/png", {"X-Tractmap-Warnings": said})
         if parts == ["api", "undo"]:
-            if not isinstance(body, dict) or set(body) != {"participant_id", "biopsy_id"}:
-                raise Refused(400, "undo takes participant_id and biopsy_id only")
-            key = app.queue.known(str(body["participant_id"]), str(body["biopsy_id"]))
-            left = decisionlib.undo(app.decisions_file, key, app.reviewer, utc_now())
-            if left is None:
-                raise Refused(409, f"no decision of {key[0]}/{key[1]} to undo")
-            return self._json(200, left or None)
+            return self._undo(body)
         raise Refused(404, "no such action")
+
+    def _drain(self) -> None:
+        """Read a refused write's body (up to MAX_BODY), so that closing the connection does not reset it
+        before the client has read the answer."""
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return
+        if self.command == "POST" and not getattr(self, "body_read", False) and 0 < n <= MAX_BODY:
+            self.rfile.read(n)
+
+    def _answer(self) -> None:
+        """Route the request; every failure becomes an answer (Refused), none a dropped connection."""
+        try:
+            self._route()
+        except (ConnectionError, Refused):
+            raise
+        except (OSError, ValueError, LookupError, InputError) as e:  # a results file missing or half-written
+            what = e.what if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
+            raise Refused(500, f"{what}; if the workflow is running, reload once it is done") from None
+        except Exception as e:  # noqa: BLE001 - a bug must still answer, and not with a traceback
+            sys.stderr.write(
+                f"tractmap-review: {type(e).__name__} on {self.command} {urllib.parse.urlsplit(self.path).path}\n"
+            )
+            raise Refused(
+                500,
+                f"the review app failed unexpectedly ({type(e).__name__}): reload the page, and report it if it stays",
+            ) from None
 
     def _handle(self) -> None:
         try:
             try:
-                self._route()
-            except ConnectionError:  # the browser went away: nobody to answer
-                return
-            except (OSError, ValueError, LookupError, InputError) as e:  # a results file missing or half-written
-                what = e.what if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
-                raise Refused(500, f"{what}; if the workflow is running, reload once it is done") from None
-        except Refused as e:
-            if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a person, not app.js
-                page = f"<!DOCTYPE html><title>tractmap review</title><p>{html.escape(e.message)}</p>"
-                return self._send(e.status, page.encode(), "text/html; charset=utf-8")
-            self._json(e.status, {"error": e.message})
+                self._answer()
+            except Refused as e:
+                self._drain()
+                if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a person, not app.js
+                    page = f"<!DOCTYPE html><title>tractmap review</title><p>{html.escape(e.message)}</p>"
+                    return self._send(e.status, page.encode(), "text/html; charset=utf-8")
+                self._json(e.status, {"error": e.message, **e.more})
+        except ConnectionError:  # the client went away: nobody to answer
+            return
 
     do_GET = do_HEAD = do_POST = _handle  # noqa: N815
+
+
+def stale(key: tuple[str, str], now: dict | None) -> Refused:
+    """The refusal of a write made on a decision that another tab or reviewer has changed since."""
+    what = f"now {now['decision']} by {now.get('reviewer', '?')} at {now.get('decided_at', '?')}" if now else "now none"
+    return Refused(
+        409,
+        f"{key[0]}/{key[1]} was decided in another tab or by another reviewer since this page was read ({what}): "
+        "reload the page to see it, then decide again",
+        {"reload": True},
+    )
 
 
 def warm_up() -> threading.Thread:
@@ -734,18 +1008,39 @@ def loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def every_interface(host: str) -> bool:
+    """Whether ``host`` is the wildcard address (0.0.0.0, ::), which loopback reaches too."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def served_hosts(host: str, port: int, allow: Sequence[str] = ()) -> frozenset[str]:
+    """The Host headers the app answers (lower case, with the port): the address it binds and the names of
+    ``--allow-host``, and on loopback (or every interface) 127.0.0.1, localhost and [::1]."""
+    names = {host, *allow} | (set(LOOPBACK_NAMES) if loopback(host) or every_interface(host) else set())
+    return frozenset((f"[{n}]" if ":" in n else n).lower() + f":{port}" for n in names)
+
+
 def make_server(
-    results: Path, decisions_file: Path, host: str, port: int, reviewer: str, token: str
+    results: Path,
+    decisions_file: Path,
+    host: str,
+    port: int,
+    reviewer: str,
+    token: str,
+    allow_hosts: Sequence[str] = (),
 ) -> http.server.ThreadingHTTPServer:
     """The app's server (not yet serving): the queue is read once here; pages read their biopsy's files."""
     q = Queue.load(results)
-    app = App(q, decisions_file, token, reviewer, Prefetch(q))
+    app = App(q, decisions_file, token, decisionlib.one_line(reviewer), Prefetch(q))
     handler = type("BoundHandler", (Handler,), {"app": app})
-    cls = http.server.ThreadingHTTPServer
+    attrs = {"request_queue_size": BACKLOG, "daemon_threads": True}
     if ":" in host:
-        cls = type("Server6", (cls,), {"address_family": socket.AF_INET6})
-    server = cls((host, port or free_port(host)), handler)
-    server.daemon_threads = True
+        attrs["address_family"] = socket.AF_INET6
+    server = type("Server", (http.server.ThreadingHTTPServer,), attrs)((host, port or free_port(host)), handler)
+    app.hosts = served_hosts(host, server.server_address[1], allow_hosts)
     return server
 
 
@@ -780,6 +1075,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (another than loopback needs --expose)")
     p.add_argument("--expose", action="store_true", help="allow --host other than loopback (anyone reaching it "
                    "with the token can write decisions)")  # fmt: skip
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --expose: another name to answer at (e.g. this machine's DNS name); repeatable",
+    )
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     return p
 
@@ -791,13 +1093,16 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"{a.results}/review.tsv does not exist: run the workflow first (snakemake {a.results}/review.tsv)")
     if not loopback(a.host) and not a.expose:
         p.error(f"--host {a.host} is not loopback: add --expose to serve the review app on another interface")
+    if a.allow_host and not a.expose:
+        p.error("--allow-host names another address to answer at: add --expose (and --host) if you mean it")
     if not loopback(a.host):
         print(f"WARNING: serving on {a.host}: anyone who can reach it and has the token can change decisions",
               file=sys.stderr)  # fmt: skip
     decisions_file = a.decisions or decisions_path(a.results)
-    server = make_server(
-        a.results, decisions_file, a.host, a.port, a.reviewer or getpass.getuser(), secrets.token_urlsafe(24)
-    )
+    reviewer = a.reviewer or getpass.getuser()
+    server = make_server(a.results, decisions_file, a.host, a.port, reviewer, secrets.token_urlsafe(24), a.allow_host)
+    if decisionlib.one_line(reviewer) != reviewer:
+        print("note: tabs and line breaks in --reviewer are written as single spaces", file=sys.stderr)
     host = f"[{a.host}]" if ":" in a.host else a.host
     n = len(server.RequestHandlerClass.app.queue.rows)
     print(f"tractmap-review: {n} held biopsies of {a.results}; decisions to {decisions_file}", flush=True)

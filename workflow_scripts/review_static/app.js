@@ -1,6 +1,8 @@
 // tractmap-review: one held biopsy's page. The server embeds the data; every decision is sent as JSON
 // and validated there (workflow_scripts/review_app.py); this script only draws and collects.
 "use strict";
+// the token now lives in the cookie: keep the URL without it in the address bar and the history
+if (location.search) history.replaceState(null, "", location.pathname + location.hash);
 const D = JSON.parse(document.getElementById("data").textContent);
 const SVGNS = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
@@ -43,7 +45,9 @@ function drawCores() {
       height: c.width, fill: "none", stroke: mine ? "#ffd400" : "#00c8ff", "stroke-width": r / (mine ? 5 : 8),
       "stroke-dasharray": mine ? "none" : `${r / 2} ${r / 3}`,
       transform: `translate(${c.centre[0]} ${c.centre[1]}) rotate(${deg})` });
-    const t = el(g, "text", { x: c.centre[0], y: c.centre[1] - c.width / 2 - r / 2, fill: mine ? "#ffd400" : "#00c8ff",
+    // above the core, kept inside the image (a name cut at its edge cannot be read)
+    const t = el(g, "text", { x: Math.min(Math.max(c.centre[0], SW * 0.15), SW * 0.85),
+      y: Math.max(c.centre[1] - c.width / 2 - r / 2, r * 1.5), fill: mine ? "#ffd400" : "#00c8ff",
       "font-size": r * 1.4, "text-anchor": "middle" });
     t.textContent = (c.names.join(", ") || `core ${c.position}`) + (mine ? " (this biopsy)" : "");
   }
@@ -71,14 +75,26 @@ function drawSlide() {
   D.orient.ends.forEach((p, i) => {
     el(g, "circle", { id: i === dyed ? "dyed-end" : "undyed-end", cx: p[0], cy: p[1], r,
       fill: i === dyed ? "#1e64ff" : "none", stroke: "#fff", "stroke-width": r / 4 });
-    const t = el(g, "text", { x: p[0] + r * 1.3, y: p[1], fill: "#fff", "font-size": r * 1.6 });
-    t.textContent = (i === dyed ? "dye" : "other end") + ` (${Math.round(S.dye_mass[i] || 0)} px)`;
+    // both labels below their ends (the core's name is above it), on two lines so that they never overlap, each
+    // running towards the image's middle and kept inside it, so that the image edge never cuts it
+    const inward = p[0] > sw / 2;
+    const y = p[1] + r * (i === 0 ? 2.6 : 4.3);
+    const x = inward ? Math.min(p[0] + r, sw) : Math.max(p[0] - r, 0);
+    const t = el(g, "text", { x, y: Math.min(Math.max(y, r * 2), sh - r / 2),
+      fill: "#fff", "font-size": r * 1.4, "text-anchor": inward ? "end" : "start", stroke: "#000",
+      "stroke-width": r / 12, "paint-order": "stroke" });
+    t.textContent = `${endSide(i)} end: ${i === dyed ? "dyed" : "not dyed"} (dye ${Math.round(S.dye_mass[i] || 0)} px)`;
   });
   drawTiles();
   const side = state.flipped ? D.orient.other_side : D.orient.found_side;
-  $("slide-legend").textContent = `dyed end: ${side}` + (state.flipped ? " (flipped)" : " (as found)") +
-    ` - orientation ${D.orient.state}, confidence ${D.orient.confidence.toFixed(2)}`;
+  $("slide-legend").textContent = `dyed end: ${side}` +
+    (state.flipped ? ` (your flip; the pipeline found the ${D.orient.found_side} end)` : " (as the pipeline found it)") +
+    `; orientation ${STATE_WORDS[D.orient.state] || D.orient.state}, confidence ${D.orient.confidence.toFixed(2)}`;
 }
+// each end is named by the side of the slide it lies on, which a flip does not change
+function endSide(i) { return i === D.orient.dyed ? D.orient.found_side : D.orient.other_side; }
+const STATE_WORDS = { review: "held for review", accepted: "accepted by the pipeline",
+  override: "set in biopsies.tsv or by a review", failed: "failed" };
 
 // ---------------------------------------------------------------- full-resolution tiles at the core's ends
 const tiles = { level: S.level, views: [null, null] };
@@ -86,6 +102,8 @@ function drawTiles() {
   const dyed = dyedEnd();
   [0, 1].forEach((i) => {
     const svg = $(`tile-${i}`);
+    // the tile of the slide's left (or top) end on the left
+    svg.parentNode.style.order = ["right", "bottom"].includes(endSide(i)) ? 2 : 1;
     const box = S.tiles[String(tiles.level)][i];
     const [w, h] = box.size;
     if (!tiles.views[i] || tiles.views[i].level !== tiles.level) tiles.views[i] = { level: tiles.level, vb: [0, 0, w, h] };
@@ -105,8 +123,12 @@ function drawTiles() {
     el(g, "circle", { cx: x, cy: y, r, fill: "none", stroke: colour, "stroke-width": r / 5 });
     el(g, "line", { x1: x - 2 * r, y1: y, x2: x - r, y2: y, stroke: colour, "stroke-width": r / 5 });
     el(g, "line", { x1: x + r, y1: y, x2: x + 2 * r, y2: y, stroke: colour, "stroke-width": r / 5 });
-    $(`tile-${i}-label`).textContent = `${i === dyed ? "dyed end" : "other end"}: ` +
-      `${Math.round(w * box.um_per_px)} µm across, ${box.um_per_px.toPrecision(3)} µm/px (level ${tiles.level})`;
+    const was = i === D.orient.dyed ? "dyed" : "not dyed";
+    const now = i === dyed ? "dyed" : "not dyed";
+    $(`tile-${i}-label`).textContent = `${endSide(i)} end: ${now}` +
+      (now !== was ? ` (changed by your flip; the pipeline found it ${was})` : "") +
+      `. ${Math.round(w * box.um_per_px)} µm across, ${box.um_per_px.toPrecision(3)} µm/px (level ${tiles.level})`;
+    $(`tile-${i}-label`).className = now !== was ? "changed" : "";
   });
 }
 function levelButtons() {
@@ -154,7 +176,8 @@ function drawUS() {
   const v = tractValues();
   $("tract-values").textContent = `T0 at (${v.tip_x.toFixed(1)}, ${v.tip_y.toFixed(1)}) DICOM px, axis ` +
     `${v.axis_deg.toFixed(1)} deg, sampled length ${v.override_length_mm.toFixed(2)} mm` +
-    (state.moved ? " (moved)" : ` (as found: needle ${T.state})`);
+    (state.moved ? " (moved by you, not saved yet)" :
+      ` (as the pipeline found it; the tract is ${STATE_WORDS[T.state] || T.state})`);
 }
 
 function draw() {
@@ -167,6 +190,20 @@ function draw() {
   $("current").textContent = d
     ? `Decision: ${d.decision} by ${d.reviewer} at ${d.decided_at}` + (d.exclude ? ` (${d.exclude})` : "")
     : "No decision yet.";
+  $("keeps").textContent = keeps();
+  $("flip").textContent = D.held.includes("orient") ? "Flip dyed end (f)" : "Flip the accepted dyed end (f)";
+}
+
+// what a save keeps besides the action's own change: every held step as the page shows it, said before saving
+function keeps() {
+  const v = values("confirm");
+  const parts = [];
+  if (v.dye_end) parts.push(`the dyed end at ${v.dye_end}` + (D.held.includes("orient") ? " (orientation held)" : ""));
+  if (v.override_length_mm !== undefined) {
+    parts.push(`T0 to T1 ${v.override_length_mm.toFixed(2)} mm as shown` + (D.held.includes("tract") ? " (tract held)" : ""));
+  }
+  if (v.stroke_mm !== undefined) parts.push(`a gun stroke of ${v.stroke_mm} mm`);
+  return parts.length ? `Confirm, Flip and Save T0/T1 also keep ${parts.join(", ")}.` : "";
 }
 
 // ---------------------------------------------------------------- values sent
@@ -198,29 +235,70 @@ function values(decision) {
 const kind = () => (state.moved ? "correct" : state.flipped ? "flip" : "confirm");
 
 // ---------------------------------------------------------------- server
-function say(text, error) {
+function say(text, kind) {
   $("status").textContent = text;
-  $("status").className = error ? "error" : "";
+  $("status").className = kind === true ? "error" : kind || "";
 }
 
-async function post(path, body) {
-  const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body) });
-  if (!r.ok) {
-    const e = await r.json().catch(() => ({ error: r.statusText }));
-    throw new Error(e.error || r.statusText);
+class Refusal extends Error {
+  constructor(status, body) {
+    super(body.error || `the app answered ${status}`);
+    Object.assign(this, { status, body });
   }
+}
+
+// a write names the version of the decision the page shows (If-Match); the answer's ETag is the next one
+async function post(path, body, write) {
+  const headers = { "Content-Type": "application/json" };
+  if (write) headers["If-Match"] = D.version;
+  const r = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  if (!r.ok) throw new Refusal(r.status, await r.json().catch(() => ({ error: r.statusText })));
+  if (write && r.headers.get("ETag")) D.version = r.headers.get("ETag");
   return r;
 }
 
-async function save(decision) {
+// a refusal, said on the page: a stale page offers a reload; the pipeline's warnings offer "save anyway"
+function refused(e, what, onCancel) {
+  if (e.status === 422 && e.body.warnings) return warn(e.body, onCancel);
+  say(`${what}: ${e.message}`, true);
+  $("reload").hidden = !(e.body && e.body.reload);
+  if (onCancel) onCancel();
+}
+
+let pending = null; // the values waiting for "save anyway", and how to take the change back on cancel
+function warn(body, onCancel) {
+  const list = $("warning-list");
+  list.replaceChildren(...body.warnings.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  $("warnings").hidden = false;
+  pending.seen = body.seen;
+  pending.onCancel = onCancel;
+  say("Not saved yet: the pipeline's own checks warn (above). Save anyway, or cancel and change it.", "note");
+  $("save-anyway").focus();
+}
+
+function clearWarning() {
+  $("warnings").hidden = true;
+  pending = null;
+}
+
+async function save(decision, onCancel) {
+  const v = values(decision);
+  if (pending && pending.seen && pending.decision === decision) v.warnings_seen = pending.seen;
+  pending = { decision };
   try {
-    const r = await post("/api/decision", values(decision));
+    const r = await post("/api/decision", v, true);
     D.decision = await r.json();
+    clearWarning();
+    $("reload").hidden = true;
     draw();
-    say(`saved: ${D.decision.decision}`);
+    const changed = r.headers.get("X-Tractmap-Normalised");
+    say(`Saved: ${D.decision.decision}.` + (changed ? ` Tabs and line breaks in the ${changed === "exclude" ?
+      "reason" : changed} were saved as single spaces.` : "") +
+      (D.decision.warnings_seen ? " The warning is kept with the decision." : ""), changed ? "note" : "");
+    if (changed === "exclude") $("exclude-reason").value = D.decision.exclude;
   } catch (e) {
-    say(`not saved: ${e.message}`, true);
+    if (!(e instanceof Refusal)) return say(`Not saved: ${e.message}`, true);
+    refused(e, "Not saved", onCancel);
   }
 }
 
@@ -228,23 +306,36 @@ let previewing = 0;
 async function preview() {
   const n = ++previewing;
   try {
-    const r = await post("/api/preview", values(kind()));
+    const r = await post("/api/preview", values(kind()), false);
     const url = URL.createObjectURL(await r.blob());
     if (n === previewing) {
       $("preview").src = url;
       $("preview-label").textContent = "preview of these T0/T1 (not saved yet: Save)";
+      const said = JSON.parse(r.headers.get("X-Tractmap-Warnings") || "[]");
+      $("preview-warnings").hidden = !said.length;
+      $("preview-warnings").textContent = said.join(" ");
     }
   } catch (e) {
-    say(`no preview: ${e.message}`, true);
+    say(`No preview: ${e.message}`, true);
   }
 }
 
+// the decision before is current again; the page shows it without a reload (nothing in flight is cut off)
 async function undo() {
   try {
-    await post("/api/undo", ids);
-    location.reload(); // the page comes back with the decision now current (or none)
+    const r = await post("/api/undo", ids, true);
+    D.decision = await r.json();
+    state = fromDecision(D.decision);
+    clearWarning();
+    draw();
+    $("preview").src = `${base}/crop`;
+    $("preview-label").textContent = "as the run made it";
+    $("preview-warnings").hidden = true;
+    if (state.moved) preview();
+    say(D.decision ? `Undone: the ${D.decision.decision} before it is current again.` : "Undone: no decision now.");
   } catch (e) {
-    say(`nothing undone: ${e.message}`, true);
+    if (!(e instanceof Refusal)) return say(`Nothing undone: ${e.message}`, true);
+    refused(e, "Nothing undone");
   }
 }
 
@@ -310,9 +401,11 @@ const evidence = (on) => {
 };
 $("show-evidence").onchange = () => evidence($("show-evidence").checked);
 
+const unflip = () => { state.flipped = !state.flipped; draw(); };
 const actions = {
   confirm: () => save(kind()),
-  flip: () => { state.flipped = !state.flipped; draw(); save(kind()); },
+  // on an orientation the pipeline accepted, the app answers with its call and confidence first (save anyway)
+  flip: () => { state.flipped = !state.flipped; draw(); save(kind(), unflip); },
   save: () => state.moved && save("correct"),
   undo,
   exclude: () => {
@@ -324,7 +417,15 @@ const actions = {
   evidence: () => evidence(!$("show-evidence").checked),
 };
 for (const id of ["confirm", "flip", "save", "undo", "exclude"]) $(id).onclick = actions[id];
-$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); markStroke(); };
+$("save-anyway").onclick = () => pending && save(pending.decision, pending.onCancel);
+$("cancel-warning").onclick = () => {
+  const back = pending && pending.onCancel;
+  clearWarning();
+  if (back) back();
+  say("Not saved.");
+};
+$("reload").onclick = () => location.reload();
+$("stroke").oninput = () => { state.stroke = $("stroke").value.trim(); markStroke(); $("keeps").textContent = keeps(); };
 // one-click gun strokes (this biopsy's, the config's, the usual guns'); a second click clears the choice
 function markStroke() {
   for (const b of $("strokes").children) b.className = b.dataset.mm === state.stroke ? "on" : "";
@@ -337,6 +438,7 @@ for (const mm of T.strokes) {
     state.stroke = state.stroke === b.dataset.mm ? "" : b.dataset.mm;
     $("stroke").value = state.stroke;
     markStroke();
+    $("keeps").textContent = keeps();
   };
   $("strokes").appendChild(b);
 }
