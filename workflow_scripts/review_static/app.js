@@ -203,7 +203,8 @@ function keeps() {
     parts.push(`T0 to T1 ${v.override_length_mm.toFixed(2)} mm as shown` + (D.held.includes("tract") ? " (tract held)" : ""));
   }
   if (v.stroke_mm !== undefined) parts.push(`a gun stroke of ${v.stroke_mm} mm`);
-  return parts.length ? `Confirm, Flip and Save T0/T1 also keep ${parts.join(", ")}.` : "";
+  const label = D.held.includes("transfer") ? " The label's own evidence is held: a save decides both steps as shown." : "";
+  return (parts.length ? `Confirm, Flip and Save T0/T1 also keep ${parts.join(", ")}.` : "") + label;
 }
 
 // ---------------------------------------------------------------- values sent
@@ -226,8 +227,11 @@ function values(decision) {
     v.exclude = $("exclude-reason").value;
     return v;
   }
-  if (D.held.includes("orient") || state.flipped) v.dye_end = state.flipped ? D.orient.other_side : D.orient.found_side;
-  if (D.held.includes("tract") || state.moved) Object.assign(v, tractValues());
+  // a label held for its own evidence (step transfer: the core's length, tissue left over) is confirmed by
+  // deciding both steps as shown
+  const label = D.held.includes("transfer");
+  if (D.held.includes("orient") || label || state.flipped) v.dye_end = state.flipped ? D.orient.other_side : D.orient.found_side;
+  if (D.held.includes("tract") || label || state.moved) Object.assign(v, tractValues());
   if (state.stroke !== "") v.stroke_mm = Number(state.stroke);
   return v;
 }
