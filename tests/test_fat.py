@@ -13,7 +13,7 @@ import yaml
 from conftest import ROOT
 from scipy import ndimage
 
-from workflow_scripts import cores, fat, stain
+from workflow_scripts import cores, fat, orient, stain, transfer
 
 CORES = {k: v for k, v in yaml.safe_load((ROOT / "config.yaml").read_text())["cores"].items() if k != "dye_class"}
 FINE, LEVEL = 4.0, 16.0
@@ -125,3 +125,58 @@ def test_a_crumb_beyond_a_glass_gap_is_left_over_in_line_with_the_core():
     (left,) = [p for p in pieces if p["role"] == "leftover" and p["length_mm"] > 0.5]
     assert left["in_line_with"]["core"] == 1 and abs(left["in_line_with"]["gap_mm"] - 2.5) < 0.3
     assert abs(left["length_mm"] - 0.8) < 0.3 and "round" in left["why"]
+
+
+# ------------------------------------------------------------------ the tissue adds up: holds, with reasons
+
+CORE = {"position": 1, "axis": [1.0, 0.0], "centre_px": [500.0, 300.0]}
+
+
+def leftover(length_mm: float, x: float, core: int | None = 1) -> dict:
+    """A left-over piece centred at (x, 300) level px, in line with ``core`` (None: with none)."""
+    near = {"core": core, "gap_mm": 0.8, "core_end_px": [x - 50.0, 300.0]} if core else None
+    return {
+        "piece": 7,
+        "role": "leftover",
+        "length_mm": length_mm,
+        "centre_px": [x, 300.0],
+        "bbox_px": [x - 40, 280.0, x + 40, 320.0],
+        "in_line_with": near,
+    }
+
+
+@pytest.mark.parametrize(
+    "dye_positive, end", [(True, "the dyed (distal)"), (False, "the undyed (proximal)"), (None, "one")]
+)
+def test_a_long_piece_left_over_in_line_holds_the_biopsy_naming_the_piece_and_the_end(dye_positive, end):
+    (why,) = cores.unaccounted([leftover(4.1, 1200.0)], 1, CORE, dye_positive, rows=1)
+    assert why.startswith(f"a 4.1 mm piece of tissue in line with {end} end of this core") and "piece 7" in why
+    assert cores.unaccounted([leftover(0.8, 1200.0)], 1, CORE, True, rows=1) == []  # a crumb: no hold
+    assert cores.unaccounted([leftover(4.1, 1200.0, core=2)], 2, CORE, True, rows=2) == []  # another core's
+
+
+def test_more_cores_than_sheet_rows_holds_and_an_override_stands():
+    (why,) = cores.unaccounted([], 3, CORE, True, rows=2)
+    assert "3 cores but biopsies.tsv has 2 row(s)" in why
+    found = {"state": "accepted", "review_reason": ""}
+    assert orient.held(found, [why]) == {**found, "state": "review", "review_reason": why, "tissue_doubts": [why]}
+    for s in ("override", "failed"):  # a person decided (the review app's confirm), or it failed anyway
+        assert orient.held({"state": s, "review_reason": ""}, [why])["state"] == s
+
+
+def test_a_tumour_outline_reaching_onto_a_left_over_piece_in_line_is_never_dropped_silently():
+    scale = 4.0  # level-0 px per level px
+    ring = lambda x0, x1: [np.array([[x0, 290], [x1, 290], [x1, 310], [x0, 310]], float) * scale]  # noqa: E731
+    on_piece = [("cancer", "Tumor", ring(1180, 1190))]
+    (why,) = transfer.on_leftover(on_piece, [leftover(4.1, 1200.0)], 1, scale)
+    assert why.startswith("1 tumour outline(s) reach onto a 4.1 mm piece") and "piece 7" in why
+    assert transfer.on_leftover(on_piece, [leftover(4.1, 1200.0, core=2)], 1, scale) == []  # in line with another
+    assert transfer.on_leftover([("cancer", "Tumor", ring(400, 600))], [leftover(4.1, 1200.0)], 1, scale) == []
+
+
+@pytest.mark.parametrize("core_mm, tract_mm, held", [(11.3, 19.2, True), (16.5, 19.2, False), (21.0, 19.2, True)])
+def test_a_core_length_the_tract_cannot_give_holds_the_label_with_both_lengths(core_mm, tract_mm, held):
+    why = transfer.shrinkage_reason(core_mm, tract_mm, (0.6, 1.05))
+    assert bool(why) == held
+    if held:
+        assert f"({core_mm:.1f} mm)" in why and f"({tract_mm:.1f} mm)" in why
