@@ -21,9 +21,10 @@ CROP_ARGS = [f"--{k.replace('_', '-')}={TRACT[k]}" for k in ("width_mm", "margin
 CORES = {k: v for k, v in yaml.safe_load((ROOT / "config.yaml").read_text())["cores"].items() if k != "dye_class"}
 
 
-def find_orientation(thumb: np.ndarray, override: str | None = None, level_um: float = 16.0) -> dict:
-    """The orientation step on a one-core slide level, as the pipeline runs it, with the shipped thresholds."""
-    labels, found, _ = cores.find_cores(orient.optical_density(thumb), level_um, **CORES)
+def find_orientation(thumb: np.ndarray, override: str | None = None, level_um: float = 16.0, read=None) -> dict:
+    """The orientation step on a one-core slide level, as the pipeline runs it, with the shipped thresholds;
+    ``read``: the slide's finer level (fat and glass between pieces told apart)."""
+    labels, found, _ = cores.find_cores(orient.optical_density(thumb), level_um, **CORES, read=read)
     return orient.orient_core(thumb, labels, cores.select(found, ""), level_um, override, **ORIENT)
 
 
@@ -37,6 +38,7 @@ def case(request, tmp_path_factory):
     pre, meta = ingest.read_ultrasound(out["prefire"], frame="last")
     post, _ = ingest.read_ultrasound(out["postfire"], frame="last")
     thumb, wmeta = slide.read_slide(out["wsi"], 16.0)
+    wmeta["read"] = cores.slide_reader(str(out["wsi"]), wmeta)  # the pipeline's reader of its finer level
     return pre, post, meta, thumb, wmeta, json.loads(out["truth"].read_text())
 
 
@@ -58,7 +60,7 @@ def test_tract_recovers_tips_and_axis_across_a_cohort():
 
 def test_orientation_puts_true_dye_end_right(case):
     *_, thumb, wmeta, truth = case
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=wmeta["read"])
     can = orient.canonical(found, wmeta["level_um_per_px"], wmeta["um_per_px"])
     dye = geo.apply(np.array(can["slide_px_to_canonical_um"]), [truth["dye_end_slide_px"]])[0]
     assert dye[0] == pytest.approx(can["core_x_um"][1], abs=3 * wmeta["level_um_per_px"])
@@ -95,10 +97,10 @@ def test_dye_end_override_wins(case):
     dx, dy = np.array(truth["dye_end_slide_px"]) - origin
     side = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("bottom" if dy > 0 else "top")
     opposite = {"right": "left", "left": "right", "top": "bottom", "bottom": "top"}[side]
-    forced = find_orientation(thumb, override=side)
+    forced = find_orientation(thumb, override=side, read=wmeta["read"])
     assert forced["source"] == "override" and forced["state"] == "override"
     assert dye_end_canonical_x(forced, wmeta, truth) > 0
-    assert dye_end_canonical_x(find_orientation(thumb, override=opposite), wmeta, truth) < 0
+    assert dye_end_canonical_x(find_orientation(thumb, override=opposite, read=wmeta["read"]), wmeta, truth) < 0
 
 
 def test_blank_image_has_no_needle_and_suggests_overrides():
@@ -127,9 +129,13 @@ def test_empty_slide_is_a_clear_error():
         find_orientation(np.full((100, 100, 3), 242, np.uint8))
 
 
-def varied_biopsy(seed: int, pid: str):
-    """One biopsy of the varied (domain-randomised) cohort as pixels, with its truth."""
+def varied_biopsy(seed: int, pid: str, fat: bool = False):
+    """One biopsy of the varied (domain-randomised) cohort as pixels, with its truth.  ``fat``: with the fat
+    lobules the forward model draws since they were added; without, the cases pinned here before them render
+    as they did (each pins an orientation rule on its own image; the cohort test below carries fat)."""
     t = synthetic.sample_truth(seed, pid, "B1", varied=True)
+    if not fat:
+        t.fat = {**t.fat, "richness": "none", "lobules": [], "crossings_mm": []}
     synthetic.place_on_slide(t, synthetic.biopsy_rng(seed + 1, pid, "B1"))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
     thumb = synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0)
@@ -147,9 +153,9 @@ def test_varied_cohort_orientation_never_accepts_a_wrong_end():
     """A small sample of the varied cohort (the benchmark sweeps hundreds): stains, dyes, artefacts, dense tumour."""
     states, wrong = [], []
     for i in range(24):
-        t, thumb, _ = varied_biopsy(41, f"V{i:03d}")
+        t, thumb, _ = varied_biopsy(41, f"V{i:03d}", fat=True)
         try:
-            found = find_orientation(thumb)
+            found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
         except InputError as e:
             assert "dye_end" in e.hint
             states.append("failed")
@@ -289,7 +295,9 @@ def test_dense_tumour_at_one_end_is_not_dye():
     t.dye = "green"
     synthetic.place_on_slide(t, np.random.default_rng(1))
     shape = [int(n * t.slide_um_per_px / 16.0) for n in t.slide_shape]
-    found = find_orientation(synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0))
+    found = find_orientation(
+        synthetic.render_slide_tile(t, 0, 0, shape[0], shape[1], 16.0), read=synthetic.region_reader([t], 16.0)
+    )
     dye = dye_x(found, t)
     assert dye > 0  # the right end
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the dense end holds no dye
@@ -310,7 +318,7 @@ def test_the_dyed_end_is_what_the_other_half_lacks(seed, pid):
     colour, was in its own half of the middle too ("no dye found"); each half is now compared with the
     inner part of the other."""
     t, thumb, _ = varied_biopsy(seed, pid)
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     dye = dye_x(found, t)
     assert dye > 0 and found["state"] == "accepted", found
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # the undyed end holds no dye
@@ -327,7 +335,7 @@ def test_a_bubble_rim_at_the_other_end_does_not_compete_with_the_dye(seed, pid, 
     7:V0080: a dye band too thin for that still counts, as no end holds enough thick dye."""
     t, thumb, _ = varied_biopsy(seed, pid)
     assert t.nuisance["bubbles"]
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     dye = dye_x(found, t)
     assert dye > 0 and found["state"] == "accepted" and found["dye_parts"] == parts, found
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # nothing counted at the other end
@@ -341,7 +349,7 @@ def test_an_open_stain_line_calls_nothing_the_second_evidence_contradicts(seed, 
     taken for a colour dye (0.94, 0.62, 0.72, all wrong), while the real dye, close to haematoxylin, lies on
     it.  The colours the middle lacks are at the dye's end: such a call waits for a person."""
     t, thumb, _ = varied_biopsy(seed, pid)
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     dye = dye_x(found, t)
     assert dye < 0 and found["evidence"] == "colour"  # the call points the wrong way ...
     assert found["state"] == "review", found  # ... and is not accepted
@@ -355,7 +363,7 @@ def test_an_open_stain_line_call_the_second_evidence_confirms_is_accepted(seed, 
     """The same open line with more than the dyed end off it held every such call for a person, right or
     wrong; where the colours the middle lacks are at the same end, the call is accepted."""
     t, thumb, _ = varied_biopsy(seed, pid)
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     dye = dye_x(found, t)
     assert found["stain_line"]["span"] < orient.MIN_SPAN and found["evidence"] == "colour"
     assert dye > 0 and found["state"] == "accepted", found
@@ -369,7 +377,7 @@ def test_a_bubble_rim_that_runs_on_over_the_glass_is_not_dye(seed, pid):
     t, thumb, _ = varied_biopsy(seed, pid)
     assert t.nuisance["bubbles"]
     with pytest.raises(InputError, match="no dye found") as e:
-        find_orientation(thumb)
+        find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     assert "dye_end" in e.value.hint
 
 
@@ -381,7 +389,7 @@ def test_a_colour_off_the_line_at_both_ends_is_tissue_not_dye(seed, pid):
     dye beside it at one end, the two ends held about as much "dye" (136 / 184, 142 / 188, 100 / 149 px:
     "dyed end is ambiguous", an error).  A dye is at one end, so a colour flagged at both is not counted."""
     t, thumb, _ = varied_biopsy(seed, pid)
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     dye = dye_x(found, t)
     assert dye > 0 and found["state"] == "accepted" and found["evidence"] == "colour", found
     assert found["dye_mass_px"][0 if found["dye_at_positive_end"] else 1] == 0  # nothing left at the other end
@@ -408,7 +416,7 @@ def test_a_bubble_inside_the_core_is_not_a_thin_dye():
     colour the middle lacks, at the right end."""
     t, thumb, _ = varied_biopsy(15, "V0074")
     assert t.nuisance["bubbles"]
-    found = find_orientation(thumb)
+    found = find_orientation(thumb, read=synthetic.region_reader([t], 16.0))
     assert dye_x(found, t) > 0 and found["state"] == "accepted", found
 
 
@@ -424,7 +432,7 @@ def test_a_novel_colour_is_not_accepted_where_the_colours_off_the_line_point_the
     t, thumb, _ = varied_biopsy(15, "V0053")
     buf = io.BytesIO()
     PIL.Image.fromarray(thumb).save(buf, format="JPEG", quality=90)
-    found = find_orientation(np.asarray(PIL.Image.open(buf).convert("RGB")))
+    found = find_orientation(np.asarray(PIL.Image.open(buf).convert("RGB")), read=synthetic.region_reader([t], 16.0))
     assert dye_x(found, t) < 0 and found["evidence"] == "novelty"  # the call points the wrong way ...
     assert found["confidence"] >= ORIENT["accept_novelty"]  # ... clearly enough to pass the contrast
     assert found["state"] == "review" and "off the H-E line" in found["review_reason"], found
