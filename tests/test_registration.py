@@ -1,6 +1,7 @@
 """Registration from pixels: needle tract, dye orientation, overrides and failures."""
 
 import json
+import re
 
 import numpy as np
 import PIL.Image
@@ -542,6 +543,32 @@ def test_each_biopsys_stroke_checks_its_length_and_moves_no_tip(tmp_path):
     assert (over["override_length_mm"], over["length_source"]) == (14.5, "biopsies.tsv override_length_mm")
     assert over["state"] == "override" and over["source"]["t1"] == "sheet"
     assert over["sampled_length_mm"] == pytest.approx(14.5)
+
+
+def test_a_tract_held_for_low_confidence_names_the_part_its_number_and_what_to_look_at():
+    """The hidden cohorts' case: a tract held with T0/T1 confidences of 0.0002-0.002 had ``reasons: {}``.  A 15 mm
+    gun's tract judged against 22 mm is such a tract: the reason names T0 and T1 with their numbers against the
+    threshold and the evidence, what to look at, and the length the stroke cannot give; the axis, confident, is not
+    named.  Above every confidence (min_confidence 1.01) each of T0, T1 and the axis is named."""
+    from workflow_scripts import state
+
+    t, pre, post = demo_frames(302, "P2", strokes=(15.0,))
+    mm = (t.mm_per_px, t.mm_per_px)
+    res = tract.tract(pre, post, mm, 22.0, {}, 0.55)
+    why, c = res["review_reason"], res["confidence"]
+    assert res["state"] == "review" and max(c["t0"], c["t1"]) < 0.01 and c["axis"] > 0.55, c
+    assert re.search(r"T0 confidence 0\.00\d < 0\.55: the pre-fire tip is faint", why), why
+    assert re.search(r"T1 confidence 0\.00\d < 0\.55: the post-fire tip is faint", why), why
+    assert f"tips {res['sampled_length_mm']:.1f} mm apart, stroke 22 mm" in why
+    assert "check the post-fire frame's needle tip on the QC figure, or drag T1 in the review app" in why
+    assert f"sampled length {res['sampled_length_mm']:.1f} mm is one a 22 mm stroke cannot give" in why
+    assert "axis confidence" not in why
+    assert state.biopsy_state({"state": "accepted"}, res)["reasons"] == {"tract": why}
+    every = tract.tract(pre, post, mm, 15.0, {}, 1.01)
+    assert every["state"] == "review" and "cannot give" not in every["review_reason"]
+    for part in ("T0 confidence", "T1 confidence", "axis confidence"):
+        assert f"{part} " in every["review_reason"] and "< 1.01" in every["review_reason"]
+    assert "deg apart); check the needle's line on the QC figure" in every["review_reason"]
 
 
 def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():

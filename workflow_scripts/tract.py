@@ -111,6 +111,61 @@ def two_frame(
     }
 
 
+# what a low confidence in each part of the tract means and where a person looks (review reasons)
+LOW_CONFIDENCE = {
+    "t0": (
+        "the pre-fire tip is faint, or not where the stroke puts it",
+        "check the pre-fire frame's needle tip on the QC figure, or drag T0 in the review app (tip_x/tip_y in "
+        "biopsies.tsv)",
+    ),
+    "t1": (
+        "the post-fire tip is faint, or not where the stroke puts it",
+        "check the post-fire frame's needle tip on the QC figure, or drag T1 in the review app "
+        "(override_length_mm in biopsies.tsv)",
+    ),
+    "axis": (
+        "the needle's advance and its post-fire shaft point different ways",
+        "check the needle's line on the QC figure, or drag T0 and T1 in the review app (axis_deg in biopsies.tsv)",
+    ),
+}
+
+
+def _number(x: float) -> str:
+    """A confidence as a person reads it: two decimals, or the first digit of a small one (0.002, not 0.00)."""
+    return f"{x:.2f}" if not 0 < abs(x) < 0.01 else f"{x:.1g}"
+
+
+def confidence_reasons(res: dict, min_confidence: float, skip: frozenset[str] = frozenset()) -> list[str]:
+    """A review reason for each of T0, T1 and the axis (but those in ``skip``) whose confidence in the tract
+    result ``res`` is below ``min_confidence`` (or NaN): the number against the threshold, the evidence behind
+    it and what to look at."""
+    found = []
+    for part, label in (("t0", "T0"), ("t1", "T1"), ("axis", "axis")):
+        c = res["confidence"][part]
+        if c >= min_confidence or part in skip:
+            continue
+        what, look = LOW_CONFIDENCE[part]
+        if part == "axis":
+            evidence = f"{-AXIS_AGREE_DEG * np.log(max(c, 1e-12)):.1f} deg apart" if c == c else "no direction"
+        else:
+            evidence = (
+                f"its edge's SNR {res['fit']['snr'][0 if part == 't0' else 1]:.1f} over the tissue noise; tips "
+                f"{res['sampled_length_mm']:.1f} mm apart, stroke {res['stroke_mm']:g} mm"
+            )
+        found.append(f"{label} confidence {_number(c)} < {min_confidence:g}: {what} ({evidence}); {look}")
+    return found
+
+
+def length_reason(length_mm: float, stroke_mm: float) -> str:
+    """The review reason for a sampled length the gun cannot give (:func:`implausible_length`)."""
+    return (
+        f"sampled length {length_mm:.1f} mm is one a {stroke_mm:g} mm stroke cannot give (more than "
+        f"{stroke_mm + STROKE_OVERSHOOT_MM:g} or less than {STROKE_SHORT * stroke_mm:g} mm): a tip is in the wrong "
+        "place, or the gun was set to another stroke; check both tips on the QC figure, set stroke_mm in "
+        "biopsies.tsv if the gun's stroke differs, or drag T0 and T1 in the review app"
+    )
+
+
 def implausible_length(length_mm: float, stroke_mm: float) -> bool:
     """A sampled length the gun cannot give: past its stroke (by more than the tips' error), or a quarter short."""
     return length_mm > stroke_mm + STROKE_OVERSHOOT_MM or length_mm < STROKE_SHORT * stroke_mm
@@ -137,19 +192,17 @@ def auto_tract(
 ) -> dict:
     """The tract from both frames with no override, and its state: ``accepted`` when every confidence reaches
     ``min_confidence``, the length is one the gun can give and the pre-fire frame shows the needle, else
-    ``review`` (with a ``review_reason`` where there is one to say)."""
+    ``review`` with a ``review_reason`` that says which of these held it and what to look at."""
     scale = np.array(mm_per_px)
     r = two_frame(pre, post, mm_per_px, stroke_mm, disabled)
-    t0, conf, reason = r["t0"], r["confidence"], ""
+    t0, conf, reasons = r["t0"], r["confidence"], []
     length = float(np.linalg.norm((r["t1"] - t0) * scale))
     no_needle = r["prefire_shaft"] < PREFIRE_SHAFT and length > stroke_mm + STROKE_OVERSHOOT_MM
     if no_needle and "prefire_needle" not in disabled:
         t0, reason = _prefire_fallback(r, stroke_mm, scale)
-        conf, length = {**conf, "t0": 0.0}, float(stroke_mm)
+        conf, length, reasons = {**conf, "t0": 0.0}, float(stroke_mm), [reason]
     flag = implausible_length(length, stroke_mm)
-    ok = min(conf.values()) >= min_confidence and not reason
-    ok = ok and (not flag or "length_plausible" in disabled)
-    return {
+    res = {
         "t0_px": t0.tolist(),
         "t1_px": r["t1"].tolist(),
         "axis_deg": geo.line_angle_deg(r["direction"] * scale),
@@ -159,9 +212,14 @@ def auto_tract(
         "confidence": conf,
         "fit": {**r["fit"], "prefire_shaft": r["prefire_shaft"]},
         "post_shift_px": r["shift_px"],
-        "state": "accepted" if ok else "review",
         "source": {"t0": "auto", "axis": "auto", "t1": "auto"},
-        **({"review_reason": reason} if reason else {}),
+    }
+    reasons += confidence_reasons(res, min_confidence, frozenset({"t0"} if reasons else ()))
+    reasons += [length_reason(length, stroke_mm)] if flag and "length_plausible" not in disabled else []
+    return {
+        **res,
+        "state": "review" if reasons else "accepted",
+        **({"review_reason": "; ".join(reasons)} if reasons else {}),
     }
 
 
