@@ -43,7 +43,10 @@ def test_reasons_are_kept_for_the_steps_that_are_not_accepted():
     assert state.biopsy_state(o, t)["reasons"] == {"orient": "end contrast 0.40 < 0.55"}
 
 
-@pytest.mark.parametrize("o, t", list(itertools.product(STEP_STATES, STEP_STATES)))
+HELD_PAIRS = [(o, t) for o, t in itertools.product(STEP_STATES, STEP_STATES) if {o, t} & {"review", "failed"}]
+
+
+@pytest.mark.parametrize("o, t", HELD_PAIRS)
 def test_a_held_step_always_says_why(o, t):
     """A step held (review) or failed with no reason of its own still gets one in the state file, saying so and
     where to look; a step's own reason is kept as it is, and an accepted or override step is given none."""
