@@ -1,5 +1,6 @@
 """Registration from pixels: needle tract, dye orientation, overrides and failures."""
 
+import dataclasses
 import json
 import re
 
@@ -590,6 +591,30 @@ def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():
     assert row["confirm"].startswith(f"tip_x={res['t0_px'][0] + 10:.1f} tip_y={res['t0_px'][1] + 20:.1f}")
     fine = tract.tract(pre, post, mm, 22.0, {}, 0.55)  # the frames in order: no such reason
     assert fine["state"] == "accepted" and "review_reason" not in fine
+
+
+def test_a_prefire_frame_without_a_needle_is_found_whatever_the_tracts_length():
+    """The hidden bad input: no needle in the pre-fire frame, and a post-fire needle seen only 0.3 mm behind T0 (the
+    rest of its shaft out of the plane), so the advance reads about a stroke long (21.9 mm for 22).  It was held
+    only for a confidence, without this reason, because the check also asked for a tract longer than the stroke.
+    The pre-fire frame's own echo decides it now; the same biopsy's real pre-fire frame does not fire."""
+    t = synthetic.sample_truth(1000, "P6", "B1", varied=True, strokes=(15.0, 22.0))
+    d = (np.array(t.t1_mm) - t.t0_mm) / np.linalg.norm(np.array(t.t1_mm) - t.t0_mm)
+    shift = tuple(t.nuisance["shift_mm"])
+    short = dataclasses.replace(t, nuisance={**t.nuisance, "visible_mm": 0.3})
+    empty = synthetic.render_ultrasound(t, np.array(t.t0_mm) - 1000 * d, noise_seed=100)  # the needle out of frame
+    post = synthetic.render_ultrasound(short, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)
+    mm = (t.mm_per_px, t.mm_per_px)
+    found = tract.two_frame(empty, post, mm, t.stroke_mm)
+    assert np.linalg.norm((found["t1"] - found["t0"]) * t.mm_per_px) < t.stroke_mm + tract.STROKE_OVERSHOOT_MM
+    res = tract.tract(empty, post, mm, t.stroke_mm, {}, 0.55)
+    assert res["state"] == "review" and res["review_reason"].startswith("the pre-fire frame shows no needle")
+    assert res["fit"]["prefire_echo"] < tract.PREFIRE_ECHO
+    pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
+    real = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)
+    fine = tract.tract(pre, real, mm, t.stroke_mm, {}, 0.55)
+    assert fine["state"] == "accepted" and "review_reason" not in fine
+    assert fine["fit"]["prefire_echo"] > 2 * tract.PREFIRE_ECHO
 
 
 def test_swapped_frames_are_a_clear_error():

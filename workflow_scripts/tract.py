@@ -33,10 +33,10 @@ STROKE_OVERSHOOT_MM = 0.5  # a tract longer than the throw by more than this has
 STROKE_SHORT = 0.75  # a tract shorter than this share of the stroke has a tip in the wrong place
 AGREE_MM = 1.0  # two estimates of a tip agree as exp(-distance / this)
 AXIS_AGREE_DEG = 2.0  # the advance's own direction agrees with the axis as exp(-angle / this)
-# the pre-fire needle behind T0 as a share of the post-fire needle (``needle.prefire_shaft``) below which the
-# pre-fire frame shows no needle; in order 0.37-1.2, with no needle in the pre-fire frame -0.5-0.26 (demo and
-# varied forward models)
-PREFIRE_SHAFT = 0.3
+# the pre-fire frame's own needle echo behind T0 over its speckle (``needle.prefire_echo``) below which the
+# pre-fire frame shows no needle, whatever the tract's length: with a needle 0.63-5.2 (1.17 and up but once), with
+# none -1.9-2.2, 1.0 and up in 6 of 144 (benchmarks/prefire_needle.py, seeds 1000-1047, docs/registration.md)
+PREFIRE_ECHO = 1.0
 
 # the confidence terms and plausibility checks ``disabled`` can leave out; each changes what is accepted on the
 # sweep's held-out seeds or on a failure a test keeps (docs/ablation_tract.md)
@@ -108,6 +108,7 @@ def two_frame(
         "confidence": confidences(a, float(np.mean(mm_per_px)), stroke_mm, disabled),
         "fit": fit,
         "prefire_shaft": a.prefire_shaft,
+        "prefire_echo": a.prefire_echo,
     }
 
 
@@ -171,13 +172,21 @@ def implausible_length(length_mm: float, stroke_mm: float) -> bool:
     return length_mm > stroke_mm + STROKE_OVERSHOOT_MM or length_mm < STROKE_SHORT * stroke_mm
 
 
+def no_prefire_needle(r: dict) -> bool:
+    """Whether the pre-fire frame shows no needle: its own echo behind T0 (``two_frame``'s ``prefire_echo``) stays
+    in its speckle.  Decided on that evidence alone, not on the tract's length: a post-fire needle seen only about
+    a stroke long (its shaft out of the plane, or entering the frame near T0) gives a plausible length too."""
+    return not r["prefire_echo"] >= PREFIRE_ECHO
+
+
 def _prefire_fallback(r: dict, stroke_mm: float, scale: np.ndarray) -> tuple[np.ndarray, str]:
-    """T0 as T1 less the stroke, and the review reason, for a pre-fire frame that shows no needle (the
-    difference then starts where the post-fire needle enters, so T0 fell back to the shaft's start)."""
+    """T0 as T1 less the stroke, and the review reason, for a pre-fire frame that shows no needle (the difference
+    then starts where the post-fire needle starts, not at the pre-fire tip)."""
     t0 = r["t1"] - r["direction"] * stroke_mm / float(np.linalg.norm(r["direction"] * scale))
     reason = (
-        f"the pre-fire frame shows no needle: T0 estimated from the post-fire frame alone, T1 less the "
-        f"{stroke_mm:g} mm stroke (the tip to confirm); check that this is the pre-fire frame"
+        f"the pre-fire frame shows no needle (its echo behind T0 is {r['prefire_echo']:.1f} of its speckle, under "
+        f"{PREFIRE_ECHO:g}): T0 estimated from the post-fire frame alone, T1 less the {stroke_mm:g} mm stroke (the "
+        "tip to confirm); check that this is the pre-fire frame"
     )
     return t0, reason
 
@@ -197,8 +206,7 @@ def auto_tract(
     r = two_frame(pre, post, mm_per_px, stroke_mm, disabled)
     t0, conf, reasons = r["t0"], r["confidence"], []
     length = float(np.linalg.norm((r["t1"] - t0) * scale))
-    no_needle = r["prefire_shaft"] < PREFIRE_SHAFT and length > stroke_mm + STROKE_OVERSHOOT_MM
-    if no_needle and "prefire_needle" not in disabled:
+    if no_prefire_needle(r) and "prefire_needle" not in disabled:
         t0, reason = _prefire_fallback(r, stroke_mm, scale)
         conf, length, reasons = {**conf, "t0": 0.0}, float(stroke_mm), [reason]
     flag = implausible_length(length, stroke_mm)
@@ -210,7 +218,7 @@ def auto_tract(
         "stroke_mm": stroke_mm,
         "length_flag": flag,
         "confidence": conf,
-        "fit": {**r["fit"], "prefire_shaft": r["prefire_shaft"]},
+        "fit": {**r["fit"], "prefire_shaft": r["prefire_shaft"], "prefire_echo": r["prefire_echo"]},
         "post_shift_px": r["shift_px"],
         "source": {"t0": "auto", "axis": "auto", "t1": "auto"},
     }
