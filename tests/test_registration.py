@@ -1,6 +1,8 @@
 """Registration from pixels: needle tract, dye orientation, overrides and failures."""
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import PIL.Image
@@ -552,6 +554,32 @@ def test_each_biopsys_stroke_checks_its_length_and_moves_no_tip(tmp_path):
     assert over["sampled_length_mm"] == pytest.approx(14.5)
 
 
+def test_a_tract_held_for_low_confidence_names_the_part_its_number_and_what_to_look_at():
+    """The hidden cohorts' case: a tract held with T0/T1 confidences of 0.0002-0.002 had ``reasons: {}``.  A 15 mm
+    gun's tract judged against 22 mm is such a tract: the reason names T0 and T1 with their numbers against the
+    threshold and the evidence, what to look at, and the length the stroke cannot give; the axis, confident, is not
+    named.  Above every confidence (min_confidence 1.01) each of T0, T1 and the axis is named."""
+    from workflow_scripts import state
+
+    t, pre, post = demo_frames(302, "P2", strokes=(15.0,))
+    mm = (t.mm_per_px, t.mm_per_px)
+    res = tract.tract(pre, post, mm, 22.0, {}, 0.55)
+    why, c = res["review_reason"], res["confidence"]
+    assert res["state"] == "review" and max(c["t0"], c["t1"]) < 0.01 and c["axis"] > 0.55, c
+    assert re.search(r"T0 confidence 0\.00\d < 0\.55: the pre-fire tip is faint", why), why
+    assert re.search(r"T1 confidence 0\.00\d < 0\.55: the post-fire tip is faint", why), why
+    assert f"tips {res['sampled_length_mm']:.1f} mm apart, stroke 22 mm" in why
+    assert "check the post-fire frame's needle tip on the QC figure, or drag T1 in the review app" in why
+    assert f"sampled length {res['sampled_length_mm']:.1f} mm is one a 22 mm stroke cannot give" in why
+    assert "axis confidence" not in why
+    assert state.biopsy_state({"state": "accepted"}, res)["reasons"] == {"tract": why}
+    every = tract.tract(pre, post, mm, 15.0, {}, 1.01)
+    assert every["state"] == "review" and "cannot give" not in every["review_reason"]
+    for part in ("T0 confidence", "T1 confidence", "axis confidence"):
+        assert f"{part} " in every["review_reason"] and "< 1.01" in every["review_reason"]
+    assert "deg apart); check the needle's line on the QC figure" in every["review_reason"]
+
+
 def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():
     """No needle in the pre-fire frame: the difference starts where the post-fire needle enters, so the tract
     reads far longer than the stroke.  It goes to review saying why, with T0 estimated as T1 less the stroke."""
@@ -571,6 +599,30 @@ def test_a_prefire_frame_without_a_needle_goes_to_review_saying_so():
     assert row["confirm"].startswith(f"tip_x={res['t0_px'][0] + 10:.1f} tip_y={res['t0_px'][1] + 20:.1f}")
     fine = tract.tract(pre, post, mm, 22.0, {}, 0.55)  # the frames in order: no such reason
     assert fine["state"] == "accepted" and "review_reason" not in fine
+
+
+def test_a_prefire_frame_without_a_needle_is_found_whatever_the_tracts_length():
+    """The hidden bad input: no needle in the pre-fire frame, and a post-fire needle seen only 0.3 mm behind T0 (the
+    rest of its shaft out of the plane), so the advance reads about a stroke long (21.9 mm for 22).  It was held
+    only for a confidence, without this reason, because the check also asked for a tract longer than the stroke.
+    The pre-fire frame's own echo decides it now; the same biopsy's real pre-fire frame does not fire."""
+    t = synthetic.sample_truth(1000, "P6", "B1", varied=True, strokes=(15.0, 22.0))
+    d = (np.array(t.t1_mm) - t.t0_mm) / np.linalg.norm(np.array(t.t1_mm) - t.t0_mm)
+    shift = tuple(t.nuisance["shift_mm"])
+    short = dataclasses.replace(t, nuisance={**t.nuisance, "visible_mm": 0.3})
+    empty = synthetic.render_ultrasound(t, np.array(t.t0_mm) - 1000 * d, noise_seed=100)  # the needle out of frame
+    post = synthetic.render_ultrasound(short, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)
+    mm = (t.mm_per_px, t.mm_per_px)
+    found = tract.two_frame(empty, post, mm, t.stroke_mm)
+    assert np.linalg.norm((found["t1"] - found["t0"]) * t.mm_per_px) < t.stroke_mm + tract.STROKE_OVERSHOOT_MM
+    res = tract.tract(empty, post, mm, t.stroke_mm, {}, 0.55)
+    assert res["state"] == "review" and res["review_reason"].startswith("the pre-fire frame shows no needle")
+    assert res["fit"]["prefire_echo"] < tract.PREFIRE_ECHO
+    pre = synthetic.render_ultrasound(t, np.array(t.t0_mm), noise_seed=100)
+    real = synthetic.render_ultrasound(t, np.array(t.t1_mm), noise_seed=200, shift_mm=shift)
+    fine = tract.tract(pre, real, mm, t.stroke_mm, {}, 0.55)
+    assert fine["state"] == "accepted" and "review_reason" not in fine
+    assert fine["fit"]["prefire_echo"] > 2 * tract.PREFIRE_ECHO
 
 
 def test_swapped_frames_are_a_clear_error():

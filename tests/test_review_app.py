@@ -101,6 +101,29 @@ def test_a_decision_wins_over_the_sheet_group_by_group():
     assert sources == {("P1", "B1"): "review (tester) + sheet", ("P1", "B2"): "sheet", ("P1", "B3"): "auto"}
 
 
+def test_override_source_counts_only_overrides_not_the_guns_stroke_or_a_calibration():
+    """``stroke_mm`` is the gun's stroke and ``us_mm_per_px`` / ``wsi_um_per_px`` are calibration facts: a sheet that
+    gives only these has no override (``auto``); a dye end or a tract override in the sheet is one (``sheet``)."""
+    facts = {"stroke_mm": 15.0, "us_mm_per_px": "0.05", "wsi_um_per_px": 0.25}
+    sheet = pd.DataFrame(
+        [
+            {"participant_id": "P1", "biopsy_id": "B1", **facts},
+            {"participant_id": "P1", "biopsy_id": "B2", **facts, "dye_end": "left"},
+            {"participant_id": "P1", "biopsy_id": "B3", **facts, "override_length_mm": 14.5},
+            {"participant_id": "P1", "biopsy_id": "B4", **facts},
+        ]
+    )
+    table = pd.DataFrame([decision("P1", "B4", decision="confirm", stroke_mm=22.0)])  # a person set the stroke
+    merged, sources = decisionlib.apply(sheet, table)
+    assert sources == {
+        ("P1", "B1"): "auto",
+        ("P1", "B2"): "sheet",
+        ("P1", "B3"): "sheet",
+        ("P1", "B4"): "review (tester)",
+    }
+    assert merged.set_index("biopsy_id").loc["B1", "stroke_mm"] == 15.0  # still the gun's stroke the tract reads
+
+
 def test_bad_decisions_are_named_by_file_and_line(tmp_path):
     table = pd.DataFrame(
         [

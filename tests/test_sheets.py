@@ -128,6 +128,9 @@ def test_underscored_biopsy_ids_and_a_sheet_pixel_size_plan(workdir):
     # each biopsy's gun stroke, and the one length override, reach the tract step
     assert out.count("--stroke-mm 15.0") == out.count("workflow_scripts.tract ") > 0
     assert out.count("--override-length-mm 14.5") == 1
+    # the stroke and the pixel size are facts of the gun and the scan, not overrides: only P001's B1 has one
+    assert out.count("--override-source=sheet ") == 1
+    assert out.count("--override-source=auto ") == out.count("workflow_scripts.state ") - 1 > 0
 
 
 def test_export_rows_plan_their_spacing_and_the_demo_exports(workdir):

@@ -61,6 +61,24 @@ def test_the_labels_own_evidence_holds_the_biopsy_until_a_person_decides(o, t, e
     assert clean["steps"]["transfer"] == "accepted"
 
 
+HELD_PAIRS = [(o, t) for o, t in itertools.product(STEP_STATES, STEP_STATES) if {o, t} & {"review", "failed"}]
+
+
+@pytest.mark.parametrize("o, t", HELD_PAIRS)
+def test_a_held_step_always_says_why(o, t):
+    """A step held (review) or failed with no reason of its own still gets one in the state file, saying so and
+    where to look; a step's own reason is kept as it is, and an accepted or override step is given none."""
+    res = state.biopsy_state({"state": o}, {"state": t})
+    held = {k for k, s in res["steps"].items() if s in ("review", "failed")}
+    assert set(res["reasons"]) == held
+    for k in held:
+        assert res["reasons"][k].startswith(f"the {k} step ") and "without a reason" in res["reasons"][k]
+        assert ("QC figure" if res["steps"][k] == "review" else "log") in res["reasons"][k]
+    own = state.biopsy_state({"state": o, "review_reason": "dye faint"}, {"state": t, "review_reason": "T1 faint"})
+    given = {"orient": "dye faint", "tract": "T1 faint"}
+    assert own["reasons"] == {k: r for k, r in given.items() if own["steps"][k] != "accepted"}
+
+
 def test_an_unknown_step_state_names_the_step():
     with pytest.raises(InputError, match="the tract result has state 'maybe'"):
         state.biopsy_state({"state": "accepted"}, {"state": "maybe"})

@@ -39,6 +39,10 @@ SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "decisions.schema.yam
 TRACT = ("tip_x", "tip_y", "axis_deg", "override_length_mm")
 # override groups, each taken whole from the decision or whole from the sheet
 GROUPS = {"dye_end": ("dye_end",), "tract": TRACT, "stroke": ("stroke_mm",), "exclude": ("exclude",)}
+# the groups whose sheet values override a step's automatic call, and so make ``override_source`` "sheet": not the
+# stroke (the gun's setting, a fact the tract is checked against, recorded as ``stroke_source``) nor an exclusion
+# (an excluded biopsy has no state); the calibration columns (us_mm_per_px, wsi_um_per_px) are no group at all
+SHEET_OVERRIDES = ("dye_end", "tract")
 VALUES = tuple(c for cols in GROUPS.values() for c in cols)
 # warnings_seen: the checks' warnings the reviewer saw and saved over (optional: older files lack it); no override
 COLUMNS = ["participant_id", "biopsy_id", "decision", *VALUES, "warnings_seen", "reviewer", "decided_at"]
@@ -120,9 +124,11 @@ def problems(table: pd.DataFrame, path: str, known: set[tuple[str, str]]) -> lis
 
 
 def source(sheet_row: dict, decision: dict | None) -> str:
-    """Where a biopsy's overrides come from: ``auto``, ``sheet``, ``review (<reviewer>)`` or both."""
+    """Where a biopsy's overrides come from: ``auto``, ``sheet``, ``review (<reviewer>)`` or both; the sheet counts
+    only for the :data:`SHEET_OVERRIDES` groups that the decision leaves to it."""
     groups = {g for g, cols in GROUPS.items() if decision and any(present(decision.get(c)) for c in cols)}
-    from_sheet = any(present(sheet_row.get(c)) for g, cols in GROUPS.items() if g not in groups for c in cols)
+    kept = [c for g in SHEET_OVERRIDES if g not in groups for c in GROUPS[g]]
+    from_sheet = any(present(sheet_row.get(c)) for c in kept)
     parts = ([f"review ({decision['reviewer']})"] if decision else []) + (["sheet"] if from_sheet else [])
     return " + ".join(parts) or "auto"
 

@@ -21,21 +21,29 @@ FAILED_LOG = re.compile(r"^\s*log: (.+) \(check log file\(s\) for error details\
 PHASE = re.compile(r"_(prefire|postfire)$")
 
 
+def said(record: dict, step: str, log: Path) -> dict[str, str]:
+    """A failure record's problem and hint, each non-empty: a record that leaves one out (an older or foreign
+    writer) says so and points to the log."""
+    return {
+        "problem": record.get("problem") or f"the {step} job failed without saying why",
+        "hint": record.get("hint") or f"read {log} for what went wrong, and rerun the {step} step",
+    }
+
+
 def collect(logs: Path) -> pd.DataFrame:
     """One row per log file that holds a tractmap failure record (written by errors.run_cli)."""
     rows = []
     for log in sorted(logs.rglob("*.log")):
         records = [ln[len(RECORD) :] for ln in log.read_text(errors="replace").splitlines() if ln.startswith(RECORD)]
         if records:
-            r = json.loads(records[-1])
+            r, step = json.loads(records[-1]), log.relative_to(logs).parts[0]
             rows.append(
                 {
-                    "step": log.relative_to(logs).parts[0],
-                    "participant_id": r["participant"],
-                    "biopsy_id": r["biopsy"],
-                    "file": r["file"],
-                    "problem": r["problem"],
-                    "hint": r["hint"],
+                    "step": step,
+                    "participant_id": r.get("participant", ""),
+                    "biopsy_id": r.get("biopsy", ""),
+                    "file": r.get("file", ""),
+                    **said(r, step, log),
                     "log": str(log),
                 }
             )

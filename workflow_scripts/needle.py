@@ -51,6 +51,8 @@ FIT_BAND_MM = 0.4  # band about the Hough line whose difference pixels the fit u
 EDGE_BAND_MM = 0.3  # band about the edge line whose bright post-fire pixels refine it
 PROFILE_HALF_WIDTH_MM = 0.05  # profiles along the axis: averaged this far across, and smoothed as much
 RIDGE_OFFSET_MM = 0.6  # the tissue "just above" the needle, for its ridge over it
+PREFIRE_BEHIND_MM = (1.5, 0.3)  # the pre-fire needle read this far behind T0 (mm): the varied model's shafts show >= 2
+CLEAR_MM = 1.5  # the skin line (and the frame's border) this deep: bright and straight, never read as the needle
 MIN_DESCENT_DEG = 3.0  # a needle steeper than this advances away from the probe; flatter, the echoes decide
 # largest change gained over lost (99.8th percentiles) below which the frames are taken as swapped; on the demo and
 # varied forward models, frames in order gave 1.7-3.4 and swapped ones 0.3-0.6
@@ -185,7 +187,8 @@ class Advance:
     post-fire needle's ridge over the tissue above it (T1's); ``snr`` the two tip edges' contrast over
     the tissue noise; ``fit`` the axis fit's residuals; ``advance_axis`` the direction from the difference
     alone; ``prefire_shaft`` the pre-fire needle behind T0 as a share of the post-fire one (about 1 with a
-    needle in the pre-fire frame, about 0 without); ``shift`` the post-fire frame's offset (px)."""
+    needle in the pre-fire frame, about 0 without); ``prefire_echo`` that needle's echo over the pre-fire
+    frame's own speckle (:func:`prefire_echo`); ``shift`` the post-fire frame's offset (px)."""
 
     point: np.ndarray
     u: np.ndarray
@@ -198,6 +201,7 @@ class Advance:
     fit: dict
     advance_axis: np.ndarray
     prefire_shaft: float
+    prefire_echo: float
     shift: np.ndarray
 
 
@@ -443,7 +447,8 @@ def run_end(prof: np.ndarray, s: np.ndarray, start: float, stop: float, bridge: 
 @dataclass(frozen=True)
 class Profiles:
     """Echo profiles along the axis at positions ``s`` (px): each frame, the post-fire (``ridge``) and pre-fire
-    (``pre_ridge``) needle over the tissue just above it, and the difference post - pre."""
+    (``pre_ridge``) needle over the tissue just above it, the difference post - pre, and where the ridges are
+    ``clear`` of the skin line and the frame's border (both the line and the tissue above it)."""
 
     s: np.ndarray
     pre: np.ndarray
@@ -451,12 +456,13 @@ class Profiles:
     ridge: np.ndarray
     pre_ridge: np.ndarray
     diff: np.ndarray
+    clear: np.ndarray
 
     def forward(self, sign: float) -> Profiles:
         """The same profiles with ``s`` increasing in the advance direction (``sign``: +1 or -1 along the axis)."""
         if sign > 0:
             return self
-        flip = {k: getattr(self, k)[::-1] for k in ("pre", "post", "ridge", "pre_ridge", "diff")}
+        flip = {k: getattr(self, k)[::-1] for k in ("pre", "post", "ridge", "pre_ridge", "diff", "clear")}
         return Profiles(s=-self.s[::-1], **flip)
 
 
@@ -471,6 +477,9 @@ def axis_profiles(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direct
         return ndimage.gaussian_filter1d(geo.profile(img, point + offset_mm / mm * up, direction, s, half_width=hw), sm)
 
     r_pre, r_post = along(pre), along(post_a)
+    ends = [point + s[:, None] * direction + k * RIDGE_OFFSET_MM / mm * up for k in (0, 1)]
+    m = CLEAR_MM / mm
+    clear = np.all([(e >= m).all(1) & (e <= np.array(pre.shape[1::-1]) - 1 - m).all(1) for e in ends], axis=0)
     return Profiles(
         s=s,
         pre=r_pre,
@@ -478,6 +487,7 @@ def axis_profiles(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direct
         ridge=r_post - along(post_a, RIDGE_OFFSET_MM),
         pre_ridge=r_pre - along(pre, RIDGE_OFFSET_MM),
         diff=r_post - r_pre,
+        clear=clear,
     )
 
 
@@ -559,10 +569,23 @@ def prefire_shaft(p: Profiles, s0: float, s1: float, mm: float) -> float:
     return max(over_tissue, 0.0) * max(over_above, 0.0)
 
 
+def prefire_echo(p: Profiles, s0: float, s1: float, mm: float) -> float:
+    """The pre-fire frame's own needle echo just behind T0, in units of its speckle: the needle's line over the
+    tissue just above it (``pre_ridge``), against that ridge's spread where the pre-fire frame shows tissue (the
+    advance, T0 to T1), both clear of the skin line and the frame's border.  Several with a needle in the
+    pre-fire frame, about 0 without one; 0 where the frame holds too little behind T0.  Nothing in it is
+    relative to the post-fire needle."""
+    behind = (p.s > s0 - PREFIRE_BEHIND_MM[0] / mm) & (p.s < s0 - PREFIRE_BEHIND_MM[1] / mm) & p.clear
+    ahead = (p.s > s0 + 0.5 / mm) & (p.s < s1 - 0.5 / mm) & p.clear
+    if behind.sum() < 4 or ahead.sum() < 8:
+        return 0.0
+    return float(np.median(p.pre_ridge[behind])) / (robust_sigma(p.pre_ridge[ahead]) + 1e-6)
+
+
 def find_tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction: np.ndarray, mm: float) -> dict:
     """Along one axis: the advance direction ``u``, T0 and T1 (``s0``, ``s1``: signed positions from ``point``)
     and their evidence (second estimates ``d0``, ``d1``, ``r1``, the edges' ``snr``, the post-fire needle's
-    level ``needle_post`` and ``prefire_shaft``)."""
+    level ``needle_post``, ``prefire_shaft`` and ``prefire_echo``)."""
     p = axis_profiles(pre, post_a, point, direction, mm)
     a0, a1 = advance_run(p, mm)
     sign = advance_sign(p, direction, a0, a1, mm)
@@ -582,6 +605,7 @@ def find_tips(pre: np.ndarray, post_a: np.ndarray, point: np.ndarray, direction:
         "snr": [snr0, snr1],
         "needle_post": float(np.median(p.post[inner])),
         "prefire_shaft": prefire_shaft(p, s0, s1, mm),
+        "prefire_echo": prefire_echo(p, s0, s1, mm),
     }
 
 
@@ -709,5 +733,6 @@ def two_frame_evidence(pre: np.ndarray, post: np.ndarray, mm_per_px: tuple[float
         fit=fit,
         advance_axis=advance_direction(diff, point, u, s0, s1, fallback, mm),
         prefire_shaft=tip["prefire_shaft"],
+        prefire_echo=tip["prefire_echo"],
         shift=shift,
     )

@@ -42,15 +42,11 @@ def orient_entry(orient: dict, reason: str) -> dict:
 
 
 def tract_entry(tract: dict, reason: str, region_xy: list[float]) -> dict:
-    """The review row of a held tract: its confidences and length flag, and the tip/axis/length overrides."""
+    """The review row of a held tract: its confidences and the reason (which of them, or the length, held it), and
+    the tip/axis/length overrides."""
     c = tract.get("confidence", {})
     x, y = np.array(tract["t0_px"]) + np.array(region_xy[:2])
-    stroke = tract.get("stroke_mm", float("nan"))
-    why = ", ".join(f"{k} {v:.2f}" for k, v in c.items()) + (
-        f"; a length a {stroke:g} mm stroke cannot give (set stroke_mm if this gun was set to another stroke)"
-        if tract["length_flag"]
-        else ""
-    )
+    why = ", ".join(f"{k} {v:.2f}" for k, v in c.items())  # the reason (tract.py) says which held it, and why
     return {
         "step": "tract",
         "reason": f"needle uncertain: confidence {why}" + (f"; {reason}" if reason else ""),

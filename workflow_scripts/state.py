@@ -32,6 +32,7 @@ from workflow_scripts.errors import InputError, read_json, run_cli
 
 STATES = ("failed", "review", "override", "accepted")  # precedence: the first any step has wins
 USABLE = ("accepted", "override")  # the states whose biopsies enter the VOC split lists
+HELD = ("failed", "review")  # the step states that keep a biopsy out, and so always carry a reason
 
 
 def step_state(result: dict, step: str) -> str:
@@ -63,15 +64,29 @@ def transfer_decision(summary: dict | None, decided: dict[str, tuple[str, str]])
     return "review", "; ".join(reasons)
 
 
+def held_reason(step: str, s: str, reason: str) -> str:
+    """``reason``, or for a held step (:data:`HELD`) that gave none, one that says so and where to look."""
+    if reason or s not in HELD:
+        return reason
+    if s == "failed":
+        return f"the {step} step failed this biopsy without a reason: read the {step} job's log and rerun the step"
+    return (
+        f"the {step} step held this biopsy without a reason: open its QC figure (results/qc/) and check the "
+        f"{step}, then confirm or correct it in the review app"
+    )
+
+
 def biopsy_state(orient: dict, tract: dict, override_source: str = "auto", transfer: dict | None = None) -> dict:
     """Where a biopsy stands: ``state`` (precedence failed > review > override > accepted over its steps),
-    each step's ``steps`` state, the ``reasons`` of the steps that give one, and ``override_source``.
-    ``transfer``: the transfer summary, whose ``review_reasons`` hold the biopsy (:func:`transfer_decision`)."""
+    each step's ``steps`` state, the ``reasons`` of the steps that give one (every held step does:
+    :func:`held_reason`), and ``override_source``.  ``transfer``: the transfer summary, whose
+    ``review_reasons`` hold the biopsy (:func:`transfer_decision`)."""
     decided = {
         "orient": (step_state(orient, "orient"), orient.get("review_reason") or ""),
         "tract": tract_decision(tract),
     }
     decided["transfer"] = transfer_decision(transfer, decided)
+    decided = {k: (s, held_reason(k, s, r)) for k, (s, r) in decided.items()}
     steps = {k: s for k, (s, _) in decided.items()}
     return {
         "state": next(s for s in STATES if s in steps.values()),

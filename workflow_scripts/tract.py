@@ -33,10 +33,10 @@ STROKE_OVERSHOOT_MM = 0.5  # a tract longer than the throw by more than this has
 STROKE_SHORT = 0.75  # a tract shorter than this share of the stroke has a tip in the wrong place
 AGREE_MM = 1.0  # two estimates of a tip agree as exp(-distance / this)
 AXIS_AGREE_DEG = 2.0  # the advance's own direction agrees with the axis as exp(-angle / this)
-# the pre-fire needle behind T0 as a share of the post-fire needle (``needle.prefire_shaft``) below which the
-# pre-fire frame shows no needle; in order 0.37-1.2, with no needle in the pre-fire frame -0.5-0.26 (demo and
-# varied forward models)
-PREFIRE_SHAFT = 0.3
+# the pre-fire frame's own needle echo behind T0 over its speckle (``needle.prefire_echo``) below which the
+# pre-fire frame shows no needle, whatever the tract's length: with a needle 0.63-5.2 (1.17 and up but once), with
+# none -1.9-2.2, 1.0 and up in 6 of 144 (benchmarks/prefire_needle.py, seeds 1000-1047, docs/registration.md)
+PREFIRE_ECHO = 1.0
 
 # the confidence terms and plausibility checks ``disabled`` can leave out; each changes what is accepted on the
 # sweep's held-out seeds or on a failure a test keeps (docs/ablation_tract.md)
@@ -108,7 +108,63 @@ def two_frame(
         "confidence": confidences(a, float(np.mean(mm_per_px)), stroke_mm, disabled),
         "fit": fit,
         "prefire_shaft": a.prefire_shaft,
+        "prefire_echo": a.prefire_echo,
     }
+
+
+# what a low confidence in each part of the tract means and where a person looks (review reasons)
+LOW_CONFIDENCE = {
+    "t0": (
+        "the pre-fire tip is faint, or not where the stroke puts it",
+        "check the pre-fire frame's needle tip on the QC figure, or drag T0 in the review app (tip_x/tip_y in "
+        "biopsies.tsv)",
+    ),
+    "t1": (
+        "the post-fire tip is faint, or not where the stroke puts it",
+        "check the post-fire frame's needle tip on the QC figure, or drag T1 in the review app "
+        "(override_length_mm in biopsies.tsv)",
+    ),
+    "axis": (
+        "the needle's advance and its post-fire shaft point different ways",
+        "check the needle's line on the QC figure, or drag T0 and T1 in the review app (axis_deg in biopsies.tsv)",
+    ),
+}
+
+
+def _number(x: float) -> str:
+    """A confidence as a person reads it: two decimals, or the first digit of a small one (0.002, not 0.00)."""
+    return f"{x:.2f}" if not 0 < abs(x) < 0.01 else f"{x:.1g}"
+
+
+def confidence_reasons(res: dict, min_confidence: float, skip: frozenset[str] = frozenset()) -> list[str]:
+    """A review reason for each of T0, T1 and the axis (but those in ``skip``) whose confidence in the tract
+    result ``res`` is below ``min_confidence`` (or NaN): the number against the threshold, the evidence behind
+    it and what to look at."""
+    found = []
+    for part, label in (("t0", "T0"), ("t1", "T1"), ("axis", "axis")):
+        c = res["confidence"][part]
+        if c >= min_confidence or part in skip:
+            continue
+        what, look = LOW_CONFIDENCE[part]
+        if part == "axis":
+            evidence = f"{-AXIS_AGREE_DEG * np.log(max(c, 1e-12)):.1f} deg apart" if c == c else "no direction"
+        else:
+            evidence = (
+                f"its edge's SNR {res['fit']['snr'][0 if part == 't0' else 1]:.1f} over the tissue noise; tips "
+                f"{res['sampled_length_mm']:.1f} mm apart, stroke {res['stroke_mm']:g} mm"
+            )
+        found.append(f"{label} confidence {_number(c)} < {min_confidence:g}: {what} ({evidence}); {look}")
+    return found
+
+
+def length_reason(length_mm: float, stroke_mm: float) -> str:
+    """The review reason for a sampled length the gun cannot give (:func:`implausible_length`)."""
+    return (
+        f"sampled length {length_mm:.1f} mm is one a {stroke_mm:g} mm stroke cannot give (more than "
+        f"{stroke_mm + STROKE_OVERSHOOT_MM:g} or less than {STROKE_SHORT * stroke_mm:g} mm): a tip is in the wrong "
+        "place, or the gun was set to another stroke; check both tips on the QC figure, set stroke_mm in "
+        "biopsies.tsv if the gun's stroke differs, or drag T0 and T1 in the review app"
+    )
 
 
 def implausible_length(length_mm: float, stroke_mm: float) -> bool:
@@ -116,13 +172,21 @@ def implausible_length(length_mm: float, stroke_mm: float) -> bool:
     return length_mm > stroke_mm + STROKE_OVERSHOOT_MM or length_mm < STROKE_SHORT * stroke_mm
 
 
+def no_prefire_needle(r: dict) -> bool:
+    """Whether the pre-fire frame shows no needle: its own echo behind T0 (``two_frame``'s ``prefire_echo``) stays
+    in its speckle.  Decided on that evidence alone, not on the tract's length: a post-fire needle seen only about
+    a stroke long (its shaft out of the plane, or entering the frame near T0) gives a plausible length too."""
+    return not r["prefire_echo"] >= PREFIRE_ECHO
+
+
 def _prefire_fallback(r: dict, stroke_mm: float, scale: np.ndarray) -> tuple[np.ndarray, str]:
-    """T0 as T1 less the stroke, and the review reason, for a pre-fire frame that shows no needle (the
-    difference then starts where the post-fire needle enters, so T0 fell back to the shaft's start)."""
+    """T0 as T1 less the stroke, and the review reason, for a pre-fire frame that shows no needle (the difference
+    then starts where the post-fire needle starts, not at the pre-fire tip)."""
     t0 = r["t1"] - r["direction"] * stroke_mm / float(np.linalg.norm(r["direction"] * scale))
     reason = (
-        f"the pre-fire frame shows no needle: T0 estimated from the post-fire frame alone, T1 less the "
-        f"{stroke_mm:g} mm stroke (the tip to confirm); check that this is the pre-fire frame"
+        f"the pre-fire frame shows no needle (its echo behind T0 is {r['prefire_echo']:.1f} of its speckle, under "
+        f"{PREFIRE_ECHO:g}): T0 estimated from the post-fire frame alone, T1 less the {stroke_mm:g} mm stroke (the "
+        "tip to confirm); check that this is the pre-fire frame"
     )
     return t0, reason
 
@@ -137,19 +201,16 @@ def auto_tract(
 ) -> dict:
     """The tract from both frames with no override, and its state: ``accepted`` when every confidence reaches
     ``min_confidence``, the length is one the gun can give and the pre-fire frame shows the needle, else
-    ``review`` (with a ``review_reason`` where there is one to say)."""
+    ``review`` with a ``review_reason`` that says which of these held it and what to look at."""
     scale = np.array(mm_per_px)
     r = two_frame(pre, post, mm_per_px, stroke_mm, disabled)
-    t0, conf, reason = r["t0"], r["confidence"], ""
+    t0, conf, reasons = r["t0"], r["confidence"], []
     length = float(np.linalg.norm((r["t1"] - t0) * scale))
-    no_needle = r["prefire_shaft"] < PREFIRE_SHAFT and length > stroke_mm + STROKE_OVERSHOOT_MM
-    if no_needle and "prefire_needle" not in disabled:
+    if no_prefire_needle(r) and "prefire_needle" not in disabled:
         t0, reason = _prefire_fallback(r, stroke_mm, scale)
-        conf, length = {**conf, "t0": 0.0}, float(stroke_mm)
+        conf, length, reasons = {**conf, "t0": 0.0}, float(stroke_mm), [reason]
     flag = implausible_length(length, stroke_mm)
-    ok = min(conf.values()) >= min_confidence and not reason
-    ok = ok and (not flag or "length_plausible" in disabled)
-    return {
+    res = {
         "t0_px": t0.tolist(),
         "t1_px": r["t1"].tolist(),
         "axis_deg": geo.line_angle_deg(r["direction"] * scale),
@@ -157,11 +218,16 @@ def auto_tract(
         "stroke_mm": stroke_mm,
         "length_flag": flag,
         "confidence": conf,
-        "fit": {**r["fit"], "prefire_shaft": r["prefire_shaft"]},
+        "fit": {**r["fit"], "prefire_shaft": r["prefire_shaft"], "prefire_echo": r["prefire_echo"]},
         "post_shift_px": r["shift_px"],
-        "state": "accepted" if ok else "review",
         "source": {"t0": "auto", "axis": "auto", "t1": "auto"},
-        **({"review_reason": reason} if reason else {}),
+    }
+    reasons += confidence_reasons(res, min_confidence, frozenset({"t0"} if reasons else ()))
+    reasons += [length_reason(length, stroke_mm)] if flag and "length_plausible" not in disabled else []
+    return {
+        **res,
+        "state": "review" if reasons else "accepted",
+        **({"review_reason": "; ".join(reasons)} if reasons else {}),
     }
 
 
