@@ -331,8 +331,7 @@ def register_one(
         row["core_matched"] = cores.nearest_core(labels, centre, 1000 / LEVEL_UM) == mine["position"]
         found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, orient_off, **c["orient"])
         rows_on_slide = 1 if not t.slide_id else int(t.slide_id.count("-"))  # the sheet's rows: every core's
-        doubts = cores.unaccounted(pieces or [], len(found), mine, found_o.get("dye_at_positive_end"), rows_on_slide)
-        found_o = orient.held(found_o, doubts)
+        found_o["tissue_doubts"] = cores.unaccounted(pieces or [], found, found_o, rows_on_slide)
         row.update(
             orient_state=found_o["state"],
             orient_source=found_o["source"],

@@ -13,7 +13,7 @@ import yaml
 from conftest import ROOT
 from scipy import ndimage
 
-from workflow_scripts import cores, fat, orient, stain, transfer
+from workflow_scripts import cores, fat, stain, state, transfer
 
 CORES = {k: v for k, v in yaml.safe_load((ROOT / "config.yaml").read_text())["cores"].items() if k != "dye_class"}
 FINE, LEVEL = 4.0, 16.0
@@ -129,7 +129,8 @@ def test_a_crumb_beyond_a_glass_gap_is_left_over_in_line_with_the_core():
 
 # ------------------------------------------------------------------ the tissue adds up: holds, with reasons
 
-CORE = {"position": 1, "axis": [1.0, 0.0], "centre_px": [500.0, 300.0]}
+FOUND = {"core_position": 1, "axis": [1.0, 0.0], "centroid": [500.0, 300.0], "dye_at_positive_end": True}
+SLIDE_CORES = [{"position": 1, "length_mm": 12.0, "centre_px": [500.0, 300.0], "in_line_with": None}]
 
 
 def leftover(length_mm: float, x: float, core: int | None = 1) -> dict:
@@ -146,22 +147,30 @@ def leftover(length_mm: float, x: float, core: int | None = 1) -> dict:
 
 
 @pytest.mark.parametrize(
-    "dye_positive, end", [(True, "the dyed (distal)"), (False, "the undyed (proximal)"), (None, "one")]
+    "dye_positive, x, end",
+    [(True, 1200.0, "dyed (distal)"), (False, 1200.0, "undyed (proximal)"), (True, -200.0, "undyed (proximal)")],
 )
-def test_a_long_piece_left_over_in_line_holds_the_biopsy_naming_the_piece_and_the_end(dye_positive, end):
-    (why,) = cores.unaccounted([leftover(4.1, 1200.0)], 1, CORE, dye_positive, rows=1)
-    assert why.startswith(f"a 4.1 mm piece of tissue in line with {end} end of this core") and "piece 7" in why
-    assert cores.unaccounted([leftover(0.8, 1200.0)], 1, CORE, True, rows=1) == []  # a crumb: no hold
-    assert cores.unaccounted([leftover(4.1, 1200.0, core=2)], 2, CORE, True, rows=2) == []  # another core's
+def test_a_long_piece_left_over_in_line_holds_the_biopsy_naming_the_piece_and_the_end(dye_positive, x, end):
+    found = {**FOUND, "dye_at_positive_end": dye_positive}
+    (why,) = cores.unaccounted([leftover(4.1, x)], SLIDE_CORES, found, rows=1)
+    assert why.startswith(f"a 4.1 mm piece of tissue in line with the {end} end of this core") and "piece 7" in why
+    assert cores.unaccounted([leftover(0.8, x)], SLIDE_CORES, found, rows=1) == []  # a crumb: no hold
+    other = [*SLIDE_CORES, {"position": 2, "length_mm": 9.0, "centre_px": [500.0, 900.0], "in_line_with": None}]
+    assert cores.unaccounted([leftover(4.1, x, core=2)], other, found, rows=2) == []  # another core's
 
 
-def test_more_cores_than_sheet_rows_holds_and_an_override_stands():
-    (why,) = cores.unaccounted([], 3, CORE, True, rows=2)
-    assert "3 cores but biopsies.tsv has 2 row(s)" in why
-    found = {"state": "accepted", "review_reason": ""}
-    assert orient.held(found, [why]) == {**found, "state": "review", "review_reason": why, "tissue_doubts": [why]}
-    for s in ("override", "failed"):  # a person decided (the review app's confirm), or it failed anyway
-        assert orient.held({"state": s, "review_reason": ""}, [why])["state"] == s
+def test_a_core_in_line_with_this_one_or_more_cores_than_rows_holds_the_label_until_a_review():
+    split = {"position": 2, "length_mm": 4.8, "centre_px": [1300.0, 300.0], "in_line_with": {"core": 1, "gap_mm": 2.1}}
+    (why,) = cores.unaccounted([], [*SLIDE_CORES, split], FOUND, rows=2)
+    assert why.startswith("another core (core 2) in line with the dyed (distal) end of this core, 2.1 mm beyond it")
+    (rows,) = cores.unaccounted([], [*SLIDE_CORES, {**split, "in_line_with": None}], FOUND, rows=1)
+    assert "2 cores but biopsies.tsv has 1 row(s)" in rows
+    o, t = {"state": "accepted", "tissue_doubts": [why]}, {"state": "accepted"}
+    held = state.biopsy_state(o, t, "auto", {"review_reasons": []})
+    assert held["state"] == "review" and held["reasons"]["transfer"] == why
+    # an override in biopsies.tsv (set without the review page) does not clear it; a review decision does
+    assert state.biopsy_state({**o, "state": "override"}, t, "sheet", {})["state"] == "review"
+    assert state.biopsy_state({**o, "state": "override"}, t, "review (ana)", {})["state"] == "override"
 
 
 def test_a_tumour_outline_reaching_onto_a_left_over_piece_in_line_is_never_dropped_silently():
@@ -180,3 +189,21 @@ def test_a_core_length_the_tract_cannot_give_holds_the_label_with_both_lengths(c
     assert bool(why) == held
     if held:
         assert f"({core_mm:.1f} mm)" in why and f"({tract_mm:.1f} mm)" in why
+
+
+@pytest.mark.parametrize("gap_um", [120, 200])
+def test_the_pieces_own_tissue_is_no_membrane_so_short_glass_stays_glass(gap_um):
+    """Two blocks of tissue with clean glass between (4 µm/px): the blocks' dense edges must not count as
+    adipocyte membranes, or every pixel within a cell's radius of them, all of a short gap, reads as fat."""
+    rng = np.random.default_rng(0)
+    h, w = 200, 400  # fine px: 0.8 x 1.6 mm
+    rgb = np.tile(GLASS, (h, w, 1)) + rng.normal(0, 1.5, (h, w, 3))
+    g0, g1 = 200 - gap_um // 8, 200 + gap_um // 8  # the gap, centred
+    band = slice(70, 130)  # the core's width: 0.24 mm
+    rgb[band, :g0] = rgb[band, :g0] * np.exp(-0.6 * np.array([0.2, 1.0, 0.3]))
+    rgb[band, g1:] = rgb[band, g1:] * np.exp(-0.6 * np.array([0.2, 1.0, 0.3]))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    read = reader(rgb)  # fine 4 µm/px, level 16 µm/px: level box (x0, y0, x1, y1) -> fine pixels
+    c, axis = np.array([0.0, 25.0]), np.array([1.0, 0.0])  # the core's axis along the middle row (level px)
+    runs, ev = fat.fat_bins(read, c, axis, g0 / 4, g1 / 4, 7.5, LEVEL)
+    assert runs == [] and max(ev["band_cover"]) < fat.FAT_COVER, ev

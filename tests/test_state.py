@@ -47,17 +47,23 @@ SHORT = "the core on the slide (11.3 mm) is shorter than the sampled tract (19.2
 
 
 @pytest.mark.parametrize(
-    "o, t, expected",
-    [("accepted", "accepted", "review"), ("review", "accepted", "review"), ("override", "accepted", "override")],
+    "o, source, expected",
+    [
+        ("accepted", "auto", "review"),
+        ("review", "auto", "review"),
+        ("override", "sheet", "review"),
+        ("override", "review (ana)", "override"),
+    ],
 )
-def test_the_labels_own_evidence_holds_the_biopsy_until_a_person_decides(o, t, expected):
+def test_the_labels_own_evidence_holds_the_biopsy_until_a_review_decides(o, source, expected):
     """A transfer summary with review reasons (a core/tract length out of range, tumour on a left-over piece)
-    holds an otherwise accepted biopsy, with its reason; a person's override of a step clears it."""
-    res = state.biopsy_state({"state": o}, {"state": t}, transfer={"review_reasons": [SHORT]})
+    holds an otherwise accepted biopsy, with its reason; a decision in the review app (whose page shows the
+    reasons) clears it, an override in biopsies.tsv does not."""
+    res = state.biopsy_state({"state": o}, {"state": "accepted"}, source, transfer={"review_reasons": [SHORT]})
     assert res["state"] == expected
-    assert (res["reasons"].get("transfer") == SHORT) == (o != "override")
-    assert res["steps"]["transfer"] == ("accepted" if o == "override" else "review")
-    clean = state.biopsy_state({"state": o}, {"state": t}, transfer={"review_reasons": []})
+    assert (res["reasons"].get("transfer") == SHORT) == ("review" not in source)
+    assert res["steps"]["transfer"] == ("accepted" if "review" in source else "review")
+    clean = state.biopsy_state({"state": o}, {"state": "accepted"}, source, transfer={"review_reasons": []})
     assert clean["steps"]["transfer"] == "accepted"
 
 

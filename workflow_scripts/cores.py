@@ -126,11 +126,6 @@ def _part(lab: np.ndarray, i: int, sl: tuple[slice, slice]) -> dict:
     }
 
 
-def perpendicular(axis: np.ndarray) -> np.ndarray:
-    """The unit normal of an axis."""
-    return np.array([-axis[1], axis[0]])
-
-
 def parallel(part: dict, axis: np.ndarray, core_thick: float) -> bool:
     """Does an elongated part run along ``axis``?  A short piece has no direction to judge, and passes."""
     length = part["extent"][1] - part["extent"][0]
@@ -157,13 +152,13 @@ def link(core: dict, part: dict) -> dict | None:
     t = (part["pts"] - core["c"]) @ core["axis"]
     lo, hi = core["extent"]
     if t.max() > lo and t.min() < hi:  # beside the core: judged on its whole axis
-        off = np.median(np.abs((part["pts"] - core["c"]) @ perpendicular(core["axis"])))
+        off = np.median(np.abs((part["pts"] - core["c"]) @ fatlib.perpendicular(core["axis"])))
         return {"gap_px": 0.0} if off < lim and parallel(part, core["axis"], core["thick"]) else None
     sign = 1 if t.min() >= hi else -1
     local = end_frame(core, sign)  # a bent core: its end's own line
     whole = (core["c"], core["axis"] * sign, (hi if sign > 0 else -lo), 0.5 * core["width"])  # a sliver off-centre
     for c, out, t_end, half_w in (local, whole):  # at its end tilts the local line: the core's whole line
-        off = np.median(np.abs((part["pts"] - c) @ perpendicular(out)))
+        off = np.median(np.abs((part["pts"] - c) @ fatlib.perpendicular(out)))
         if off < lim and parallel(part, out, core["thick"]):
             start = float(((part["pts"] - c) @ out).min())
             return {"gap_px": max(start - t_end, 0.0), "c": c, "axis": out, "t0": t_end, "t1": start, "half_w": half_w}
@@ -172,7 +167,7 @@ def link(core: dict, part: dict) -> dict | None:
 
 def band_pixels(c: np.ndarray, axis: np.ndarray, t0: float, t1: float, half_w: float) -> np.ndarray:
     """Level pixels (x, y) of the band from ``t0`` to ``t1`` along ``axis`` from ``c``, ``half_w`` either side."""
-    n = perpendicular(axis)
+    n = fatlib.perpendicular(axis)
     corners = np.array([c + t * axis + s * half_w * n for t in (t0, t1) for s in (-1, 1)])
     (x0, y0), (x1, y1) = np.floor(corners.min(axis=0)), np.ceil(corners.max(axis=0))
     yy, xx = np.mgrid[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
@@ -412,6 +407,8 @@ def find_cores(
     for p in pieces:
         if p["role"] == "leftover":
             p["in_line_with"] = in_line(parts[p["piece"]], found, geometry)
+    for k, rec in zip(found, cores, strict=True):  # a core in line with another: perhaps one core, split
+        rec["in_line_with"] = in_line(k, [o for o in found if o is not k], geometry)
     pieces.sort(key=lambda p: p["piece"])
     return labels, cores, pieces
 
@@ -511,29 +508,31 @@ def select(cores: list[dict], value: str) -> dict:
     raise InputError(f"no annotation named {value!r} is drawn around a core on this slide: {found}", CORE_HINT)
 
 
-def unaccounted(pieces: list[dict], n_cores: int, core: dict, dye_positive: bool | None, rows: int) -> list[str]:
-    """Why the tissue on the slide does not add up for this biopsy's ``core``: a left-over piece longer than
-    ``LEFTOVER_HOLD_MM`` in line with one of its ends (a part of it the finder could not join), or more cores
-    than biopsies.tsv has rows for the slide (``rows``, excluded ones too).  ``dye_positive``: whether the
-    dyed end lies along the core's axis (None: unknown), to name the end."""
+def unaccounted(pieces: list[dict], cores: list[dict], found: dict, rows: int) -> list[str]:
+    """Why the tissue on the slide does not add up for the biopsy whose orientation is ``found`` (its core's
+    ``core_position``, axis, centroid and dyed end): a left-over piece longer than ``LEFTOVER_HOLD_MM``, or
+    another core, in line with one of its ends (a part of it the finder could not join), or more cores than
+    biopsies.tsv has rows for the slide (``rows``, excluded ones too)."""
+    position = found["core_position"]
+    axis, centre = np.asarray(found["axis"], float), np.asarray(found["centroid"], float)
+    sign = 1.0 if found.get("dye_at_positive_end") else -1.0
     reasons = []
-    axis, centre = np.asarray(core["axis"]), np.asarray(core["centre_px"])
-    for p in pieces:
+    others = [{**c, "piece": f"core {c['position']}", "role": "core"} for c in cores if c["position"] != position]
+    for p in [*pieces, *others]:
         near = (p.get("in_line_with") or {}).get("core")
-        if p["role"] != "leftover" or near != core["position"] or p["length_mm"] <= LEFTOVER_HOLD_MM:
+        if p["role"] not in ("leftover", "core") or near != position or p["length_mm"] <= LEFTOVER_HOLD_MM:
             continue
-        end = "one"
-        if dye_positive is not None:
-            beyond = float((np.asarray(p["centre_px"]) - centre) @ axis) > 0
-            end = "the dyed (distal)" if beyond == dye_positive else "the undyed (proximal)"
+        beyond = float((np.asarray(p["centre_px"]) - centre) @ axis) * sign > 0
+        what = f"another core ({p['piece']})" if p["role"] == "core" else f"a {p['length_mm']:.1f} mm piece of tissue"
         reasons.append(
-            f"a {p['length_mm']:.1f} mm piece of tissue in line with {end} end of this core, "
-            f"{p['in_line_with']['gap_mm']:.1f} mm beyond it, belongs to no biopsy (piece {p['piece']} in cores.json): "
-            "check that the core is whole"
+            f"{what} in line with the {'dyed (distal)' if beyond else 'undyed (proximal)'} end of this core, "
+            f"{p['in_line_with']['gap_mm']:.1f} mm beyond it, belongs to no biopsy of its own"
+            + (f" (piece {p['piece']} in cores.json)" if p["role"] == "leftover" else "")
+            + ": check that the core is whole"
         )
-    if n_cores > rows:
+    if len(cores) > rows:
         reasons.append(
-            f"the slide carries {n_cores} cores but biopsies.tsv has {rows} row(s) for it: a core may be split "
+            f"the slide carries {len(cores)} cores but biopsies.tsv has {rows} row(s) for it: a core may be split "
             "in pieces, or a piece may belong to no biopsy; check the slide's cores"
         )
     return reasons
@@ -555,21 +554,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def slide_reader(path: str, meta: dict) -> fatlib.Reader:
-    """A reader of the slide's fine level (:func:`fat.fine_level`) by region, boxes given in the thumbnail's px."""
+def slide_reader(path: str, meta: dict) -> fatlib.Reader | None:
+    """A reader of the slide's fine level (:func:`fat.fine_level`) by region, boxes given in the thumbnail's px;
+    None when the slide has no level fine enough to show fat's membranes."""
     level = fatlib.fine_level(meta["level_um"])
+    if level is None:
+        return None
     um = meta["level_um"][level]
     f = meta["level_um_per_px"] / um  # fine px per thumbnail px
     h, w = meta["level_shapes"][level]
+    k = max(1, int(fatlib.FINE_UM * 1.1 / um))  # a much finer level: averaged down to about FINE_UM
 
     def read(x0: float, y0: float, x1: float, y1: float) -> tuple[np.ndarray, float, tuple[float, float]]:
         ix0, iy0 = max(int(np.floor(x0 * f)), 0), max(int(np.floor(y0 * f)), 0)
         ix1, iy1 = min(int(np.ceil(x1 * f)), w), min(int(np.ceil(y1 * f)), h)
-        if ix1 <= ix0 or iy1 <= iy0:
+        if ix1 - ix0 < k or iy1 - iy0 < k:
             return np.zeros((0, 0, 3), np.uint8), um, (x0, y0)
         rgb, _ = read_region(path, level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-        k = max(1, int(fatlib.FINE_UM / um + 0.01))  # a much finer level: averaged down to about FINE_UM
-        if k > 1 and min(rgb.shape[:2]) >= k:
+        if k > 1:
             bh, bw = rgb.shape[0] // k * k, rgb.shape[1] // k * k
             rgb = rgb[:bh, :bw].reshape(bh // k, k, bw // k, k, 3).mean(axis=(1, 3)).round().astype(np.uint8)
         return rgb, um * k, (ix0 / f, iy0 / f)

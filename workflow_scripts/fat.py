@@ -32,10 +32,17 @@ BIN_UM = 200.0  # the stretch is judged in bins of this length along the axis
 CELL_UM = 80.0  # a pixel within this distance of a membrane lies in an adipocyte (cells 50-150 µm across)
 MEMBRANE_OD = 0.04  # a membrane stands at least this far (max channel OD) above the region's glass ...
 NOISE_K = 5.0  # ... and this many noise SDs (robust, of the flanks)
+THICK_UM = 8.0  # dark parts thicker than about twice this are tissue, not membranes (2-4 µm)
 BAND = 0.7  # the core's band: within this share of its half-width of its axis (its ragged edge left out)
 FLANK = (1.4, 2.6)  # the flanks: between these multiples of the half-width from the axis, either side
 FAT_COVER = 0.6  # a bin is fat when this share of its band lies in cells ...
 FLANK_COVER = 0.25  # ... and at most this share of its flanks do
+
+
+def perpendicular(axis: np.ndarray) -> np.ndarray:
+    """The unit normal of an axis."""
+    return np.array([-axis[1], axis[0]])
+
 
 # read(x0, y0, x1, y1) in level px -> RGB of (about) that box at a finer level, its µm/px, and the level px of
 # its top-left corner (a box is clipped at the slide's edges)
@@ -44,7 +51,7 @@ Reader = Callable[[float, float, float, float], tuple[np.ndarray, float, tuple[f
 
 def region(c: np.ndarray, axis: np.ndarray, t0: float, t1: float, half_w: float) -> tuple[float, ...]:
     """The level-px box (x0, y0, x1, y1) around a stretch of the axis from ``t0`` to ``t1`` and its flanks."""
-    n = np.array([-axis[1], axis[0]])
+    n = perpendicular(axis)
     reach = FLANK[1] * half_w
     pts = [c + t * axis + s * reach * n for t in (t0, t1) for s in (-1, 1)]
     xy = np.array(pts)
@@ -58,7 +65,11 @@ def cell_cover(rgb: np.ndarray, um: float, flank: np.ndarray) -> np.ndarray:
     od = optical_density(rgb, glass).max(axis=-1)
     ref = od[flank] if flank.any() else od.ravel()
     noise = 1.4826 * float(np.median(np.abs(ref - np.median(ref))))
-    membrane = od > max(MEMBRANE_OD, float(np.median(ref)) + NOISE_K * noise)
+    dark = od > max(MEMBRANE_OD, float(np.median(ref)) + NOISE_K * noise)
+    # membranes are thin: what survives an opening wider than a membrane is tissue (the pieces' own ends), whose
+    # edge would otherwise 'cover' a short stretch of glass beside it
+    wide = ndimage.binary_opening(dark, structure=np.ones((3, 3), bool), iterations=max(1, round(THICK_UM / um)))
+    membrane = dark & ~ndimage.binary_dilation(wide, iterations=max(1, round(THICK_UM / um)))
     if not membrane.any():
         return membrane
     return ndimage.distance_transform_edt(~membrane) * um <= CELL_UM
@@ -71,14 +82,15 @@ def fat_bins(
     per bin, the band's and the flanks' cell cover, and the fine level's µm/px (None: no fine level)."""
     if read is None or t1 <= t0:
         return [], {"fine_um": None}
-    x0, y0, x1, y1 = region(c, axis, t0, t1, half_w)
+    margin = 3 * THICK_UM / level_um + 1  # the pieces' ends read whole: thick, so not taken for membranes
+    x0, y0, x1, y1 = region(c, axis, t0 - margin, t1 + margin, half_w)
     rgb, um, (ox, oy) = read(x0, y0, x1, y1)
     if um > FINE_MAX_UM or rgb.size == 0:
         return [], {"fine_um": um}
     f = level_um / um  # fine px per level px
     yy, xx = np.mgrid[: rgb.shape[0], : rgb.shape[1]]
     px = np.stack([ox + (xx + 0.5) / f, oy + (yy + 0.5) / f], -1) - c  # level px from the centre
-    t, s = px @ axis, np.abs(px @ np.array([-axis[1], axis[0]]))
+    t, s = px @ axis, np.abs(px @ perpendicular(axis))
     along = (t >= t0) & (t <= t1)
     band, flank = along & (s <= BAND * half_w), along & (s >= FLANK[0] * half_w) & (s <= FLANK[1] * half_w)
     cover = cell_cover(rgb[..., :3], um, flank)
@@ -103,7 +115,12 @@ def fat_bins(
     return runs, evidence
 
 
-def fine_level(level_um: list[float]) -> int:
-    """The pyramid level read for the evidence: the coarsest at or below ``FINE_UM`` µm/px, else level 0."""
-    ok = [i for i, u in enumerate(level_um) if u <= FINE_UM * 1.01]
-    return max(ok, key=lambda i: level_um[i]) if ok else 0
+def fine_level(level_um: list[float]) -> int | None:
+    """The pyramid level read for the evidence: the coarsest at or below ``FINE_UM`` µm/px (10% over it
+    allowed: 0.2527 µm/px scans give 4.04 µm/px levels), else the finest at or below ``FINE_MAX_UM``; None
+    when no level shows membranes."""
+    ok = [i for i, u in enumerate(level_um) if u <= FINE_UM * 1.1]
+    if ok:
+        return max(ok, key=lambda i: level_um[i])
+    near = [i for i, u in enumerate(level_um) if u <= FINE_MAX_UM]
+    return min(near, key=lambda i: level_um[i]) if near else None

@@ -499,15 +499,6 @@ def decide(found: dict, override: str | None, mark: str | None) -> dict:
     }
 
 
-def held(found: dict, reasons: list[str]) -> dict:
-    """The call held for review for ``reasons`` found beyond the dye (the slide's tissue does not add up): an
-    override stands (a person decided, having seen the slide), and a failed call stays failed."""
-    if not reasons or found["state"] in ("override", "failed"):
-        return found
-    why = "; ".join(r for r in (found.get("review_reason"), *reasons) if r)
-    return {**found, "state": "review", "review_reason": why, "tissue_doubts": reasons}
-
-
 def canonical(found: dict, level_um: float, slide_um: float) -> dict:
     """Slide full-res px -> canonical um transform, the core's canonical extent and its gaps (canonical um)."""
     scale = level_um / slide_um  # level px -> full-res px
@@ -615,9 +606,10 @@ def main(argv: list[str] | None = None) -> None:
             accept_novelty=a.accept_novelty,
             min_confidence=a.min_confidence,
         )
-        doubts = unaccounted(doc.get("pieces", []), len(cores), mine, found.get("dye_at_positive_end"), a.slide_rows)
         res = {
-            **held(found, doubts),
+            **found,
+            # the slide's tissue that does not add up for this core: state.py holds the biopsy on it
+            "tissue_doubts": unaccounted(doc.get("pieces", []), cores, found, a.slide_rows),
             **canonical(found, meta["level_um_per_px"], meta["um_per_px"]),
             "slide": Path(a.thumb).parent.name,
         }

@@ -54,12 +54,14 @@ def tract_decision(tract: dict) -> tuple[str, str]:
     return ("review" if conflicts and s == "accepted" else s), reason
 
 
-def transfer_decision(summary: dict | None, decided: dict[str, tuple[str, str]]) -> tuple[str, str]:
-    """The label's own evidence against it (the transfer summary's ``review_reasons``: a core/tract length
-    outside the plausible range, tumour on a piece of the core left over): held for review, unless a person
-    decided a step of this biopsy (an override), having seen these reasons on its review page."""
-    reasons = (summary or {}).get("review_reasons") or []
-    if not reasons or any(s == "override" for s, _ in decided.values()):
+def label_decision(orient: dict, summary: dict | None, override_source: str) -> tuple[str, str]:
+    """The label's own evidence against it: the slide's tissue that does not add up for this core (orient's
+    ``tissue_doubts``: a piece or a core in line with it left over, more cores than rows) and the transfer
+    summary's ``review_reasons`` (a core/tract length out of range, tumour on a piece left over).  Held for
+    review until a person decides in the review app, whose page shows these reasons (``override_source``
+    names a review); an override in biopsies.tsv, set without that page, does not clear it."""
+    reasons = [*(orient.get("tissue_doubts") or []), *((summary or {}).get("review_reasons") or [])]
+    if not reasons or "review" in override_source:
         return "accepted", ""
     return "review", "; ".join(reasons)
 
@@ -80,12 +82,12 @@ def biopsy_state(orient: dict, tract: dict, override_source: str = "auto", trans
     """Where a biopsy stands: ``state`` (precedence failed > review > override > accepted over its steps),
     each step's ``steps`` state, the ``reasons`` of the steps that give one (every held step does:
     :func:`held_reason`), and ``override_source``.  ``transfer``: the transfer summary, whose
-    ``review_reasons`` hold the biopsy (:func:`transfer_decision`)."""
+    ``review_reasons`` hold the biopsy with orient's ``tissue_doubts`` (:func:`label_decision`)."""
     decided = {
         "orient": (step_state(orient, "orient"), orient.get("review_reason") or ""),
         "tract": tract_decision(tract),
     }
-    decided["transfer"] = transfer_decision(transfer, decided)
+    decided["transfer"] = label_decision(orient, transfer, override_source)
     decided = {k: (s, held_reason(k, s, r)) for k, (s, r) in decided.items()}
     steps = {k: s for k, (s, _) in decided.items()}
     return {
