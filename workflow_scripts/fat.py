@@ -37,6 +37,7 @@ BAND = 0.7  # the core's band: within this share of its half-width of its axis (
 FLANK = (1.4, 2.6)  # the flanks: between these multiples of the half-width from the axis, either side
 FAT_COVER = 0.6  # a bin is fat when this share of its band lies in cells ...
 FLANK_COVER = 0.25  # ... and at most this share of its flanks do
+OPEN_MIN = 0.1  # a bin whose band is tissue but for less than this share is tissue (joined, as fat is)
 
 
 def perpendicular(axis: np.ndarray) -> np.ndarray:
@@ -58,21 +59,23 @@ def region(c: np.ndarray, axis: np.ndarray, t0: float, t1: float, half_w: float)
     return (*np.floor(xy.min(axis=0)), *np.ceil(xy.max(axis=0)))
 
 
-def cell_cover(rgb: np.ndarray, um: float, flank: np.ndarray) -> np.ndarray:
-    """Per fine pixel: does it lie within ``CELL_UM`` of a membrane (a pixel standing out of the glass)?
-    The glass colour and its noise are learnt on the ``flank`` pixels."""
+def cell_cover(rgb: np.ndarray, um: float, flank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per fine pixel: does it lie within ``CELL_UM`` of a membrane (a thin line standing out of the glass)?
+    And is it tissue (dark and thick: the pieces' own ends, which are neither fat nor glass)?  The glass colour
+    and its noise are learnt on the ``flank`` pixels."""
     glass = np.median(rgb[flank], axis=0) if flank.any() else np.percentile(rgb.reshape(-1, 3), 95, axis=0)
     od = optical_density(rgb, glass).max(axis=-1)
     ref = od[flank] if flank.any() else od.ravel()
     noise = 1.4826 * float(np.median(np.abs(ref - np.median(ref))))
     dark = od > max(MEMBRANE_OD, float(np.median(ref)) + NOISE_K * noise)
-    # membranes are thin: what survives an opening wider than a membrane is tissue (the pieces' own ends), whose
-    # edge would otherwise 'cover' a short stretch of glass beside it
-    wide = ndimage.binary_opening(dark, structure=np.ones((3, 3), bool), iterations=max(1, round(THICK_UM / um)))
-    membrane = dark & ~ndimage.binary_dilation(wide, iterations=max(1, round(THICK_UM / um)))
+    # membranes are thin: what survives an opening wider than a membrane is tissue; a thin dark line close to
+    # it (its edge, a compression artefact's ringing) is no membrane either, or tissue would 'cover' the glass
+    k = max(1, round(THICK_UM / um))
+    tissue = ndimage.binary_opening(dark, structure=np.ones((3, 3), bool), iterations=k)
+    membrane = dark & ~ndimage.binary_dilation(tissue, iterations=3 * k)
     if not membrane.any():
-        return membrane
-    return ndimage.distance_transform_edt(~membrane) * um <= CELL_UM
+        return membrane, tissue
+    return ndimage.distance_transform_edt(~membrane) * um <= CELL_UM, tissue
 
 
 def fat_bins(
@@ -93,13 +96,15 @@ def fat_bins(
     t, s = px @ axis, np.abs(px @ perpendicular(axis))
     along = (t >= t0) & (t <= t1)
     band, flank = along & (s <= BAND * half_w), along & (s >= FLANK[0] * half_w) & (s <= FLANK[1] * half_w)
-    cover = cell_cover(rgb[..., :3], um, flank)
+    cover, tissue = cell_cover(rgb[..., :3], um, flank)
     n_bins = max(1, int(round((t1 - t0) * level_um / BIN_UM)))
     edges = np.linspace(t0, t1, n_bins + 1)
     which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
     share = lambda m: ndimage.mean(cover, np.where(m, which, -1), range(n_bins))  # noqa: E731
-    in_band, in_flank = np.nan_to_num(share(band)), np.nan_to_num(share(flank))
-    fat = (in_band >= FAT_COVER) & (in_flank <= FLANK_COVER)
+    open_band = band & ~tissue  # the band less the pieces' own (oblique, ragged) ends: fat or glass
+    in_band, in_flank = np.nan_to_num(share(open_band)), np.nan_to_num(share(flank))
+    solid = ndimage.mean(tissue, np.where(band, which, -1), range(n_bins)) >= 1 - OPEN_MIN  # a bin of tissue
+    fat = solid | ((in_band >= FAT_COVER) & (in_flank <= FLANK_COVER))
     runs, start = [], None
     for i, v in enumerate([*fat, False]):
         if v and start is None:
