@@ -330,8 +330,7 @@ def register_one(
         centre = np.array([truth["core_centre_slide_px"]]) * t.slide_um_per_px / LEVEL_UM
         row["core_matched"] = cores.nearest_core(labels, centre, 1000 / LEVEL_UM) == mine["position"]
         found_o = orient.orient_core(thumb, labels, mine, LEVEL_UM, None, orient_off, **c["orient"])
-        rows_on_slide = 1 if not t.slide_id else int(t.slide_id.count("-"))  # the sheet's rows: every core's
-        found_o["tissue_doubts"] = cores.unaccounted(pieces or [], found, found_o, rows_on_slide)
+        found_o.update(tissue_doubts=cores.unaccounted(pieces or [], found, found_o), cores_on_slide=len(found))
         row.update(
             orient_state=found_o["state"],
             orient_source=found_o["source"],
@@ -405,7 +404,8 @@ def register_one(
         reasons = [transfer.shrinkage_reason(core_mm, res_t["sampled_length_mm"], PLAUSIBLE)] if length_check else []
         if labels is not None:
             reasons += transfer.on_leftover(raw, pieces or [], res_o["core_position"], scale)
-        st = state.biopsy_state(res_o, res_t, transfer={"review_reasons": [r for r in reasons if r]})
+        rows_on_slide = 1 if not t.slide_id else int(t.slide_id.count("-"))  # the sheet's rows: every core's
+        st = state.biopsy_state(res_o, res_t, "auto", {"review_reasons": [r for r in reasons if r]}, rows_on_slide)
         row["state"], row["reasons"] = st["state"], "; ".join(f"{k}: {v}" for k, v in st["reasons"].items())
         row["accepted_bad_label"] = st["state"] in state.USABLE and row["dice"] < BAD_DICE
     return row

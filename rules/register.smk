@@ -19,7 +19,6 @@ rule orient:
         novelty=config["orient"]["accept_novelty"],
         conf=config["orient"]["min_confidence"],
         frac=config["orient"]["min_dye_fraction"],
-        rows=slide_rows,
     group:
         "prep_{participant}"
     conda:
@@ -33,7 +32,7 @@ rule orient:
         "--oriented={output.oriented:q} --cores={input.cores:q} --labels={input.labels:q} "
         "--core={params.core:q} --dye-end={params.dye_end:q} --accept-confidence={params.accept:q} "
         "--accept-novelty={params.novelty:q} --min-confidence={params.conf:q} "
-        "--min-dye-fraction={params.frac:q} --slide-rows={params.rows:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
+        "--min-dye-fraction={params.frac:q} --participant={wildcards.participant:q} --biopsy={wildcards.biopsy:q} "
         "> {log:q} 2>&1"
 
 
@@ -77,6 +76,8 @@ rule review_state:
     params:
         # auto / sheet / review (<reviewer>): the sheet and the decisions file, read at parse time (common.smk)
         source=lambda w: OVERRIDE_SOURCE.get((w.participant, w.biopsy), "auto"),
+        # rows on the slide (excluded ones too): more cores than rows holds the label (state.py)
+        rows=slide_rows,
     group:
         "prep_{participant}"
     conda:
@@ -88,7 +89,7 @@ rule review_state:
     shell:
         "python -m workflow_scripts.state --orient={input.orient:q} --tract={input.tract:q} "
         "--transfer={input.transfer:q} --out={output:q} "
-        "--override-source={params.source:q} --participant={wildcards.participant:q} "
+        "--override-source={params.source:q} --slide-rows={params.rows:q} --participant={wildcards.participant:q} "
         "--biopsy={wildcards.biopsy:q} > {log:q} 2>&1"
 
 

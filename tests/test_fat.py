@@ -152,19 +152,23 @@ def leftover(length_mm: float, x: float, core: int | None = 1) -> dict:
 )
 def test_a_long_piece_left_over_in_line_holds_the_biopsy_naming_the_piece_and_the_end(dye_positive, x, end):
     found = {**FOUND, "dye_at_positive_end": dye_positive}
-    (why,) = cores.unaccounted([leftover(4.1, x)], SLIDE_CORES, found, rows=1)
+    (why,) = cores.unaccounted([leftover(4.1, x)], SLIDE_CORES, found)
     assert why.startswith(f"a 4.1 mm piece of tissue in line with the {end} end of this core") and "piece 7" in why
-    assert cores.unaccounted([leftover(0.8, x)], SLIDE_CORES, found, rows=1) == []  # a crumb: no hold
+    assert cores.unaccounted([leftover(0.8, x)], SLIDE_CORES, found) == []  # a crumb: no hold
     other = [*SLIDE_CORES, {"position": 2, "length_mm": 9.0, "centre_px": [500.0, 900.0], "in_line_with": None}]
-    assert cores.unaccounted([leftover(4.1, x, core=2)], other, found, rows=2) == []  # another core's
+    assert cores.unaccounted([leftover(4.1, x, core=2)], other, found) == []  # another core's
 
 
 def test_a_core_in_line_with_this_one_or_more_cores_than_rows_holds_the_label_until_a_review():
     split = {"position": 2, "length_mm": 4.8, "centre_px": [1300.0, 300.0], "in_line_with": {"core": 1, "gap_mm": 2.1}}
-    (why,) = cores.unaccounted([], [*SLIDE_CORES, split], FOUND, rows=2)
+    (why,) = cores.unaccounted([], [*SLIDE_CORES, split], FOUND)
     assert why.startswith("another core (core 2) in line with the dyed (distal) end of this core, 2.1 mm beyond it")
-    (rows,) = cores.unaccounted([], [*SLIDE_CORES, {**split, "in_line_with": None}], FOUND, rows=1)
-    assert "2 cores but biopsies.tsv has 1 row(s)" in rows
+    assert cores.unaccounted([], [*SLIDE_CORES, {**split, "in_line_with": None}], FOUND) == []  # side by side
+    (rows,) = state.too_many_cores({"cores_on_slide": 2}, rows=1)
+    assert "2 cores but biopsies.tsv has 1 row(s)" in rows and state.too_many_cores({"cores_on_slide": 2}, 2) == []
+    assert state.biopsy_state({"state": "accepted", "cores_on_slide": 2}, {"state": "accepted"}, rows=1)["state"] == (
+        "review"
+    )
     o, t = {"state": "accepted", "tissue_doubts": [why]}, {"state": "accepted"}
     held = state.biopsy_state(o, t, "auto", {"review_reasons": []})
     assert held["state"] == "review" and held["reasons"]["transfer"] == why

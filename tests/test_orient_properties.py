@@ -58,6 +58,7 @@ def draw(k: int) -> tuple[str, truthlib.BiopsyTruth]:
     rng = np.random.default_rng([DRAW_SEED, k])
     seed, pid = int(rng.integers(1000, 100000)), f"D{int(rng.integers(0, 10000)):04d}"
     t = synthetic.sample_truth(seed, pid, "B1", varied=True)
+    t.fat = {**t.fat, "richness": "none", "lobules": [], "crossings_mm": []}  # the call's invariances, on one core
     synthetic.place_on_slide(t, synthetic.biopsy_rng(seed + 1, pid, "B1"))
     return f"draw {k} (seed {seed}, {pid}, dye {t.dye})", t
 

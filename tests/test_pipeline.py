@@ -389,13 +389,15 @@ def test_a_biopsy_appended_on_a_read_slide_adds_only_its_own_jobs_and_a_bad_core
         "ingest_ultrasound": 2,
         "orient": 1,
         "tract": 1,
-        "review_state": 1,
+        # and each neighbour's review state (and its QC figure): a slide's row count holds or clears them (more
+        # cores than rows, state.py); on_slide counts the appended biopsy too
+        "review_state": len(on_slide),
         "transfer": 1,
         "labelme": 1,
         "voc_image": 1,
-        "qc_figure": 1,
+        "qc_figure": len(on_slide),
         "review": 1,
-    }, jobs  # the slide is not read again, no other biopsy reruns
+    }, jobs  # the slide is not read again, no other biopsy's steps rerun
     # a core value that picks nothing fails that biopsy alone, listing the cores found
     other = on_slide.iloc[0]
     full.loc[other.name, "core"] = "B9"

@@ -101,7 +101,7 @@ def write_states(tmp_path: Path, states: dict[str, tuple[str, str]]) -> tuple[li
         out.parent.mkdir(parents=True, exist_ok=True)
         args = [f"--orient={tmp_path / 'o.json'}", f"--tract={tmp_path / 't.json'}", f"--out={out}"]
         args.append(f"--transfer={tmp_path / 's.json'}")
-        state.main([*args, "--override-source=auto", "--participant=P001", f"--biopsy={bid}"])
+        state.main([*args, "--override-source=auto", "--slide-rows=1", "--participant=P001", f"--biopsy={bid}"])
         files.append(str(out))
         labels.append(str(tmp_path / f"P001_{bid}.png"))
     return labels, files

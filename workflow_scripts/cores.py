@@ -508,11 +508,12 @@ def select(cores: list[dict], value: str) -> dict:
     raise InputError(f"no annotation named {value!r} is drawn around a core on this slide: {found}", CORE_HINT)
 
 
-def unaccounted(pieces: list[dict], cores: list[dict], found: dict, rows: int) -> list[str]:
+def unaccounted(pieces: list[dict], cores: list[dict], found: dict) -> list[str]:
     """Why the tissue on the slide does not add up for the biopsy whose orientation is ``found`` (its core's
     ``core_position``, axis, centroid and dyed end): a left-over piece longer than ``LEFTOVER_HOLD_MM``, or
-    another core, in line with one of its ends (a part of it the finder could not join), or more cores than
-    biopsies.tsv has rows for the slide (``rows``, excluded ones too)."""
+    another core, in line with one of its ends (a part of it the finder could not join).  (More cores than
+    biopsies.tsv has rows for the slide is judged in :func:`state.label_decision`, so that a row added to a slide
+    reruns only its neighbours' review state.)"""
     position = found["core_position"]
     axis, centre = np.asarray(found["axis"], float), np.asarray(found["centroid"], float)
     sign = 1.0 if found.get("dye_at_positive_end") else -1.0
@@ -529,11 +530,6 @@ def unaccounted(pieces: list[dict], cores: list[dict], found: dict, rows: int) -
             f"{p['in_line_with']['gap_mm']:.1f} mm beyond it, belongs to no biopsy of its own"
             + (f" (piece {p['piece']} in cores.json)" if p["role"] == "leftover" else "")
             + ": check that the core is whole"
-        )
-    if len(cores) > rows:
-        reasons.append(
-            f"the slide carries {len(cores)} cores but biopsies.tsv has {rows} row(s) for it: a core may be split "
-            "in pieces, or a piece may belong to no biopsy; check the slide's cores"
         )
     return reasons
 

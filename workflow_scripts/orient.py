@@ -565,9 +565,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-novelty", type=float, required=True, help="the same, for a dye found as a novel colour")
     p.add_argument("--min-confidence", type=float, required=True, help="below: an error")
     p.add_argument("--min-dye-fraction", type=float, required=True)
-    p.add_argument(
-        "--slide-rows", type=int, required=True, help="biopsies.tsv rows on this biopsy's slide, excluded ones too"
-    )
     p.add_argument("--participant")
     p.add_argument("--biopsy")
     return p
@@ -609,7 +606,8 @@ def main(argv: list[str] | None = None) -> None:
         res = {
             **found,
             # the slide's tissue that does not add up for this core: state.py holds the biopsy on it
-            "tissue_doubts": unaccounted(doc.get("pieces", []), cores, found, a.slide_rows),
+            "tissue_doubts": unaccounted(doc.get("pieces", []), cores, found),
+            "cores_on_slide": len(cores),
             **canonical(found, meta["level_um_per_px"], meta["um_per_px"]),
             "slide": Path(a.thumb).parent.name,
         }

@@ -54,13 +54,31 @@ def tract_decision(tract: dict) -> tuple[str, str]:
     return ("review" if conflicts and s == "accepted" else s), reason
 
 
-def label_decision(orient: dict, summary: dict | None, override_source: str) -> tuple[str, str]:
+def too_many_cores(orient: dict, rows: int | None) -> list[str]:
+    """More cores on the slide (orient's ``cores_on_slide``) than biopsies.tsv has rows for it (``rows``,
+    excluded ones too): a core split in pieces, or a piece of debris as long as a core."""
+    n = orient.get("cores_on_slide")
+    if rows is None or n is None or n <= rows:
+        return []
+    return [
+        f"the slide carries {n} cores but biopsies.tsv has {rows} row(s) for it: a core may be split in pieces, "
+        "or a piece may belong to no biopsy; check the slide's cores"
+    ]
+
+
+def label_decision(
+    orient: dict, summary: dict | None, override_source: str, rows: int | None = None
+) -> tuple[str, str]:
     """The label's own evidence against it: the slide's tissue that does not add up for this core (orient's
     ``tissue_doubts``: a piece or a core in line with it left over, more cores than rows) and the transfer
     summary's ``review_reasons`` (a core/tract length out of range, tumour on a piece left over).  Held for
     review until a person decides in the review app, whose page shows these reasons (``override_source``
     names a review); an override in biopsies.tsv, set without that page, does not clear it."""
-    reasons = [*(orient.get("tissue_doubts") or []), *((summary or {}).get("review_reasons") or [])]
+    reasons = [
+        *(orient.get("tissue_doubts") or []),
+        *too_many_cores(orient, rows),
+        *((summary or {}).get("review_reasons") or []),
+    ]
     if not reasons or "review" in override_source:
         return "accepted", ""
     return "review", "; ".join(reasons)
@@ -78,16 +96,19 @@ def held_reason(step: str, s: str, reason: str) -> str:
     )
 
 
-def biopsy_state(orient: dict, tract: dict, override_source: str = "auto", transfer: dict | None = None) -> dict:
+def biopsy_state(
+    orient: dict, tract: dict, override_source: str = "auto", transfer: dict | None = None, rows: int | None = None
+) -> dict:
     """Where a biopsy stands: ``state`` (precedence failed > review > override > accepted over its steps),
     each step's ``steps`` state, the ``reasons`` of the steps that give one (every held step does:
     :func:`held_reason`), and ``override_source``.  ``transfer``: the transfer summary, whose
-    ``review_reasons`` hold the biopsy with orient's ``tissue_doubts`` (:func:`label_decision`)."""
+    ``review_reasons`` hold the biopsy with orient's ``tissue_doubts`` (:func:`label_decision`); ``rows``: the
+    biopsies.tsv rows on the biopsy's slide."""
     decided = {
         "orient": (step_state(orient, "orient"), orient.get("review_reason") or ""),
         "tract": tract_decision(tract),
     }
-    decided["transfer"] = label_decision(orient, transfer, override_source)
+    decided["transfer"] = label_decision(orient, transfer, override_source, rows)
     decided = {k: (s, held_reason(k, s, r)) for k, (s, r) in decided.items()}
     steps = {k: s for k, (s, _) in decided.items()}
     return {
@@ -116,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     for k in ("orient", "tract", "transfer", "out", "participant", "biopsy"):
         p.add_argument(f"--{k}", required=True)
     p.add_argument("--override-source", required=True, help="auto / sheet / review (<reviewer>) (common.smk)")
+    p.add_argument(
+        "--slide-rows", type=int, required=True, help="biopsies.tsv rows on this biopsy's slide, excluded ones too"
+    )
     return p
 
 
@@ -129,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         doc = {
             "participant_id": a.participant,
             "biopsy_id": a.biopsy,
-            **biopsy_state(orient, tract, a.override_source, summary),
+            **biopsy_state(orient, tract, a.override_source, summary, a.slide_rows),
         }
         Path(a.out).write_text(json.dumps(doc, indent=1))
         print(f"{a.participant}/{a.biopsy}: {doc['state']} ({', '.join(f'{k} {v}' for k, v in doc['steps'].items())})")
